@@ -1,0 +1,178 @@
+"""Ids: the hybrid logical clock that issues UUIDv7 change and transaction ids, and `new_id`.
+
+An id is a UUIDv7 whose 48-bit millisecond field is the clock's physical part and whose
+next 38 bits (the 12 ``rand_a`` bits and the top 26 ``rand_b`` bits) hold the logical
+counter; the last 36 bits are random, drawn once per batch. Ids therefore sort, as integers
+and as lowercase strings alike, by (milliseconds, counter, random). The clock never issues
+an id below one it issued or observed: when the wall clock steps back, or a pulled id lies
+in the future, it keeps the larger millisecond value and counts up. Its state is the last id
+it issued, which the caller persists in the same transaction as the ids it used.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+__all__ = ["HybridClock", "id_datetime", "is_next_id", "new_id", "offset_id", "parse_id"]
+
+_COUNTER_BITS = 38
+_COUNTER_MAX = (1 << _COUNTER_BITS) - 1
+_LO_BITS = 26
+_LO_MASK = (1 << _LO_BITS) - 1
+_RAND_BITS = 36
+_VERSION_VARIANT = (0x7 << 76) | (0x2 << 62)
+
+
+def _format(value: int) -> str:
+    h = "%032x" % value  # noqa: UP031 - the fastest spelling, this runs per change
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _compose(ms: int, counter: int, rand: int) -> int:
+    return (
+        (ms << 80)
+        | _VERSION_VARIANT
+        | ((counter >> _LO_BITS) << 64)
+        | ((counter & _LO_MASK) << _RAND_BITS)
+        | rand
+    )
+
+
+def parse_id(value: str) -> tuple[int, int]:
+    """Return the (milliseconds, counter) of a UUIDv7 id string (any UUIDv7 parses)."""
+    n = int(value.replace("-", ""), 16)
+    ms = n >> 80
+    counter = (((n >> 64) & 0xFFF) << _LO_BITS) | ((n >> _RAND_BITS) & _LO_MASK)
+    return ms, counter
+
+
+def id_datetime(value: str) -> datetime:
+    """The aware UTC datetime of a UUIDv7 id's millisecond field."""
+    ms = int(value[:8] + value[9:13], 16)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+_id_lock = threading.Lock()
+_id_state = [0, 0]  # last (ms, seq) used by new_id in this process, for monotonic order
+
+
+def new_id() -> str:
+    """A new UUIDv7 string: time-ordered within this process, 62 random bits."""
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        last_ms, seq = _id_state
+        if ms > last_ms:
+            seq = int.from_bytes(os.urandom(2)) & 0x3FF  # random start, room to count up
+        else:
+            ms, seq = last_ms, seq + 1
+            if seq > 0xFFF:
+                ms, seq = ms + 1, 0
+        _id_state[0], _id_state[1] = ms, seq
+    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    return _format((ms << 80) | (0x7 << 76) | (seq << 64) | (0x2 << 62) | rand)
+
+
+class HybridClock:
+    """A hybrid logical clock issuing UUIDv7 ids; thread-safe.
+
+    ``last`` is the last id issued or observed; persist it and pass it back on restart.
+    """
+
+    def __init__(self, last: str | None = None, *, now_ns: Callable[[], int] = time.time_ns):
+        self._now_ns = now_ns
+        self._lock = threading.Lock()
+        self._ms, self._counter = parse_id(last) if last else (0, -1)
+
+    @property
+    def last(self) -> str | None:
+        if self._counter < 0:
+            return None
+        return _format(_compose(self._ms, self._counter, (1 << _RAND_BITS) - 1))
+
+    def observe(self, value: str) -> None:
+        """Move the clock past ``value`` (an id pulled from elsewhere or read from storage)."""
+        ms, counter = parse_id(value)
+        with self._lock:
+            if (ms, counter) > (self._ms, self._counter):
+                self._ms, self._counter = ms, counter
+
+    def reserve(self, n: int) -> list[str]:
+        """Issue ``n`` consecutive ids, each greater than every id issued or observed."""
+        if n <= 0:
+            return []
+        pt = self._now_ns() // 1_000_000
+        with self._lock:
+            if pt > self._ms:
+                ms, start = pt, 0
+            else:
+                ms, start = self._ms, self._counter + 1
+            if start + n - 1 > _COUNTER_MAX:  # counter exhausted: borrow the next millisecond
+                ms, start = ms + 1, 0
+            self._ms, self._counter = ms, start + n - 1
+        rand = int.from_bytes(os.urandom(5)) & ((1 << _RAND_BITS) - 1)
+        base = (ms << 80) | _VERSION_VARIANT | rand
+        out: list[str] = []
+        append = out.append
+        for c in range(start, start + n):
+            h = "%032x" % (base | ((c >> _LO_BITS) << 64) | ((c & _LO_MASK) << _RAND_BITS))
+            append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        return out
+
+    def next(self) -> str:
+        return self.reserve(1)[0]
+
+    def reserve_runs(self, counts: list[int]) -> list[str]:
+        """Issue one run of consecutive ids per count; return each run's first id.
+
+        The ``k``-th id of a run is ``offset_id(first, k)``: runs cost one formatted id each.
+        """
+        total = sum(counts)
+        if total <= 0:
+            return []
+        pt = self._now_ns() // 1_000_000
+        with self._lock:
+            if pt > self._ms:
+                ms, start = pt, 0
+            else:
+                ms, start = self._ms, self._counter + 1
+            if start + total - 1 > _COUNTER_MAX:
+                ms, start = ms + 1, 0
+            self._ms, self._counter = ms, start + total - 1
+        rand = int.from_bytes(os.urandom(5)) & ((1 << _RAND_BITS) - 1)
+        base = (ms << 80) | _VERSION_VARIANT | rand
+        out: list[str] = []
+        append = out.append
+        c = start
+        for n in counts:
+            h = "%032x" % (base | ((c >> _LO_BITS) << 64) | ((c & _LO_MASK) << _RAND_BITS))
+            append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+            c += n
+        return out
+
+
+def offset_id(first: str, k: int) -> str:
+    """The id ``k`` counter steps after ``first`` (same milliseconds and random bits)."""
+    if k == 0:
+        return first
+    n = int(first.replace("-", ""), 16)
+    ms = n >> 80
+    counter = (((n >> 64) & 0xFFF) << _LO_BITS) | ((n >> _RAND_BITS) & _LO_MASK)
+    counter += k
+    if counter > _COUNTER_MAX:
+        raise ValueError(f"id run starting at {first} overflows its counter")
+    return _format(_compose(ms, counter, n & ((1 << _RAND_BITS) - 1)))
+
+
+def is_next_id(prev: str, nxt: str) -> bool:
+    """Whether ``nxt`` is the id one counter step after ``prev`` (runs pack together)."""
+    a = int(prev.replace("-", ""), 16)
+    b = int(nxt.replace("-", ""), 16)
+    if (a >> 80) != (b >> 80) or (a & ((1 << _RAND_BITS) - 1)) != (b & ((1 << _RAND_BITS) - 1)):
+        return False
+    ca = (((a >> 64) & 0xFFF) << _LO_BITS) | ((a >> _RAND_BITS) & _LO_MASK)
+    cb = (((b >> 64) & 0xFFF) << _LO_BITS) | ((b >> _RAND_BITS) & _LO_MASK)
+    return cb == ca + 1 and (a >> 76) & 0xF == 7 and (b >> 76) & 0xF == 7

@@ -1,0 +1,52 @@
+"""The exception tree of dimpledb_sa: every error the library raises on purpose.
+
+::
+
+    DimpleError
+    ├── ConfigurationError      the library was set up wrongly (models, keys, remote)
+    └── SyncError               a sync could not finish; ``.report`` holds what it did
+        ├── DecryptionError     a remote file does not decrypt with our key
+        └── RemoteFormatError   a remote file or folder is malformed, hostile or unsafe
+
+``SyncError`` and its subclasses carry the partial :class:`~dimpledb_sa.SyncReport` of
+the sync that raised them (``None`` when raised below the sync layer, e.g. by the codec).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import SyncReport
+
+__all__ = [
+    "ConfigurationError",
+    "DecryptionError",
+    "DimpleError",
+    "RemoteFormatError",
+    "SyncError",
+]
+
+
+class DimpleError(Exception):
+    """Root of every error raised by dimpledb_sa."""
+
+
+class ConfigurationError(DimpleError):
+    """Misconfiguration: unsupported model, missing key, bad remote, wrong arguments."""
+
+
+class SyncError(DimpleError):
+    """A sync did not complete cleanly; ``report`` holds the partial result."""
+
+    def __init__(self, message: str, report: SyncReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class DecryptionError(SyncError):
+    """A remote file could not be decrypted with the configured identity or passphrase."""
+
+
+class RemoteFormatError(SyncError):
+    """A remote manifest, bundle, file name or folder name is malformed or unsafe."""

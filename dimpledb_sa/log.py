@@ -1,0 +1,220 @@
+"""The change log's local layout: packing attribute changes into rows, and reading them back.
+
+Bundles carry the seed's per-attribute change records (:data:`ChangeRow`). Locally, the
+changes one transaction makes to one entity are stored as one *packed* row when their ids are
+consecutive clock steps (which the clock guarantees for everything captured here):
+``(first_id, transaction_id, entity_type, entity_id, attributes, old_values, new_values)``
+with the last three JSON arrays. The ``k``-th change of a row has id
+``offset_id(first_id, k)``. Writing one row per entity instead of one per attribute is what
+keeps capture cheap; :func:`expand` gives back exactly the per-attribute records, and
+:func:`pack` folds pulled records the same way (a record whose id does not continue the run
+starts a new row, so foreign ids are stored faithfully too).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, select
+
+from . import schema
+from .bundle import ChangeRow, TxRecord
+from .changes import Change
+from .clock import is_next_id, offset_id
+
+if TYPE_CHECKING:
+    from .db import DimpleDb
+
+__all__ = [
+    "ChangeRow",
+    "Group",
+    "PackedRow",
+    "TxRecord",
+    "entity_changes",
+    "expand",
+    "expand_all",
+    "history",
+    "json_array",
+    "pack",
+    "store_remote",
+    "transactions_since",
+    "write_local",
+]
+
+# (first_id, transaction_id, entity_type, entity_id, attributes, old_values, new_values)
+PackedRow = tuple[str, str, str, str, str, str, str]
+# [entity_type, entity_id, names (list or JSON text), olds (list or JSON text), news (list)]
+Group = list[Any]
+
+_dumps = json.dumps
+_loads = json.loads
+_CHUNK = 400
+
+
+def json_array(texts: Sequence[str | None]) -> str:
+    """A JSON array from the JSON texts of its items (``None`` is ``null``)."""
+    return "[" + ",".join(["null" if t is None else t for t in texts]) + "]"
+
+
+def _texts(array_json: str) -> list[str | None]:
+    return [None if v is None else _dumps(v) for v in _loads(array_json)]
+
+
+def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list[PackedRow]:
+    """Issue ids for one local transaction's groups and write it; returns the packed rows.
+
+    The clock first observes the newest id in the log, so ids keep growing across processes
+    sharing the database and after pulls made by any of them.
+    """
+    sync_clock(db, conn)
+    counts = [len(g[4]) for g in groups]
+    firsts = db.clock.reserve_runs([1, *counts])
+    tx_id = firsts[0]
+    rows: list[PackedRow] = []
+    append = rows.append
+    for first, (etype, eid, names, olds, news) in zip(firsts[1:], groups, strict=True):
+        append((
+            first, tx_id, etype, eid,
+            names if type(names) is str else _dumps(names),
+            olds if type(olds) is str else json_array(olds),
+            json_array(news),
+        ))
+    schema.insert_many(conn, schema.transactions, [(tx_id, db.author_id)])
+    schema.insert_many(conn, schema.changes, rows)
+    return rows
+
+
+def sync_clock(db: DimpleDb, conn: Connection) -> None:
+    """Move the clock past the newest change and transaction ids stored in the database."""
+    for col in (schema.changes.c.id, schema.transactions.c.id):
+        newest = conn.execute(select(col).order_by(col.desc()).limit(1)).scalar()
+        if newest:
+            db.clock.observe(newest)
+
+
+def expand(row: Sequence[Any]) -> list[ChangeRow]:
+    """The per-attribute change records of one packed row."""
+    first, tx, etype, eid, names_json, olds_json, news_json = row[:7]
+    names = _loads(names_json)
+    olds = _texts(olds_json)
+    news = _texts(news_json)
+    return [
+        (offset_id(first, k), tx, etype, eid, names[k], olds[k], news[k])
+        for k in range(len(names))
+    ]
+
+
+def expand_all(rows: Iterable[Sequence[Any]]) -> list[ChangeRow]:
+    out: list[ChangeRow] = []
+    for r in rows:
+        out.extend(expand(r))
+    return out
+
+
+def pack(changes: Sequence[ChangeRow]) -> list[PackedRow]:
+    """Fold per-attribute records (in id order within each transaction) into packed rows."""
+    out: list[PackedRow] = []
+    i, n = 0, len(changes)
+    while i < n:
+        first = changes[i]
+        j = i + 1
+        while j < n:
+            c = changes[j]
+            p = changes[j - 1]
+            if c[1] != first[1] or c[2] != first[2] or c[3] != first[3] or not is_next_id(
+                p[0], c[0]
+            ):
+                break
+            j += 1
+        run = changes[i:j]
+        out.append((
+            first[0], first[1], first[2], first[3],
+            _dumps([c[4] for c in run]),
+            json_array([c[5] for c in run]),
+            json_array([c[6] for c in run]),
+        ))
+        i = j
+    return out
+
+
+def store_remote(conn: Connection, transactions: Sequence[TxRecord]) -> list[PackedRow]:
+    """Store pulled transactions in the log, skipping ones already there; returns new rows."""
+    if not transactions:
+        return []
+    tx_ids = [t[0] for t in transactions]
+    known: set[str] = set()
+    t = schema.transactions
+    for i in range(0, len(tx_ids), _CHUNK):
+        chunk = tx_ids[i : i + _CHUNK]
+        known.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
+    fresh = [tx for tx in transactions if tx[0] not in known]
+    if not fresh:
+        return []
+    rows: list[PackedRow] = []
+    for _, _, changes in fresh:
+        rows.extend(pack(changes))
+    schema.insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
+                       ignore_existing=True)
+    schema.insert_many(conn, schema.changes, rows, ignore_existing=True)
+    return rows
+
+
+def transactions_since(conn: Connection, author: str, after: str | None) -> list[TxRecord]:
+    """``author``'s transactions with an id above ``after``, oldest first, for a bundle."""
+    t, c = schema.transactions, schema.changes
+    stmt = select(t.c.id).where(t.c.author == author)
+    if after:
+        stmt = stmt.where(t.c.id > after)
+    tx_ids = list(conn.execute(stmt.order_by(t.c.id)).scalars())
+    by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
+    for i in range(0, len(tx_ids), _CHUNK):
+        chunk = tx_ids[i : i + _CHUNK]
+        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
+            by_tx[row[1]].extend(expand(row))
+    out: list[TxRecord] = []
+    for tx in tx_ids:
+        changes = by_tx.get(tx, [])
+        changes.sort()
+        out.append((tx, author, changes))
+    return out
+
+
+def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
+                   ) -> dict[tuple[str, str], list[ChangeRow]]:
+    """Every logged change of each (entity_type, entity_id), in id order."""
+    c = schema.changes
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for etype, eid in keys:
+        by_type[etype].append(eid)
+    out: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
+    for etype, eids in by_type.items():
+        for i in range(0, len(eids), _CHUNK):
+            chunk = eids[i : i + _CHUNK]
+            stmt = select(c).where(c.c.entity_type == etype, c.c.entity_id.in_(chunk))
+            for row in conn.execute(stmt):
+                out[(row[2], row[3])].extend(expand(row))
+    for v in out.values():
+        v.sort()
+    return out
+
+
+def history(conn: Connection, entity_type: str, entity_id: str) -> list[Change]:
+    """Every logged change of one entity, oldest first, with authors."""
+    c, t = schema.changes, schema.transactions
+    stmt = (
+        select(c, t.c.author)
+        .join(t, t.c.id == c.c.transaction_id)
+        .where(c.c.entity_type == entity_type, c.c.entity_id == entity_id)
+    )
+    out: list[Change] = []
+    for row in conn.execute(stmt):
+        author = row[7]
+        for r in expand(row):
+            out.append(Change(r[0], r[1], author, r[2], r[3], r[4],
+                              None if r[5] is None else _loads(r[5]),
+                              None if r[6] is None else _loads(r[6])))
+    out.sort(key=lambda ch: ch.id)
+    return out

@@ -1,0 +1,187 @@
+"""Which tables are tracked, and how: resolving the models argument and checking keys.
+
+:func:`resolve_tables` turns what the user passed to ``DimpleDb`` (a ``DeclarativeBase``
+subclass, a ``MetaData``, or an iterable of mapped classes and ``Table`` objects) into
+:class:`TrackedTable` records, raising :class:`ConfigurationError` for a table whose primary
+key cannot identify a row across devices. :func:`mapper_plan` precomputes, per ORM mapper,
+the column attributes capture reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import MetaData, Table
+from sqlalchemy import types as sqltypes
+from sqlalchemy.orm import ColumnProperty, Mapper, class_mapper
+from sqlalchemy.orm.exc import UnmappedClassError
+from sqlalchemy.schema import Column
+
+from .errors import ConfigurationError
+from .schema import BOOKKEEPING_PREFIX
+from .values import Codec, codec_for
+
+__all__ = ["MapperPlan", "TrackedTable", "mapper_plan", "resolve_tables"]
+
+
+@dataclass(eq=False)
+class TrackedTable:
+    """A tracked table: its key column and a codec per column (by column name)."""
+
+    table: Table
+    pk: Column[Any]
+    codecs: dict[str, Codec] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def pk_name(self) -> str:
+        return self.pk.name
+
+
+@dataclass(eq=False)
+class MapperPlan:
+    """What capture reads from one mapper's instances, precomputed for the hot path.
+
+    ``attrs``: (attribute key, column name, codec) of every column of the tracked table;
+    ``value_columns``/``value_encoders``: the same less the key, in insert order;
+    ``insert_names_json``/``insert_olds_json``: the packed-row text of an insert's names
+    (key first) and old values (all null).
+    """
+
+    tracked: TrackedTable
+    attrs: list[tuple[str, str, Codec]]
+    pk_key: str
+    name: str = ""
+    value_columns: list[tuple[str, str]] = field(default_factory=list)
+    value_encoders: list[tuple[str, Any]] = field(default_factory=list)
+    pk_encode: Any = None
+    pk_names_json: str = ""
+    insert_names_json: str = ""
+    insert_olds_json: str = ""
+
+    def __post_init__(self) -> None:
+        tt = self.tracked
+        self.name = tt.name
+        self.value_columns = [(k, c) for k, c, _ in self.attrs if c != tt.pk_name]
+        self.value_encoders = [(k, codec.encode) for k, c, codec in self.attrs
+                               if c != tt.pk_name]
+        self.pk_encode = tt.codecs[tt.pk_name].encode
+        self.pk_names_json = json.dumps([tt.pk_name])
+        names = [tt.pk_name] + [c for _, c in self.value_columns]
+        self.insert_names_json = json.dumps(names)
+        self.insert_olds_json = "[" + ",".join(["null"] * len(names)) + "]"
+
+
+def _fix_hint(table: Table) -> str:
+    return (
+        f"give {table.name!r} a single primary-key column holding a globally unique value, "
+        "e.g. `id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)`, "
+        f"or leave it untracked with DimpleDb(..., exclude=[{table.name!r}])"
+    )
+
+
+def _check_table(table: Table) -> TrackedTable:
+    pks = list(table.primary_key.columns)
+    if not pks:
+        raise ConfigurationError(f"table {table.name!r} has no primary key: {_fix_hint(table)}")
+    if len(pks) > 1:
+        names = ", ".join(c.name for c in pks)
+        raise ConfigurationError(
+            f"table {table.name!r} has a composite primary key ({names}): {_fix_hint(table)}"
+        )
+    pk = pks[0]
+    t = pk.type
+    while isinstance(t, sqltypes.TypeDecorator):
+        t = t.impl_instance
+    if not isinstance(t, sqltypes.String | sqltypes.Uuid) or isinstance(t, sqltypes.Enum):
+        raise ConfigurationError(
+            f"table {table.name!r} has primary key {pk.name!r} of type {pk.type}, which cannot "
+            f"identify a row across devices (an autoincrement integer repeats on every "
+            f"device): {_fix_hint(table)}"
+        )
+    return TrackedTable(table, pk, {c.name: codec_for(c) for c in table.columns})
+
+
+def _add(obj: Any, tables: dict[str, Table]) -> None:
+    if isinstance(obj, Table):
+        tables[obj.name] = obj
+        return
+    if isinstance(obj, MetaData):
+        tables.update((t.name, t) for t in obj.tables.values())
+        return
+    if isinstance(obj, type) and hasattr(obj, "registry") and hasattr(obj, "metadata") and (
+        getattr(obj, "__table__", None) is None
+    ):  # a declarative base: everything in its metadata
+        tables.update((t.name, t) for t in obj.metadata.tables.values())
+        return
+    try:
+        mapper = class_mapper(obj)
+    except (UnmappedClassError, TypeError):
+        raise ConfigurationError(
+            f"cannot track {obj!r}: pass a DeclarativeBase subclass, a MetaData, "
+            "or an iterable of mapped classes and Table objects"
+        ) from None
+    for t in mapper.tables:
+        if isinstance(t, Table):
+            tables[t.name] = t
+
+
+def _names(exclude: Iterable[Any]) -> set[str]:
+    out: set[str] = set()
+    for e in exclude:
+        if isinstance(e, str):
+            out.add(e)
+        elif isinstance(e, Table):
+            out.add(e.name)
+        else:
+            out.update(t.name for t in class_mapper(e).tables if isinstance(t, Table))
+    return out
+
+
+def resolve_tables(models: Any, exclude: Iterable[Any] = ()) -> dict[str, TrackedTable]:
+    """The tracked tables named by ``models`` less ``exclude``, keyed by table name."""
+    tables: dict[str, Table] = {}
+    if isinstance(models, Table | MetaData | type):
+        _add(models, tables)
+    elif isinstance(models, Iterable):
+        for m in models:
+            _add(m, tables)
+    else:
+        _add(models, tables)
+    skip = _names(exclude)
+    out: dict[str, TrackedTable] = {}
+    for name, table in tables.items():
+        if name in skip or name.startswith(BOOKKEEPING_PREFIX):
+            continue
+        out[name] = _check_table(table)
+    if not out:
+        raise ConfigurationError("no tables to track: models (less exclude) hold no table")
+    return out
+
+
+def mapper_plan(mapper: Mapper[Any], tracked: dict[str, TrackedTable]) -> MapperPlan | None:
+    """The capture plan for ``mapper``, or ``None`` when its table is not tracked."""
+    table = mapper.local_table
+    if not isinstance(table, Table) or table.name not in tracked:
+        return None
+    tt = tracked[table.name]
+    if tt.table is not table:
+        return None
+    attrs: list[tuple[str, str, Codec]] = []
+    pk_key = tt.pk.name
+    for prop in mapper.column_attrs:
+        if not isinstance(prop, ColumnProperty):
+            continue
+        for col in prop.columns:
+            if isinstance(col, Column) and col.table is table:
+                attrs.append((prop.key, col.name, tt.codecs[col.name]))
+                if col is tt.pk:
+                    pk_key = prop.key
+                break
+    return MapperPlan(tt, attrs, pk_key)

@@ -1,0 +1,155 @@
+"""Column values <-> canonical JSON text, chosen once per column from its SQLAlchemy type.
+
+The change log and the bundles hold JSON-compatible values; locally each is stored as the
+text ``json.dumps(value)`` (default settings: the one canonical spelling, so that logs
+compare equal across replicas), and ``None`` (SQL NULL) stands for JSON ``null``.
+
+=================  ==========================  ===================================
+column type        JSON value                  back to Python
+=================  ==========================  ===================================
+String, Text       string                      str
+Integer family     number                      int
+Float              number                      float
+Numeric(decimal)   string ``"12.50"``          Decimal
+Boolean            true / false                bool
+Date/DateTime/Time ISO-8601 string             date / datetime (naive or aware) / time
+LargeBinary        base64 string               bytes
+JSON               the JSON value itself       the same
+Enum (enum class)  the member's name           the member
+Uuid               canonical string            uuid.UUID or str (``as_uuid``)
+=================  ==========================  ===================================
+
+Other types (``TypeDecorator``s are looked through to their ``impl``) pass values through
+``json.dumps`` unchanged, so they must already be JSON-compatible.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import json
+import uuid
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
+from typing import Any
+
+from sqlalchemy import types as sqltypes
+from sqlalchemy.schema import Column
+
+__all__ = ["Codec", "codec_for", "dumps", "loads"]
+
+Encoder = Callable[[Any], "str | None"]
+Decoder = Callable[["str | None"], Any]
+
+dumps: Callable[[Any], str] = json.dumps
+loads: Callable[[str], Any] = json.loads
+
+
+class Codec:
+    """``encode(python_value) -> json text | None`` and ``decode(json text | None) -> value``
+    for one column, plus ``to_json``/``from_json`` between Python and JSON-compatible values.
+    """
+
+    __slots__ = ("decode", "encode", "from_json", "to_json")
+
+    def __init__(self, to_json: Callable[[Any], Any], from_json: Callable[[Any], Any],
+                 encode: Encoder | None = None) -> None:
+        self.to_json = to_json
+        self.from_json = from_json
+        self.encode: Encoder = encode or (lambda v: None if v is None else dumps(to_json(v)))
+        self.decode: Decoder = lambda s: None if s is None else from_json(loads(s))
+
+
+def _ident(v: Any) -> Any:
+    return v
+
+
+def _enc_str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if type(v) is str:
+        return encode_basestring_ascii(v)
+    return dumps(v)
+
+
+def _enc_int(v: Any) -> str | None:
+    if v is None:
+        return None
+    if type(v) is int:
+        return int.__repr__(v)
+    return dumps(v)
+
+
+def _enc_bool(v: Any) -> str | None:
+    if v is None:
+        return None
+    return "true" if v else "false"
+
+
+def _iso(v: Any) -> str:
+    return str(v.isoformat())
+
+
+def _b64(v: bytes) -> str:
+    return base64.b64encode(v).decode("ascii")
+
+
+def _unb64(v: str) -> bytes:
+    return base64.b64decode(v.encode("ascii"), validate=True)
+
+
+def _enum_codec(t: sqltypes.Enum) -> Codec:
+    cls = t.enum_class
+    if cls is None:
+        return Codec(_ident, _ident, _enc_str)
+    enum_cls: type[enum.Enum] = cls
+
+    def to_json(v: Any) -> Any:
+        return v.name if isinstance(v, enum.Enum) else v
+
+    def from_json(v: Any) -> Any:
+        return enum_cls[v]
+
+    return Codec(to_json, from_json)
+
+
+def _base_type(t: sqltypes.TypeEngine[Any]) -> sqltypes.TypeEngine[Any]:
+    while isinstance(t, sqltypes.TypeDecorator):
+        t = t.impl_instance
+    return t
+
+
+def codec_for(column: Column[Any]) -> Codec:
+    """The codec for one column, chosen from its (decorated) type."""
+    t = _base_type(column.type)
+    if isinstance(t, sqltypes.Boolean):
+        return Codec(bool, bool, _enc_bool)
+    if isinstance(t, sqltypes.Enum):
+        return _enum_codec(t)
+    if isinstance(t, sqltypes.String):
+        return Codec(_ident, _ident, _enc_str)
+    if isinstance(t, sqltypes.Integer):
+        return Codec(_ident, _ident, _enc_int)
+    if isinstance(t, sqltypes.Float) and not t.asdecimal:
+        return Codec(float, float)
+    if isinstance(t, sqltypes.Numeric):
+        if t.asdecimal:
+            return Codec(str, decimal.Decimal)
+        return Codec(float, float)
+    if isinstance(t, sqltypes.DateTime):
+        return Codec(_iso, dt.datetime.fromisoformat)
+    if isinstance(t, sqltypes.Date):
+        return Codec(_iso, dt.date.fromisoformat)
+    if isinstance(t, sqltypes.Time):
+        return Codec(_iso, dt.time.fromisoformat)
+    if isinstance(t, sqltypes._Binary):
+        return Codec(_b64, _unb64)
+    if isinstance(t, sqltypes.Uuid):
+        if t.as_uuid:
+            return Codec(str, uuid.UUID)
+        return Codec(lambda v: str(v), _ident)
+    if isinstance(t, sqltypes.Interval):
+        return Codec(lambda v: v.total_seconds(), lambda v: dt.timedelta(seconds=v))
+    return Codec(_ident, _ident)
