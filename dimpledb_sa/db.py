@@ -7,6 +7,7 @@ held-change replay, adoption, live queries and background sync to their own modu
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,8 +28,10 @@ from .tracking import TrackedTable, resolve_tables
 if TYPE_CHECKING:
     from sqlalchemy.sql import Executable
 
+    from .bundle import Manifest
     from .crypto import Cipher
     from .live import LiveQuery, Watcher
+    from .merge import MergeResult
     from .report import SyncReport
     from .session import Session
     from .storage import Storage
@@ -67,6 +70,7 @@ class DimpleDb:
         self._cipher: Cipher | None = None
         self._remote = remote
         self._background: Any = None
+        self.own_manifest: Manifest | None = None
         if remote is not None:
             from .crypto import make_cipher
             from .storage import Storage
@@ -148,6 +152,18 @@ class DimpleDb:
                 receiver(self, tables=tables, changes=changes, origin=origin)
             except Exception:
                 log.exception("a changes_committed receiver raised; ignored")
+
+    def announce_sync(self, result: MergeResult) -> None:
+        """Send ``changes_committed`` (origin ``"sync"``) for a committed merge."""
+        authors = result.authors
+
+        def make() -> list[Change]:
+            return [Change(r[0], r[1], authors.get(r[1], ""), r[2], r[3], r[4],
+                           None if r[5] is None else json.loads(r[5]),
+                           None if r[6] is None else json.loads(r[6]))
+                    for r in sorted(result.applied_changes)]
+
+        self.committed(frozenset(result.tables), make, "sync")
 
     def to_changes(self, rows: Iterable[ChangeRow], author: str | None = None) -> list[Change]:
         """``Change`` records from per-attribute change rows written by ``author`` (us)."""

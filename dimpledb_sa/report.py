@@ -13,7 +13,8 @@ class SyncReport:
 
     ``pushed``: local transactions uploaded. ``pulled``: remote transactions downloaded and
     stored in the log. ``applied``: changes that changed local rows. ``held``: changes kept
-    back because this schema lacks their table or column (or a row they need). ``errors``:
+    back: the (entity, attribute) pairs held after this sync because this schema lacks their
+table or column, or a row they need (cumulative: still-held pairs count again). ``errors``:
     remote author id (or ``"push"``) -> message, for every author whose data could not be read.
     ``requests``: storage calls made, by kind (``"ls"``, ``"get"``, ``"put"``).
     """
@@ -24,6 +25,7 @@ class SyncReport:
     held: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
+    error_kinds: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:

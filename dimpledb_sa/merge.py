@@ -1,0 +1,326 @@
+"""Merge: pulled transactions -> change log -> local rows, last write wins per attribute.
+
+:func:`merge` runs inside one database transaction that the caller commits. It stores the
+transactions it has not seen (so applying a bundle twice changes nothing), moves the clock
+past every pulled id, and re-derives each touched entity from the log: the latest change
+(by id) on the primary-key attribute decides whether the row exists (a delete is that
+attribute going to ``null``, an insert going to the id), and every other column takes the
+new value of its latest change. The result is compared with the row as it is and only the
+differences are written: inserts parents-first, deletes children-first, and on SQLite with
+``PRAGMA foreign_keys=ON`` foreign keys are checked at commit (``defer_foreign_keys``); a
+row whose parent has not arrived is kept out of the table and held until it has.
+
+Changes for a table or column this schema lacks stay in the log and are listed in
+``dimple_held``; :func:`replay_held` re-derives those entities once the schema has them.
+This module never imports fsspec: it sees transactions, not files.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, bindparam, delete, select, text, update
+
+from . import log, schema
+from .bundle import ChangeRow, TxRecord
+from .capture import fetch_rows
+
+if TYPE_CHECKING:
+    from .db import DimpleDb
+    from .tracking import TrackedTable
+
+__all__ = ["MergeResult", "merge", "replay_held"]
+
+_CHUNK = 400
+
+
+@dataclass
+class MergeResult:
+    """What a merge did: counts for the report, and what to announce after commit."""
+
+    stored: int = 0
+    applied: int = 0
+    held: int = 0
+    tables: set[str] = field(default_factory=set)
+    applied_changes: list[ChangeRow] = field(default_factory=list)
+    authors: dict[str, str] = field(default_factory=dict)  # transaction id -> author
+
+
+def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]:
+    t = schema.transactions
+    ids = [tx[0] for tx in transactions]
+    known: set[str] = set()
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        known.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
+    seen: set[str] = set()
+    out: list[TxRecord] = []
+    for tx in transactions:
+        if tx[0] not in known and tx[0] not in seen:
+            seen.add(tx[0])
+            out.append(tx)
+    return out
+
+
+def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> MergeResult:
+    """Store and apply pulled ``transactions`` on ``conn`` (inside the caller's transaction)."""
+    result = MergeResult()
+    fresh = _fresh(conn, transactions)
+    if not fresh:
+        return result
+    incoming: list[ChangeRow] = []
+    newest = ""
+    for tx_id, author, changes in fresh:
+        incoming.extend(changes)
+        result.authors[tx_id] = author
+        newest = max(newest, tx_id, changes[-1][0] if changes else "")
+    db.clock.observe(newest)
+    keys = {(c[2], c[3]) for c in incoming}
+    before = log.entity_changes(conn, keys)
+    rows: list[log.PackedRow] = []
+    for _, _, changes in fresh:
+        rows.extend(log.pack(changes))
+    schema.insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
+                       ignore_existing=True)
+    schema.insert_many(conn, schema.changes, rows, ignore_existing=True)
+    result.stored = len(fresh)
+
+    incoming_by_entity: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
+    for c in incoming:
+        incoming_by_entity[(c[2], c[3])].append(c)
+    _apply(db, conn, incoming_by_entity, before, result)
+    return result
+
+
+def _winners(changes: Iterable[ChangeRow]) -> dict[str, ChangeRow]:
+    win: dict[str, ChangeRow] = {}
+    for c in changes:
+        w = win.get(c[4])
+        if w is None or c[0] > w[0]:
+            win[c[4]] = c
+    return win
+
+
+def _apply(db: DimpleDb, conn: Connection,
+           incoming: dict[tuple[str, str], list[ChangeRow]],
+           before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult) -> None:
+    """Derive each entity in ``incoming`` from ``before`` + ``incoming`` and write the rows."""
+    by_table: dict[str, list[str]] = defaultdict(list)
+    for etype, eid in incoming:
+        by_table[etype].append(eid)
+    held: list[tuple[str, str, str, str]] = []
+    plans: list[tuple[TrackedTable, dict[str, Any]]] = []
+    for etype, eids in by_table.items():
+        tt = db.tracked.get(etype)
+        if tt is None:
+            for eid in eids:
+                inc = incoming[(etype, eid)]
+                result.held += len(inc)
+                held.extend((etype, eid, a, "unknown table") for a in {c[4] for c in inc})
+            continue
+        current = fetch_rows(conn, tt, eids)
+        plan = _plan_table(tt, eids, incoming, before, current, held, result)
+        plans.append((tt, plan))
+    _write(db, conn, plans, result)
+    if held:
+        schema.insert_many(conn, schema.held, held, ignore_existing=True)
+
+
+def _plan_table(tt: TrackedTable, eids: list[str],
+                incoming: dict[tuple[str, str], list[ChangeRow]],
+                before: dict[tuple[str, str], list[ChangeRow]],
+                current: dict[str, dict[str, Any]],
+                held: list[tuple[str, str, str, str]], result: MergeResult) -> dict[str, Any]:
+    etype = tt.name
+    pkn = tt.pk_name
+    codecs = tt.codecs
+    inserts: list[dict[str, Any]] = []
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    deletes: list[Any] = []
+    applied = result.applied_changes
+    for eid in eids:
+        inc = incoming[(etype, eid)]
+        win = _winners(before.get((etype, eid), ()))
+        inc_ids: set[str] = set()
+        for c in inc:
+            w = win.get(c[4])
+            if w is None or c[0] > w[0]:
+                win[c[4]] = c
+                inc_ids.add(c[0])
+            if c[4] not in codecs:
+                result.held += 1
+                held.append((etype, eid, c[4], "unknown column"))
+        pkw = win.get(pkn)
+        row = current.get(eid)
+        if pkw is None or pkw[6] is None:  # no insert known, or deleted
+            if row is not None and pkw is not None:
+                deletes.append(row[pkn])
+                if pkw[0] in inc_ids:
+                    applied.append(pkw)
+            continue
+        if row is None:
+            values = {}
+            for attr, w in win.items():
+                codec = codecs.get(attr)
+                if codec is not None:
+                    values[attr] = codec.decode(w[6])
+                    if w[0] in inc_ids:
+                        applied.append(w)
+            inserts.append(values)
+            continue
+        changed: dict[str, Any] = {}
+        for attr, w in win.items():
+            codec = codecs.get(attr)
+            if codec is None or attr == pkn:
+                continue
+            if codec.encode(row[attr]) != w[6]:
+                changed[attr] = codec.decode(w[6])
+                if w[0] in inc_ids:
+                    applied.append(w)
+        if changed:
+            changed["_dimple_pk"] = row[pkn]
+            updates[tuple(sorted(changed))].append(changed)
+    return {"inserts": inserts, "updates": updates, "deletes": deletes}
+
+
+def _write(db: DimpleDb, conn: Connection, plans: list[tuple[TrackedTable, dict[str, Any]]],
+           result: MergeResult) -> None:
+    if not plans:
+        return
+    order = _table_order(db)
+    plans.sort(key=lambda p: order.get(p[0].name, len(order)))
+    fk_check = conn.dialect.name == "sqlite" and bool(
+        conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
+    if fk_check:
+        conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+    for tt, plan in reversed(plans):  # children first
+        deletes = plan["deletes"]
+        for i in range(0, len(deletes), _CHUNK):
+            conn.execute(delete(tt.table).where(tt.pk.in_(deletes[i : i + _CHUNK])))
+        if deletes:
+            result.tables.add(tt.name)
+    for tt, plan in plans:  # parents first
+        by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for values in plan["inserts"]:
+            by_keys[tuple(values)].append(values)
+        for batch in by_keys.values():
+            conn.execute(tt.table.insert(), batch)
+            result.tables.add(tt.name)
+        for cols, batch in plan["updates"].items():
+            stmt = (
+                update(tt.table)
+                .where(tt.pk == bindparam("_dimple_pk"))
+                .values({c: bindparam(c) for c in cols if c != "_dimple_pk"})
+            )
+            conn.execute(stmt, batch)
+            result.tables.add(tt.name)
+    if fk_check:
+        _hold_orphans(db, conn, [tt for tt, _ in plans], result)
+    result.applied = len(result.applied_changes)
+
+
+def _table_order(db: DimpleDb) -> dict[str, int]:
+    order: dict[str, int] = {}
+    seen: set[int] = set()
+    for tt in db.tracked.values():
+        md = tt.table.metadata
+        if id(md) in seen:
+            continue
+        seen.add(id(md))
+        for t in md.sorted_tables:
+            order.setdefault(t.name, len(order))
+    return order
+
+
+def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
+                  result: MergeResult) -> None:
+    """Take rows whose parent is missing back out of their table and hold them."""
+    while True:
+        bad: dict[str, set[int]] = defaultdict(set)
+        for tt in tables:
+            q = f"PRAGMA foreign_key_check({conn.dialect.identifier_preparer.quote(tt.name)})"
+            for row in conn.exec_driver_sql(q):
+                if row[1] is not None:
+                    bad[row[0]].add(row[1])
+        if not bad:
+            return
+        handled = False
+        for name, rowids in bad.items():
+            child = db.tracked.get(name)
+            if child is None:
+                continue  # an untracked table: the commit will report it
+            handled = True
+            marks = ",".join(str(int(r)) for r in rowids)
+            ids = [r[0] for r in conn.execute(
+                select(child.pk).where(text(f"rowid IN ({marks})")))]
+            conn.execute(delete(child.table).where(child.pk.in_(ids)))
+            schema.insert_many(conn, schema.held,
+                               [(name, str(i), child.pk_name, "missing parent row")
+                                for i in ids], ignore_existing=True)
+            result.held += len(ids)
+            dropped = {str(i) for i in ids}
+            result.applied_changes[:] = [c for c in result.applied_changes
+                                         if not (c[2] == name and c[3] in dropped)]
+        if not handled:
+            return
+
+
+def replay_held(db: DimpleDb, conn: Connection) -> int:
+    """Re-derive held entities whose table and columns now exist; returns changes applied.
+
+    Runs in its own transaction on ``conn`` unless one is open. Held entries that still
+    cannot apply stay held.
+    """
+    own = not conn.in_transaction()
+    if own:
+        conn.begin()
+    try:
+        result = replay_held_in(db, conn)
+        if own:
+            conn.commit()
+    except BaseException:
+        if own:
+            conn.rollback()
+        raise
+    if result.applied_changes:
+        db.announce_sync(result)
+    return result.applied
+
+
+def replay_held_in(db: DimpleDb, conn: Connection) -> MergeResult:
+    """:func:`replay_held` inside the caller's transaction."""
+    h = schema.held
+    result = MergeResult()
+    entries = list(conn.execute(select(h.c.entity_type, h.c.entity_id, h.c.attribute,
+                                       h.c.reason)))
+    ready: set[tuple[str, str]] = set()
+    for etype, eid, attr, reason in entries:
+        tt = db.tracked.get(etype)
+        if tt is None:
+            continue
+        if attr in tt.codecs or reason == "missing parent row":
+            ready.add((etype, eid))
+    if not ready:
+        return result
+    for etype, eid in ready:
+        conn.execute(delete(h).where(h.c.entity_type == etype, h.c.entity_id == eid))
+    everything = log.entity_changes(conn, ready)
+    # re-derive from the whole log: every logged change counts as "incoming" over nothing
+    _apply(db, conn, {k: everything.get(k, []) for k in ready}, {}, result)
+    authors = _authors(conn, {c[1] for c in result.applied_changes})
+    result.authors = authors
+    return result
+
+
+def _authors(conn: Connection, tx_ids: set[str]) -> dict[str, str]:
+    t = schema.transactions
+    out: dict[str, str] = {}
+    ids = list(tx_ids)
+    for i in range(0, len(ids), _CHUNK):
+        for tid, author in conn.execute(select(t.c.id, t.c.author).where(
+                t.c.id.in_(ids[i : i + _CHUNK]))):
+            out[tid] = author
+    return out

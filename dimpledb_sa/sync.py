@@ -1,0 +1,235 @@
+"""Sync: push local transactions as a bundle, pull the other authors' bundles, merge them.
+
+One :func:`sync` call, under the database's sync lock (threads) and SQLite's write lock
+(processes):
+
+1. **Push.** Our transactions after ``pushed_through`` go into one bundle, encrypted and
+   written *before* our manifest; ``pushed_through`` advances only after both writes, in
+   the same database transaction that took the write lock. A crash in between leaves an
+   unlisted bundle (harmless) and the next sync pushes the same transactions again.
+2. **Pull.** One listing of the remote root, then each other author's manifest; bundles whose
+   last transaction is after that author's cursor are fetched, decrypted and validated. An
+   author whose folder name, manifest or bundle is bad, undecryptable or inconsistent is
+   recorded in ``report.errors`` and skipped from that bundle on; the others go on.
+3. **Merge** of everything readable in one database transaction, with the cursors, then
+   the held changes the schema can now take; ``changes_committed`` (origin ``"sync"``)
+   after the commit. If any author failed, :class:`SyncError` (or its ``DecryptionError`` /
+   ``RemoteFormatError`` subclass when all failures are of that kind) carries the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from . import log, schema
+from .bundle import (
+    BundleInfo,
+    Manifest,
+    TxRecord,
+    bundle_name,
+    decode_bundle,
+    decode_manifest,
+    encode_bundle,
+    encode_manifest,
+    manifest_with,
+    utc_now_iso,
+)
+from .errors import DecryptionError, DimpleError, RemoteFormatError, SyncError
+from .merge import MergeResult, merge, replay_held_in
+from .report import SyncReport
+
+if TYPE_CHECKING:
+    from .db import DimpleDb
+
+__all__ = ["pull", "push", "sync"]
+
+log_ = logging.getLogger("dimpledb_sa.sync")
+
+
+def _meta_get(conn: Connection, key: str) -> str | None:
+    m = schema.meta
+    value: str | None = conn.execute(select(m.c.value).where(m.c.key == key)).scalar()
+    return value
+
+
+def _meta_set(conn: Connection, key: str, value: str) -> None:
+    m = schema.meta
+    if conn.execute(update(m).where(m.c.key == key).values(value=value)).rowcount == 0:
+        conn.execute(insert(m).values(key=key, value=value))
+
+
+def _lock(conn: Connection) -> None:
+    """Take the database's write lock now (SQLite: RESERVED) by writing a no-op."""
+    m = schema.meta
+    conn.execute(update(m).where(m.c.key == "author_id").values(value=m.c.value))
+
+
+def sync(db: DimpleDb) -> SyncReport:
+    """Push, pull and merge; see the module docstring."""
+    storage = db.storage
+    report = SyncReport()
+    start = dict(storage.requests)
+    with db.sync_lock:
+        try:
+            push(db, report)
+            result = pull(db, report)
+        finally:
+            report.requests = {k: v - start.get(k, 0) for k, v in storage.requests.items()
+                               if v - start.get(k, 0)}
+    if result is not None and result.applied_changes:
+        db.announce_sync(result)
+    if report.errors:
+        raise _error(report)
+    return report
+
+
+def _error(report: SyncReport) -> SyncError:
+    kinds = set(report.error_kinds.values()) if report.error_kinds else set()
+    names = ", ".join(f"{a}: {m}" for a, m in sorted(report.errors.items()))
+    msg = f"sync finished with errors ({len(report.errors)}): {names}"
+    if kinds == {"decrypt"}:
+        return DecryptionError(msg, report)
+    if kinds == {"format"}:
+        return RemoteFormatError(msg, report)
+    return SyncError(msg, report)
+
+
+def _fail(report: SyncReport, who: str, exc: BaseException) -> None:
+    kind = ("decrypt" if isinstance(exc, DecryptionError)
+            else "format" if isinstance(exc, RemoteFormatError) else "other")
+    report.errors[who] = str(exc) or type(exc).__name__
+    report.error_kinds[who] = kind
+    log_.warning("sync: %s: %s", who, report.errors[who])
+
+
+# -- push --------------------------------------------------------------------------------------
+def push(db: DimpleDb, report: SyncReport) -> None:
+    """Upload our transactions not pushed yet as one bundle, then the manifest."""
+    storage, cipher, me = db.storage, db.cipher, db.author_id
+    with db.engine.connect() as conn, conn.begin():
+        _lock(conn)
+        since = _meta_get(conn, "pushed_through")
+        txs = log.transactions_since(conn, me, since)
+        if not txs:
+            return
+        try:
+            data = cipher.encrypt(encode_bundle(txs))
+            name = bundle_name(txs[0][0], txs[-1][0])
+            storage.write_bundle(me, name, data)
+            manifest = _own_manifest(db)
+            info = BundleInfo(name, txs[0][0], txs[-1][0], len(txs), utc_now_iso())
+            manifest = manifest_with(manifest, me, info)
+            storage.write_manifest(me, encode_manifest(manifest))
+        except (OSError, DimpleError, ValueError) as exc:
+            _fail(report, "push", exc)
+            return
+        db.own_manifest = manifest
+        _meta_set(conn, "pushed_through", txs[-1][0])
+        report.pushed = len(txs)
+
+
+def _own_manifest(db: DimpleDb) -> Manifest | None:
+    if db.own_manifest is not None:
+        return db.own_manifest
+    data = db.storage.read_manifest(db.author_id)
+    if data is None:
+        return None
+    return decode_manifest(data, db.author_id)
+
+
+# -- pull --------------------------------------------------------------------------------------
+def _cursors(conn: Connection) -> dict[str, str]:
+    c = schema.cursors
+    return {a: t for a, t in conn.execute(select(c.c.author, c.c.last_transaction_id))}
+
+
+def _fetch_author(db: DimpleDb, author: str, cursor: str | None,
+                  report: SyncReport) -> tuple[list[TxRecord], str | None]:
+    """The new transactions of one author, up to its first unreadable bundle."""
+    storage, cipher = db.storage, db.cipher
+    out: list[TxRecord] = []
+    last: str | None = None
+    try:
+        data = storage.read_manifest(author)
+        if data is None:
+            return out, last
+        manifest = decode_manifest(data, author)
+        wanted = [b for b in manifest.bundles
+                  if cursor is None or b.last_transaction_id > cursor]
+        if not wanted:
+            return out, last
+        blobs = storage.read_bundles(author, [b.filename for b in wanted])
+        for info in wanted:
+            blob = blobs.get(info.filename)
+            if isinstance(blob, BaseException) or blob is None:
+                raise blob or FileNotFoundError(info.filename)
+            txs = decode_bundle(cipher.decrypt(blob), author, name=info.filename)
+            _check_bundle(info, txs)
+            out.extend(txs)
+            last = info.last_transaction_id
+    except (OSError, DimpleError, ValueError) as exc:
+        _fail(report, author, exc)
+    return out, last
+
+
+def _check_bundle(info: BundleInfo, txs: Sequence[TxRecord]) -> None:
+    """A bundle must hold what its manifest entry says (count and id range)."""
+    where = f"bundle {info.filename}"
+    if len(txs) != info.transaction_count:
+        raise RemoteFormatError(
+            f"{where} holds {len(txs)} transactions, its manifest says {info.transaction_count}"
+        )
+    ids = [t[0] for t in txs]
+    if ids and (min(ids) != info.first_transaction_id or max(ids) != info.last_transaction_id):
+        raise RemoteFormatError(f"{where}: transaction ids do not match its file name")
+
+
+def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
+    """Fetch every other author's new bundles and merge them; returns the merge result."""
+    storage = db.storage
+    me = db.author_id
+    try:
+        authors, bad = storage.list_authors()
+    except OSError as exc:
+        raise SyncError(f"cannot list the remote: {exc}", report) from exc
+    for name in bad:
+        _fail(report, name, RemoteFormatError(
+            f"folder {name!r:.80} in the remote is not an author id (a UUID)"))
+    with db.engine.connect() as conn:
+        cursors = _cursors(conn)
+        conn.rollback()
+    pulled: list[TxRecord] = []
+    advanced: dict[str, str] = {}
+    for author in authors:
+        if author == me:
+            continue
+        txs, last = _fetch_author(db, author, cursors.get(author), report)
+        pulled.extend(txs)
+        if last is not None:
+            advanced[author] = last
+    report.pulled = len(pulled)
+    with db.engine.connect() as conn, conn.begin():
+        _lock(conn)
+        result = merge(db, conn, pulled)
+        c = schema.cursors
+        now = utc_now_iso()
+        current = _cursors(conn)
+        for author, last in advanced.items():
+            if author in current:
+                if last > current[author]:
+                    conn.execute(update(c).where(c.c.author == author)
+                                 .values(last_transaction_id=last, synced_at=now))
+            else:
+                conn.execute(insert(c).values(author=author, last_transaction_id=last,
+                                              synced_at=now))
+        replayed = replay_held_in(db, conn)
+        report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+    result.applied_changes.extend(replayed.applied_changes)
+    result.authors.update(replayed.authors)
+    result.tables |= replayed.tables
+    report.applied = len(result.applied_changes)
+    return result
