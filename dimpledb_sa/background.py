@@ -1,0 +1,213 @@
+"""Background sync: :class:`BackgroundSync`, the thread behind ``db.start_sync()``.
+
+This module owns the loop that calls ``db.sync()`` every ``interval`` seconds in one daemon
+thread, so that an application stays in sync without calling it itself. A failed sync never
+reaches the application: it is logged (logger ``dimpledb_sa.background``), kept in
+``last_error``, and retried after an exponential backoff with jitter, capped at
+``max_backoff``; transient failures (network, storage, anything unexpected) back off, while
+a sync that completed but could not read some author (a ``DecryptionError`` or
+``RemoteFormatError``, which a retry would not fix) waits the normal interval. ``stop()``
+wakes the thread at once (the sleep is an ``Event`` wait), lets a sync in progress finish,
+and joins the thread; ``trigger()`` asks for a sync now; ``sync_on_commit`` pushes soon
+after each local commit. Tests and apps observe it through ``synced`` (an ``Event`` set
+after each successful sync), ``last_report``, ``last_error`` and the ``on_sync`` /
+``on_error`` callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError, DecryptionError, RemoteFormatError, SyncError
+from .signals import changes_committed
+
+if TYPE_CHECKING:
+    from .db import DimpleDb
+    from .report import SyncReport
+
+__all__ = ["BackgroundSync"]
+
+log = logging.getLogger("dimpledb_sa.background")
+
+
+class BackgroundSync:
+    """Sync ``db`` in a daemon thread every ``interval`` seconds until :meth:`stop`.
+
+    - ``interval``: seconds between the end of one successful sync and the next.
+    - ``retry_delay``: the first backoff after a failure (default ``min(interval, 1.0)``);
+      it doubles after each consecutive failure, up to ``max_backoff``, each delay drawn
+      uniformly from ``[delay * (1 - jitter), delay]`` so that devices do not retry in step.
+    - ``sync_on_start``: sync as soon as the thread starts (default) instead of after one
+      interval. ``sync_on_stop``: one last sync when stopped (pushes the final edits).
+    - ``sync_on_commit``: also sync shortly after every local commit (``changes_committed``
+      with ``origin="local"``), so edits leave the device without waiting for the interval.
+    - ``on_sync(report)`` / ``on_error(exc)``: called in the sync thread after each sync;
+      an exception they raise is logged and ignored.
+    """
+
+    def __init__(
+        self,
+        db: DimpleDb,
+        *,
+        interval: float = 30.0,
+        retry_delay: float | None = None,
+        max_backoff: float = 300.0,
+        jitter: float = 0.5,
+        sync_on_start: bool = True,
+        sync_on_stop: bool = False,
+        sync_on_commit: bool = False,
+        on_sync: Callable[[SyncReport], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        name: str = "dimpledb-sync",
+    ) -> None:
+        if not interval > 0:
+            raise ConfigurationError(f"interval= must be a positive number of seconds: "
+                                     f"{interval!r}")
+        if retry_delay is None:
+            retry_delay = min(interval, 1.0)
+        if not retry_delay > 0 or not max_backoff >= retry_delay:
+            raise ConfigurationError(
+                f"need 0 < retry_delay <= max_backoff, got {retry_delay!r} and {max_backoff!r}"
+            )
+        if not 0 <= jitter <= 1:
+            raise ConfigurationError(f"jitter= must be between 0 and 1: {jitter!r}")
+        _ = db.storage  # ConfigurationError now, in the caller, when there is no remote
+        self.db = db
+        self.interval = float(interval)
+        self.retry_delay = float(retry_delay)
+        self.max_backoff = float(max_backoff)
+        self.jitter = float(jitter)
+        self.sync_on_start = sync_on_start
+        self.sync_on_stop = sync_on_stop
+        self.sync_on_commit = sync_on_commit
+        self.on_sync = on_sync
+        self.on_error = on_error
+        self.name = name
+
+        self.last_report: SyncReport | None = None
+        """The report of the last sync that finished (also a partial one from a SyncError)."""
+        self.last_error: BaseException | None = None
+        """The error of the last sync, or ``None`` when it succeeded."""
+        self.failures = 0
+        """Consecutive failed syncs (0 after a success)."""
+        self.syncs = 0
+        """Syncs attempted so far."""
+        self.synced = threading.Event()
+        """Set after each successful sync; clear it to wait for the next one."""
+
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<BackgroundSync {state} interval={self.interval} failures={self.failures}>"
+
+    # -- control ---------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (once; a stopped ``BackgroundSync`` cannot be restarted)."""
+        if self._thread is not None:
+            raise RuntimeError("this BackgroundSync has already been started")
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        if self.sync_on_commit:
+            changes_committed.connect(self._on_commit, sender=self.db)
+        self._thread.start()
+
+    def trigger(self) -> None:
+        """Ask for a sync now (the thread wakes up; a sync in progress is not repeated)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Stop the thread: wake it, let a sync in progress finish, join it.
+
+        Returns ``True`` when the thread has ended, ``False`` when ``timeout`` passed first
+        (it then ends by itself after its current sync). Safe to call twice, and from
+        ``on_sync``/``on_error`` (it then does not wait for itself).
+        """
+        if self.sync_on_commit:
+            changes_committed.disconnect(self._on_commit, sender=self.db)
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is threading.current_thread():
+            return False
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def __enter__(self) -> BackgroundSync:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _on_commit(self, sender: Any, *, origin: str = "", **kw: Any) -> None:
+        if origin == "local":
+            self._wake.set()
+
+    def _run(self) -> None:
+        delay = 0.0 if self.sync_on_start else self.interval
+        while not self._stop.is_set():
+            if delay > 0:
+                self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            delay = self._sync_once()
+        if self.sync_on_stop:
+            self._sync_once()
+        log.debug("background sync stopped after %d syncs", self.syncs)
+
+    def _sync_once(self) -> float:
+        """One sync, never raising; returns how long to wait before the next one."""
+        self.syncs += 1
+        try:
+            report = self.db.sync()
+        except Exception as exc:
+            self.last_error = exc
+            if isinstance(exc, SyncError) and exc.report is not None:
+                self.last_report = exc.report
+            if isinstance(exc, DecryptionError | RemoteFormatError):
+                # The sync completed for every readable author; retrying sooner fixes nothing.
+                self.failures = 0
+                log.warning("background sync: %s; next try in %.3gs", exc, self.interval)
+                self._call(self.on_error, exc)
+                return self.interval
+            self.failures += 1
+            delay = self._backoff(self.failures)
+            log.warning("background sync failed (%d in a row): %s: %s; retrying in %.3gs",
+                        self.failures, type(exc).__name__, exc, delay)
+            self._call(self.on_error, exc)
+            return delay
+        self.last_report = report
+        self.last_error = None
+        self.failures = 0
+        self.synced.set()
+        self._call(self.on_sync, report)
+        return self.interval
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.max_backoff, self.retry_delay * 2.0 ** min(failures - 1, 64))
+        return delay * (1.0 - self.jitter * self._random.random())
+
+    @staticmethod
+    def _call(callback: Callable[[Any], Any] | None, arg: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(arg)
+        except Exception:
+            log.exception("a background sync callback raised; ignored")
