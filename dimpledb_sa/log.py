@@ -52,6 +52,7 @@ Group = list[Any]
 _dumps = json.dumps
 _loads = json.loads
 _CHUNK = 400
+_HEXI = {ch: k for k, ch in enumerate("0123456789abcdef")}
 
 
 def json_array(texts: Sequence[str | None]) -> str:
@@ -117,25 +118,38 @@ def expand_all(rows: Iterable[Sequence[Any]]) -> list[ChangeRow]:
 def pack(changes: Sequence[ChangeRow]) -> list[PackedRow]:
     """Fold per-attribute records (in id order within each transaction) into packed rows."""
     out: list[PackedRow] = []
+    append = out.append
+    names_cache: dict[tuple[str, ...], str] = {}
+    hexi = _HEXI
     i, n = 0, len(changes)
     while i < n:
         first = changes[i]
+        tx, etype, eid = first[1], first[2], first[3]
+        a = first[0]
+        prefix, tail, digit = a[:26], a[27:], hexi.get(a[26], -2)
         j = i + 1
         while j < n:
             c = changes[j]
-            p = changes[j - 1]
-            if c[1] != first[1] or c[2] != first[2] or c[3] != first[3] or not is_next_id(
-                p[0], c[0]
-            ):
+            if c[3] != eid or c[2] != etype or c[1] != tx:
                 break
+            b = c[0]
+            # fast path: only the last counter digit moved by one (the 9 hex digits after it
+            # are the run's random bits); else the exact check
+            if b[:26] == prefix and b[27:] == tail and hexi.get(b[26]) == digit + 1:
+                digit += 1
+            elif is_next_id(a, b):
+                prefix, tail, digit = b[:26], b[27:], hexi.get(b[26], -2)
+            else:
+                break
+            a = b
             j += 1
         run = changes[i:j]
-        out.append((
-            first[0], first[1], first[2], first[3],
-            _dumps([c[4] for c in run]),
-            json_array([c[5] for c in run]),
-            json_array([c[6] for c in run]),
-        ))
+        names = tuple([c[4] for c in run])
+        names_json = names_cache.get(names)
+        if names_json is None:
+            names_json = names_cache[names] = _dumps(list(names))
+        append((first[0], tx, etype, eid, names_json,
+                json_array([c[5] for c in run]), json_array([c[6] for c in run])))
         i = j
     return out
 

@@ -203,11 +203,8 @@ def _write(db: DimpleDb, conn: Connection, plans: list[tuple[TrackedTable, dict[
         if deletes:
             result.tables.add(tt.name)
     for tt, plan in plans:  # parents first
-        by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-        for values in plan["inserts"]:
-            by_keys[tuple(values)].append(values)
-        for batch in by_keys.values():
-            conn.execute(tt.table.insert(), batch)
+        if plan["inserts"]:
+            schema.insert_values(conn, tt.table, plan["inserts"])
             result.tables.add(tt.name)
         for cols, batch in plan["updates"].items():
             stmt = (

@@ -5,10 +5,10 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
 
 - ``dimple_changes``: the change log, packed: one row per run of attribute changes of one
   entity in one transaction whose ids are consecutive (see :mod:`dimpledb_sa.log`): the
-  first change id, then JSON arrays of attribute names, old values and new values. On SQLite
-  a ``WITHOUT ROWID`` table clustered on the id; ``ix_dimple_changes_entity`` (entity_type,
-  entity_id, id) makes "the changes of one entity" (and so the latest of each of its
-  attributes) one index range.
+  first change id, then JSON arrays of attribute names, old values and new values (a plain
+  rowid table: packed rows are too wide for ``WITHOUT ROWID``). ``ix_dimple_changes_entity``
+  (entity_type, entity_id, id) makes "the changes of one entity" (and so the latest of each
+  of its attributes) one index range.
 - ``dimple_transactions``: one row per transaction (id, author).
 - ``dimple_cursors``: per remote author, the last transaction id merged from its bundles.
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
@@ -29,6 +29,7 @@ __all__ = [
     "cursors",
     "held",
     "insert_many",
+    "insert_values",
     "meta",
     "metadata",
     "transactions",
@@ -52,7 +53,6 @@ changes = Table(
     Column("new_values", Text, nullable=False),
     Index("ix_dimple_changes_entity", "entity_type", "entity_id", "id"),
     Index("ix_dimple_changes_transaction", "transaction_id"),
-    sqlite_with_rowid=False,
 )
 
 transactions = Table(
@@ -125,3 +125,27 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Sequence[Any]],
         else:
             tail = " ON CONFLICT DO NOTHING"
     conn.exec_driver_sql(f"{verb} INTO {tname} ({cols}) VALUES ({marks}){tail}", list(rows))
+
+
+def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert Python values (dicts with the same keys) through the columns' bind processors,
+    with one ``executemany`` per key set (what ``conn.execute(table.insert(), rows)`` does,
+    without its per-row overhead)."""
+    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_keys.setdefault(tuple(r), []).append(r)
+    dialect = conn.dialect
+    for keys, batch in by_keys.items():
+        cols = [table.c[k] for k in keys]
+        procs = [c.type.bind_processor(dialect) for c in cols]
+        if all(p is None for p in procs):
+            tuples = [tuple(r.values()) for r in batch]
+        else:
+            tuples = [
+                tuple(v if p is None or v is None else p(v)
+                      for p, v in zip(procs, r.values(), strict=True))
+                for r in batch
+            ]
+        sub = Table(table.name, MetaData(), *(Column(c.name, c.type) for c in cols),
+                    schema=table.schema)
+        insert_many(conn, sub, tuples)
