@@ -51,7 +51,7 @@ Group = list[Any]
 
 _dumps = json.dumps
 _loads = json.loads
-_CHUNK = 400
+_CHUNK = 900
 _HEXI = {ch: k for k, ch in enumerate("0123456789abcdef")}
 
 

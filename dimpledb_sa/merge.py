@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MergeResult", "merge", "replay_held"]
 
-_CHUNK = 400
+_CHUNK = 900
 
 
 @dataclass
@@ -71,15 +71,15 @@ def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> M
     fresh = _fresh(conn, transactions)
     if not fresh:
         return result
-    incoming: list[ChangeRow] = []
+    incoming: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
     newest = ""
     for tx_id, author, changes in fresh:
-        incoming.extend(changes)
         result.authors[tx_id] = author
+        for c in changes:
+            incoming[(c[2], c[3])].append(c)
         newest = max(newest, tx_id, changes[-1][0] if changes else "")
     db.clock.observe(newest)
-    keys = {(c[2], c[3]) for c in incoming}
-    before = log.entity_changes(conn, keys)
+    before = log.entity_changes(conn, incoming)
     rows: list[log.PackedRow] = []
     for _, _, changes in fresh:
         rows.extend(log.pack(changes))
@@ -87,11 +87,7 @@ def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> M
                        ignore_existing=True)
     schema.insert_many(conn, schema.changes, rows, ignore_existing=True)
     result.stored = len(fresh)
-
-    incoming_by_entity: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
-    for c in incoming:
-        incoming_by_entity[(c[2], c[3])].append(c)
-    _apply(db, conn, incoming_by_entity, before, result)
+    _apply(db, conn, incoming, before, result)
     return result
 
 
@@ -142,17 +138,24 @@ def _plan_table(tt: TrackedTable, eids: list[str],
     deletes: list[Any] = []
     applied = result.applied_changes
     for eid in eids:
-        inc = incoming[(etype, eid)]
-        win = _winners(before.get((etype, eid), ()))
-        inc_ids: set[str] = set()
+        key = (etype, eid)
+        inc = incoming[key]
+        prior = before.get(key)
+        win: dict[str, ChangeRow] = _winners(prior) if prior else {}
+        won: set[str] | None = set() if prior else None  # attributes incoming won
         for c in inc:
-            w = win.get(c[4])
+            attr = c[4]
+            w = win.get(attr)
             if w is None or c[0] > w[0]:
-                win[c[4]] = c
-                inc_ids.add(c[0])
-            if c[4] not in codecs:
-                result.held += 1
-                held.append((etype, eid, c[4], "unknown column"))
+                win[attr] = c
+                if won is not None:
+                    won.add(attr)
+        unknown = [a for a in win if a not in codecs]
+        if unknown:
+            for a in unknown:
+                result.held += sum(1 for c in inc if c[4] == a)
+                held.append((etype, eid, a, "unknown column"))
+        inc_ids = {w[0] for a, w in win.items() if won is None or a in won}
         pkw = win.get(pkn)
         row = current.get(eid)
         if pkw is None or pkw[6] is None:  # no insert known, or deleted

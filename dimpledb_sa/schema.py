@@ -137,15 +137,14 @@ def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
     dialect = conn.dialect
     for keys, batch in by_keys.items():
         cols = [table.c[k] for k in keys]
-        procs = [c.type.bind_processor(dialect) for c in cols]
-        if all(p is None for p in procs):
-            tuples = [tuple(r.values()) for r in batch]
-        else:
-            tuples = [
-                tuple(v if p is None or v is None else p(v)
-                      for p, v in zip(procs, r.values(), strict=True))
-                for r in batch
-            ]
+        columns: list[list[Any]] = []
+        for c in cols:
+            values = [r[c.name] for r in batch]
+            proc = c.type.bind_processor(dialect)
+            if proc is not None:
+                values = [None if v is None else proc(v) for v in values]
+            columns.append(values)
+        tuples = list(zip(*columns, strict=True))
         sub = Table(table.name, MetaData(), *(Column(c.name, c.type) for c in cols),
                     schema=table.schema)
         insert_many(conn, sub, tuples)

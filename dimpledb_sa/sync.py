@@ -30,6 +30,7 @@ from .bundle import (
     BundleInfo,
     Manifest,
     TxRecord,
+    _gc_paused,
     bundle_name,
     decode_bundle,
     decode_manifest,
@@ -212,7 +213,8 @@ def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
         if last is not None:
             advanced[author] = last
     report.pulled = len(pulled)
-    with db.engine.connect() as conn, conn.begin():
+    # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
+    with _gc_paused(len(pulled) > 1000), db.engine.connect() as conn, conn.begin():
         _lock(conn)
         result = merge(db, conn, pulled)
         c = schema.cursors
