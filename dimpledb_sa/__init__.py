@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import signals
 from .changes import Change
 from .clock import new_id
+from .crypto import generate_identity
 from .db import DimpleDb
 from .errors import (
     ConfigurationError,
@@ -30,6 +31,7 @@ __all__ = [
     "Session",
     "SyncError",
     "SyncReport",
+    "generate_identity",
     "new_id",
     "signals",
 ]
