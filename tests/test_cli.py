@@ -1,0 +1,520 @@
+"""The ``dimpledb`` command line, driven as a user drives it, and the examples.
+
+Most tests run ``python -m dimpledb_sa.cli`` in a subprocess (exit code, stdout, stderr);
+finer cases call ``cli.main([...])`` in-process, which is the same code without the
+interpreter start-up. One module-scoped "world" holds two device databases and a local
+folder remote: device A is written with the library, then both are synced by the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import ForeignKey, Integer, String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import dimpledb_sa as dimple
+from dimpledb_sa import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Todo(Base):
+    __tablename__ = "todo"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    text: Mapped[str]
+    done: Mapped[bool] = mapped_column(default=False)
+
+
+class Step(Base):
+    __tablename__ = "step"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=dimple.new_id)
+    todo_id: Mapped[str] = mapped_column(ForeignKey("todo.id"))
+    text: Mapped[str]
+
+
+class Counter(Base):  # not trackable: the CLI must leave it alone
+    __tablename__ = "counter"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIMPLEDB_", "AWS_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def run(*args: Any, cwd: Path, env: dict[str, str] | None = None,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``dimpledb ARGS...`` in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "dimpledb_sa.cli", *map(str, args)],
+                          cwd=cwd, env=_env(env), input=stdin, capture_output=True,
+                          text=True, timeout=120)
+
+
+def call(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    """``dimpledb ARGS...`` in this process: (exit code, stdout, stderr)."""
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help, usage errors
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DIMPLEDB_IDENTITY", "DIMPLEDB_IDENTITY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@dataclass
+class World:
+    dir: Path
+    remote: Path
+    key: Path  # written by `dimpledb keygen -o`
+    other_key: Path  # a key the bundles are not encrypted to
+    a: Path  # device A: written with the library
+    b: Path  # device B: a plain SQLAlchemy database, first synced by the CLI
+    a_author: str
+    milk: str
+    eggs: str
+    bread: str
+    keygen: subprocess.CompletedProcess[str]
+    sync_a: subprocess.CompletedProcess[str]
+    sync_b: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    d = tmp_path_factory.mktemp("cli")
+    keygen = run("keygen", "-o", d / "key.txt", cwd=d)
+    assert keygen.returncode == 0, keygen.stderr
+    secret, _ = dimple.generate_identity()
+    (d / "other.txt").write_text(f"# another device's key\n{secret}\n")
+    key = next(ln for ln in (d / "key.txt").read_text().splitlines() if ln.startswith("AGE-"))
+
+    engine = create_engine(f"sqlite:///{d / 'a.db'}")
+    db = dimple.DimpleDb(engine, Base, exclude=[Counter])
+    db.create_all()
+    with db.sessionmaker()() as s:
+        milk, eggs, bread = Todo(text="milk"), Todo(text="eggs"), Todo(text="bread")
+        s.add_all([milk, eggs, bread])
+        s.commit()
+        s.add(Step(todo_id=milk.id, text="go to the shop"))
+        milk.text = "oat milk"
+        eggs.done = True
+        s.commit()
+        s.delete(bread)
+        s.commit()
+        ids = milk.id, eggs.id, bread.id
+    a_author = db.author_id
+    db.close()
+    engine.dispose()
+    assert key  # the keygen file is the one both devices use
+    plain = create_engine(f"sqlite:///{d / 'b.db'}")
+    Base.metadata.create_all(plain)  # no bookkeeping tables: the CLI creates them
+    plain.dispose()
+
+    sync_a = run("sync", "a.db", "remote", "--identity-file", "key.txt", cwd=d)
+    sync_b = run("sync", d / "b.db", d / "remote", "-i", d / "key.txt", "-v", cwd=d)
+    yield World(d, d / "remote", d / "key.txt", d / "other.txt", d / "a.db", d / "b.db",
+                a_author, *ids, keygen, sync_a, sync_b)
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+# ----------------------------------------------------------------------------- keygen
+
+
+def test_keygen_writes_an_age_identity_file(world: World) -> None:
+    text = world.key.read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("# created: ")
+    assert lines[1].startswith("# public key: age1")
+    assert lines[2].startswith("AGE-SECRET-KEY-1")
+    assert stat.S_IMODE(world.key.stat().st_mode) == 0o600
+    public = lines[1].removeprefix("# public key: ")
+    assert f"Public key: {public}" in world.keygen.stderr
+    shown = run("keygen", "-y", world.key, cwd=world.dir)  # age-keygen -y
+    assert (shown.returncode, shown.stdout.strip()) == (0, public)
+
+
+def test_keygen_to_stdout_and_refusing_to_overwrite(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = call(capsys, "keygen")
+    assert code == 0 and out.count("AGE-SECRET-KEY-1") == 1 and "Public key: age1" in err
+    before = world.key.read_text()
+    code, _, err = call(capsys, "keygen", "-o", world.key)
+    assert code == 1 and "exists" in err and "--force" in err
+    assert world.key.read_text() == before
+    code, out, _ = call(capsys, "keygen", "-y", world.other_key)
+    assert code == 0 and out.startswith("age1")
+    code, _, err = call(capsys, "keygen", "-y", world.a)
+    assert code == 2 and ("not a text file" in err or "no secret key" in err)
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+def test_sync_pushes_then_pulls_into_a_reflected_database(world: World) -> None:
+    assert world.sync_a.returncode == 0, world.sync_a.stderr
+    assert "pushed 3 transaction(s), pulled 0" in world.sync_a.stdout
+    assert world.sync_b.returncode == 0, world.sync_b.stderr
+    assert "pushed 0 transaction(s), pulled 3" in world.sync_b.stdout
+    err = world.sync_b.stderr
+    assert "had no dimpledb bookkeeping tables; created them" in err
+    assert "not tracking 'counter'" in err and "tracking step, todo" in err
+    assert "pull: 1 other author(s)" in err  # plain progress lines when not on a terminal
+    assert sorted(rows(world.b, "SELECT text, done FROM todo")) == [("eggs", 1),
+                                                                    ("oat milk", 0)]
+    assert rows(world.b, "SELECT text FROM step") == [("go to the shop",)]
+
+
+def test_sync_again_is_a_no_op_and_json_reports(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = call(capsys, "sync", world.b, world.remote, "-i", world.key, "--json",
+                          "--no-progress")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["pushed"] == report["pulled"] == report["applied"] == 0
+    assert report["ok"] is True and report["errors"] == {}
+    assert err == ""
+
+
+def test_sync_with_a_wrong_key_fails_clearly(world: World) -> None:
+    fresh = world.dir / "wrong.db"
+    shutil.copy(world.b.with_name("b.db"), fresh)
+    with sqlite3.connect(fresh) as conn:  # a new device: no cursor, nothing pulled yet
+        conn.execute("DELETE FROM dimple_cursors")
+        conn.execute("DELETE FROM dimple_meta")
+    proc = run("sync", fresh, world.remote, "--identity-file", world.other_key, cwd=world.dir)
+    assert proc.returncode == 1
+    assert (f"cannot decrypt the bundles of author {world.a_author} with the given identity"
+            in proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+def test_sync_refuses_bad_input(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = call(capsys, "sync", world.b, world.remote)
+    assert code == 2 and "sync needs a key" in err
+    code, _, err = call(capsys, "sync", world.dir / "nope.db", world.remote, "-i", world.key)
+    assert code == 1 and "does not exist" in err
+    assert not (world.dir / "nope.db").exists()
+    code, _, err = call(capsys, "sync", world.key, world.remote, "-i", world.key)
+    assert code == 1 and "cannot open database" in err  # a text file is no database
+    code, _, err = call(capsys, "sync", "nosuchdialect://x/y", world.remote, "-i", world.key)
+    assert code == 1 and "cannot open database" in err
+    code, _, err = call(capsys, "sync", world.b, world.remote, "--identity", "AGE-SECRET-KEY-1X")
+    assert code == 2 and "bad key" in err
+    code, _, err = call(capsys, "sync", world.b, world.remote, "--identity-file",
+                        world.dir / "missing-key.txt")
+    assert code == 2 and "cannot read identity file" in err
+    code, _, err = call(capsys, "sync", world.b, world.remote, "-i", world.key,
+                        "--no-encryption")
+    assert code == 2 and "only one of" in err
+    code, _, err = call(capsys, "sync", world.b, world.remote, "-i", world.key,
+                        "--storage-option", "novalue")
+    assert code == 2 and "key=value" in err
+    code, _, err = call(capsys, "sync", world.b, world.remote, "-i", world.key,
+                        "--recipient", "age1notakey")
+    assert code == 2 and "recipients[0]" in err
+    code, _, err = call(capsys, "sync", world.b, world.remote, "--passphrase-env", "NO_SUCH_V")
+    assert code == 2 and "NO_SUCH_V" in err
+
+
+def test_sync_with_the_key_from_the_environment_and_models(
+        world: World, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIMPLEDB_IDENTITY_FILE", str(world.key))
+    code, out, err = call(capsys, "sync", world.b, world.remote, "--models",
+                          "test_cli:Base", "--exclude", "counter", "-q")
+    assert (code, out, err) == (0, "", "")
+    code, _, err = call(capsys, "sync", world.b, world.remote, "--models", "nowhere:Base")
+    assert code == 2 and "cannot load --models" in err
+
+
+# ----------------------------------------------------------------------------- status, history
+
+
+def test_status(world: World) -> None:
+    proc = run("status", world.b, "--remote", world.remote, cwd=world.dir)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    b_author = rows(world.b, "SELECT value FROM dimple_meta WHERE key = 'author_id'")[0][0]
+    assert f"author       {b_author}" in out
+    assert "not pushed   0 of 0 local transaction(s)" in out
+    assert "held         0 change(s)" in out
+    assert f"{world.a_author}  through " in out
+    assert f"{world.a_author}: 0 transaction(s) to pull" in out
+
+
+def test_status_json_counts_unpushed_and_held(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = call(capsys, "status", world.a, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["author_id"] == world.a_author and doc["unpushed"] == 0
+    assert doc["local_transactions"] == 3 and doc["held"] == [] and doc["cursors"] == []
+    db_copy = world.dir / "status-copy.db"
+    shutil.copy(world.a, db_copy)
+    with sqlite3.connect(db_copy) as conn:
+        conn.execute("DELETE FROM dimple_meta WHERE key = 'pushed_through'")
+        conn.execute("INSERT INTO dimple_held VALUES ('gone', 'x', 'col', 'unknown table')")
+    code, out, _ = call(capsys, "status", db_copy)
+    assert code == 0
+    assert "not pushed   3 of 3 local transaction(s), oldest from" in out
+    assert "held         1 change(s)" in out and "gone.col: 1 (unknown table)" in out
+    code, _, err = call(capsys, "status", world.key)
+    assert code == 1 and "cannot open database" in err
+    plain = world.dir / "plain.db"
+    sqlite3.connect(plain).close()
+    code, _, err = call(capsys, "status", plain)
+    assert code == 1 and "not a dimpledb database" in err
+
+
+def test_history(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = run("history", world.b, "todo", world.milk, cwd=world.dir)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"todo {world.milk}: 4 change(s)" in out
+    assert "(created)" in out and 'text  "milk" -> "oat milk"' in out
+    assert f"by {world.a_author}" in out
+    code, out, _ = call(capsys, "history", world.b, "todo", world.bread, "--json")
+    changes = json.loads(out)
+    assert code == 0 and changes[-1]["attribute"] == "id" and changes[-1]["new_value"] is None
+    assert [c["author"] for c in changes] == [world.a_author] * len(changes)
+    code, out, _ = call(capsys, "history", world.a, "todo", world.bread)
+    assert "(deleted)" in out and "(this database)" in out
+    code, _, err = call(capsys, "history", world.b, "todo", "no-such-id")
+    assert code == 1 and "no history for todo no-such-id" in err
+    code, _, err = call(capsys, "history", world.b, "nothing", "x")
+    assert code == 1 and "no change of any row of table 'nothing'" in err
+
+
+# ----------------------------------------------------------------------------- inspect, verify
+
+
+def _bundles(world: World) -> list[str]:
+    folder = world.remote / world.a_author
+    return sorted(f"{world.a_author}/{p.name}" for p in folder.iterdir()
+                  if p.name != "dimple_db.json")
+
+
+def test_inspect_lists_and_decrypts(world: World) -> None:
+    proc = run("inspect", world.remote, cwd=world.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 author(s)" in proc.stdout and f"author {world.a_author}" in proc.stdout
+    assert "1 bundle(s), 3 transaction(s)" in proc.stdout
+    (bundle,) = _bundles(world)
+    assert bundle.split("/")[1] in proc.stdout
+    proc = run("inspect", world.remote, "--bundle", bundle, "-i", world.key, cwd=world.dir)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [tx["author"] for tx in doc] == [world.a_author] * 3
+    edits = [(c["attribute"], c["old_value"], c["new_value"]) for tx in doc
+             for c in tx["changes"]]
+    assert ("text", "milk", "oat milk") in edits
+    assert "3 transaction(s)" in proc.stderr
+
+
+def test_inspect_wrong_key_and_bad_arguments(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (bundle,) = _bundles(world)
+    proc = run("inspect", world.remote, "--bundle", bundle, "-i", world.other_key,
+               cwd=world.dir)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"cannot decrypt {bundle} with the given identity" in proc.stderr
+    code, _, err = call(capsys, "inspect", world.remote, "--bundle", bundle)
+    assert code == 2 and "is encrypted: give --identity-file" in err
+    code, _, err = call(capsys, "inspect", world.remote, "--bundle", "../../etc/passwd")
+    assert code == 2 and "AUTHOR_ID/FIRST_LAST.json" in err
+    missing = f"{world.a_author}/{world.milk}_{world.milk}.json"
+    code, _, err = call(capsys, "inspect", world.remote, "--bundle", missing, "-i", world.key)
+    assert code == 1 and "no bundle" in err
+    code, out, _ = call(capsys, "inspect", world.remote, "--json")
+    assert code == 0 and json.loads(out)["authors"][0]["transactions"] == 3
+
+
+def test_verify(world: World) -> None:
+    proc = run("verify", world.remote, "--identity-file", world.key, cwd=world.dir)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "verified 1 bundle(s) (3 transaction(s)) of 1 author(s): all good" in proc.stdout
+    proc = run("verify", world.remote, "--identity-file", world.other_key, cwd=world.dir)
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout and "cannot decrypt with the given identity" in proc.stdout
+    assert "1 problem(s)" in proc.stdout
+
+
+def test_verify_finds_tampering(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    remote = world.dir / "tampered"
+    shutil.copytree(world.remote, remote)
+    folder = remote / world.a_author
+    (bundle,) = [p for p in folder.iterdir() if p.name != "dimple_db.json"]
+    data = bytearray(bundle.read_bytes())
+    data[-5] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    (remote / "junk").mkdir()
+    (folder / "notes.txt").write_text("stray")
+    code, out, _ = call(capsys, "verify", remote, "-i", world.key)
+    assert code == 1
+    assert f"FAIL {world.a_author}/{bundle.name}: cannot decrypt" in out and "corrupt" in out
+    assert "FAIL 'junk': not an author folder" in out
+    assert f"note {world.a_author}/notes.txt: not in the manifest" in out
+    bundle.unlink()
+    code, out, _ = call(capsys, "verify", remote, "-i", world.key, "-q")
+    assert code == 1 and "listed in the manifest but cannot be read" in out
+    assert "verified" not in out
+    manifest = json.loads((folder / "dimple_db.json").read_text())
+    manifest["bundles"][0]["transaction_count"] = 2
+    (folder / "dimple_db.json").write_text(json.dumps(manifest))
+    shutil.copy(world.remote / world.a_author / bundle.name, bundle)
+    code, out, _ = call(capsys, "verify", remote, "-i", world.key, "-q")
+    assert code == 1 and "holds 3 transaction(s), the manifest says 2" in out
+    code, _, err = call(capsys, "verify", remote)
+    assert code == 2 and "verify needs the key" in err
+
+
+def test_missing_remote_is_reported_and_not_created(world: World) -> None:
+    missing = world.dir / "no-such-remote"
+    proc = run("verify", missing, "-i", world.key, cwd=world.dir)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    proc = run("inspect", missing, cwd=world.dir)
+    assert proc.returncode == 1 and f"{missing} does not exist" in proc.stderr
+    proc = run("status", world.b, "--remote", missing, cwd=world.dir)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert not missing.exists()
+
+
+def test_plaintext_remote(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    remote = world.dir / "plain-remote"
+    db = world.dir / "plain-a.db"
+    shutil.copy(world.a, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM dimple_meta WHERE key = 'pushed_through'")
+    code, out, err = call(capsys, "sync", db, remote, "--no-encryption")
+    assert code == 0 and "pushed 3" in out, err
+    assert "does not exist yet; it is created on the first push" in err
+    (folder,) = remote.iterdir()
+    (bundle,) = [p.name for p in folder.iterdir() if p.name != "dimple_db.json"]
+    code, out, _ = call(capsys, "inspect", remote, "--bundle", f"{folder.name}/{bundle}")
+    assert code == 0 and len(json.loads(out)) == 3
+    code, out, _ = call(capsys, "verify", remote, "--no-encryption")
+    assert code == 0 and "all good" in out
+    code, out, _ = call(capsys, "verify", world.remote, "--no-encryption", "-q")
+    assert code == 1 and "the file is encrypted" in out
+
+
+# ----------------------------------------------------------------------------- usage
+
+
+def test_bad_arguments_exit_2_with_usage(tmp_path: Path) -> None:
+    proc = run(cwd=tmp_path)
+    assert proc.returncode == 2 and "usage: dimpledb" in proc.stderr
+    proc = run("sync", "only-a-db", cwd=tmp_path)
+    assert proc.returncode == 2 and "REMOTE" in proc.stderr
+    proc = run("frobnicate", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["", "keygen", "sync", "status", "history", "inspect",
+                                     "verify"])
+def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = call(capsys, *([command] if command else []), "--help")
+    assert code == 0 and out.startswith("usage: dimpledb")
+    assert "--debug" in out
+
+
+def test_installed_console_script(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("dimpledb")
+    if not script.exists():
+        pytest.skip("the package is not pip-installed in this interpreter's environment")
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                          env=_env(), timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("dimpledb ")
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    class Tty:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, s: str) -> None:
+            self.text += s
+
+        def flush(self) -> None:
+            pass
+
+    tty = Tty()
+    progress = cli.Progress(tty)  # type: ignore[arg-type]
+    progress.line("pull: listing the remote")
+    progress.bar(1, 4, "author x")
+    progress.finish()
+    assert "\r\x1b[K[######..................] 1/4 author x" in tty.text
+    assert tty.text.endswith("\r\x1b[K") and "\n" not in tty.text
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _example(name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=ROOT,
+                          env=_env(env), capture_output=True, text=True, timeout=120)
+
+
+def test_demo_runs() -> None:
+    proc = _example("demo.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "[phone, live query] [ ] bread, [ ] eggs, [ ] milk" in out
+    assert "[phone, live query] [x] eggs, [ ] oat milk" in out
+    assert "[phone, live query] [x] eggs, [x] oat milk, 2 l" in out
+    assert "[phone, live query] [ ] coffee, [x] eggs, [x] oat milk, 2 l" in out
+    assert "starting 'age-encryption.org/v1'" in out
+    assert "demo finished: both devices hold the same 3 todos" in out
+
+
+def test_live_example_runs() -> None:
+    proc = _example("live_example.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "open todos: ['from the other device', 'ship it']" in proc.stdout
+    assert proc.stdout.rstrip().endswith("todos in all: 2")
+
+
+def test_s3_example_says_what_it_needs() -> None:
+    proc = _example("s3_example.py")
+    assert proc.returncode == 2 and "DIMPLEDB_S3_BUCKET" in proc.stderr
+
+
+def test_s3_example_syncs_through_s3(s3_server: str, s3_bucket: str) -> None:
+    from conftest import S3_KEY, S3_REGION, S3_SECRET
+
+    proc = _example("s3_example.py", {
+        "DIMPLEDB_S3_ENDPOINT": s3_server, "DIMPLEDB_S3_BUCKET": s3_bucket,
+        "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": S3_REGION, "NO_PROXY": "127.0.0.1,localhost",
+    })
+    assert proc.returncode == 0, proc.stderr
+    assert "phone has: ['synced through S3']" in proc.stdout
