@@ -121,7 +121,7 @@ def push(db: DimpleDb, report: SyncReport) -> None:
             data = cipher.encrypt(encode_bundle(txs))
             name = bundle_name(txs[0][0], txs[-1][0])
             storage.write_bundle(me, name, data)
-            manifest = _own_manifest(db)
+            manifest = _own_manifest(db, since)
             info = BundleInfo(name, txs[0][0], txs[-1][0], len(txs), utc_now_iso())
             manifest = manifest_with(manifest, me, info)
             storage.write_manifest(me, encode_manifest(manifest))
@@ -133,9 +133,12 @@ def push(db: DimpleDb, report: SyncReport) -> None:
         report.pushed = len(txs)
 
 
-def _own_manifest(db: DimpleDb) -> Manifest | None:
-    if db.own_manifest is not None:
-        return db.own_manifest
+def _own_manifest(db: DimpleDb, pushed_through: str | None) -> Manifest | None:
+    """Our manifest: the one this handle last wrote while it still ends at
+    ``pushed_through``, else read afresh (another handle on this database pushed since)."""
+    cached = db.own_manifest
+    if cached is not None and cached.last_transaction_id == pushed_through:
+        return cached
     data = db.storage.read_manifest(db.author_id)
     if data is None:
         return None

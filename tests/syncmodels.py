@@ -1,0 +1,328 @@
+"""Models and helpers shared by the sync, merge, convergence and fault tests.
+
+A *device* is one SQLite file in the test's temporary folder with its own ``DimpleDb`` on a
+shared remote. :class:`Devices` makes them (same age identity by default) and closes them;
+``Base`` is the current schema, ``OldBase`` an older one of the same tables that lacks
+``note.rank`` and the ``tag`` table (for held changes). A shared :class:`Ticker` stands in for
+the wall clock of every device of a test, one millisecond per reading, so that an edit made
+later in the test always gets a larger id, whatever device makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from sqlalchemy import Engine, ForeignKey, MetaData, Table, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+import dimpledb_sa as dimple
+from dimpledb_sa import schema
+from dimpledb_sa.bundle import ChangeRow
+from dimpledb_sa.clock import HybridClock
+from dimpledb_sa.crypto import generate_identity
+from dimpledb_sa.log import expand_all
+from dimpledb_sa.signals import changes_committed
+
+# --------------------------------------------------------------------------- models
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    done: Mapped[bool] = mapped_column(default=False)
+    rank: Mapped[int | None]
+
+
+class Folder(Base):
+    __tablename__ = "folder"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+    items: Mapped[list[Item]] = relationship(back_populates="folder",
+                                             cascade="all, delete-orphan")
+
+
+class Item(Base):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
+    label: Mapped[str]
+    folder: Mapped[Folder] = relationship(back_populates="items")
+
+
+class Tag(Base):
+    __tablename__ = "tag"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    word: Mapped[str]
+
+
+class OldBase(DeclarativeBase):
+    pass
+
+
+class OldNote(OldBase):
+    """``note`` as an older version of the app had it: no ``rank``."""
+
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    done: Mapped[bool] = mapped_column(default=False)
+
+
+class OldFolder(OldBase):
+    __tablename__ = "folder"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+
+
+class OldItem(OldBase):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
+    label: Mapped[str]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+class Ticker:
+    """A fake wall clock (``now_ns``) shared by devices: each reading is 1 ms after the last."""
+
+    def __init__(self, start_ns: int | None = None) -> None:
+        self._ns = time.time_ns() if start_ns is None else start_ns
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self._ns += 1_000_000
+            return self._ns
+
+
+def sqlite_engine(path: Path, *, foreign_keys: bool = True) -> Engine:
+    """An engine on the SQLite file ``path``, with ``PRAGMA foreign_keys=ON`` set on connect
+    (and ``synchronous=OFF``: these tests crash no machine, and fsync is slow here)."""
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous=OFF")
+        if foreign_keys:
+            cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+@dataclass
+class Device:
+    """One database file with its ``DimpleDb`` and a ``sessionmaker``."""
+
+    name: str
+    path: Path
+    db: dimple.DimpleDb
+    Session: sessionmaker[dimple.Session]
+
+    def sync(self) -> dimple.SyncReport:
+        return self.db.sync()
+
+    def add(self, *objs: Any) -> None:
+        with self.Session() as s:
+            s.add_all(objs)
+            s.commit()
+
+    def edit(self, model: type[Any], entity_id: str, **values: Any) -> None:
+        with self.Session() as s:
+            obj = s.get(model, entity_id)
+            assert obj is not None, f"{self.name} has no {model.__name__} {entity_id}"
+            for k, v in values.items():
+                setattr(obj, k, v)
+            s.commit()
+
+    def delete(self, model: type[Any], entity_id: str) -> None:
+        with self.Session() as s:
+            obj = s.get(model, entity_id)
+            assert obj is not None, f"{self.name} has no {model.__name__} {entity_id}"
+            s.delete(obj)
+            s.commit()
+
+    def get(self, model: type[Any], entity_id: str) -> dict[str, Any] | None:
+        """The row as a dict of column values, or ``None``."""
+        table = model.__table__
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.id == entity_id)).mappings().first()
+        return dict(row) if row is not None else None
+
+    def rows(self, model: type[Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``model``'s table, all columns, sorted."""
+        return table_rows(self.db.engine, model.__tablename__)
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every tracked table's rows."""
+        return {name: table_rows(self.db.engine, name) for name in sorted(self.db.tracked)}
+
+    def log(self) -> set[ChangeRow]:
+        return change_log(self.db.engine)
+
+    def held(self) -> list[tuple[Any, ...]]:
+        with self.db.engine.connect() as conn:
+            return sorted(tuple(r) for r in conn.execute(select(schema.held)))
+
+
+def table_rows(engine: Engine, name: str) -> list[tuple[Any, ...]]:
+    """Every row of the table ``name`` as the database has it (reflected), sorted: the key
+    first, then the other columns by name."""
+    with engine.connect() as conn:
+        table = Table(name, MetaData(), autoload_with=conn)
+        cols = sorted(table.c, key=lambda c: (not c.primary_key, c.name))
+        return sorted((tuple(r) for r in conn.execute(select(*cols))), key=repr)
+
+
+def change_log(engine: Engine) -> set[ChangeRow]:
+    """The expanded per-attribute change log, as a set of tuples."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(schema.changes)).all()
+    out = set(expand_all(rows))
+    assert len(out) == sum(len(expand_all([r])) for r in rows), "duplicate change records"
+    return out
+
+
+class Devices:
+    """Makes devices in ``folder`` on one remote; ``close()`` closes them all."""
+
+    def __init__(self, folder: Path, remote: Any = None, storage_options: dict[str, Any] | None
+                 = None, *, identity: str | None = None, encryption: bool = True,
+                 path: str | None = None) -> None:
+        self.folder = folder
+        self.remote = remote
+        self.storage_options = storage_options
+        self.path = path
+        self.identity, self.recipient = generate_identity()
+        if identity is not None:
+            self.identity = identity
+        self.encryption = encryption
+        self.ticker = Ticker()
+        self.opened: list[Device] = []
+
+    def new(self, name: str, *, models: Any = Base, file: Path | None = None,
+            clock: HybridClock | None = None, create: bool = True, foreign_keys: bool = True,
+            **kw: Any) -> Device:
+        """A device on the file ``name.db`` (or ``file``) with these models and the shared
+        identity; ``kw`` overrides the ``DimpleDb`` keyword arguments."""
+        engine = sqlite_engine(file or self.folder / f"{name}.db", foreign_keys=foreign_keys)
+        args: dict[str, Any] = {"remote": self.remote}
+        if self.storage_options:
+            args["storage_options"] = self.storage_options
+        if self.path is not None:
+            args["path"] = self.path
+        if self.encryption:
+            args["identity"] = self.identity
+        else:
+            args["encryption"] = False
+        args.update(kw)
+        db = dimple.DimpleDb(engine, models, **args)
+        db.clock = clock or HybridClock(now_ns=self.ticker)
+        if create:
+            db.create_all()
+        dev = Device(name, file or self.folder / f"{name}.db", db,
+                     db.sessionmaker(expire_on_commit=False))
+        self.opened.append(dev)
+        return dev
+
+    def close(self, dev: Device | None = None) -> None:
+        for d in [dev] if dev is not None else list(self.opened):
+            d.db.close()
+            d.db.engine.dispose()
+            self.opened.remove(d)
+
+
+@contextmanager
+def device_set(folder: Path, remote: Any = None, storage_options: dict[str, Any] | None = None,
+               **kw: Any) -> Iterator[Devices]:
+    devs = Devices(folder, remote, storage_options, **kw)
+    try:
+        yield devs
+    finally:
+        devs.close()
+
+
+def sync_all(*devices: Device, rounds: int = 2) -> list[dimple.SyncReport]:
+    """Sync every device in turn, ``rounds`` times; returns the reports."""
+    return [d.sync() for _ in range(rounds) for d in devices]
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@dataclass
+class Event:
+    tables: frozenset[str]
+    changes: list[dimple.Change]
+    origin: str
+
+
+@dataclass
+class Recorder:
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, sender: Any, *, tables: frozenset[str], changes: list[dimple.Change],
+                 origin: str) -> None:
+        self.events.append(Event(tables, changes, origin))
+
+    def sync_events(self) -> list[Event]:
+        return [e for e in self.events if e.origin == "sync"]
+
+
+@contextmanager
+def recording(db: dimple.DimpleDb) -> Iterator[Recorder]:
+    """Record ``changes_committed`` sent by ``db``."""
+    rec = Recorder()
+    changes_committed.connect(rec, sender=db, weak=False)
+    try:
+        yield rec
+    finally:
+        changes_committed.disconnect(rec, sender=db)
+
+
+# --------------------------------------------------------------------------- the remote
+
+
+def remote_files(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, bytes]:
+    """Every file under ``root`` (path relative to it -> bytes)."""
+    fs.invalidate_cache()
+    try:
+        paths = fs.find(root)
+    except FileNotFoundError:
+        return {}
+    base = root.rstrip("/") + "/"
+    return {p[len(base):] if p.startswith(base) else p: bytes(fs.cat_file(p)) for p in paths}
+
+
+def read_manifest(fs: fsspec.AbstractFileSystem, root: str, author: str) -> dict[str, Any]:
+    fs.invalidate_cache()
+    doc: dict[str, Any] = json.loads(fs.cat_file(f"{root}/{author}/dimple_db.json"))
+    return doc
+
+
+def write_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` (folders made as needed), as a hostile author could."""
+    parent = path.rsplit("/", 1)[0]
+    if not getattr(fs, "split_path", None):
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)
+    fs.invalidate_cache()
+
