@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import Engine, MetaData, create_engine, func, inspect, select
+from sqlalchemy import CHAR, Engine, MetaData, Uuid, create_engine, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -323,7 +323,13 @@ def _author(engine: Engine) -> str | None:
 
 def _reflect(engine: Engine, exclude: Sequence[str],
              notes: Callable[[str], None]) -> tuple[MetaData, list[str]]:
-    """The database's tables, and the names of those the library cannot track."""
+    """The database's tables, and the names of those the library cannot track.
+
+    Reflection sees storage types, not the app's Python types. One matters for sync: where
+    the database has no UUID type, SQLAlchemy's ``Uuid`` is stored as ``CHAR(32)`` hex,
+    while the change log holds canonical UUID strings; so ``CHAR(32)`` columns are read as
+    ``Uuid(as_uuid=False)``, which converts between the two (``--models`` avoids guessing).
+    """
     from .tracking import resolve_tables
 
     metadata = MetaData()
@@ -335,6 +341,12 @@ def _reflect(engine: Engine, exclude: Sequence[str],
     for name, table in metadata.tables.items():
         if name.startswith(schema.BOOKKEEPING_PREFIX):
             continue
+        for column in table.columns:
+            if (not engine.dialect.supports_native_uuid
+                    and isinstance(column.type, CHAR) and column.type.length == 32):
+                column.type = Uuid(as_uuid=False)
+                notes(f"reading CHAR(32) column {name}.{column.name} as a UUID "
+                      "(SQLAlchemy's Uuid); pass --models if it is not one")
         if name in _NOT_TRACKED or name in exclude:
             skip.append(name)
             continue
@@ -536,6 +548,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     keys.cipher()
     options = _storage_options(args.storage_option)
     progress = Progress(sys.stderr, enabled=not args.quiet and not args.no_progress)
+
     def notes(text: str) -> None:
         if args.verbose:
             print(f"note: {text}", file=sys.stderr)
@@ -606,8 +619,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                   f"{keys.what}: {message}", file=sys.stderr)
         else:
             print(f"{PROG}: author {who}: {message}", file=sys.stderr)
-    if error is not None and not report.errors:
-        print(f"{PROG}: {error}", file=sys.stderr)
+    if error is not None and not str(error).startswith("sync finished with errors"):
+        print(f"{PROG}: {error}", file=sys.stderr)  # e.g. the remote could not be listed
     return 0 if error is None else 1
 
 

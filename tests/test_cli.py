@@ -15,13 +15,14 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, Integer, String, create_engine
+from sqlalchemy import ForeignKey, Integer, String, Uuid, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
@@ -253,6 +254,57 @@ def test_sync_with_the_key_from_the_environment_and_models(
     assert code == 2 and "cannot load --models" in err
 
 
+def test_sync_adopts_rows_written_before_tracking(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:
+        conn.execute("CREATE TABLE note (id VARCHAR(36) PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO note VALUES (?, 'written before tracking')",
+                     (dimple.new_id(),))
+    remote = tmp_path / "remote"
+    code, out, err = call(capsys, "sync", old, remote, "--no-encryption")
+    assert code == 0 and "pushed 0" in out and "unless you pass --adopt" in err
+    code, out, err = call(capsys, "sync", old, remote, "--no-encryption", "--adopt")
+    assert code == 0 and "pushed 1" in out and "adopted 1 existing row(s)" in err
+
+
+class UBase(DeclarativeBase):
+    pass
+
+
+class Item(UBase):  # Uuid columns: CHAR(32) hex on SQLite, canonical strings in the log
+    __tablename__ = "item"
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    ref: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+def test_sync_keeps_uuid_columns_readable_by_the_app(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    engines = [create_engine(f"sqlite:///{tmp_path / n}.db") for n in ("a", "b")]
+    a = dimple.DimpleDb(engines[0], UBase, remote=str(tmp_path / "remote"), encryption=False)
+    a.create_all()
+    with a.sessionmaker()() as s:
+        item = Item(ref=uuid.uuid4())
+        s.add(item)
+        s.commit()
+        item_id, ref = item.id, item.ref
+    a.sync()
+    a.close()
+    UBase.metadata.create_all(engines[1])
+    code, _, err = call(capsys, "sync", tmp_path / "b.db", tmp_path / "remote",
+                        "--no-encryption", "-v")
+    assert code == 0, err
+    assert "reading CHAR(32) column item.id as a UUID" in err
+    assert rows(tmp_path / "b.db", "SELECT id, ref FROM item") == [(item_id.hex, ref.hex)]
+    b = dimple.DimpleDb(engines[1], UBase)
+    with b.sessionmaker()() as s:
+        got = s.get(Item, item_id)
+        assert got is not None and got.ref == ref
+    b.close()
+    for engine in engines:
+        engine.dispose()
+
+
 # ----------------------------------------------------------------------------- status, history
 
 
@@ -422,6 +474,26 @@ def test_plaintext_remote(world: World, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and "all good" in out
     code, out, _ = call(capsys, "verify", world.remote, "--no-encryption", "-q")
     assert code == 1 and "the file is encrypted" in out
+
+
+def test_s3_remote_with_storage_options(world: World, s3_server: str, s3_bucket: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import S3_KEY, S3_REGION, S3_SECRET
+
+    options = ["-o", f"endpoint_url={s3_server}", "-o", f"key={S3_KEY}", "-o",
+               f"secret={S3_SECRET}", "-o", f"client_kwargs.region_name={S3_REGION}"]
+    db = world.dir / "s3.db"
+    shutil.copy(world.a, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM dimple_meta WHERE key = 'pushed_through'")
+    code, out, err = call(capsys, "sync", db, f"s3://{s3_bucket}/app", "-i", world.key,
+                          *options)
+    assert code == 0 and "pushed 3" in out, err
+    code, out, err = call(capsys, "verify", f"s3://{s3_bucket}/app", "-i", world.key,
+                          *options)
+    assert code == 0 and "all good" in out, err
+    code, _, err = call(capsys, "inspect", "s3://no-such-bucket-for-dimpledb/app", *options)
+    assert code == 1 and "bucket 'no-such-bucket-for-dimpledb' does not exist" in err
 
 
 # ----------------------------------------------------------------------------- usage
