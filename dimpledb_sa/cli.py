@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .report import SyncReport
     from .storage import Storage
 
-__all__ = ["main"]
+__all__ = ["Progress", "build_parser", "main"]
 
 PROG = "dimpledb"
 _SECRET_PREFIX = "AGE-SECRET-KEY-1"
@@ -1089,6 +1089,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: unexpected {type(e).__name__}: {e} (run with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
     finally:
         lib_log.setLevel(old[0])
         lib_log.propagate = old[1]

@@ -64,6 +64,8 @@ def run(folder: Path) -> int:
     remote = folder / "remote"
     laptop_key, laptop_pub = dimple.generate_identity()
     phone_key, phone_pub = dimple.generate_identity()
+    for name, key, pub in (("laptop", laptop_key, laptop_pub), ("phone", phone_key, phone_pub)):
+        (folder / f"{name}.key").write_text(f"# public key: {pub}\n{key}\n")  # as age-keygen
     laptop = Device("laptop", folder, remote, laptop_key, [phone_pub])
     phone = Device("phone", folder, remote, phone_key, [laptop_pub])
     names = {laptop.db.author_id: "laptop", phone.db.author_id: "phone"}
@@ -168,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder.mkdir(parents=True)
         code = run(folder)
         print(f"data kept in {folder}; try:\n  dimpledb status {folder / 'phone.db'} "
-              f"--remote {folder / 'remote'}\n  dimpledb inspect {folder / 'remote'}")
+              f"--remote {folder / 'remote'}\n  dimpledb inspect {folder / 'remote'}\n"
+              f"  dimpledb verify {folder / 'remote'} --identity-file {folder / 'phone.key'}")
         return code
     with tempfile.TemporaryDirectory(prefix="dimpledb-demo-") as tmp:
         return run(Path(tmp))
