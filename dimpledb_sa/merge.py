@@ -77,7 +77,7 @@ def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> M
         result.authors[tx_id] = author
         for c in changes:
             incoming[(c[2], c[3])].append(c)
-        newest = max(newest, tx_id, changes[-1][0] if changes else "")
+        newest = max(newest, tx_id, *(c[0] for c in changes))
     db.clock.observe(newest)
     before = log.entity_changes(conn, incoming)
     rows: list[log.PackedRow] = []

@@ -1,0 +1,453 @@
+"""Sync when things go wrong: hostile or broken remote data, and a failing storage backend.
+
+Bad data from one author (wrong key, corrupt, truncated or tampered file, malformed JSON,
+transactions signed with another author, unsafe names) is written straight into the remote
+next to honest data, on every backend. The sync must merge everything readable, push local
+work, then raise ``SyncError`` (``DecryptionError`` / ``RemoteFormatError``) naming the bad
+author, and retry on the next sync. Storage faults are injected by :class:`FlakyFS`, a
+memory filesystem whose k-th call raises ``OSError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyrage
+import pytest
+from conftest import Remote
+from fsspec.implementations.memory import MemoryFileSystem
+from pyrage import x25519
+from sqlalchemy import select, update
+from syncmodels import (
+    Device,
+    Devices,
+    Note,
+    device_set,
+    read_manifest,
+    sync_all,
+    write_file,
+)
+
+import dimpledb_sa as dimple
+from dimpledb_sa import schema
+from dimpledb_sa.crypto import generate_identity
+
+
+def titles(dev: Device) -> list[str]:
+    with dev.db.engine.connect() as conn:
+        return sorted(conn.execute(select(Note.title)).scalars())
+
+
+def try_sync(dev: Device) -> dimple.SyncReport:
+    """Sync, and return the report also when the sync raises ``SyncError``."""
+    try:
+        return dev.sync()
+    except dimple.SyncError as e:
+        assert e.report is not None
+        return e.report
+
+
+def assert_converged(*devices: Device) -> None:
+    for d in devices[1:]:
+        assert d.snapshot() == devices[0].snapshot(), d.name
+        assert d.log() == devices[0].log(), d.name
+
+
+# --------------------------------------------------------------------------- hostile data
+
+
+class World:
+    """An honest author ``a``, an author ``b`` whose files the test spoils, and ``victim``
+    with local work not pushed yet."""
+
+    def __init__(self, devs: Devices, remote: Remote) -> None:
+        self.devs = devs
+        self.fs, self.root = remote.filesystem()
+        self.a, self.b, self.victim = devs.new("a"), devs.new("b"), devs.new("victim")
+        self.victim.add(Note(title="victim, before"))
+        self.victim.sync()
+        self.a.add(Note(title="from a"))
+        self.a.sync()
+        self.b.add(Note(title="from b"))
+        self.b.sync()
+        self.victim.add(Note(title="victim, local"))
+        self.saved: dict[str, bytes] = {}
+
+    def path(self, author: str, name: str = "dimple_db.json") -> str:
+        return f"{self.root}/{author}/{name}"
+
+    def b_bundle(self) -> str:
+        [info] = read_manifest(self.fs, self.root, self.b.db.author_id)["bundles"]
+        return self.path(self.b.db.author_id, info["filename"])
+
+    def replace(self, path: str, data: bytes) -> None:
+        self.fs.invalidate_cache()
+        self.saved.setdefault(path, bytes(self.fs.cat_file(path)))
+        write_file(self.fs, path, data)
+
+    def restore(self) -> None:
+        for path, data in self.saved.items():
+            write_file(self.fs, path, data)
+        self.saved.clear()
+
+    def encrypt(self, data: bytes) -> bytes:
+        key = x25519.Identity.from_str(self.devs.identity)
+        return bytes(pyrage.encrypt(data, [key.to_public()]))
+
+
+def spoil_wrong_key(w: World) -> str:
+    """A third author that encrypts only to its own key; the fix: a re-encrypted copy."""
+    own_key, _ = generate_identity()
+    stranger = w.devs.new("stranger", identity=own_key)
+    stranger.add(Note(title="from the stranger"))
+    assert len(try_sync(stranger).errors) == 3  # it cannot read the others either
+    author = stranger.db.author_id
+    [info] = read_manifest(w.fs, w.root, author)["bundles"]
+    path = w.path(author, info["filename"])
+    w.fs.invalidate_cache()
+    plain = pyrage.decrypt(bytes(w.fs.cat_file(path)), [x25519.Identity.from_str(own_key)])
+    w.saved[path] = w.encrypt(plain)  # what restore() writes: readable by everyone
+    return author
+
+
+def spoil_corrupt(w: World) -> str:
+    w.replace(w.b_bundle(), os.urandom(300))
+    return w.b.db.author_id
+
+
+def spoil_truncated(w: World) -> str:
+    path = w.b_bundle()
+    data = bytes(w.fs.cat_file(path))
+    w.replace(path, data[: len(data) * 2 // 3])
+    return w.b.db.author_id
+
+
+def spoil_tampered(w: World) -> str:
+    path = w.b_bundle()
+    data = bytearray(w.fs.cat_file(path))
+    data[-40] ^= 0x01  # one bit of the payload
+    w.replace(path, bytes(data))
+    return w.b.db.author_id
+
+
+def spoil_malformed_json(w: World) -> str:
+    w.replace(w.b_bundle(), w.encrypt(b'[{"id": "01933b2e-3f47-7b12-9c8d-1234567890ab", '))
+    return w.b.db.author_id
+
+
+def spoil_foreign_author(w: World) -> str:
+    """b's bundle and manifest copied into another author's folder: its transactions still
+    name b as their author."""
+    impostor = str(uuid.uuid4())
+    b = w.b.db.author_id
+    manifest = read_manifest(w.fs, w.root, b)
+    manifest["author_id"] = impostor
+    bundle = w.b_bundle()
+    write_file(w.fs, f"{w.root}/{impostor}/{bundle.rsplit('/', 1)[1]}",
+               bytes(w.fs.cat_file(bundle)))
+    write_file(w.fs, w.path(impostor), json.dumps(manifest).encode())
+    w.saved[f"{w.root}/{impostor}"] = b""  # restore() removes the folder
+    return impostor
+
+
+def _spoil_manifest(w: World, filename: Callable[[str], str]) -> str:
+    b = w.b.db.author_id
+    manifest = read_manifest(w.fs, w.root, b)
+    manifest["bundles"][0]["filename"] = filename(manifest["bundles"][0]["filename"])
+    w.replace(w.path(b), json.dumps(manifest).encode())
+    return b
+
+
+def spoil_bad_file_name(w: World) -> str:
+    return _spoil_manifest(w, lambda name: "notes.json")
+
+
+def spoil_escaping_file_name(w: World) -> str:
+    a = w.a.db.author_id
+    return _spoil_manifest(w, lambda name: f"../{a}/{name}")
+
+
+def spoil_bad_folder_name(w: World) -> str:
+    write_file(w.fs, f"{w.root}/not-an-author/dimple_db.json", b"{}")
+    w.saved[f"{w.root}/not-an-author"] = b""
+    return "not-an-author"
+
+
+SPOILERS: dict[str, tuple[Callable[[World], str], type[dimple.SyncError]]] = {
+    "wrong-key": (spoil_wrong_key, dimple.DecryptionError),
+    "corrupt": (spoil_corrupt, dimple.DecryptionError),
+    "truncated": (spoil_truncated, dimple.DecryptionError),
+    "tampered": (spoil_tampered, dimple.DecryptionError),
+    "malformed-json": (spoil_malformed_json, dimple.RemoteFormatError),
+    "foreign-author": (spoil_foreign_author, dimple.RemoteFormatError),
+    "bad-file-name": (spoil_bad_file_name, dimple.RemoteFormatError),
+    "escaping-file-name": (spoil_escaping_file_name, dimple.RemoteFormatError),
+    "bad-folder-name": (spoil_bad_folder_name, dimple.RemoteFormatError),
+}
+
+
+@pytest.fixture
+def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
+    with device_set(tmp_path, remote.url, remote.storage_options) as d:
+        yield d
+
+
+@pytest.mark.parametrize("case", list(SPOILERS))
+def test_bad_data_from_one_author_does_not_stop_the_others(
+    devs: Devices, remote: Remote, case: str
+) -> None:
+    w = World(devs, remote)
+    spoil, error = SPOILERS[case]
+    bad = spoil(w)
+    victim = w.victim
+
+    with pytest.raises(error) as info:
+        victim.sync()
+    report = info.value.report
+    assert report is not None and isinstance(info.value, dimple.SyncError)
+    assert set(report.errors) == {bad}, report.errors
+    assert report.pushed == 1  # local work went out all the same
+    assert "from a" in titles(victim)  # the honest author's data was merged
+    assert "victim, local" in titles(victim)
+    if bad != w.b.db.author_id:
+        assert "from b" in titles(victim)
+    else:
+        assert "from b" not in titles(victim)
+    try_sync(w.a)
+    assert "victim, local" in titles(w.a)
+
+    with pytest.raises(error) as info:  # the next sync retries, and fails the same way
+        victim.sync()
+    assert info.value.report is not None and set(info.value.report.errors) == {bad}
+
+    for path in [p for p, data in w.saved.items() if not data]:
+        w.fs.rm(path, recursive=True)
+        del w.saved[path]
+    w.restore()
+    report = victim.sync()
+    assert report.errors == {}
+    expected = ["from a", "from b", "victim, before", "victim, local"]
+    if case == "wrong-key":
+        expected.append("from the stranger")
+    assert titles(victim) == sorted(expected)
+    sync_all(w.a, w.b, victim)
+    assert_converged(w.a, w.b, victim)
+
+
+def test_several_bad_authors_are_all_named(devs: Devices, remote: Remote) -> None:
+    w = World(devs, remote)
+    bad = {spoil_tampered(w), spoil_bad_folder_name(w), spoil_foreign_author(w)}
+    with pytest.raises(dimple.SyncError) as info:  # mixed kinds: the base class
+        w.victim.sync()
+    assert type(info.value) is dimple.SyncError
+    assert info.value.report is not None and set(info.value.report.errors) == bad
+    for author in bad:
+        assert author in str(info.value)
+    assert "from a" in titles(w.victim)
+
+
+def test_a_later_bundle_of_a_bad_author_waits_for_its_earlier_one(
+    devs: Devices, remote: Remote
+) -> None:
+    """Bundles of one author are merged in order: after an unreadable one, none of the
+    later ones are applied, and all are once it reads again."""
+    w = World(devs, remote)
+    path = w.b_bundle()
+    w.b.add(Note(title="from b, later"))
+    w.b.sync()
+    w.replace(path, os.urandom(100))
+    with pytest.raises(dimple.DecryptionError):
+        w.victim.sync()
+    assert not {"from b", "from b, later"} & set(titles(w.victim))
+    w.restore()
+    w.victim.sync()
+    assert {"from b", "from b, later"} <= set(titles(w.victim))
+
+
+# --------------------------------------------------------------------------- storage faults
+
+
+class FlakyFS(MemoryFileSystem):
+    """A memory filesystem that can fail its k-th call (``ls``, ``cat_file``, ``cat``,
+    ``pipe_file``, ``mv``), before or after doing the work."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.calls: list[tuple[str, str]] = []
+        self.fail: Callable[[int, str, str], bool] | None = None
+        self.after = False
+        self.fired: list[tuple[str, str]] = []
+        self._depth = 0
+
+    def arm(self, fail: Callable[[int, str, str], bool], *, after: bool = False) -> None:
+        self.calls, self.fired, self.fail, self.after = [], [], fail, after
+
+    def disarm(self) -> None:
+        self.fail = None
+
+    def _call(self, op: str, path: Any, work: Callable[[], Any]) -> Any:
+        if self._depth:
+            return work()
+        self.calls.append((op, str(path)))
+        boom = self.fail is not None and self.fail(len(self.calls), op, str(path))
+        if boom and not self.after:
+            self.fired.append((op, str(path)))
+            raise OSError(f"injected failure before {op} {path}")
+        self._depth += 1
+        try:
+            out = work()
+        finally:
+            self._depth -= 1
+        if boom:
+            self.fired.append((op, str(path)))
+            raise OSError(f"injected failure after {op} {path}")
+        return out
+
+    def ls(self, path: str, detail: bool = True, **kw: Any) -> Any:
+        return self._call("ls", path, lambda: super(FlakyFS, self).ls(path, detail, **kw))
+
+    def cat_file(self, path: str, start: Any = None, end: Any = None, **kw: Any) -> Any:
+        return self._call("cat_file", path,
+                          lambda: super(FlakyFS, self).cat_file(path, start, end, **kw))
+
+    def cat(self, path: Any, recursive: bool = False, on_error: str = "raise",
+            **kw: Any) -> Any:
+        return self._call("cat", path,
+                          lambda: super(FlakyFS, self).cat(path, recursive, on_error, **kw))
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kw: Any) -> Any:
+        return self._call("pipe_file", path,
+                          lambda: super(FlakyFS, self).pipe_file(path, value, mode, **kw))
+
+    def mv(self, path1: str, path2: str, *args: Any, **kw: Any) -> Any:
+        return self._call("mv", path2, lambda: super(FlakyFS, self).mv(path1, path2, *args,
+                                                                       **kw))
+
+
+@pytest.fixture
+def flaky(tmp_path: Path) -> Iterator[tuple[FlakyFS, Devices]]:
+    fs = FlakyFS(skip_instance_cache=True)
+    root = f"/flaky-{uuid.uuid4().hex}"
+    with device_set(tmp_path, fs, path=root) as devs:
+        yield fs, devs
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+def test_each_storage_call_failing_in_turn_loses_nothing(
+    flaky: tuple[FlakyFS, Devices], after: bool
+) -> None:
+    fs, devs = flaky
+    a, b = devs.new("a"), devs.new("b")
+    sync_all(a, b)  # both authors exist; a has read its own manifest once
+    made: list[str] = []
+    k = 0
+    while True:
+        k += 1
+        for d in (a, b):
+            made.append(f"{d.name}{k}")
+            d.add(Note(title=made[-1]))
+        b.sync()
+        fs.arm(lambda n, op, path, k=k: n == k, after=after)  # type: ignore[misc]
+        try:
+            a.sync()
+        except dimple.SyncError as e:
+            assert fs.fired, f"sync raised without a failure: {e}"
+            assert e.report is not None and (e.report.errors or "list" in str(e))
+        else:
+            assert not fs.fired
+        finally:
+            fs.disarm()
+        if not fs.fired:
+            break
+        assert f"a{k}" in titles(a)  # local data stays
+        a.sync()
+        b.sync()
+        assert titles(a) == titles(b) == sorted(made)
+    assert k >= 8, fs.calls  # push: 2 pipe_file + 2 mv; pull: ls, cat_file, cat
+    sync_all(a, b)
+    assert titles(a) == sorted(made)
+    assert_converged(a, b)
+
+
+@pytest.mark.parametrize("more_work", [False, True])
+def test_crash_between_bundle_and_manifest_is_repaired(
+    flaky: tuple[FlakyFS, Devices], more_work: bool
+) -> None:
+    fs, devs = flaky
+    a, b = devs.new("a"), devs.new("b")
+    a.add(Note(title="first"))
+    sync_all(a, b)
+    a.add(Note(title="second"))
+    fs.arm(lambda n, op, path: "dimple_db.json" in path)
+    with pytest.raises(dimple.SyncError) as info:
+        a.sync()
+    fs.disarm()
+    assert info.value.report is not None and "push" in info.value.report.errors
+    assert [op for op, _ in fs.fired] == ["pipe_file"]
+    assert b.sync().pulled == 0  # the new bundle is not listed yet
+    if more_work:
+        a.add(Note(title="third"))
+    pushed = a.sync().pushed
+    assert pushed == (2 if more_work else 1)
+    assert b.sync().pulled == pushed
+    assert titles(b) == sorted(["first", "second"] + (["third"] if more_work else []))
+    assert_converged(a, b)
+
+
+def test_crash_after_the_manifest_before_the_local_commit(
+    flaky: tuple[FlakyFS, Devices]
+) -> None:
+    """The remote got bundle and manifest, but the database never recorded the push: the
+    next push sends the same transactions again, and readers take each once."""
+    fs, devs = flaky
+    a, b = devs.new("a"), devs.new("b")
+    a.add(Note(title="first"))
+    a.sync()
+    b.sync()
+    with a.db.engine.connect() as conn:
+        before = conn.execute(select(schema.meta.c.value).where(
+            schema.meta.c.key == "pushed_through")).scalar_one()
+    a.add(Note(title="second"))
+    a.add(Note(title="third"))
+    a.sync()
+    with a.db.engine.begin() as conn:
+        conn.execute(update(schema.meta).where(schema.meta.c.key == "pushed_through")
+                     .values(value=before))
+    a.add(Note(title="fourth"))
+    assert a.sync().pushed == 3
+    manifest = read_manifest(fs, devs.path or "", a.db.author_id)
+    assert [m["transaction_count"] for m in manifest["bundles"]] == [1, 2, 3]
+    report = b.sync()
+    assert report.pulled >= 3 and report.errors == {}
+    fresh = devs.new("fresh")
+    report = fresh.sync()
+    assert report.errors == {}
+    for d in (a, b, fresh):
+        assert titles(d) == ["first", "fourth", "second", "third"]
+    sync_all(a, b, fresh)
+    assert_converged(a, b, fresh)
+
+
+def test_an_unreachable_remote_raises_sync_error_and_keeps_local_work(
+    flaky: tuple[FlakyFS, Devices]
+) -> None:
+    fs, devs = flaky
+    a, b = devs.new("a"), devs.new("b")
+    a.add(Note(title="offline work"))
+    fs.arm(lambda n, op, path: True)
+    for _ in range(2):
+        with pytest.raises(dimple.SyncError):
+            a.sync()
+    fs.disarm()
+    assert titles(a) == ["offline work"]
+    assert a.sync().pushed == 1
+    b.sync()
+    assert titles(b) == ["offline work"]
+
