@@ -3,96 +3,157 @@
 ``session.execute(update(Todo).where(...).values(...))`` and its siblings skip the unit of
 work, so :func:`run_bulk` (called from the ``do_orm_execute`` hook) reads the affected rows
 itself: the keys and old values before the statement, the new values after it, on the same
-connection and in the same transaction, then records them like a flush would. Inserts whose
-keys are left to a Python-side default get their keys filled in first so that the new rows
-can be read back.
+connection and in the same transaction, then records them like a flush would. An insert
+needs to know its keys beforehand: those left to a Python-side default (``default=new_id``)
+are filled in first, in the parameters or in ``.values()``; an insert that also updates
+(an upsert) is recorded as the update it made.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select
 from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
 from .capture import fetch_rows
 from .errors import DimpleError
-from .log import Group, json_array
+from .log import Group
 from .tracking import MapperPlan
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from .capture import Capture
 
 __all__ = ["run_bulk"]
 
+_UNKNOWN: Any = object()
 
-def _fill_keys(state: ORMExecuteState, plan: MapperPlan) -> list[str] | None:
-    """Fill missing primary keys of an executemany insert from the column default."""
-    params = state.parameters
+
+def _literal(value: Any) -> Any:
+    """The Python value of a ``.values()`` entry, ``_UNKNOWN`` for a SQL expression."""
+    if isinstance(value, BindParameter):
+        return value.effective_value
+    if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+        return _UNKNOWN
+    return value
+
+
+def _default_key(plan: MapperPlan) -> Any:
+    default = plan.tracked.pk.default
+    arg = getattr(default, "arg", None)
+    if default is None or not callable(arg) or getattr(default, "is_sequence", False):
+        return _UNKNOWN
+    return arg(None)
+
+
+def _unique(keys: Iterable[Any]) -> list[str]:
+    return list(dict.fromkeys(str(k) for k in keys if k is not None))
+
+
+def _insert(state: ORMExecuteState, plan: MapperPlan) -> tuple[list[str], dict[str, Any]]:
+    """The keys an insert will write, and the ``invoke_statement`` arguments that make
+    sure it writes exactly those (keys left to a Python-side default are filled in)."""
+    stmt: Any = state.statement
     pk = plan.tracked.pk
     key = plan.pk_key
+    name = plan.name
+    hint = (f"cannot record this INSERT into tracked table {name!r}: give every row its "
+            f"key, or pass the rows as parameters (session.execute(insert(Model), "
+            f"[{{...}}, ...])), or use session.add()")
+    if getattr(stmt, "select", None) is not None or getattr(stmt, "_multi_values", None):
+        multi = getattr(stmt, "_multi_values", None)
+        if not multi or len(multi) != 1:
+            raise DimpleError(hint)
+        keys = []
+        for row in multi[0]:
+            v = _UNKNOWN
+            for col, val in (row.items() if isinstance(row, dict) else ()):
+                if getattr(col, "name", col) == pk.name or col == key:
+                    v = _literal(val)
+            if v is _UNKNOWN or v is None:
+                raise DimpleError(hint)
+            keys.append(v)
+        return _unique(keys), {}
+    if stmt._values:
+        v = _UNKNOWN
+        for col, val in stmt._values.items():
+            if getattr(col, "name", col) == pk.name or col == key:
+                v = _literal(val)
+                break
+        else:
+            v = _default_key(plan)
+            if v is not _UNKNOWN:
+                return [str(v)], {"statement": stmt.values({pk: v})}
+        if v is _UNKNOWN or v is None:
+            raise DimpleError(hint)
+        return [str(v)], {}
+    params: Any = state.parameters
     rows: list[dict[str, Any]]
     if isinstance(params, list):
         rows = [dict(p) for p in params]
     elif params:
         rows = [dict(params)]
     else:
-        return None
-    default = pk.default
+        raise DimpleError(hint)
     for r in rows:
         if r.get(key) is None and r.get(pk.name) is None:
-            if default is None or not callable(getattr(default, "arg", None)):
-                return None
-            r[key] = default.arg(None)  # type: ignore[union-attr]
-    state.parameters = rows if isinstance(params, list) else rows[0]
-    return [str(r.get(key, r.get(pk.name))) for r in rows]
+            v = _default_key(plan)
+            if v is _UNKNOWN:
+                raise DimpleError(hint)
+            r[key] = v
+    keys = _unique(r.get(key, r.get(pk.name)) for r in rows)
+    return keys, {"params": rows if isinstance(params, list) else rows[0]}
 
 
-def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan) -> Any:
+def _targets(conn: Connection, state: ORMExecuteState, plan: MapperPlan) -> list[str]:
+    """The keys of the rows an UPDATE or DELETE may touch."""
+    stmt: Any = state.statement
+    tt = plan.tracked
+    params = state.parameters
+    where = stmt.whereclause
+    if isinstance(params, list):
+        if state.is_update and all(plan.pk_key in p or tt.pk_name in p for p in params):
+            # bulk UPDATE by primary key (extra WHERE criteria only narrow it)
+            return _unique(p.get(plan.pk_key, p.get(tt.pk_name)) for p in params)
+        if where is None:
+            return _unique(conn.execute(select(tt.pk)).scalars())
+        q = select(tt.pk).where(where)
+        return _unique(k for p in params for k in conn.execute(q, p).scalars())
+    q = select(tt.pk) if where is None else select(tt.pk).where(where)
+    return _unique(conn.execute(q, params or {}).scalars())
+
+
+def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan, bind: Any) -> Any:
+    """Run an ORM-enabled DML statement on a tracked table and record what it changed."""
     session = state.session
     tt = plan.tracked
     name = tt.name
-    conn = session.connection(bind_arguments={"mapper": state.bind_mapper})
-    stmt: Any = state.statement
-    before: dict[str, dict[str, Any]] = {}
-    keys: list[str] | None = None
+    conn = session.connection(bind_arguments={"bind": bind})
+    invoke: dict[str, Any] = {}
     if state.is_insert:
-        if stmt._values or getattr(stmt, "_multi_values", None):
-            keys = None
-        else:
-            keys = _fill_keys(state, plan)
-        if keys is None:
-            raise DimpleError(
-                f"cannot record this INSERT into tracked table {name!r}: pass the rows as "
-                "parameters (session.execute(insert(Model), [{...}, ...])) so their keys are "
-                "known, or use session.add()"
-            )
+        keys, invoke = _insert(state, plan)
     else:
-        params = state.parameters
-        where = stmt.whereclause
-        if where is not None:
-            q = select(tt.pk).where(where)
-            keys = [str(k) for k in conn.execute(q, params if isinstance(params, dict)
-                                                 else {}).scalars()]
-        elif isinstance(params, list) and state.is_update:  # bulk UPDATE by primary key
-            keys = [str(p.get(plan.pk_key, p.get(tt.pk_name))) for p in params]
-        else:
-            keys = [str(k) for k in conn.execute(select(tt.pk)).scalars()]
-        before = fetch_rows(conn, tt, keys)
+        keys = _targets(conn, state, plan)
+    before = fetch_rows(conn, tt, keys)
 
-    result = state.invoke_statement()
-    if result.returns_rows:
-        frozen = result.freeze()
-        result = frozen()
+    result: Any = state.invoke_statement(**invoke)
+    rows = (result.returns_rows if isinstance(result, CursorResult)
+            else getattr(result._metadata, "returns_rows", True))
+    if rows:  # all of RETURNING's rows, before the rows are read back
+        result = result.freeze()()
 
     groups: list[Group] = []
     codecs = tt.codecs
     pkc = tt.pk_name
     pk_enc = codecs[pkc].encode
     if state.is_delete:
-        gone = set(keys) - set(fetch_rows(conn, tt, keys, [pkc]))
+        remaining = fetch_rows(conn, tt, keys, [pkc]) if keys else {}
         for eid in keys:
-            if eid in gone:
+            if eid in before and eid not in remaining:
                 groups.append([name, eid, [pkc], [pk_enc(before[eid][pkc])], [None]])
     else:
         after = fetch_rows(conn, tt, keys)
@@ -103,15 +164,16 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan) -> Any:
             old_row = before.get(eid)
             if old_row is None:  # inserted: the key first, then every other column
                 cols = [pkc] + [c for c in new_row if c != pkc]
-                groups.append([name, eid, cols, json_array([None] * len(cols)),
+                groups.append([name, eid, cols, [None] * len(cols),
                                [codecs[c].encode(new_row[c]) for c in cols]])
                 continue
             names: list[str] = []
             olds: list[str | None] = []
             news: list[str | None] = []
             for col, v in new_row.items():
-                enc_new = codecs[col].encode(v)
-                enc_old = codecs[col].encode(old_row[col])
+                enc = codecs[col].encode
+                enc_new = enc(v)
+                enc_old = enc(old_row[col])
                 if enc_new != enc_old:
                     names.append(col)
                     olds.append(enc_old)
@@ -119,5 +181,5 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan) -> Any:
             if names:
                 groups.append([name, eid, names, olds, news])
     if groups:
-        capture._record(session, state.bind_mapper, groups)
+        capture.record(session, bind, groups)
     return result

@@ -4,31 +4,43 @@ One :class:`Capture` per ``DimpleDb`` listens on the ``Session`` class itself, s
 session that writes a tracked table through the database's engine is captured (the
 application's own sessionmakers, ``scoped_session`` and ``AsyncSession`` included).
 
-- ``before_flush``: for dirty objects whose previous value of a changed attribute was never
-  loaded (expired or deferred), fetch the old values with one ``SELECT`` per table.
-- ``after_flush``: history still shows the pre-flush state; turn the flushed inserts,
-  updates and deletes (ORM cascades and orphans included, via the flush's own state list)
-  into change rows, issue their ids from the clock in one batch and write them with one
-  ``executemany`` on the flush's connection. The rows live and die with the transaction.
-- ``do_orm_execute``: ORM-enabled ``insert``/``update``/``delete`` statements: the rows
-  they touch are read before and after and recorded the same way.
-- ``after_soft_rollback``: a rolled-back SAVEPOINT forgets the rows it wrote (the database
-  drops them itself); ``after_commit``: the committed rows go to ``changes_committed``.
+- ``before_flush``: old values a flush would lose are saved: those never loaded (the object
+  was expired, the column deferred) are read with one ``SELECT`` per table, and those of
+  attributes set to a SQL expression (which the flush expires) are kept.
+- ``after_flush``: history still shows the pre-flush state; the flushed inserts, updates and
+  deletes (ORM cascades and orphans included, via the flush's own state list) become one
+  *group* per entity (see :mod:`dimpledb_sa.log`), buffered per session with the savepoint
+  they ran in. Values the database computed (server defaults, SQL expressions) are read back.
+- ``do_orm_execute``: ORM-enabled ``insert``/``update``/``delete`` statements, see
+  :mod:`dimpledb_sa.bulk`.
+- ``before_commit`` (root transaction only): flush, then write every buffered group as one
+  log transaction, on the session's connection, so data and log commit or roll back
+  together; ``after_soft_rollback`` of a savepoint forgets its groups; the end of the root
+  transaction (rollback or ``close()``) forgets everything; ``after_commit`` sends
+  ``changes_committed``.
+
+What is **not** captured: statements that bypass the ORM, i.e. Core ``connection.execute(
+insert(table))`` and raw SQL, unless :mod:`dimpledb_sa.core_capture` records them; rows a
+database deletes by itself (``ON DELETE CASCADE`` with ``passive_deletes``) and in-place
+mutations of JSON values the ORM does not see (use ``MutableDict``).
 
 Per-session state lives in ``session.info``; listeners hold the ``Capture`` weakly.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import uuid
 import weakref
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction
-from sqlalchemy.orm.attributes import NO_VALUE, instance_state
+from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.elements import ClauseElement
 
 from .errors import DimpleError
 from .log import Group, PackedRow, expand_all, json_array, write_local
@@ -46,22 +58,37 @@ _MISSING: Any = object()  # a new value the flush expired: read back from the da
 
 _CHUNK = 500
 
+# types of attribute values that are never SQL expressions (the common case, checked first)
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes, decimal.Decimal, dt.date,
+                    dt.datetime, dt.time, uuid.UUID, dict, list})
+
+
+def _is_sql(value: Any) -> bool:
+    """Whether an attribute was set to a SQL expression (as the ORM's flush decides it)."""
+    return type(value) not in _PLAIN and (
+        isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"))
+
 
 class _Pending:
-    """Per session (and per DimpleDb): change rows of the open transaction, not yet written.
+    """Per session (and per DimpleDb): what the open root transaction captured.
 
-    ``entries`` pairs each flush's rows with the session transaction (savepoint) it ran in,
-    so that rolling back a savepoint forgets exactly its rows. ``old`` carries old values
-    fetched in ``before_flush`` to ``after_flush``; ``rows`` the rows written at commit.
+    ``entries`` pairs the groups of each flush with the savepoint it ran in (``None``: none),
+    so that rolling back a savepoint forgets exactly its groups; ``old`` carries old values
+    saved in ``before_flush`` to ``after_flush``; ``plans`` caches, per mapped class, its
+    plan when its table is tracked and bound to our engine (``bind``: that bind); ``rows``
+    are the packed rows written at commit; ``committing``: the log was written, so a later
+    flush (another ``before_commit`` listener's) writes its groups straight away.
     """
 
-    __slots__ = ("entries", "mapper", "old", "rows")
+    __slots__ = ("bind", "committing", "entries", "old", "plans", "rows")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[SessionTransaction, list[Group]]] = []
+        self.entries: list[tuple[SessionTransaction | None, list[Group]]] = []
         self.old: dict[InstanceState[Any], dict[str, Any]] = {}
-        self.mapper: Mapper[Any] | None = None
+        self.plans: dict[type[Any], MapperPlan | None] = {}
+        self.bind: Any = None
         self.rows: list[PackedRow] = []
+        self.committing = False
 
 
 def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -79,10 +106,13 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 def fetch_rows(conn: Connection, tt: TrackedTable, keys: Iterable[Any],
                columns: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Current values of ``columns`` (default: all) for the rows whose key is in ``keys``."""
+    """Current values of ``columns`` (default: all) for the rows whose key is in ``keys``
+    (key values or their string forms); keyed by the string form of the key."""
     cols = [tt.table.c[c] for c in (columns or tt.table.c.keys())]
+    to_key = tt.codecs[tt.pk_name].from_json
+    wanted = [to_key(k) if isinstance(k, str) else k for k in keys]
     out: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(list(keys)):
+    for chunk in _chunks(wanted):
         stmt = select(tt.pk, *cols).where(tt.pk.in_(chunk))
         for row in conn.execute(stmt):
             out[str(row[0])] = {c.name: row[i + 1] for i, c in enumerate(cols)}
@@ -97,6 +127,7 @@ class Capture:
         self.engine = db.engine
         self.tracked = db.tracked
         self._plans: dict[Mapper[Any], MapperPlan | None] = {}
+        self._class_plans: dict[type[Any], MapperPlan | None] = {}
         self._listeners: list[tuple[str, Callable[..., Any]]] = []
         self._key = f"dimpledb_sa.capture.{id(self)}"
 
@@ -107,16 +138,18 @@ class Capture:
         ref = weakref.ref(self)
 
         def bound(name: str) -> Callable[..., Any]:
+            method = getattr(type(self), "_on_" + name)
+
             def listener(*args: Any, **kw: Any) -> Any:
                 cap = ref()
                 if cap is None:
                     return None
-                return getattr(cap, "_on_" + name)(*args, **kw)
+                return method(cap, *args, **kw)
 
             return listener
 
         for name in ("before_flush", "after_flush", "before_commit", "after_commit",
-                     "after_soft_rollback", "do_orm_execute"):
+                     "after_soft_rollback", "after_transaction_end", "do_orm_execute"):
             fn = bound(name)
             event.listen(Session, name, fn)
             self._listeners.append((name, fn))
@@ -134,69 +167,123 @@ class Capture:
             p = self._plans[mapper] = mapper_plan(mapper, self.tracked)
             return p
 
-    def _ours(self, session: Session, mapper: Mapper[Any]) -> bool:
-        bind = session.get_bind(mapper)
-        return getattr(bind, "engine", bind) is self.engine
+    def _class_plan(self, state: InstanceState[Any]) -> MapperPlan | None:
+        try:
+            return self._class_plans[state.class_]
+        except KeyError:
+            p = self._class_plans[state.class_] = self.plan(state.mapper)
+            return p
 
-    def _pending(self, session: Session, create: bool = True) -> _Pending | None:
+    def bind_for(self, session: Session, mapper: Mapper[Any]) -> Any:
+        """The session's bind for ``mapper`` when it reaches our engine, else ``None``."""
+        bind = session.get_bind(mapper)
+        return bind if getattr(bind, "engine", bind) is self.engine else None
+
+    def _pending(self, session: Session) -> _Pending:
         p: _Pending | None = session.info.get(self._key)
-        if p is None and create:
+        if p is None:
             p = session.info[self._key] = _Pending()
         return p
+
+    def _session_plan(self, session: Session, pending: _Pending,
+                      state: InstanceState[Any]) -> MapperPlan | None:
+        plan = self._class_plan(state)
+        if plan is not None:
+            bind = self.bind_for(session, state.mapper)
+            if bind is None:
+                plan = None
+            elif pending.bind is None:
+                pending.bind = bind
+        pending.plans[state.class_] = plan
+        return plan
+
+    def _connection(self, session: Session, pending: _Pending) -> Connection:
+        return session.connection(bind_arguments={"bind": pending.bind})
 
     # -- flush -----------------------------------------------------------------------------
     def _on_before_flush(self, session: Session, flush_context: UOWTransaction,
                          instances: Any) -> None:
-        missing: dict[MapperPlan, dict[str, InstanceState[Any]]] = defaultdict(dict)
-        for obj in session.dirty:
-            state = instance_state(obj)
-            if not state.committed_state:
+        pending: _Pending | None = session.info.get(self._key)
+        if pending is not None and pending.old:
+            pending.old = {}
+        modified = session.identity_map._modified
+        if not modified:
+            return
+        saved: dict[InstanceState[Any], dict[str, Any]] = {}
+        unloaded: dict[MapperPlan, list[tuple[InstanceState[Any], list[str]]]] = {}
+        class_plans = self._class_plans
+        for state in modified:
+            committed = state.committed_state
+            if not committed:
                 continue
-            plan = self.plan(state.mapper)
+            try:
+                plan = class_plans[state.class_]
+            except KeyError:
+                plan = self._class_plan(state)
             if plan is None:
                 continue
-            keys = {k for k, _, _ in plan.attrs}
-            if any(v is NO_VALUE and k in keys for k, v in state.committed_state.items()):
-                pk = state.dict.get(plan.pk_key, NO_VALUE)
-                if pk is NO_VALUE and state.key is not None:
-                    pk = state.key[1][0]
-                if pk is not NO_VALUE and self._ours(session, state.mapper):
-                    missing[plan][str(pk)] = state
-        if not missing:
-            return
-        pending = self._pending(session)
-        assert pending is not None
-        for plan, states in missing.items():
-            conn = session.connection(bind_arguments={"mapper": next(iter(states.values()))
-                                                      .mapper})
-            found = fetch_rows(conn, plan.tracked, states.keys())
-            for pk, state in states.items():
-                row = found.get(pk)
-                if row is not None:
-                    pending.old[state] = {k: row[c] for k, c, _ in plan.attrs}
+            by_key = plan.by_key
+            for key, old in committed.items():
+                if key not in by_key:
+                    continue
+                if old is NO_VALUE:
+                    entry = unloaded.setdefault(plan, [])
+                    if entry and entry[-1][0] is state:
+                        entry[-1][1].append(key)
+                    else:
+                        entry.append((state, [key]))
+                elif _is_sql(state.dict.get(key)):
+                    saved.setdefault(state, {})[key] = old
+        if unloaded:
+            self._fetch_unloaded(session, unloaded, saved)
+        if saved:
+            self._pending(session).old = saved
+
+    def _fetch_unloaded(self, session: Session,
+                        unloaded: dict[MapperPlan, list[tuple[InstanceState[Any], list[str]]]],
+                        saved: dict[InstanceState[Any], dict[str, Any]]) -> None:
+        """Read the old values of attributes that were never loaded."""
+        deleted = session._deleted
+        for plan, entries in unloaded.items():
+            mapper = entries[0][0].mapper
+            bind = self.bind_for(session, mapper)
+            if bind is None:
+                continue
+            by_id: dict[str, tuple[InstanceState[Any], list[str]]] = {}
+            for state, keys in entries:
+                if state in deleted or state.key is None:
+                    continue
+                by_id[str(state.key[1][0])] = (state, keys)
+            if not by_id:
+                continue
+            conn = session.connection(bind_arguments={"bind": bind})
+            found = fetch_rows(conn, plan.tracked, by_id.keys())
+            by_key = plan.by_key
+            for eid, (state, keys) in by_id.items():
+                row = found.get(eid)
+                olds = saved.setdefault(state, {})
+                for key in keys:
+                    olds[key] = None if row is None else row[by_key[key][2]]
 
     def _on_after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+        states = flush_context.states
+        if not states:
+            return
+        pending = self._pending(session)
+        plans = pending.plans
+        old_map = pending.old
         groups: list[Group] = []
         append = groups.append
-        pending = self._pending(session, create=False)
-        old_loaded = pending.old if pending is not None else {}
-        refetch: dict[MapperPlan, dict[str, Group]] = defaultdict(dict)
-        conn_mapper: Mapper[Any] | None = None
-        plans: dict[Mapper[Any], MapperPlan | None] = {}
-        for state, (isdelete, listonly) in flush_context.states.items():
+        refetch: dict[MapperPlan, dict[str, tuple[Group, bool]]] | None = None
+        for state, (isdelete, listonly) in states.items():
             if listonly:
                 continue
-            mapper = state.mapper
             try:
-                plan = plans[mapper]
+                plan = plans[state.class_]
             except KeyError:
-                plan = self.plan(mapper)
-                if plan is not None and not self._ours(session, mapper):
-                    plan = None
-                plans[mapper] = plan
+                plan = self._session_plan(session, pending, state)
             if plan is None:
                 continue
-            conn_mapper = mapper
             dict_ = state.dict
             pk = dict_.get(plan.pk_key, NO_VALUE)
             if pk is NO_VALUE:
@@ -205,13 +292,17 @@ class Capture:
                 pk = state.key[1][0]
             eid = str(pk)
             if isdelete:
+                if state.key is not None:
+                    pk = state.key[1][0]
+                    eid = str(pk)
                 append([plan.name, eid, plan.pk_names_json, json_array([plan.pk_encode(pk)]),
                         [None]])
             elif state.key is None:  # an insert: every column, the key first
                 news = [plan.pk_encode(pk)]
                 missing = False
+                get = dict_.get
                 for key, enc in plan.value_encoders:
-                    v = dict_.get(key, NO_VALUE)
+                    v = get(key, NO_VALUE)
                     if v is NO_VALUE:
                         news.append(_MISSING)
                         missing = True
@@ -219,28 +310,38 @@ class Capture:
                         news.append(enc(v))
                 group = [plan.name, eid, plan.insert_names_json, plan.insert_olds_json, news]
                 if missing:
-                    refetch[plan][eid] = group
+                    if refetch is None:
+                        refetch = {}
+                    refetch.setdefault(plan, {})[eid] = (group, True)
                 append(group)
             else:
                 committed = state.committed_state
-                if not committed:
+                extra = old_map.get(state) if old_map else None
+                if not committed and extra is None:
                     continue
-                old_row = old_loaded.get(state)
+                if plan.pk_key in committed and (
+                        plan.pk_encode(pk) != plan.pk_encode(state.key[1][0])):
+                    raise DimpleError(
+                        f"changing the primary key of a tracked {plan.name!r} row is not "
+                        "supported: delete it and insert a new row instead"
+                    )
+                by_key = plan.by_key
+                if extra is None:
+                    hits = [by_key[k] for k in committed if k in by_key]
+                else:
+                    hits = [by_key[k] for k in {**committed, **extra} if k in by_key]
+                if not hits:
+                    continue
+                if len(hits) > 1:
+                    hits.sort(key=_position)
                 names: list[str] = []
                 olds: list[str | None] = []
                 news = []
                 expired = False
-                for key, col, codec in plan.attrs:
-                    if key not in committed:
-                        continue
-                    if key == plan.pk_key:
-                        raise DimpleError(
-                            f"changing the primary key of a tracked {plan.name!r} row is not "
-                            "supported: delete it and insert a new row instead"
-                        )
-                    old = committed[key]
+                for _, key, col, codec in hits:
+                    old = committed.get(key, NO_VALUE)
                     if old is NO_VALUE:
-                        old = old_row.get(key) if old_row is not None else None
+                        old = extra.get(key) if extra is not None else None
                     new = dict_.get(key, NO_VALUE)
                     enc_old = codec.encode(old)
                     if new is NO_VALUE:  # expired by the flush (a SQL expression was set)
@@ -254,48 +355,66 @@ class Capture:
                     olds.append(enc_old)
                     news.append(enc_new)
                 if names:
-                    group = [plan.name, eid, names, olds, news]
                     if expired:
-                        refetch[plan][eid] = group
+                        group = [plan.name, eid, names, olds, news]
+                        if refetch is None:
+                            refetch = {}
+                        refetch.setdefault(plan, {})[eid] = (group, False)
+                    else:
+                        group = [plan.name, eid, plan.names_json(tuple(names)), olds, news]
                     append(group)
-        if pending is not None:
-            pending.old.clear()
-        if not groups or conn_mapper is None:
+        if old_map:
+            pending.old = {}
+        if not groups:
             return
         if refetch:
-            conn = session.connection(bind_arguments={"mapper": conn_mapper})
-            _fill(conn, refetch)
+            _fill(self._connection(session, pending), refetch)
             groups = [g for g in groups if g[4]]
-        self._record(session, conn_mapper, groups)
+        self._record(session, pending, groups)
 
-    def _record(self, session: Session, mapper: Mapper[Any], groups: list[Group]) -> None:
+    def _record(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
+        """Buffer one flush's (or statement's) groups with its savepoint."""
+        if not groups:
+            return
+        if pending.committing:
+            self._write(session, pending, groups)
+            return
+        tx = session.get_nested_transaction()
+        entries = pending.entries
+        if entries and entries[-1][0] is tx:
+            entries[-1][1].extend(groups)
+        else:
+            entries.append((tx, groups))
+
+    def record(self, session: Session, bind: Any, groups: list[Group]) -> None:
+        """Buffer groups captured outside a flush (``bulk``) in ``session``'s transaction."""
         pending = self._pending(session)
-        assert pending is not None
-        current = session.get_nested_transaction() or session.get_transaction()
-        assert current is not None
-        pending.mapper = mapper
-        pending.entries.append((current, groups))
+        if pending.bind is None:
+            pending.bind = bind
+        self._record(session, pending, groups)
+
+    def _write(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
+        db = self._db()
+        if db is None:
+            return
+        pending.rows.extend(write_local(db, self._connection(session, pending), groups))
 
     # -- transaction end -------------------------------------------------------------------
     def _on_before_commit(self, session: Session) -> None:
         if session.get_nested_transaction() is not None:
-            return  # a savepoint is being released: rows stay buffered with the outer one
-        pending: _Pending | None = session.info.get(self._key)
-        if pending is None and session._is_clean():
-            return
-        session.flush()  # the commit's own flush comes after this hook: do it now
-        pending = session.info.get(self._key)
-        if pending is None or not pending.entries or pending.mapper is None:
-            return
-        db = self._db()
-        if db is None:
-            return
-        groups = [g for _, batch in pending.entries for g in batch]
-        pending.entries.clear()
-        conn = session.connection(bind_arguments={"mapper": pending.mapper})
-        pending.rows = write_local(db, conn, groups)
+            return  # a savepoint is being released: its groups stay buffered
+        if session.info.get(self._key) is not None or not session._is_clean():
+            session.flush()  # the commit's own flush comes after this hook: do it now
+        pending = self._pending(session)
+        pending.committing = True
+        if pending.entries:
+            groups = [g for _, batch in pending.entries for g in batch]
+            pending.entries.clear()
+            self._write(session, pending, groups)
 
     def _on_after_commit(self, session: Session) -> None:
+        if session.get_nested_transaction() is not None:
+            return  # a savepoint was released
         pending: _Pending | None = session.info.pop(self._key, None)
         if pending is None or not pending.rows:
             return
@@ -316,6 +435,11 @@ class Capture:
             pending.entries = [e for e in pending.entries
                                if not _within(e[0], previous_transaction)]
 
+    def _on_after_transaction_end(self, session: Session,
+                                  transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # committed, rolled back or closed: start afresh
+            session.info.pop(self._key, None)
+
     # -- ORM-enabled INSERT / UPDATE / DELETE statements ------------------------------------
     def _on_do_orm_execute(self, state: ORMExecuteState) -> Any:
         if not (state.is_insert or state.is_update or state.is_delete):
@@ -324,37 +448,41 @@ class Capture:
         if mapper is None:
             return None
         plan = self.plan(mapper)
-        if plan is None or not self._ours(state.session, mapper):
+        if plan is None:
+            return None
+        bind = self.bind_for(state.session, mapper)
+        if bind is None:
             return None
         from .bulk import run_bulk
 
-        return run_bulk(self, state, plan)
+        return run_bulk(self, state, plan, bind)
 
 
-def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, Group]]) -> None:
+def _position(hit: tuple[int, str, str, Any]) -> int:
+    return hit[0]
+
+
+def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, tuple[Group, bool]]]) -> None:
     """Replace ``_MISSING`` new values with the values read back after the flush; drop
     update entries whose read-back value equals the old one."""
     for plan, by_id in refetch.items():
         found = fetch_rows(conn, plan.tracked, by_id.keys())
         codecs = plan.tracked.codecs
-        for eid, group in by_id.items():
+        for eid, (group, is_insert) in by_id.items():
             row = found.get(eid, {})
-            is_insert = isinstance(group[2], str)
-            names: list[str] = (
-                [plan.tracked.pk_name] + [c for _, c in plan.value_columns]
-                if is_insert else group[2]
-            )
+            names: list[str] = plan.insert_names if is_insert else group[2]
+            olds = group[3]
             news = group[4]
             keep: list[int] = []
             for k, col in enumerate(names):
                 if news[k] is _MISSING:
                     news[k] = codecs[col].encode(row.get(col))
-                    if not is_insert and news[k] == group[3][k]:
+                    if not is_insert and news[k] == olds[k]:
                         continue
                 keep.append(k)
-            if not is_insert and len(keep) < len(names):
-                group[2] = [names[k] for k in keep]
-                group[3] = [group[3][k] for k in keep]
+            if not is_insert:
+                group[2] = plan.names_json(tuple(names[k] for k in keep))
+                group[3] = [olds[k] for k in keep]
                 group[4] = [news[k] for k in keep]
 
 

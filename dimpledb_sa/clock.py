@@ -102,25 +102,7 @@ class HybridClock:
 
     def reserve(self, n: int) -> list[str]:
         """Issue ``n`` consecutive ids, each greater than every id issued or observed."""
-        if n <= 0:
-            return []
-        pt = self._now_ns() // 1_000_000
-        with self._lock:
-            if pt > self._ms:
-                ms, start = pt, 0
-            else:
-                ms, start = self._ms, self._counter + 1
-            if start + n - 1 > _COUNTER_MAX:  # counter exhausted: borrow the next millisecond
-                ms, start = ms + 1, 0
-            self._ms, self._counter = ms, start + n - 1
-        rand = int.from_bytes(os.urandom(5)) & ((1 << _RAND_BITS) - 1)
-        base = (ms << 80) | _VERSION_VARIANT | rand
-        out: list[str] = []
-        append = out.append
-        for c in range(start, start + n):
-            h = "%032x" % (base | ((c >> _LO_BITS) << 64) | ((c & _LO_MASK) << _RAND_BITS))
-            append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-        return out
+        return self.reserve_runs([1] * n) if n > 0 else []
 
     def next(self) -> str:
         return self.reserve(1)[0]
@@ -142,16 +124,27 @@ class HybridClock:
             if start + total - 1 > _COUNTER_MAX:
                 ms, start = ms + 1, 0
             self._ms, self._counter = ms, start + total - 1
-        rand = int.from_bytes(os.urandom(5)) & ((1 << _RAND_BITS) - 1)
-        base = (ms << 80) | _VERSION_VARIANT | rand
-        out: list[str] = []
-        append = out.append
-        c = start
-        for n in counts:
-            h = "%032x" % (base | ((c >> _LO_BITS) << 64) | ((c & _LO_MASK) << _RAND_BITS))
-            append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-            c += n
-        return out
+        return _run_ids(ms, start, counts)
+
+
+def _run_ids(ms: int, start: int, counts: list[int]) -> list[str]:
+    """The first id of each run, counting from ``start`` within millisecond ``ms``, with
+    fresh random bits: the id text is assembled from fixed parts and three hex fields."""
+    rand = int.from_bytes(os.urandom(5)) & ((1 << _RAND_BITS) - 1)
+    msh = "%012x" % ms  # noqa: UP031 - the fastest spelling, this runs per change
+    prefix = f"{msh[:8]}-{msh[8:]}-7"
+    tail = "%09x" % rand  # noqa: UP031
+    # counter: high 12 bits after the version digit; low 26 bits after the variant bits
+    # (0b10), which makes 7 hex digits: 4 in the fourth group, 3 opening the fifth
+    fmt = prefix + "%03x-%04x-%03x" + tail
+    out: list[str] = []
+    append = out.append
+    c = start
+    for n in counts:
+        lo = 0x8000000 | (c & _LO_MASK)
+        append(fmt % (c >> _LO_BITS, lo >> 12, lo & 0xFFF))
+        c += n
+    return out
 
 
 def offset_id(first: str, k: int) -> str:

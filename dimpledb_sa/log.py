@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select
 from . import schema
 from .bundle import ChangeRow, TxRecord
 from .changes import Change
-from .clock import is_next_id, offset_id
+from .clock import is_next_id, new_id, offset_id
 
 if TYPE_CHECKING:
     from .db import DimpleDb
@@ -57,6 +57,9 @@ _HEXI = {ch: k for k, ch in enumerate("0123456789abcdef")}
 
 def json_array(texts: Sequence[str | None]) -> str:
     """A JSON array from the JSON texts of its items (``None`` is ``null``)."""
+    if len(texts) == 1:  # most updates change one attribute
+        t = texts[0]
+        return "[null]" if t is None else "[" + t + "]"
     return "[" + ",".join(["null" if t is None else t for t in texts]) + "]"
 
 
@@ -67,10 +70,26 @@ def _texts(array_json: str) -> list[str | None]:
 def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list[PackedRow]:
     """Issue ids for one local transaction's groups and write it; returns the packed rows.
 
-    The clock first observes the newest id in the log, so ids keep growing across processes
+    The clock first observes the newest id in the log (the newest transaction, and the last
+    change of the newest packed row), so ids keep growing across restarts, across processes
     sharing the database and after pulls made by any of them.
     """
-    sync_clock(db, conn)
+    c = schema.changes
+    newest = conn.execute(select(c.c.id, c.c.attributes).order_by(c.c.id.desc()).limit(1)
+                          ).first()
+    if newest is not None:
+        db.clock.observe(offset_id(newest[0], max(len(_loads(newest[1])) - 1, 0)))
+    t = schema.transactions
+    newest_tx = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)).scalar()
+    if newest_tx:
+        db.clock.observe(newest_tx)
+    author = db._author_id
+    if author is None:  # read (or create) it on this connection: another one would wait on
+        m = schema.meta  # this transaction's lock (SQLite) or commit out of turn
+        author = conn.execute(select(m.c.value).where(m.c.key == "author_id")).scalar()
+        if author is None:
+            author = new_id()
+            schema.insert_many(conn, m, [("author_id", author)])
     counts = [len(g[4]) for g in groups]
     firsts = db.clock.reserve_runs([1, *counts])
     tx_id = firsts[0]
@@ -83,7 +102,7 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
             olds if type(olds) is str else json_array(olds),
             json_array(news),
         ))
-    schema.insert_many(conn, schema.transactions, [(tx_id, db.author_id)])
+    schema.insert_many(conn, schema.transactions, [(tx_id, author)])
     schema.insert_many(conn, schema.changes, rows)
     return rows
 

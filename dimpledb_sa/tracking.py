@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy import types as sqltypes
+from sqlalchemy.exc import ArgumentError, NoInspectionAvailable
 from sqlalchemy.orm import ColumnProperty, Mapper, class_mapper
 from sqlalchemy.orm.exc import UnmappedClassError
 from sqlalchemy.schema import Column
@@ -50,8 +51,10 @@ class MapperPlan:
 
     ``attrs``: (attribute key, column name, codec) of every column of the tracked table;
     ``value_columns``/``value_encoders``: the same less the key, in insert order;
-    ``insert_names_json``/``insert_olds_json``: the packed-row text of an insert's names
-    (key first) and old values (all null).
+    ``by_key``: attribute key -> (position, key, column name, codec), the key column left
+    out; ``insert_names_json``/``insert_olds_json``: the packed-row text of an insert's
+    names (key first) and old values (all null); :meth:`names_json` the text of other
+    lists of column names (cached).
     """
 
     tracked: TrackedTable
@@ -60,10 +63,13 @@ class MapperPlan:
     name: str = ""
     value_columns: list[tuple[str, str]] = field(default_factory=list)
     value_encoders: list[tuple[str, Any]] = field(default_factory=list)
+    by_key: dict[str, tuple[int, str, str, Codec]] = field(default_factory=dict)
     pk_encode: Any = None
     pk_names_json: str = ""
+    insert_names: list[str] = field(default_factory=list)
     insert_names_json: str = ""
     insert_olds_json: str = ""
+    _names: dict[Any, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         tt = self.tracked
@@ -71,11 +77,23 @@ class MapperPlan:
         self.value_columns = [(k, c) for k, c, _ in self.attrs if c != tt.pk_name]
         self.value_encoders = [(k, codec.encode) for k, c, codec in self.attrs
                                if c != tt.pk_name]
+        self.by_key = {k: (i, k, c, codec) for i, (k, c, codec) in enumerate(self.attrs)
+                       if c != tt.pk_name}
         self.pk_encode = tt.codecs[tt.pk_name].encode
         self.pk_names_json = json.dumps([tt.pk_name])
-        names = [tt.pk_name] + [c for _, c in self.value_columns]
-        self.insert_names_json = json.dumps(names)
-        self.insert_olds_json = "[" + ",".join(["null"] * len(names)) + "]"
+        self.insert_names = [tt.pk_name] + [c for _, c in self.value_columns]
+        self.insert_names_json = json.dumps(self.insert_names)
+        self.insert_olds_json = "[" + ",".join(["null"] * len(self.insert_names)) + "]"
+
+    def names_json(self, names: tuple[str, ...]) -> str:
+        """``json.dumps(list(names))``, cached per tuple of column names."""
+        try:
+            return self._names[names]
+        except KeyError:
+            text = json.dumps(list(names))
+            if len(self._names) < 4096:
+                self._names[names] = text
+            return text
 
 
 def _fix_hint(table: Table) -> str:
@@ -122,7 +140,7 @@ def _add(obj: Any, tables: dict[str, Table]) -> None:
         return
     try:
         mapper = class_mapper(obj)
-    except (UnmappedClassError, TypeError):
+    except (UnmappedClassError, ArgumentError, NoInspectionAvailable, TypeError):
         raise ConfigurationError(
             f"cannot track {obj!r}: pass a DeclarativeBase subclass, a MetaData, "
             "or an iterable of mapped classes and Table objects"
@@ -137,10 +155,10 @@ def _names(exclude: Iterable[Any]) -> set[str]:
     for e in exclude:
         if isinstance(e, str):
             out.add(e)
-        elif isinstance(e, Table):
-            out.add(e.name)
         else:
-            out.update(t.name for t in class_mapper(e).tables if isinstance(t, Table))
+            tables: dict[str, Table] = {}
+            _add(e, tables)
+            out.update(tables)
     return out
 
 

@@ -17,10 +17,15 @@ LargeBinary        base64 string               bytes
 JSON               the JSON value itself       the same
 Enum (enum class)  the member's name           the member
 Uuid               canonical string            uuid.UUID or str (``as_uuid``)
+Interval           number of seconds           timedelta
+PickleType         base64 of the pickle        the unpickled object
 =================  ==========================  ===================================
 
-Other types (``TypeDecorator``s are looked through to their ``impl``) pass values through
-``json.dumps`` unchanged, so they must already be JSON-compatible.
+A ``TypeDecorator``'s value is logged the way its ``impl`` stores it: ``process_bind_param``
+then the impl's codec on the way in, the impl's codec then ``process_result_value`` on the
+way out (both called with SQLAlchemy's default dialect). Other types pass values through
+``json.dumps`` unchanged, so they must already be JSON-compatible. ``to_json``/``from_json``
+take non-null values; ``encode``/``decode`` also map ``None`` to ``None``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from sqlalchemy import types as sqltypes
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
 __all__ = ["Codec", "codec_for", "dumps", "loads"]
@@ -144,15 +150,67 @@ def _enum_codec(t: sqltypes.Enum) -> Codec:
     return Codec(to_json, from_json)
 
 
-def _base_type(t: sqltypes.TypeEngine[Any]) -> sqltypes.TypeEngine[Any]:
-    while isinstance(t, sqltypes.TypeDecorator):
-        t = t.impl_instance
-    return t
+_DIALECT = DefaultDialect()
+
+
+def _pickle_codec(t: sqltypes.PickleType) -> Codec:
+    pickler: Any = t.pickler
+    protocol = t.protocol
+
+    def to_json(v: Any) -> Any:
+        return _b64(pickler.dumps(v, protocol))
+
+    def from_json(v: Any) -> Any:
+        return pickler.loads(_unb64(v))
+
+    return Codec(to_json, from_json)
+
+
+def _decorated_codec(t: sqltypes.TypeDecorator[Any]) -> Codec:
+    """A ``TypeDecorator``'s values are logged as its ``impl`` stores them: through its
+    ``process_bind_param`` on the way in and ``process_result_value`` on the way out."""
+    inner = _codec(t.impl_instance)
+    cls = type(t)
+    binds = cls.process_bind_param is not sqltypes.TypeDecorator.process_bind_param
+    results = cls.process_result_value is not sqltypes.TypeDecorator.process_result_value
+    if not binds and not results:
+        return inner
+    bind = t.process_bind_param if binds else _ident2
+    result = t.process_result_value if results else _ident2
+    d = _DIALECT
+
+    def to_json(v: Any) -> Any:
+        b = bind(v, d)
+        return None if b is None else inner.to_json(b)
+
+    def from_json(v: Any) -> Any:
+        return result(inner.from_json(v), d)
+
+    def encode(v: Any) -> str | None:
+        return None if v is None else inner.encode(bind(v, d))
+
+    def decode(s: str | None) -> Any:
+        return None if s is None else result(inner.decode(s), d)
+
+    return Codec(to_json, from_json, encode, decode)
+
+
+def _ident2(v: Any, dialect: Any) -> Any:
+    return v
 
 
 def codec_for(column: Column[Any]) -> Codec:
     """The codec for one column, chosen from its (decorated) type."""
-    t = _base_type(column.type)
+    return _codec(column.type)
+
+
+def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
+    if isinstance(t, sqltypes.Interval):  # decorators of their own, with no bind hooks
+        return Codec(_seconds, _timedelta)
+    if isinstance(t, sqltypes.PickleType):
+        return _pickle_codec(t)
+    if isinstance(t, sqltypes.TypeDecorator):
+        return _decorated_codec(t)
     if isinstance(t, sqltypes.Boolean):
         return Codec(bool, bool, _enc_bool, _dec_bool)
     if isinstance(t, sqltypes.Enum):
@@ -178,7 +236,13 @@ def codec_for(column: Column[Any]) -> Codec:
     if isinstance(t, sqltypes.Uuid):
         if t.as_uuid:
             return Codec(str, uuid.UUID)
-        return Codec(lambda v: str(v), _ident)
-    if isinstance(t, sqltypes.Interval):
-        return Codec(lambda v: v.total_seconds(), lambda v: dt.timedelta(seconds=v))
+        return Codec(str, _ident)
     return Codec(_ident, _ident)
+
+
+def _seconds(v: dt.timedelta) -> float:
+    return v.total_seconds()
+
+
+def _timedelta(v: Any) -> dt.timedelta:
+    return dt.timedelta(seconds=v)
