@@ -21,14 +21,14 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement
 from .capture import fetch_rows
 from .errors import DimpleError
 from .log import Group
-from .tracking import MapperPlan
+from .tracking import MapperPlan, TrackedTable
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from .capture import Capture
 
-__all__ = ["run_bulk"]
+__all__ = ["row_groups", "run_bulk"]
 
 _UNKNOWN: Any = object()
 
@@ -127,11 +127,51 @@ def _targets(conn: Connection, state: ORMExecuteState, plan: MapperPlan) -> list
     return _unique(conn.execute(q, params or {}).scalars())
 
 
+def row_groups(tt: TrackedTable, keys: Iterable[str], before: dict[str, dict[str, Any]],
+               after: dict[str, dict[str, Any]], delete: bool) -> list[Group]:
+    """The groups recording how the rows ``keys`` went from ``before`` to ``after`` (as
+    :func:`~dimpledb_sa.capture.fetch_rows` reads them; a row missing before was inserted,
+    one missing after a ``delete`` was deleted)."""
+    groups: list[Group] = []
+    name = tt.name
+    codecs = tt.codecs
+    pkc = tt.pk_name
+    if delete:
+        pk_enc = codecs[pkc].encode
+        for eid in keys:
+            if eid in before and eid not in after:
+                groups.append([name, eid, [pkc], [pk_enc(before[eid][pkc])], [None]])
+        return groups
+    for eid in keys:
+        new_row = after.get(eid)
+        if new_row is None:
+            continue
+        old_row = before.get(eid)
+        if old_row is None:  # inserted: the key first, then every other column
+            cols = [pkc] + [c for c in new_row if c != pkc]
+            groups.append([name, eid, cols, [None] * len(cols),
+                           [codecs[c].encode(new_row[c]) for c in cols]])
+            continue
+        names: list[str] = []
+        olds: list[str | None] = []
+        news: list[str | None] = []
+        for col, v in new_row.items():
+            enc = codecs[col].encode
+            enc_new = enc(v)
+            enc_old = enc(old_row[col])
+            if enc_new != enc_old:
+                names.append(col)
+                olds.append(enc_old)
+                news.append(enc_new)
+        if names:
+            groups.append([name, eid, names, olds, news])
+    return groups
+
+
 def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan, bind: Any) -> Any:
     """Run an ORM-enabled DML statement on a tracked table and record what it changed."""
     session = state.session
     tt = plan.tracked
-    name = tt.name
     conn = session.connection(bind_arguments={"bind": bind})
     invoke: dict[str, Any] = {}
     if state.is_insert:
@@ -146,40 +186,11 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan, bind: A
     if rows:  # all of RETURNING's rows, before the rows are read back
         result = result.freeze()()
 
-    groups: list[Group] = []
-    codecs = tt.codecs
-    pkc = tt.pk_name
-    pk_enc = codecs[pkc].encode
     if state.is_delete:
-        remaining = fetch_rows(conn, tt, keys, [pkc]) if keys else {}
-        for eid in keys:
-            if eid in before and eid not in remaining:
-                groups.append([name, eid, [pkc], [pk_enc(before[eid][pkc])], [None]])
+        after = fetch_rows(conn, tt, keys, [tt.pk_name]) if keys else {}
     else:
         after = fetch_rows(conn, tt, keys)
-        for eid in keys:
-            new_row = after.get(eid)
-            if new_row is None:
-                continue
-            old_row = before.get(eid)
-            if old_row is None:  # inserted: the key first, then every other column
-                cols = [pkc] + [c for c in new_row if c != pkc]
-                groups.append([name, eid, cols, [None] * len(cols),
-                               [codecs[c].encode(new_row[c]) for c in cols]])
-                continue
-            names: list[str] = []
-            olds: list[str | None] = []
-            news: list[str | None] = []
-            for col, v in new_row.items():
-                enc = codecs[col].encode
-                enc_new = enc(v)
-                enc_old = enc(old_row[col])
-                if enc_new != enc_old:
-                    names.append(col)
-                    olds.append(enc_old)
-                    news.append(enc_new)
-            if names:
-                groups.append([name, eid, names, olds, news])
+    groups = row_groups(tt, keys, before, after, state.is_delete)
     if groups:
         capture.record(session, bind, groups)
     return result

@@ -19,10 +19,10 @@ application's own sessionmakers, ``scoped_session`` and ``AsyncSession`` include
   transaction (rollback or ``close()``) forgets everything; ``after_commit`` sends
   ``changes_committed``.
 
-What is **not** captured: statements that bypass the ORM, i.e. Core ``connection.execute(
-insert(table))`` and raw SQL, unless :mod:`dimpledb_sa.core_capture` records them; rows a
-database deletes by itself (``ON DELETE CASCADE`` with ``passive_deletes``) and in-place
-mutations of JSON values the ORM does not see (use ``MutableDict``).
+Core statements (``connection.execute(insert(table))``) are captured only on an engine that
+opts in (:mod:`dimpledb_sa.core_capture`). Never captured: raw SQL, rows a database deletes
+by itself (``ON DELETE CASCADE`` with ``passive_deletes``) and in-place mutations of JSON
+values the ORM does not see (use ``MutableDict``).
 
 Per-session state lives in ``session.info``; listeners hold the ``Capture`` weakly.
 """
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.orm import Mapper
 
+    from .core_capture import CoreCapture
     from .db import DimpleDb
 
 __all__ = ["Capture", "fetch_rows"]
@@ -130,6 +131,7 @@ class Capture:
         self._class_plans: dict[type[Any], MapperPlan | None] = {}
         self._listeners: list[tuple[str, Callable[..., Any]]] = []
         self._key = f"dimpledb_sa.capture.{id(self)}"
+        self._core: CoreCapture | None = None
 
     # -- registration ----------------------------------------------------------------------
     def install(self) -> None:
@@ -154,10 +156,18 @@ class Capture:
             event.listen(Session, name, fn)
             self._listeners.append((name, fn))
         weakref.finalize(self, _remove_all, list(self._listeners))
+        from .core_capture import OPTION, CoreCapture
+
+        if self.engine.get_execution_options().get(OPTION) is True:
+            self._core = CoreCapture(self)
+            self._core.install()
 
     def remove(self) -> None:
         _remove_all(self._listeners)
         self._listeners.clear()
+        if self._core is not None:
+            self._core.remove()
+            self._core = None
 
     # -- helpers ---------------------------------------------------------------------------
     def plan(self, mapper: Mapper[Any]) -> MapperPlan | None:

@@ -1,0 +1,343 @@
+"""Capture of Core DML on tracked tables: ``connection.execute(insert/update/delete(table))``.
+
+Opt-in, per engine: ``DimpleDb(create_engine(url).execution_options(dimpledb_sa_capture=True),
+Base)``. Without it only ORM writes are captured (:mod:`dimpledb_sa.capture`), and Core
+statements and raw SQL write tracked tables without history (``db.adopt()`` records such rows
+later). With it, engine events see every statement; an ``Insert``, ``Update`` or ``Delete``
+whose table is tracked is recorded like :mod:`dimpledb_sa.bulk` records ORM-enabled ones: the
+keys and old values are read before it, the new values after it, on the same connection and
+in the same transaction. Still not captured: raw SQL (``text()``, ``exec_driver_sql``),
+statements the ORM runs itself (a flush, an ORM-enabled statement: :mod:`dimpledb_sa.capture`
+records those; the ORM compiles its flush into a cache of its own, so a statement run with a
+``compiled_cache`` other than the engine's is taken for one), writes made with
+``dimpledb_sa_capture=False`` on the statement or the connection, and writes made while the
+thread holds ``db.sync_lock`` (dimpledb_sa's own sync, merge, held-change replay, adoption).
+
+Where the changes go: a statement on a connection an ORM session is using joins that
+session's transaction (and its savepoints, commit and signal). Otherwise its changes are
+written to the log at once, on the statement's connection, as a log transaction of their
+own: they commit or roll back with the data. ``changes_committed`` for those is sent after
+the connection's transaction committed, when the connection goes back to the pool or begins
+its next transaction (the engine has no after-commit event); a rolled-back savepoint takes
+its changes out of the signal, as the database takes them out of the log.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, NestedTransaction, event, select
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.sql.dml import Delete, Insert, Update
+
+from .bulk import _literal, _unique, row_groups
+from .capture import fetch_rows
+from .errors import DimpleError
+from .log import Group, PackedRow, expand_all, write_local
+from .tracking import TrackedTable
+
+if TYPE_CHECKING:
+    from .capture import Capture
+
+__all__ = ["OPTION", "CoreCapture"]
+
+OPTION = "dimpledb_sa_capture"
+"""Execution option: ``True`` on the engine captures its Core DML; ``False`` on a statement or
+connection leaves its writes uncaptured."""
+
+_UNKNOWN = object()
+
+
+class _Statement:
+    """What ``before_execute`` learnt about one tracked statement, for ``after_execute``."""
+
+    __slots__ = ("before", "elem", "keys", "kind", "tt")
+
+    def __init__(self, elem: Any, tt: TrackedTable, kind: str, keys: list[str] | None,
+                 before: dict[str, dict[str, Any]]) -> None:
+        self.elem = elem
+        self.tt = tt
+        self.kind = kind
+        self.keys = keys
+        self.before = before
+
+
+class _ConnState:
+    """Per connection: statements in flight, rows written in the open transaction (with the
+    savepoint they were written in), committed rows awaiting the signal."""
+
+    __slots__ = ("committed", "inflight", "written")
+
+    def __init__(self) -> None:
+        self.inflight: list[_Statement] = []
+        self.written: list[tuple[NestedTransaction | None, list[PackedRow]]] = []
+        self.committed: list[PackedRow] = []
+
+
+class CoreCapture:
+    """Engine listeners recording Core DML on one ``DimpleDb``'s tracked tables."""
+
+    def __init__(self, capture: Capture) -> None:
+        self._capture = weakref.ref(capture)
+        self.engine = capture.engine
+        self.tracked = capture.tracked
+        self._key = f"dimpledb_sa.core_capture.{id(self)}"
+        self._sessions: weakref.WeakKeyDictionary[Connection, weakref.ref[Session]] = (
+            weakref.WeakKeyDictionary())
+        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+
+    # -- registration ----------------------------------------------------------------------
+    def install(self) -> None:
+        if self._listeners:
+            return
+        ref = weakref.ref(self)
+
+        def bound(name: str) -> Callable[..., Any]:
+            method = getattr(type(self), "_on_" + name)
+
+            def listener(*args: Any, **kw: Any) -> Any:
+                me = ref()
+                return None if me is None else method(me, *args, **kw)
+
+            return listener
+
+        for target, name in ((self.engine, "before_execute"), (self.engine, "after_execute"),
+                             (self.engine, "begin"), (self.engine, "commit"),
+                             (self.engine, "rollback"), (self.engine, "rollback_savepoint"),
+                             (self.engine, "checkin"),
+                             (Session, "after_begin")):
+            fn = bound(name)
+            event.listen(target, name, fn)
+            self._listeners.append((target, name, fn))
+        weakref.finalize(self, _remove_all, list(self._listeners))
+
+    def remove(self) -> None:
+        _remove_all(self._listeners)
+        self._listeners.clear()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _state(self, conn: Connection, create: bool = True) -> _ConnState | None:
+        info = conn.info
+        st: _ConnState | None = info.get(self._key)
+        if st is None and create:
+            st = info[self._key] = _ConnState()
+        return st
+
+    def _tracked(self, elem: Any) -> tuple[TrackedTable, str] | None:
+        if isinstance(elem, Insert):
+            kind = "insert"
+        elif isinstance(elem, Update):
+            kind = "update"
+        elif isinstance(elem, Delete):
+            kind = "delete"
+        else:
+            return None
+        table = elem.table
+        tt = self.tracked.get(getattr(table, "name", ""))
+        if tt is None or tt.table is not table:
+            return None
+        return tt, kind
+
+    def _skipped(self, conn: Connection, elem: Any, opts: Any) -> bool:
+        if opts.get(OPTION) is not True or elem.get_execution_options().get(OPTION) is False:
+            return True  # not opted in, or opted out (the statement's own option first)
+        if any(k.startswith("_sa_orm_") for k in opts):
+            return True  # an ORM-enabled statement run by a session: bulk.py records it
+        cache = opts.get("compiled_cache")
+        if cache is not None and cache is not conn.engine._compiled_cache:
+            return True  # the ORM's flush (it compiles into its mapper's own cache)
+        cap = self._capture()
+        db = cap._db() if cap is not None else None
+        if db is None:
+            return True
+        owned = getattr(db.sync_lock, "_is_owned", None)
+        return bool(owned is not None and owned())
+
+    # -- statements ------------------------------------------------------------------------
+    def _on_before_execute(self, conn: Connection, elem: Any, multiparams: Any, params: Any,
+                           opts: Any) -> None:
+        found = self._tracked(elem)
+        if found is None or self._skipped(conn, elem, opts):
+            return
+        tt, kind = found
+        rows: list[dict[str, Any]] = list(multiparams) if multiparams else (
+            [params] if params else [])
+        keys = (_insert_keys(elem, tt, rows) if kind == "insert"
+                else _targets(conn, elem, tt, rows))
+        before = fetch_rows(conn, tt, keys) if keys else {}
+        st = self._state(conn)
+        assert st is not None
+        st.inflight.append(_Statement(elem, tt, kind, keys, before))
+
+    def _on_after_execute(self, conn: Connection, elem: Any, multiparams: Any, params: Any,
+                          opts: Any, result: Any) -> None:
+        st = self._state(conn, create=False)
+        if st is None:
+            return
+        for i in range(len(st.inflight) - 1, -1, -1):
+            if st.inflight[i].elem is elem:
+                s = st.inflight[i]
+                del st.inflight[i:]  # and any left behind by statements that failed
+                break
+        else:
+            return
+        keys = s.keys
+        if s.kind == "insert":
+            try:
+                keys = _unique(r[0] for r in result.inserted_primary_key_rows)
+            except Exception:
+                keys = s.keys
+            if not keys:
+                return
+        assert keys is not None
+        if s.kind == "delete":
+            after = fetch_rows(conn, s.tt, keys, [s.tt.pk_name]) if keys else {}
+        else:
+            after = fetch_rows(conn, s.tt, keys)
+        groups = row_groups(s.tt, keys, s.before, after, s.kind == "delete")
+        if groups:
+            self._record(conn, st, groups)
+
+    def _record(self, conn: Connection, st: _ConnState, groups: list[Group]) -> None:
+        cap = self._capture()
+        if cap is None:
+            return
+        session_ref = self._sessions.get(conn)
+        session = session_ref() if session_ref is not None else None
+        if session is not None:
+            bind = _session_bind(session.get_transaction(), conn)
+            if bind is not None:
+                cap.record(session, bind, groups)
+                return
+        db = cap._db()
+        if db is None:
+            return
+        st.written.append((conn.get_nested_transaction(), write_local(db, conn, groups)))
+
+    # -- transactions ----------------------------------------------------------------------
+    def _on_after_begin(self, session: Session, transaction: SessionTransaction,
+                        connection: Connection) -> None:
+        if connection.engine is self.engine:
+            self._sessions[connection] = weakref.ref(session)
+
+    def _on_rollback_savepoint(self, conn: Connection, name: str, context: Any) -> None:
+        st = self._state(conn, create=False)
+        if st is None or not st.written:
+            return
+        target = conn.get_nested_transaction()
+        while target is not None and target._savepoint != name:
+            target = target._previous_nested
+        if target is not None:
+            st.written = [w for w in st.written if not _within(w[0], target)]
+
+    def _on_commit(self, conn: Connection) -> None:
+        st = self._state(conn, create=False)
+        if st is not None:
+            for _, rows in st.written:
+                st.committed.extend(rows)
+            st.written.clear()
+            st.inflight.clear()
+
+    def _on_rollback(self, conn: Connection) -> None:
+        st = self._state(conn, create=False)
+        if st is not None:
+            st.written.clear()
+            st.inflight.clear()
+
+    def _on_begin(self, conn: Connection) -> None:
+        self._announce(conn.info)
+
+    def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            self._announce(record.info)
+
+    def _announce(self, info: dict[Any, Any]) -> None:
+        st: _ConnState | None = info.get(self._key)
+        if st is None or not st.committed:
+            return
+        rows, st.committed = st.committed, []
+        cap = self._capture()
+        db = cap._db() if cap is not None else None
+        if db is not None:
+            db.committed(frozenset(r[2] for r in rows), lambda: db.to_changes(expand_all(rows)),
+                         "local")
+
+
+def _within(tx: NestedTransaction | None, ancestor: NestedTransaction) -> bool:
+    while tx is not None:
+        if tx is ancestor:
+            return True
+        tx = tx._previous_nested
+    return False
+
+
+def _session_bind(tx: SessionTransaction | None, conn: Connection) -> Any:
+    """The bind under which the session's transaction uses ``conn``, if it does."""
+    if tx is None:
+        return None
+    for bind, entry in tx._connections.items():
+        if entry[0] is conn:
+            return bind
+    return None
+
+
+def _insert_keys(elem: Any, tt: TrackedTable, rows: list[dict[str, Any]]) -> list[str] | None:
+    """The keys an insert writes when they are known beforehand (``None``: read them from
+    the result); raises when they cannot be known at all."""
+    pk = tt.pk
+    hint = (f"cannot record this INSERT into tracked table {tt.name!r}: give every row its "
+            f"key (or a Python-side default for {pk.name!r}), or execute it with "
+            f"execution_options(dimpledb_sa_capture=False)")
+    default = pk.default
+    has_default = default is not None and callable(getattr(default, "arg", None))
+    if getattr(elem, "select", None) is not None:
+        raise DimpleError(hint)
+    multi = getattr(elem, "_multi_values", None)
+    if multi:
+        keys: list[Any] = []
+        for row in (r for group in multi for r in group):
+            v = _UNKNOWN
+            for col, val in (row.items() if isinstance(row, dict) else ()):
+                if getattr(col, "name", col) == pk.name:
+                    v = _literal(val)
+            if v is _UNKNOWN or v is None:
+                raise DimpleError(hint)
+            keys.append(v)
+        return _unique(keys)
+    values = getattr(elem, "_values", None) or {}
+    fixed = _UNKNOWN
+    for col, val in values.items():
+        if getattr(col, "name", col) == pk.name:
+            fixed = _literal(val)
+            if fixed is _UNKNOWN:
+                raise DimpleError(hint)
+    if fixed is not _UNKNOWN and fixed is not None:
+        return [str(fixed)]
+    keys = [r.get(pk.key, r.get(pk.name)) for r in rows] if rows else [None]
+    if any(k is None for k in keys):
+        if not has_default:
+            raise DimpleError(hint)
+        known = [k for k in keys if k is not None]
+        return _unique(known) or None
+    return _unique(keys)
+
+
+def _targets(conn: Connection, elem: Any, tt: TrackedTable,
+             rows: list[dict[str, Any]]) -> list[str]:
+    """The keys of the rows an UPDATE or DELETE may touch."""
+    where = elem.whereclause
+    q = select(tt.pk) if where is None else select(tt.pk).where(where)
+    if not rows:
+        return _unique(conn.execute(q).scalars())
+    keys: list[Any] = []
+    for p in rows:
+        keys.extend(conn.execute(q, p).scalars())
+    return _unique(keys)
+
+
+def _remove_all(listeners: list[tuple[Any, str, Callable[..., Any]]]) -> None:
+    for target, name, fn in listeners:
+        if event.contains(target, name, fn):
+            event.remove(target, name, fn)
