@@ -1,0 +1,873 @@
+"""Live queries: results that re-run after the commits that can change them.
+
+:class:`LiveQuery` (``db.live(statement)``) holds the current result of a ``select()`` or
+``text()`` statement and re-runs it after each committed transaction that wrote a table it
+reads. One registry per ``DimpleDb`` (an attribute of the db, made on first use) is the only
+``changes_committed`` receiver, connected while live queries exist, and it dispatches by
+table name, so a commit re-runs only the queries reading what it wrote. The tables a query
+reads come from the statement (every ``Table`` in its element tree, relationship joins,
+and the mappers of the objects it loaded) and, on SQLite, from SQLite itself: the first
+run is executed under an authorizer that collects every table read (views resolve to their
+base tables; results for ``text()`` are cached per SQL string). A query whose tables cannot
+be known re-runs after every commit. Runs of one query are serialized with a dirty flag, so
+concurrent commits coalesce and the final state is always delivered; subscribers are called
+only when the result changed. :class:`Watcher` (``db.watch_external()``) polls SQLite's
+``PRAGMA data_version`` to notice commits made by other processes and, through the change
+log, re-runs the queries reading the tables they wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import sqlite3
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import RelationshipProperty, Session
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause, TextClause
+from sqlalchemy.sql.expression import TableClause
+
+from . import schema
+from .errors import ConfigurationError, DimpleError
+from .signals import changes_committed
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine.interfaces import DBAPICursor
+    from sqlalchemy.orm import Mapper
+    from sqlalchemy.sql import Executable
+
+    from .db import DimpleDb
+
+__all__ = ["ALL_TABLES", "LiveQuery", "Subscription", "Watcher", "close_all", "statement_tables"]
+
+log = logging.getLogger(__name__)
+
+ALL_TABLES = "*"
+"""``tables=ALL_TABLES``: re-run the live query after every commit."""
+
+_NO: Any = object()  # an attribute that was not loaded
+_END: Any = object()  # the live query was closed (async iteration)
+_CHUNK = 500
+
+
+# -- which tables a statement reads -------------------------------------------------------------
+def _mapper_tables(mapper: Mapper[Any]) -> set[str]:
+    return {t.name.lower() for t in mapper.tables}
+
+
+def statement_tables(statement: Any) -> frozenset[str] | None:
+    """Lower-case names of the tables a SQLAlchemy statement names; ``None`` when it holds
+    raw SQL (``text()``, literal columns) whose tables only the database can tell."""
+    found: set[str] = set()
+    for el in visitors.iterate(statement):
+        if isinstance(el, TextClause) or (isinstance(el, ColumnClause) and el.is_literal):
+            return None
+        if isinstance(el, TableClause):
+            found.add(el.name.lower())
+        for join in getattr(el, "_setup_joins", ()) or ():  # ORM joins along relationships
+            for part in join:
+                prop: Any = getattr(part, "property", None)
+                target = getattr(prop, "mapper", None)
+                if target is not None and hasattr(prop, "secondary"):
+                    found |= _mapper_tables(target)
+                    if isinstance(prop.secondary, TableClause):
+                        found.add(prop.secondary.name.lower())
+    return frozenset(found)
+
+
+def _fingerprint(session: Session, rows: list[Any], found: set[Any]) -> Any:
+    """A value-comparable picture of a result: ORM objects by identity and loaded values.
+
+    Adds to ``found`` the mapper of every loaded object and every relationship loaded with
+    it (eager loads read those tables too).
+    """
+    states = session.identity_map.all_states()
+    if not states:
+        return rows
+    snapshot: dict[Any, tuple[Any, ...]] = {}
+    plans: dict[Mapper[Any], tuple[list[str], list[Any]]] = {}
+    for state in states:
+        mapper = state.mapper
+        plan = plans.get(mapper)
+        if plan is None:
+            plan = plans[mapper] = ([p.key for p in mapper.column_attrs],
+                                    list(mapper.relationships))
+            found.add(mapper)
+        d = state.dict
+        values: list[Any] = [d.get(k, _NO) for k in plan[0]]
+        for rel in plan[1]:
+            if rel.key in d:
+                values.append((rel.key, _related_keys(d[rel.key], rel.uselist)))
+                found.add(rel)
+        snapshot[state.key] = tuple(values)
+    return [_key_of(x) for x in rows], snapshot
+
+
+def _found_tables(found: Iterable[Any]) -> set[str]:
+    """Tables of the mappers and relationships collected by :func:`_fingerprint`."""
+    out: set[str] = set()
+    for item in found:
+        if isinstance(item, RelationshipProperty):
+            out |= _mapper_tables(item.mapper)
+            if isinstance(item.secondary, TableClause):
+                out.add(item.secondary.name.lower())
+        else:
+            out |= _mapper_tables(item)
+    return out
+
+
+def _key_of(value: Any) -> Any:
+    state = getattr(value, "_sa_instance_state", None)
+    if state is not None:
+        return ("\0entity", state.key)
+    if isinstance(value, Row):
+        return tuple(_key_of(v) for v in value)
+    return value
+
+
+def _related_keys(value: Any, uselist: bool) -> Any:
+    if value is None:
+        return None
+    if not uselist:
+        return _key_of(value)
+    items = value.values() if isinstance(value, Mapping) else value
+    keys = [_key_of(v) for v in items]
+    return frozenset(keys) if isinstance(value, set | frozenset) else tuple(keys)
+
+
+# -- the per-database registry ----------------------------------------------------------------
+class _Registry:
+    """Live queries of one ``DimpleDb`` indexed by table; its one signal receiver."""
+
+    def __init__(self, db: DimpleDb) -> None:
+        self._db = weakref.ref(db)
+        self._lock = threading.RLock()
+        self._serials = itertools.count(1)
+        self._refs: dict[int, weakref.ref[LiveQuery]] = {}
+        self._tables: dict[int, frozenset[str] | None] = {}
+        self._by_table: dict[str, set[int]] = {}
+        self._unknown: set[int] = set()
+        self._dead: list[int] = []
+        self._connected = False
+        self.text_tables: dict[str, frozenset[str]] = {}  # SQLite's answer per SQL string
+        self.watchers: set[Watcher] = set()
+
+    def add(self, live: LiveQuery) -> int:
+        dead = self._dead
+        with self._lock:
+            serial = next(self._serials)
+            self._refs[serial] = weakref.ref(live, _on_gone(dead, serial))
+            self._tables[serial] = None
+            self._unknown.add(serial)
+            self._purge()
+            if not self._connected:
+                db = self._db()
+                if db is not None:
+                    changes_committed.connect(self._on_commit, sender=db)
+                    self._connected = True
+        return serial
+
+    def set_tables(self, serial: int, tables: frozenset[str] | None) -> None:
+        with self._lock:
+            if serial not in self._refs:
+                return
+            self._unindex(serial)
+            self._tables[serial] = tables
+            if tables is None:
+                self._unknown.add(serial)
+            else:
+                for t in tables:
+                    self._by_table.setdefault(t, set()).add(serial)
+
+    def remove(self, serial: int) -> None:
+        with self._lock:
+            self._dead.append(serial)
+            self._purge()
+
+    def _unindex(self, serial: int) -> None:
+        old = self._tables.get(serial)
+        if old is None:
+            self._unknown.discard(serial)
+        else:
+            for t in old:
+                bucket = self._by_table.get(t)
+                if bucket is not None:
+                    bucket.discard(serial)
+                    if not bucket:
+                        del self._by_table[t]
+
+    def _purge(self) -> None:
+        while self._dead:
+            serial = self._dead.pop()
+            if self._refs.pop(serial, None) is not None:
+                self._unindex(serial)
+                del self._tables[serial]
+        if not self._refs and self._connected:
+            changes_committed.disconnect(self._on_commit)
+            self._connected = False
+
+    def count(self) -> int:
+        """How many live queries are registered (closed and collected ones excluded)."""
+        with self._lock:
+            self._purge()
+            return len(self._refs)
+
+    def live_queries(self) -> list[LiveQuery]:
+        with self._lock:
+            found = [r() for r in self._refs.values()]
+        return [lv for lv in found if lv is not None]
+
+    def _on_commit(self, sender: Any, **kw: Any) -> None:
+        tables = kw.get("tables")
+        self.notify(frozenset(tables) if tables is not None else None)
+
+    def notify(self, tables: frozenset[str] | None) -> None:
+        """Re-run the live queries reading any of ``tables`` (``None``: every one)."""
+        with self._lock:
+            self._purge()
+            if tables is None:
+                picked: Iterable[int] = list(self._refs)
+            else:
+                chosen = set(self._unknown)
+                for t in tables:
+                    bucket = self._by_table.get(t.lower())
+                    if bucket:
+                        chosen |= bucket
+                picked = sorted(chosen)
+            refs = [self._refs[s] for s in picked]
+        for ref in refs:
+            live = ref()
+            if live is not None:
+                try:
+                    live._invalidate()
+                except Exception:
+                    log.exception("a live query failed to re-run; ignored")
+
+
+def _on_gone(dead: list[int], serial: int) -> Callable[[Any], None]:
+    # a weakref callback may run inside any code (garbage collection): it only notes the
+    # serial, and the registry drops it under its lock later
+    return lambda _ref: dead.append(serial)
+
+
+def close_all(db: DimpleDb) -> None:
+    """Close every live query and watcher of ``db`` (for ``DimpleDb.close()``)."""
+    found: _Registry | None = db.__dict__.get("_live_registry")
+    if found is None:
+        return
+    for live in found.live_queries():
+        live.close()
+    for watcher in list(found.watchers):
+        watcher.close()
+
+
+def _registry(db: DimpleDb) -> _Registry:
+    found: _Registry | None = db.__dict__.get("_live_registry")
+    if found is None:
+        found = db.__dict__.setdefault("_live_registry", _Registry(db))
+    return found
+
+
+# -- subscriptions ------------------------------------------------------------------------------
+class Subscription:
+    """A callback subscribed to a :class:`LiveQuery`; ``close()`` stops it."""
+
+    def __init__(self, live: LiveQuery, callback: Callable[[list[Any]], Any],
+                 on_end: Callable[[], Any] | None = None) -> None:
+        self.live = live
+        self.callback = callback
+        self._on_end = on_end
+        self._lock = threading.RLock()
+        self._seen = 0
+        self._last: Any = _NO
+        self.closed = False
+
+    def _deliver(self, version: int, rows: list[Any], fingerprint: Any) -> None:
+        with self._lock:
+            if self.closed or version <= self._seen:
+                return  # stale: a newer result was delivered already
+            self._seen = version
+            if self._last is not _NO and self._last == fingerprint:
+                return
+            self._last = fingerprint
+            try:
+                self.callback(rows)
+            except Exception:
+                log.exception("a live query callback raised; ignored")
+
+    def _end(self) -> None:
+        self.closed = True
+        if self._on_end is not None:
+            try:
+                self._on_end()
+            except Exception:
+                log.exception("ending a live query subscription raised; ignored")
+
+    def close(self) -> None:
+        """Stop calling back; idempotent."""
+        if not self.closed:
+            self.closed = True
+            self.live._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AsyncRows:
+    """``async for rows in live``: the current rows, then each new result (latest only)."""
+
+    def __init__(self, live: LiveQuery) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue = queue
+
+        def push(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody iterates now
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self._sub = live.subscribe(push, _on_end=lambda: push(_END))
+        weakref.finalize(self, self._sub.close)
+
+    def __aiter__(self) -> _AsyncRows:
+        return self
+
+    async def __anext__(self) -> list[Any]:
+        item = await self._queue.get()
+        while item is not _END and not self._queue.empty():
+            item = self._queue.get_nowait()  # a slow consumer gets the latest result
+        if item is _END:
+            self._sub.close()
+            raise StopAsyncIteration
+        rows: list[Any] = item
+        return rows
+
+    async def aclose(self) -> None:
+        self._sub.close()
+
+
+# -- live queries -------------------------------------------------------------------------------
+class LiveQuery:
+    """The current result of ``statement``, re-run after each commit that can change it.
+
+    ``params``: bound parameters (change them later with :meth:`params`). ``executor``: run
+    re-runs and callbacks there instead of in the committing thread. ``tables``: the table
+    names the statement reads, instead of finding them out, or :data:`ALL_TABLES` to re-run
+    after every commit. ORM objects in ``rows`` are detached snapshots: what the statement
+    loaded is there; lazy loads are not available.
+    """
+
+    def __init__(self, db: DimpleDb, statement: Executable, *,
+                 params: Mapping[str, Any] | None = None, executor: Executor | None = None,
+                 tables: Iterable[str] | str | None = None) -> None:
+        self.statement = statement
+        self._engine: Engine = db.engine
+        self._params: dict[str, Any] = dict(params or {})
+        self._executor = executor
+        self._registry = _registry(db)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._running = False
+        self._closed = False
+        self._unique = False
+        self._subs: list[Subscription] = []
+        self._rows: list[Any] = []
+        self._fp: Any = _NO
+        self._version = 0
+        self._runs = 0
+        self._session: Session | None = None
+        self._found: set[Any] = set()  # mappers and relationships loaded so far
+        self._mapper_tables: set[str] = set()
+        self._text_key: str | None = None
+        self._learn = False  # ask SQLite on the next run
+        self._static: frozenset[str] | None
+        self._learned: frozenset[str] | None = None
+        if tables is not None:
+            names = [tables] if isinstance(tables, str) else list(tables)
+            self._static = (None if names == [ALL_TABLES]
+                            else frozenset(t.lower() for t in names))
+            self._fixed = True
+        else:
+            self._fixed = False
+            self._static = statement_tables(statement)
+            if self._engine.dialect.name == "sqlite":
+                if isinstance(statement, TextClause):
+                    self._text_key = statement.text
+                    self._learned = self._registry.text_tables.get(statement.text)
+                self._learn = self._learned is None
+        self._tables: frozenset[str] | None = None
+        self._dirty = self._running = True  # commits from now on wait for the first run
+        self._serial = self._registry.add(self)  # unknown tables until the first run
+        try:
+            self._drain(initial=True)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def rows(self) -> list[Any]:
+        """The current result: scalars for one selected entity or column, else ``Row``\\ s."""
+        return self._rows
+
+    @property
+    def tables(self) -> frozenset[str] | None:
+        """Lower-case names of the tables the query reads; ``None`` if unknown (re-runs
+        after every commit)."""
+        return self._tables
+
+    @property
+    def run_count(self) -> int:
+        """How many times the statement was run (the first run included)."""
+        return self._runs
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def subscribe(self, callback: Callable[[list[Any]], Any], *,
+                  _on_end: Callable[[], Any] | None = None) -> Subscription:
+        """Call ``callback(rows)`` now, then after each commit that changes the result."""
+        sub = Subscription(self, callback, _on_end)
+        with self._lock:
+            if self._closed:
+                raise DimpleError("this live query is closed")
+            self._subs.append(sub)
+            version, rows, fp = self._version, self._rows, self._fp
+        sub._deliver(version, rows, fp)
+        return sub
+
+    def params(self, **params: Any) -> LiveQuery:
+        """Change bound parameters (merged into the current ones) and re-run now; calls back
+        if the result changed. Returns the live query."""
+        with self._lock:
+            self._params = {**self._params, **params}
+        self._invalidate()
+        return self
+
+    def refresh(self) -> None:
+        """Re-run now, e.g. after writes that were not tracked."""
+        self._invalidate()
+
+    def close(self) -> None:
+        """Stop re-running and end every subscription (and ``async for``); idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subs, self._subs = self._subs, []
+        self._registry.remove(self._serial)
+        for sub in subs:
+            sub._end()
+
+    def __enter__(self) -> LiveQuery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> AsyncIterator[list[Any]]:
+        return _AsyncRows(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._rows)} rows"
+        return f"<LiveQuery {state} tables={sorted(self._tables or ['*'])}>"
+
+    # -- running ----------------------------------------------------------------------------
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._dirty = True
+            if self._running:
+                return  # the thread running it now runs it again afterwards
+            self._running = True
+        if self._executor is None:
+            self._drain()
+            return
+        try:
+            self._executor.submit(self._drain).add_done_callback(self._task_done)
+        except RuntimeError:
+            log.exception("live query executor refused the re-run; running it here")
+            self._drain()
+
+    def _task_done(self, future: Future[None]) -> None:
+        if future.cancelled():  # e.g. executor.shutdown(cancel_futures=True)
+            with self._lock:
+                self._running = False
+
+    def _drain(self, initial: bool = False) -> None:
+        """Run while dirty; only one thread at a time (``_running``) runs this query."""
+        done = False
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or not self._dirty:
+                        self._running = False
+                        done = True
+                        return
+                    self._dirty = False
+                    params = self._params
+                self._run(params, raise_errors=initial)
+                initial = False
+        finally:
+            if not done:
+                with self._lock:
+                    self._running = False
+
+    def _run(self, params: dict[str, Any], raise_errors: bool) -> None:
+        self._runs += 1
+        learn = self._learn
+        try:
+            rows, fp, reads = self._execute(params, learn)
+        except Exception:
+            if raise_errors:
+                raise
+            log.exception("a live query failed to run; keeping its previous result")
+            return
+        if learn and reads is not None:
+            self._learn = False
+            self._learned = reads
+            if self._text_key is not None:
+                self._registry.text_tables[self._text_key] = reads
+        self._update_tables()
+        if self._version and fp == self._fp:
+            return
+        with self._lock:
+            self._version += 1
+            version = self._version
+            self._rows, self._fp = rows, fp
+            subs = list(self._subs)
+        for sub in subs:
+            sub._deliver(version, rows, fp)
+
+    def _update_tables(self) -> None:
+        if self._fixed:
+            tables = self._static
+        elif self._learned is not None:
+            tables = self._learned | (self._static or frozenset()) | self._mapper_tables
+        elif self._static is not None:
+            tables = self._static | self._mapper_tables
+        else:
+            tables = None
+        if tables != self._tables or self._version == 0:
+            self._tables = tables
+            self._registry.set_tables(self._serial, tables)
+
+    def _execute(self, params: dict[str, Any], learn: bool
+                 ) -> tuple[list[Any], Any, frozenset[str] | None]:
+        reads: set[str] | None = None
+        session = self._session
+        if session is None:  # one per live query, reused: runs never overlap
+            session = self._session = Session(self._engine)
+        try:
+            target: sqlite3.Connection | None = None
+            if learn:
+                dbapi = session.connection().connection.driver_connection
+                if isinstance(dbapi, sqlite3.Connection):
+                    target = dbapi
+                    reads = set()
+                    target.set_authorizer(_collector(reads))
+            try:
+                rows = self._fetch(session, params)
+            finally:
+                if target is not None:
+                    target.set_authorizer(None)
+            known = len(self._found)
+            fp = _fingerprint(session, rows, self._found)
+            if len(self._found) != known:
+                self._mapper_tables = _found_tables(self._found)
+        finally:
+            session.close()  # releases the connection: none is held between runs
+        return rows, fp, (frozenset(reads) if reads is not None else None)
+
+    def _fetch(self, session: Session, params: dict[str, Any]) -> list[Any]:
+        for _ in range(2):
+            result = session.execute(self.statement, params or None)
+            single = len(result.keys()) == 1
+            if self._unique:
+                result = result.unique()
+            try:
+                return list(result.scalars().all() if single else result.all())
+            except sa_exc.InvalidRequestError as exc:
+                if self._unique or "unique()" not in str(exc):
+                    raise
+                self._unique = True  # joined eager loads of collections need uniquing
+        raise AssertionError("unreachable")
+
+
+def _collector(reads: set[str]) -> Callable[[int, str | None, str | None, str | None,
+                                             str | None], int]:
+    def authorizer(action: int, arg1: str | None, arg2: str | None, dbname: str | None,
+                   source: str | None) -> int:
+        if action == sqlite3.SQLITE_READ and arg1 and not arg1.startswith("sqlite_"):
+            reads.add(arg1.lower())
+        return sqlite3.SQLITE_OK
+
+    return authorizer
+
+
+# -- commits by other processes ----------------------------------------------------------------
+_INSERT_TX = re.compile(
+    r"^\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+[\"`\[]?" + schema.transactions.name
+    + r"[\"`\]]?\s*\(([^)]*)\)", re.IGNORECASE)
+
+
+class Watcher:
+    """Polls ``PRAGMA data_version`` of a SQLite file in a daemon thread (``db.watch_external``)
+    and re-runs the live queries reading the tables that other processes' commits wrote.
+
+    Transactions this engine wrote are recognised (their ids are noted as they are inserted)
+    and left to ``changes_committed``, so a local commit is never delivered twice. A change
+    that the log cannot explain (a write outside tracking) re-runs every live query of the
+    database. Lives until :meth:`close` or until the ``DimpleDb`` is gone.
+    """
+
+    def __init__(self, db: DimpleDb, *, interval: float = 0.5) -> None:
+        engine = db.engine
+        url = engine.url
+        if engine.dialect.name != "sqlite":
+            raise ConfigurationError("watch_external() needs a SQLite database file")
+        if (url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+                or str(url.database).startswith("file::memory:")):
+            raise ConfigurationError(
+                "watch_external() needs a SQLite database file: an in-memory database is "
+                "private to its connection")
+        if interval <= 0:
+            raise ConfigurationError("watch_external(interval=...) must be positive")
+        self.interval = interval
+        self._engine = engine
+        self._registry = _registry(db)
+        self._lock = threading.Lock()
+        self._polled = threading.Condition(self._lock)
+        self._polls = 0
+        self._local: set[str] = set()  # transaction ids this engine inserted
+        self._commits = 0
+        self._commit_marks = [0, 0]  # the commit count at the last two polls
+        self._version: int | None = None
+        self._watermark: str | None = None
+        self._cursors: dict[str, str] = {}
+        self._log_ok = True
+        ref = weakref.ref(self)
+
+        def on_cursor(conn: Any, cursor: Any, statement: str, parameters: Any,
+                      context: Any, executemany: bool) -> None:
+            if schema.transactions.name in statement:
+                w = ref()
+                if w is not None:
+                    w._note_insert(statement, parameters, executemany)
+
+        def on_commit(conn: Any) -> None:
+            w = ref()
+            if w is not None:
+                with w._lock:
+                    w._commits += 1
+
+        self._listeners: list[tuple[str, Callable[..., Any]]] = [
+            ("before_cursor_execute", on_cursor), ("commit", on_commit)]
+        for name, fn in self._listeners:
+            event.listen(engine, name, fn)
+        self._stop = threading.Event()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=_watch, args=(ref, engine, self._stop, interval, ready, failure),
+            name="dimpledb-watch-external", daemon=True)
+        weakref.finalize(self, _stop_watching, engine, self._listeners, self._stop)
+        self._thread.start()
+        if not ready.wait(60) or failure:
+            self.close()
+            if failure:
+                raise failure[0]
+            raise DimpleError("watch_external(): the watcher thread did not start")
+        self._registry.watchers.add(self)
+
+    @property
+    def polls(self) -> int:
+        """How many polls have completed."""
+        return self._polls
+
+    def wait_polls(self, n: int = 1, timeout: float | None = None) -> bool:
+        """Wait until ``n`` more polls have completed; False on timeout."""
+        with self._polled:
+            goal = self._polls + n
+            return self._polled.wait_for(lambda: self._polls >= goal or self._stop.is_set(),
+                                         timeout) and self._polls >= goal
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop polling and release the connection; idempotent."""
+        self._stop.set()
+        with self._polled:
+            self._polled.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        _remove_listeners(self._engine, self._listeners)
+        self._registry.watchers.discard(self)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _note_insert(self, statement: str, parameters: Any, executemany: bool) -> None:
+        m = _INSERT_TX.match(statement)
+        if m is None:
+            return
+        names = [n.strip().strip("\"`[]").lower() for n in m.group(1).split(",")]
+        at = names.index("id") if "id" in names else 0
+        rows = parameters if executemany else [parameters]
+        ids: list[str] = []
+        for row in rows or ():
+            value = row.get("id") if isinstance(row, Mapping) else row[at]
+            if value is not None:
+                ids.append(str(value))
+        with self._lock:
+            self._local.update(ids)
+
+    def _baseline(self, cur: DBAPICursor) -> None:
+        self._version = cur.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            t = schema.transactions.name
+            self._watermark = cur.execute(f"SELECT max(id) FROM {t}").fetchone()[0]
+            self._cursors = self._read_cursors(cur)
+        except sqlite3.Error:
+            self._log_ok = False  # no change log: every external commit re-runs everything
+
+    def _read_cursors(self, cur: DBAPICursor) -> dict[str, str]:
+        c = schema.cursors.name
+        return {r[0]: r[1] for r in cur.execute(f"SELECT author, last_transaction_id FROM {c}")}
+
+    def _poll(self, cur: DBAPICursor) -> None:
+        version = cur.execute("PRAGMA data_version").fetchone()[0]
+        with self._lock:
+            commits = self._commits
+            local_recent = commits != self._commit_marks[0]
+            self._commit_marks = [self._commit_marks[1], commits]
+        if version != self._version:
+            tables = self._external_tables(cur) if self._log_ok else None
+            self._version = version
+            if tables is None:
+                if not local_recent:
+                    self._registry.notify(None)
+            elif tables:
+                self._registry.notify(tables)
+        with self._polled:
+            self._polls += 1
+            self._polled.notify_all()
+
+    def _external_tables(self, cur: DBAPICursor) -> frozenset[str] | None:
+        """Tables written by transactions that appeared in the log and that this engine did
+        not write; ``None`` when no transaction appeared (the log cannot tell). The state
+        moves on only once everything was read, so a failed poll is simply retried."""
+        t, c = schema.transactions.name, schema.changes.name
+        wm = self._watermark
+        if wm is None:
+            new = [r[0] for r in cur.execute(f"SELECT id FROM {t} ORDER BY id")]
+        else:
+            new = [r[0] for r in cur.execute(f"SELECT id FROM {t} WHERE id > ? ORDER BY id",
+                                             (wm,))]
+        cursors = self._read_cursors(cur)
+        pulled: list[str] = []  # a sync elsewhere stores pulled transactions with older ids
+        for author, last in cursors.items():
+            before = self._cursors.get(author)
+            if before != last and wm is not None:
+                q = f"SELECT id FROM {t} WHERE author = ? AND id <= ?"
+                args: tuple[str, ...] = (author, wm)
+                if before is not None:
+                    q += " AND id > ?"
+                    args = (author, wm, before)
+                pulled.extend(r[0] for r in cur.execute(q, args))
+        candidates = new + pulled
+        with self._lock:
+            external = [i for i in candidates if i not in self._local]
+        tables: set[str] = set()
+        for i in range(0, len(external), _CHUNK):
+            chunk = external[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks})"
+            tables.update(r[0].lower() for r in cur.execute(q, chunk))
+        self._cursors = cursors
+        if new:
+            self._watermark = new[-1]
+        with self._lock:
+            self._local.difference_update(candidates)
+            if len(self._local) > 10_000 and self._watermark is not None:
+                mark = self._watermark  # rolled-back ones never show up: forget old ids
+                self._local = {i for i in self._local if i > mark}
+        return frozenset(tables) if candidates else None
+
+
+def _watch(ref: weakref.ref[Watcher], engine: Engine, stop: threading.Event, interval: float,
+           ready: threading.Event, failure: list[BaseException]) -> None:
+    """The watcher thread: one dedicated connection, a poll every ``interval``."""
+    try:
+        raw = engine.raw_connection()
+    except BaseException as exc:
+        failure.append(exc)
+        ready.set()
+        return
+    try:
+        cur = raw.cursor()
+        try:
+            w = ref()
+            if w is None:
+                return
+            w._baseline(cur)
+            raw.rollback()
+            del w
+        except BaseException as exc:
+            failure.append(exc)
+            return
+        finally:
+            ready.set()
+        while not stop.wait(interval):
+            w = ref()
+            if w is None:
+                return
+            try:
+                w._poll(cur)
+            except Exception:
+                log.warning("watch_external: poll failed; retrying", exc_info=True)
+            finally:
+                try:
+                    raw.rollback()
+                except Exception:
+                    log.debug("watch_external: rollback failed", exc_info=True)
+            del w
+    finally:
+        try:
+            raw.close()
+        except Exception:
+            log.debug("watch_external: closing the connection failed", exc_info=True)
+
+
+def _remove_listeners(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]]) -> None:
+    for name, fn in listeners:
+        if event.contains(engine, name, fn):
+            event.remove(engine, name, fn)
+
+
+def _stop_watching(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]],
+                   stop: threading.Event) -> None:
+    stop.set()
+    _remove_listeners(engine, listeners)

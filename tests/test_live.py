@@ -1,0 +1,693 @@
+"""Tests for ``dimpledb_sa.live``: live queries and the external-commit watcher.
+
+Everything runs on real SQLite files in ``tmp_path``: which commits re-run which queries
+(tables found from statements and from SQLite itself, views included), coalescing and
+result comparison, rollbacks, failing callbacks, garbage collection, executors, commits
+from many threads, parameters, ``async for``, sync-applied changes, and commits made by a
+second process (``live_writer.py``) noticed through ``db.watch_external()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    Engine,
+    ForeignKey,
+    bindparam,
+    create_engine,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    union,
+    update,
+)
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    aliased,
+    joinedload,
+    mapped_column,
+    relationship,
+    selectinload,
+)
+
+import dimpledb_sa as dimple
+from dimpledb_sa.errors import ConfigurationError, DimpleError
+from dimpledb_sa.live import ALL_TABLES, LiveQuery, _registry, close_all, statement_tables
+from dimpledb_sa.signals import changes_committed
+
+__all__: list[str] = []
+
+WAIT = 20.0  # generous: waiting for an event, never a speed assertion
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TodoList(Base):
+    __tablename__ = "todo_list"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+    todos: Mapped[list[Todo]] = relationship(back_populates="list")
+
+
+class Todo(Base):
+    __tablename__ = "todo"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    text: Mapped[str]
+    done: Mapped[bool] = mapped_column(default=False)
+    list_id: Mapped[str | None] = mapped_column(ForeignKey("todo_list.id"))
+    list: Mapped[TodoList | None] = relationship(back_populates="todos")
+
+
+class Note(Base):
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    body: Mapped[str]
+
+
+class Recorder:
+    """A callback that records what it got and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+        self.threads: list[int] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, rows: list[Any]) -> None:
+        with self._cond:
+            self.calls.append(list(rows))
+            self.threads.append(threading.get_ident())
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[list[list[Any]]], bool], timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: pred(self.calls), timeout)
+
+    @property
+    def last(self) -> list[Any]:
+        with self._cond:
+            return self.calls[-1]
+
+
+def make_engine(path: Path) -> Engine:
+    return create_engine(f"sqlite:///{path}")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(tmp_path / "app.db")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def db(engine: Engine) -> Iterator[dimple.DimpleDb]:
+    d = dimple.DimpleDb(engine, Base)
+    d.create_all()
+    yield d
+    close_all(d)
+    d.close()
+
+
+def add(engine: Engine, *objs: Any) -> list[str]:
+    with Session(engine) as s:
+        s.add_all(objs)
+        s.commit()
+        return [o.id for o in objs]
+
+
+def texts(rows: list[Any]) -> list[str]:
+    return sorted(r if isinstance(r, str) else r.text for r in rows)
+
+
+# -- results ------------------------------------------------------------------------------------
+def test_rows_shape_follows_session_execute(db: dimple.DimpleDb, engine: Engine) -> None:
+    add(engine, Todo(text="a"), Todo(text="b", done=True))
+    with db.live(select(Todo).order_by(Todo.text)) as live:
+        assert [type(t) for t in live.rows] == [Todo, Todo]
+        assert [t.text for t in live.rows] == ["a", "b"]
+    with db.live(select(Todo.text).order_by(Todo.text)) as live:
+        assert live.rows == ["a", "b"]
+    with db.live(select(Todo.text, Todo.done).order_by(Todo.text)) as live:
+        assert [tuple(r) for r in live.rows] == [("a", False), ("b", True)]
+        assert live.rows[0].text == "a"
+    with db.live(text("SELECT text FROM todo ORDER BY text")) as live:
+        assert live.rows == ["a", "b"]
+    with db.live(text("SELECT text, done FROM todo ORDER BY text")) as live:
+        assert [tuple(r) for r in live.rows] == [("a", 0), ("b", 1)]
+    with db.live(select(Todo, Note).join(Note, Note.body == Todo.text)) as live:
+        assert live.rows == []
+
+
+def test_subscribe_now_then_after_each_change(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    live = db.live(select(Todo.text).where(Todo.done.is_(False)).order_by(Todo.text))
+    sub = live.subscribe(rec)
+    assert rec.calls == [[]]
+    [a] = add(engine, Todo(text="a"))
+    assert rec.calls == [[], ["a"]]
+    assert live.rows == ["a"]
+    with Session(engine) as s:
+        s.get_one(Todo, a).done = True
+        s.commit()
+    assert rec.calls == [[], ["a"], []]
+    sub.close()
+    add(engine, Todo(text="b"))
+    assert len(rec.calls) == 3
+    assert live.rows == ["b"]
+    live.close()
+
+
+def test_invalid_statement_raises_and_leaves_nothing(db: dimple.DimpleDb) -> None:
+    with pytest.raises(Exception, match="no such table"):
+        db.live(text("SELECT * FROM missing"))
+    assert _registry(db).count() == 0
+    assert list(changes_committed.receivers_for(db)) == []
+
+
+# -- which commits re-run which queries ---------------------------------------------------------
+def test_reruns_only_for_tables_it_reads(db: dimple.DimpleDb, engine: Engine) -> None:
+    todos = db.live(select(Todo))
+    notes = db.live(select(Note.body))
+    assert (todos.run_count, notes.run_count) == (1, 1)
+    add(engine, Note(body="x"))
+    assert (todos.run_count, notes.run_count) == (1, 2)
+    add(engine, Todo(text="y"))
+    assert (todos.run_count, notes.run_count) == (2, 2)
+    todos.close()
+    notes.close()
+
+
+def test_callback_only_when_result_differs(db: dimple.DimpleDb, engine: Engine) -> None:
+    [done_id] = add(engine, Todo(text="old", done=True))
+    add(engine, Todo(text="open"))
+    rec = Recorder()
+    with db.live(select(Todo).where(Todo.done.is_(False))) as live:
+        live.subscribe(rec)
+        with Session(engine) as s:
+            s.get_one(Todo, done_id).text = "still done"
+            s.commit()
+        assert live.run_count == 2
+        assert len(rec.calls) == 1  # same entities, same values: no callback
+        with Session(engine) as s:
+            s.execute(update(Todo).where(Todo.done.is_(False)).values(text="renamed"))
+            s.commit()
+        assert len(rec.calls) == 2  # an entity's value changed
+        assert rec.last[0].text == "renamed"
+
+
+def test_once_per_transaction_session_and_bulk(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    q = (select(Todo.text, TodoList.name).join(TodoList, Todo.list_id == TodoList.id)
+         .order_by(Todo.text))
+    with db.live(q) as live:
+        live.subscribe(rec)
+        with Session(engine) as s:
+            for i in range(20):
+                lst = TodoList(name=f"list {i}")
+                s.add(lst)
+                s.flush()
+                s.add(Todo(text=f"t{i:02}", list=lst))
+                s.flush()
+            s.commit()  # 40 flushes, two tables: one transaction
+        assert live.run_count == 2
+        assert len(rec.calls) == 2 and len(rec.last) == 20
+        with Session(engine) as s:
+            s.execute(update(Todo).values(done=True))
+            s.execute(delete(Todo).where(Todo.text == "t00"))
+            s.add(Note(body="n"))
+            s.commit()
+        assert live.run_count == 3
+        assert len(rec.last) == 19
+
+
+def test_nothing_on_rollback(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    with db.live(select(Todo.text)) as live:
+        live.subscribe(rec)
+        with Session(engine) as s:
+            s.add(Todo(text="never"))
+            s.flush()
+            s.rollback()
+        with Session(engine) as s:
+            s.add(Todo(text="kept"))
+            with s.begin_nested() as nested:
+                s.add(Todo(text="dropped"))
+                s.flush()
+                nested.rollback()
+            s.commit()
+        assert live.run_count == 2
+        assert rec.calls == [[], ["kept"]]
+
+
+def test_raising_callback_harms_nobody(db: dimple.DimpleDb, engine: Engine,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    def bad(rows: list[Any]) -> None:
+        if rows:
+            raise ValueError("boom")
+
+    before, after = Recorder(), Recorder()
+    with db.live(select(Todo.text)) as live:
+        live.subscribe(before)
+        live.subscribe(bad)
+        live.subscribe(after)
+        with caplog.at_level(logging.ERROR, logger="dimpledb_sa"):
+            [tid] = add(engine, Todo(text="a"))
+        assert before.last == ["a"] and after.last == ["a"]
+        assert "callback raised" in caplog.text and "boom" in caplog.text
+    with Session(engine) as s:
+        assert s.get_one(Todo, tid).text == "a"  # the commit stood
+
+
+# -- statements ---------------------------------------------------------------------------------
+TL = aliased(TodoList)
+cte = select(Note.body).cte("bodies")
+F = frozenset
+STATEMENTS: dict[str, tuple[Any, frozenset[str]]] = {
+    "join": (select(Todo.text).join(TodoList, Todo.list_id == TodoList.id),
+             F({"todo", "todo_list"})),
+    "relationship join": (select(Todo.text).join(Todo.list), F({"todo", "todo_list"})),
+    "subquery": (select(select(Note.body).subquery().c.body), F({"note"})),
+    "scalar subquery": (select(Todo.text, select(func.count(Note.id)).scalar_subquery()),
+                        F({"todo", "note"})),
+    "cte": (select(Todo.text).where(Todo.text.in_(select(cte.c.body))), F({"todo", "note"})),
+    "union": (union(select(Todo.text), select(Note.body)), F({"todo", "note"})),
+    "exists": (select(Todo.text).where(exists().where(Note.body == Todo.text)),
+               F({"todo", "note"})),
+    "any": (select(TodoList.name).where(TodoList.todos.any()), F({"todo", "todo_list"})),
+    "aliased": (select(TL.name), F({"todo_list"})),
+    "text join": (text("SELECT t.text FROM todo t JOIN note n ON n.body = t.text"),
+                  F({"todo", "note"})),
+    "text cte": (text("WITH b AS (SELECT body FROM note) SELECT count(*) FROM b"), F({"note"})),
+}
+
+
+@pytest.mark.parametrize("name", list(STATEMENTS))
+def test_tables_of_statements(db: dimple.DimpleDb, engine: Engine, name: str) -> None:
+    stmt, expected = STATEMENTS[name]
+    with db.live(stmt) as live:
+        assert live.tables == expected
+        for table in sorted(expected):
+            runs = live.run_count
+            model = {"todo": Todo, "note": Note, "todo_list": TodoList}[table]
+            obj = (model(text="x") if model is Todo else model(body="x") if model is Note
+                   else model(name="x"))
+            add(engine, obj)
+            assert live.run_count == runs + 1, table
+        runs = live.run_count
+        other = {"todo", "note", "todo_list"} - expected
+        for table in other:
+            if table == "todo_list":
+                add(engine, TodoList(name="y"))
+            elif table == "note":
+                add(engine, Note(body="y"))
+        assert live.run_count == runs
+
+
+def test_statement_tables_without_a_database() -> None:
+    assert statement_tables(select(Todo).join(Todo.list)) == F({"todo", "todo_list"})
+    assert statement_tables(union(select(Todo.id), select(Note.id))) == F({"todo", "note"})
+    assert statement_tables(text("SELECT * FROM todo")) is None
+    assert statement_tables(select(Todo).where(text("done = 0"))) is None
+
+
+def test_views_resolve_to_base_tables(db: dimple.DimpleDb, engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW open_todo AS SELECT id, text FROM todo WHERE NOT done")
+    rec = Recorder()
+    with db.live(text("SELECT text FROM open_todo")) as live:
+        assert live.tables is not None and "todo" in live.tables
+        live.subscribe(rec)
+        add(engine, Todo(text="via view"))
+        assert rec.last == ["via view"]
+        runs = live.run_count
+        add(engine, Note(body="unrelated"))
+        assert live.run_count == runs
+
+
+def test_text_tables_are_cached_per_sql(db: dimple.DimpleDb) -> None:
+    sql = "SELECT body FROM note"
+    with db.live(text(sql)) as first:
+        assert _registry(db).text_tables[sql] == frozenset({"note"})
+        with db.live(text(sql)) as second:
+            assert second.tables == first.tables == frozenset({"note"})
+
+
+def test_eager_loaded_relationships_are_watched(db: dimple.DimpleDb, engine: Engine) -> None:
+    [lid] = add(engine, TodoList(name="groceries"))
+    rec = Recorder()
+    with db.live(select(TodoList).options(selectinload(TodoList.todos))) as live, \
+            db.live(select(TodoList).options(joinedload(TodoList.todos))) as joined:
+        assert live.tables == frozenset({"todo", "todo_list"})
+        assert joined.tables == frozenset({"todo", "todo_list"})
+        live.subscribe(rec)
+        add(engine, Todo(text="milk", list_id=lid))
+        assert [t.text for t in rec.last[0].todos] == ["milk"]
+        assert [t.text for t in joined.rows[0].todos] == ["milk"]
+        assert len(joined.rows) == 1
+
+
+def test_unknown_tables_rerun_after_every_commit(db: dimple.DimpleDb, engine: Engine) -> None:
+    with db.live(text("SELECT count(*) FROM note"), tables=ALL_TABLES) as live:
+        assert live.tables is None
+        add(engine, Todo(text="a"))
+        add(engine, TodoList(name="b"))
+        assert live.run_count == 3
+    with db.live(text("SELECT count(*) FROM note"), tables="Todo") as live:
+        assert live.tables == frozenset({"todo"})
+        add(engine, Note(body="n"))
+        assert live.run_count == 1
+        add(engine, Todo(text="a"))
+        assert live.run_count == 2
+
+
+# -- lifetime -----------------------------------------------------------------------------------
+def test_closed_and_collected_queries_cost_nothing(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    live = db.live(select(Todo.text))
+    live.subscribe(rec)
+    assert list(changes_committed.receivers_for(db))
+    live.close()
+    live.close()
+    assert live.closed
+    assert list(changes_committed.receivers_for(db)) == []  # commits skip building changes
+    with pytest.raises(DimpleError):
+        live.subscribe(rec)
+    add(engine, Todo(text="a"))
+    assert rec.calls == [[]]
+
+    collected = Recorder()
+    db.live(select(Todo.text)).subscribe(collected)  # nobody keeps the query or the handle
+    gc.collect()
+    add(engine, Todo(text="b"))
+    assert collected.calls == [["a"]]
+    assert _registry(db).count() == 0
+    assert list(changes_committed.receivers_for(db)) == []
+
+
+def test_subscription_handle_keeps_the_query_alive(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    with db.live(select(Todo.text)).subscribe(rec) as sub:
+        gc.collect()
+        add(engine, Todo(text="a"))
+        assert rec.last == ["a"]
+        sub.live.close()
+
+
+# -- threads ------------------------------------------------------------------------------------
+def test_callbacks_in_committing_thread_by_default(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    with db.live(select(Todo.text)) as live:
+        live.subscribe(rec)
+        t = threading.Thread(target=add, args=(engine, Todo(text="a")))
+        t.start()
+        t.join()
+        assert rec.threads[-1] == t.ident
+        assert rec.last == ["a"]
+
+
+def test_executor_delivers_elsewhere(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    stmt = select(Todo.text).where(Todo.text != bindparam("hide"))
+    with ThreadPoolExecutor(max_workers=2) as pool, \
+            db.live(stmt, params={"hide": ""}, executor=pool) as live:
+        live.subscribe(rec)
+        add(engine, Todo(text="a"))
+        assert rec.wait_for(lambda calls: calls[-1] == ["a"])
+        assert rec.threads[-1] != threading.get_ident()
+        live.params(hide="a")  # re-runs via the executor too
+        assert rec.wait_for(lambda calls: calls[-1] == [])
+        assert rec.threads[-1] != threading.get_ident()
+
+
+@pytest.mark.parametrize("use_executor", [False, True])
+def test_concurrent_commits_deliver_the_final_state(db: dimple.DimpleDb, engine: Engine,
+                                                    use_executor: bool) -> None:
+    n_threads, per_thread = 6, 15
+    recs = [Recorder() for _ in range(3)]
+    pool = ThreadPoolExecutor(max_workers=4) if use_executor else None
+    live = db.live(select(func.count(Todo.id)), executor=pool)
+    for r in recs:
+        live.subscribe(r)
+    start = threading.Barrier(n_threads)
+
+    def work(k: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            add(engine, Todo(text=f"{k}-{i}"))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = n_threads * per_thread
+    for r in recs:
+        assert r.wait_for(lambda calls: calls[-1] == [final]), r.calls[-3:]
+    if pool is not None:
+        pool.shutdown(wait=True)
+    assert live.rows == [final]
+    for r in recs:
+        assert r.last == [final]
+        seen = [c[0] for c in r.calls]
+        assert seen == sorted(seen)  # each subscriber sees results in order
+    assert live.run_count <= final + 1
+    live.close()
+
+
+def test_commit_from_a_callback_reruns_afterwards(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+
+    def echo(rows: list[str]) -> None:
+        if rows and rows[-1] == "ping":
+            add(engine, Todo(text="pong"))
+
+    with db.live(select(Todo.text).order_by(Todo.id)) as live:
+        live.subscribe(echo)
+        live.subscribe(rec)
+        add(engine, Todo(text="ping"))
+        assert rec.last == ["ping", "pong"]
+
+
+# -- parameters ---------------------------------------------------------------------------------
+def test_params_for_a_detail_page(db: dimple.DimpleDb, engine: Engine) -> None:
+    a, b = add(engine, Todo(text="a"), Todo(text="b"))
+    rec = Recorder()
+    stmt = select(Todo.text).where(Todo.id == bindparam("todo_id"))
+    with db.live(stmt, params={"todo_id": a}) as live:
+        live.subscribe(rec)
+        assert live.params(todo_id=b) is live
+        assert rec.calls == [["a"], ["b"]]
+        with Session(engine) as s:
+            s.get_one(Todo, a).text = "a2"
+            s.commit()
+        assert rec.calls == [["a"], ["b"]]
+        with Session(engine) as s:
+            s.get_one(Todo, b).text = "b2"
+            s.commit()
+        assert rec.last == ["b2"]
+    with db.live(text("SELECT text FROM todo WHERE id = :i"), params={"i": a}) as live:
+        assert live.rows == ["a2"]
+        live.params(i=b)
+        assert live.rows == ["b2"]
+
+
+# -- asyncio ------------------------------------------------------------------------------------
+def test_async_iteration(db: dimple.DimpleDb, engine: Engine) -> None:
+    threads: list[threading.Thread] = []
+
+    def in_thread(fn: Callable[..., Any], *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args)
+        threads.append(t)
+        t.start()
+
+    async def main() -> list[list[str]]:
+        seen: list[list[str]] = []
+        live = db.live(select(Todo.text).order_by(Todo.text))
+        async for rows in live:
+            seen.append(rows)
+            if len(seen) == 1:
+                await asyncio.to_thread(add, engine, Todo(text="a"))
+            elif len(seen) == 2:
+                in_thread(add, engine, Todo(text="b"))  # delivered from another thread
+            elif rows == ["a", "b"]:
+                in_thread(live.close)  # ends the iteration
+        return seen
+
+    seen = asyncio.run(main())
+    for t in threads:
+        t.join()
+    assert seen[:2] == [[], ["a"]]
+    assert seen[-1] == ["a", "b"]
+
+
+def test_async_break_releases_the_subscription(db: dimple.DimpleDb, engine: Engine) -> None:
+    live = db.live(select(Todo.text))
+
+    async def main() -> None:
+        async for _rows in live:
+            break
+
+    asyncio.run(main())
+    gc.collect()
+    assert live._subs == []
+    add(engine, Todo(text="after"))  # delivers to nobody; no closed-loop error
+    live.close()
+
+
+# -- sync ---------------------------------------------------------------------------------------
+def test_sync_applied_changes_trigger_reruns(tmp_path: Path) -> None:
+    remote = str(tmp_path / "remote")
+    engines = [make_engine(tmp_path / f"{n}.db") for n in "ab"]
+    a, b = (dimple.DimpleDb(e, Base, remote=remote, encryption=False) for e in engines)
+    try:
+        for d in (a, b):
+            d.create_all()
+        rec = Recorder()
+        with b.live(select(Todo.text)) as live:
+            live.subscribe(rec)
+            add(engines[0], Todo(text="from a"))
+            a.sync()
+            assert live.run_count == 1
+            b.sync()
+            assert rec.last == ["from a"]
+            assert live.run_count == 2
+    finally:
+        for d in (a, b):
+            d.close()
+        for e in engines:
+            e.dispose()
+
+
+def test_signal_with_origin_sync(db: dimple.DimpleDb, engine: Engine) -> None:
+    rec = Recorder()
+    with db.live(select(Note.body)) as live:
+        live.subscribe(rec)
+        with engine.begin() as conn:  # rows a merge wrote, then its announcement
+            conn.execute(insert(Note).values(id=dimple.new_id(), body="merged"))
+        db.committed(frozenset({"note"}), list, "sync")
+        assert rec.last == ["merged"]
+
+
+# -- other processes ----------------------------------------------------------------------------
+WRITER = Path(__file__).with_name("live_writer.py")
+
+
+def run_writer(path: Path, mode: str, value: str) -> None:
+    subprocess.run([sys.executable, str(WRITER), str(path), mode, value], check=True,
+                   timeout=120)
+
+
+def test_watch_external_two_processes(db: dimple.DimpleDb, engine: Engine,
+                                      tmp_path: Path) -> None:
+    rec, notes = Recorder(), Recorder()
+    with db.watch_external(interval=0.05) as watcher, \
+            db.live(select(Todo.text).order_by(Todo.text)) as live, \
+            db.live(select(Note.body)) as note_live:
+        live.subscribe(rec)
+        note_live.subscribe(notes)
+        run_writer(tmp_path / "app.db", "tracked", "from elsewhere")
+        assert rec.wait_for(lambda calls: calls[-1] == ["from elsewhere"])
+        assert watcher.wait_polls(2, timeout=WAIT)
+        assert note_live.run_count == 1  # the other process wrote only "todo"
+        run_writer(tmp_path / "app.db", "untracked", "raw sql")
+        assert rec.wait_for(lambda calls: calls[-1] == ["from elsewhere", "raw sql"])
+
+
+def test_watch_external_ignores_local_commits(db: dimple.DimpleDb, engine: Engine) -> None:
+    with db.watch_external(interval=0.02) as watcher, db.live(select(Todo.text)) as live:
+        for i in range(5):
+            add(engine, Todo(text=str(i)))
+            assert watcher.wait_polls(1, timeout=WAIT)
+        assert watcher.wait_polls(3, timeout=WAIT)
+        assert live.run_count == 6  # once per local commit, none from the watcher
+        assert len(live.rows) == 5
+
+
+def test_watch_external_sees_another_engine(db: dimple.DimpleDb, engine: Engine,
+                                            tmp_path: Path) -> None:
+    other_engine = make_engine(tmp_path / "app.db")
+    other = dimple.DimpleDb(other_engine, Base)
+    rec = Recorder()
+    try:
+        with db.watch_external(interval=0.05), db.live(select(Todo.text)) as live:
+            live.subscribe(rec)
+            add(other_engine, Todo(text="same process, other engine"))
+            assert rec.wait_for(lambda calls: calls[-1] == ["same process, other engine"])
+    finally:
+        other.close()
+        other_engine.dispose()
+
+
+def test_watch_external_sees_a_sync_made_elsewhere(tmp_path: Path) -> None:
+    remote = str(tmp_path / "remote")
+    engines = [make_engine(tmp_path / "a.db"), make_engine(tmp_path / "b.db"),
+               make_engine(tmp_path / "b.db")]
+    a, b, watching = (dimple.DimpleDb(engines[0], Base, remote=remote, encryption=False),
+                      dimple.DimpleDb(engines[1], Base, remote=remote, encryption=False),
+                      dimple.DimpleDb(engines[2], Base))
+    rec = Recorder()
+    try:
+        a.create_all()
+        b.create_all()
+        add(engines[0], Todo(text="from a"))
+        a.sync()
+        add(engines[1], Note(body="newer than a's transaction"))
+        with watching.watch_external(interval=0.05), \
+                watching.live(select(Todo.text)) as live:
+            live.subscribe(rec)
+            b.sync()  # stores a's older transaction in b.db, through another engine
+            assert rec.wait_for(lambda calls: calls[-1] == ["from a"])
+    finally:
+        for d in (a, b, watching):
+            close_all(d)
+            d.close()
+        for e in engines:
+            e.dispose()
+
+
+def test_watch_external_needs_a_file(tmp_path: Path) -> None:
+    eng = create_engine("sqlite://")
+    d = dimple.DimpleDb(eng, Base)
+    try:
+        d.create_all()
+        with pytest.raises(ConfigurationError):
+            d.watch_external()
+    finally:
+        d.close()
+        eng.dispose()
+
+
+def test_watcher_close_is_idempotent(db: dimple.DimpleDb) -> None:
+    watcher = db.watch_external(interval=0.01)
+    assert watcher.wait_polls(1, timeout=WAIT)
+    watcher.close()
+    watcher.close()
+    assert not watcher._thread.is_alive()
+    assert watcher not in _registry(db).watchers
+
+
+def test_close_all(db: dimple.DimpleDb, engine: Engine) -> None:
+    live = db.live(select(Todo))
+    assert isinstance(live, LiveQuery)
+    watcher = db.watch_external(interval=0.01)
+    close_all(db)
+    assert live.closed and not watcher._thread.is_alive()
+    assert list(changes_committed.receivers_for(db)) == []
