@@ -232,7 +232,7 @@ def test_once_per_transaction_session_and_bulk(db: dimple.DimpleDb, engine: Engi
         with Session(engine) as s:
             s.execute(update(Todo).values(done=True))
             s.execute(delete(Todo).where(Todo.text == "t00"))
-            s.add(Note(body="n"))
+            s.execute(insert(Note), [{"body": "n1"}, {"body": "n2"}])
             s.commit()
         assert live.run_count == 3
         assert len(rec.last) == 19
