@@ -18,6 +18,7 @@ from .errors import (
     RemoteFormatError,
     SyncError,
 )
+from .live import LiveQuery
 from .report import SyncReport
 from .session import Session
 
@@ -27,6 +28,7 @@ __all__ = [
     "DecryptionError",
     "DimpleDb",
     "DimpleError",
+    "LiveQuery",
     "RemoteFormatError",
     "Session",
     "SyncError",

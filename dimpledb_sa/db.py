@@ -22,7 +22,7 @@ from .changes import Change, to_changes
 from .clock import HybridClock, new_id
 from .errors import ConfigurationError
 from .log import ChangeRow, history
-from .signals import changes_committed
+from .signals import LazyChanges, changes_committed
 from .tracking import TrackedTable, resolve_tables
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class DimpleDb:
         receivers = list(changes_committed.receivers_for(self))
         if not receivers:
             return
-        changes = make_changes()
+        changes = LazyChanges(make_changes)
         for receiver in receivers:
             try:
                 receiver(self, tables=tables, changes=changes, origin=origin)
@@ -228,8 +228,12 @@ class DimpleDb:
         return Watcher(self, interval=interval)
 
     def close(self) -> None:
-        """Stop background work and remove the capture listeners."""
+        """Stop background sync, live queries and watchers; remove the capture listeners."""
         self.stop_sync()
+        if "_live_registry" in self.__dict__:
+            from .live import close_all
+
+            close_all(self)
         self._capture.remove()
 
     def __repr__(self) -> str:
