@@ -218,7 +218,11 @@ def _write(db: DimpleDb, conn: Connection, plans: list[tuple[TrackedTable, dict[
             conn.execute(stmt, batch)
             result.tables.add(tt.name)
     if fk_check:
-        _hold_orphans(db, conn, [tt for tt, _ in plans], result)
+        tables = [tt for tt, _ in plans]
+        for tt, plan in plans:
+            if plan["deletes"]:
+                _add_dependents(db, tt, tables)
+        _hold_orphans(db, conn, tables, result)
     result.applied = len(result.applied_changes)
 
 
@@ -235,9 +239,21 @@ def _table_order(db: DimpleDb) -> dict[str, int]:
     return order
 
 
+def _add_dependents(db: DimpleDb, parent: TrackedTable, tables: list[TrackedTable]) -> None:
+    """Add to ``tables`` the tracked tables with a foreign key to ``parent``."""
+    for tt in db.tracked.values():
+        if tt not in tables and any(fk.references(parent.table)
+                                    for fk in tt.table.foreign_keys):
+            tables.append(tt)
+
+
 def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
                   result: MergeResult) -> None:
-    """Take rows whose parent is missing back out of their table and hold them."""
+    """Take rows whose parent is missing back out of their table and hold them.
+
+    ``tables`` are checked, and grow by the dependents of every table rows leave: a local
+    child of a parent deleted remotely is held too, as is its own child, and so on.
+    """
     while True:
         bad: dict[str, set[int]] = defaultdict(set)
         for tt in tables:
@@ -257,6 +273,7 @@ def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
             ids = [r[0] for r in conn.execute(
                 select(child.pk).where(text(f"rowid IN ({marks})")))]
             conn.execute(delete(child.table).where(child.pk.in_(ids)))
+            _add_dependents(db, child, tables)
             schema.insert_many(conn, schema.held,
                                [(name, str(i), child.pk_name, "missing parent row")
                                 for i in ids], ignore_existing=True)

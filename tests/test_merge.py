@@ -322,3 +322,32 @@ def test_child_before_parent_is_held_until_the_parent_arrives(devs: Devices) -> 
         assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
         assert conn.execute(select(func.count()).select_from(schema.held)).scalar() == 0
     assert c.snapshot() == b.snapshot()
+
+
+def test_a_local_child_of_a_parent_deleted_elsewhere_is_held(devs: Devices) -> None:
+    a, b = devs.new("a"), devs.new("b")
+    folder = Folder(name="f")
+    a.add(folder)
+    a.sync()
+    b.sync()
+    a.delete(Folder, folder.id)
+    item = Item(folder_id=folder.id, label="added meanwhile")
+    b.add(item)
+    a.sync()
+    report = b.sync()  # the parent goes, so its new child cannot stay (nor fail the commit)
+    assert report.errors == {} and report.held == 1
+    assert b.rows(Folder) == [] and b.rows(Item) == []
+    assert b.held() == [("item", item.id, "id", "missing parent row")]
+    assert [c.attribute for c in b.db.history(Item, item.id)] == ["id", "folder_id", "label"]
+    a.sync()
+    assert a.held() == b.held()
+    assert a.snapshot() == b.snapshot() and a.log() == b.log()
+
+    a.add(Folder(id=folder.id, name="f again"))  # the parent comes back, and the child too
+    a.sync()
+    b.sync()
+    for d in (a, b):
+        assert d.get(Item, item.id) == {"id": item.id, "folder_id": folder.id,
+                                        "label": "added meanwhile"}
+        assert d.held() == []
+    assert a.snapshot() == b.snapshot() and a.log() == b.log()
