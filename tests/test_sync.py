@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -369,6 +370,26 @@ def test_remote_never_holds_plaintext_values(devs: Devices, remote: Remote) -> N
             json.loads(data)  # manifests are plain JSON without values
         else:
             assert data.startswith(AGE_MAGIC), name
+
+
+@MEMORY_ONLY
+def test_bundles_decrypt_with_the_age_tool(devs: Devices, remote: Remote, tmp_path: Path
+                                           ) -> None:
+    age = shutil.which("age")
+    if age is None:
+        pytest.skip("the age command-line tool is not installed")
+    a = devs.new("a")
+    a.add(Note(title=SECRET))
+    a.sync()
+    key = tmp_path / "key.txt"
+    key.write_text(devs.identity + "\n")
+    fs, root = remote.filesystem()
+    [bundle] = [v for k, v in remote_files(fs, root).items() if not k.endswith("_db.json")]
+    out = subprocess.run([age, "-d", "-i", str(key)], input=bundle, capture_output=True,
+                         check=True, timeout=60).stdout
+    [tx] = json.loads(out)
+    assert tx["author"] == a.db.author_id
+    assert SECRET in {c["new_value"] for c in tx["changes"]}
 
 
 @MEMORY_ONLY
