@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 from sqlalchemy import delete, func, select
 from syncmodels import Device, Devices, Folder, Item, Note, Ticker, device_set, recording
@@ -31,9 +32,12 @@ NOTE_ATTRS = ("id", "title", "body", "done", "rank")
 
 @pytest.fixture
 def devs(tmp_path: Path) -> Iterator[Devices]:
-    url = f"memory://merge-{uuid.uuid4().hex}/remote"
-    with device_set(tmp_path, url) as d:
+    top = f"/merge-{uuid.uuid4().hex}"
+    with device_set(tmp_path, f"memory:/{top}/remote") as d:
         yield d
+    fs = fsspec.filesystem("memory")
+    if fs.exists(top):
+        fs.rm(top, recursive=True)
 
 
 def apply(dev: Device, txs: list[TxRecord]) -> MergeResult:
