@@ -1,14 +1,19 @@
 """Capture overhead: tracked vs untracked SQLAlchemy ORM on SQLite files, side by side.
 
-Scenarios, each at 1,000 and 10,000 rows:
+Scenarios, each at 1,000 and 10,000 rows (``--sizes``):
   (a) N inserts in one flush;
   (b) N updates in one flush (objects loaded, one attribute changed each);
   (c) N updates in a loop right after a commit: every object is expired, so reading the
-      attribute refreshes it with its own SELECT, then it is changed; one commit at the end.
-Tracked and untracked runs alternate and the best of ``--repeat`` runs of each is kept.
-Prints seconds and the ratio tracked / untracked per scenario.
+      attribute refreshes it with its own SELECT (after autoflushing the previous change),
+      then it is changed; one commit at the end.
+The untracked side is the same model with plain SQLAlchemy on its own file. Each round
+builds a fresh tracked and a fresh untracked database and runs the three scenarios on both,
+in an order that alternates between rounds; the timed part is the flush/commit (and, for
+(c), the loop). Printed per scenario: the median of the per-round ratios tracked/untracked
+(pairs measured next to each other, so machine load mostly cancels out), and the ratio of
+the best times of each side.
 
-    python benchmarks/capture.py [--repeat 5] [--sizes 1000,10000]
+    python benchmarks/capture.py [--rounds 7] [--sizes 1000,10000]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +51,7 @@ class Setup:
     def __init__(self, tracked: bool, folder: str, n: int) -> None:
         self.Base, self.Todo = make_model()
         path = os.path.join(folder, f"{'t' if tracked else 'u'}-{n}-{time.monotonic_ns()}.db")
+        self.path = path
         self.engine = create_engine(f"sqlite:///{path}")
         self.db = None
         if tracked:
@@ -58,6 +65,7 @@ class Setup:
         if self.db is not None:
             self.db.close()
         self.engine.dispose()
+        os.remove(self.path)
 
 
 def insert_one_flush(s: Setup) -> float:
@@ -90,20 +98,34 @@ def update_after_commit(s: Setup) -> float:
         return time.perf_counter() - t0
 
 
-def measure(n: int, repeat: int, folder: str) -> dict[str, tuple[float, float]]:
-    best: dict[str, list[float]] = {k: [float("inf"), float("inf")] for k in "abc"}
-    steps: list[tuple[str, Callable[[Setup], float]]] = [
-        ("a", insert_one_flush), ("b", update_one_flush), ("c", update_after_commit)]
-    for _ in range(repeat):
-        for idx, tracked in ((0, False), (1, True)):
-            s = Setup(tracked, folder, n)
-            try:
-                for key, fn in steps:
-                    gc.collect()
-                    best[key][idx] = min(best[key][idx], fn(s))
-            finally:
-                s.close()
-    return {k: (v[0], v[1]) for k, v in best.items()}
+STEPS: list[tuple[str, Callable[[Setup], float]]] = [
+    ("a", insert_one_flush), ("b", update_one_flush), ("c", update_after_commit)]
+
+
+def run_side(tracked: bool, folder: str, n: int) -> dict[str, float]:
+    s = Setup(tracked, folder, n)
+    try:
+        out: dict[str, float] = {}
+        for key, fn in STEPS:
+            gc.collect()
+            out[key] = fn(s)
+        return out
+    finally:
+        s.close()
+
+
+def measure(n: int, rounds: int, folder: str) -> dict[str, tuple[list[float], list[float]]]:
+    """Per scenario: (untracked times, tracked times), one of each per round."""
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k, _ in STEPS}
+    run_side(True, folder, min(n, 1000))  # warm-up: imports, mapper configuration
+    run_side(False, folder, min(n, 1000))
+    for r in range(rounds):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        for tracked in order:
+            res = run_side(tracked, folder, n)
+            for k, t in res.items():
+                times[k][1 if tracked else 0].append(t)
+    return times
 
 
 LABELS = {
@@ -116,16 +138,21 @@ TARGETS = {"a": 1.5, "b": 1.25, "c": 1.25}
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--sizes", default="1000,10000")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for n in (int(x) for x in args.sizes.split(",")):
-            res = measure(n, args.repeat, folder)
-            print(f"\n{n:,} rows (best of {args.repeat})")
-            print(f"  {'scenario':45} {'untracked':>10} {'tracked':>10} {'ratio':>7} target")
+            rounds = args.rounds * 3 if n <= 2000 else args.rounds
+            res = measure(n, rounds, folder)
+            print(f"\n{n:,} rows, {rounds} rounds (seconds: best untracked / best tracked)")
+            print(f"  {'scenario':45} {'untracked':>9} {'tracked':>9} {'median':>7} "
+                  f"{'best':>6} target")
             for k, (u, t) in res.items():
-                print(f"  ({k}) {LABELS[k]:41} {u:9.3f}s {t:9.3f}s {t / u:7.2f} <= {TARGETS[k]}")
+                ratios = [b / a for a, b in zip(u, t, strict=True)]
+                print(f"  ({k}) {LABELS[k]:41} {min(u):9.4f} {min(t):9.4f} "
+                      f"{statistics.median(ratios):7.2f} {min(t) / min(u):6.2f} "
+                      f"<= {TARGETS[k]}")
 
 
 if __name__ == "__main__":

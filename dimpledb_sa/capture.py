@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import gc
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +59,7 @@ __all__ = ["Capture", "fetch_rows"]
 _MISSING: Any = object()  # a new value the flush expired: read back from the database
 
 _CHUNK = 500
+_GC_PAUSE = 256  # flushes and commits this large run with the garbage collector paused
 
 # types of attribute values that are never SQL expressions (the common case, checked first)
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, decimal.Decimal, dt.date,
@@ -279,6 +281,17 @@ class Capture:
         states = flush_context.states
         if not states:
             return
+        if len(states) < _GC_PAUSE or not gc.isenabled():
+            self._after_flush(session, states)
+            return
+        gc.disable()  # many short-lived lists, no cycles: collecting mid-way is pure cost
+        try:
+            self._after_flush(session, states)
+        finally:
+            gc.enable()
+
+    def _after_flush(self, session: Session,
+                     states: dict[InstanceState[Any], tuple[bool, bool]]) -> None:
         pending = self._pending(session)
         plans = pending.plans
         old_map = pending.old
@@ -329,6 +342,22 @@ class Capture:
                 extra = old_map.get(state) if old_map else None
                 if not committed and extra is None:
                     continue
+                if extra is None and len(committed) == 1:  # the common case, made short
+                    [(key, old)] = committed.items()
+                    one = plan.single.get(key)
+                    if one is None:
+                        if key != plan.pk_key:
+                            continue  # a relationship, not a column
+                    else:
+                        new = dict_.get(key, NO_VALUE)
+                        if old is not NO_VALUE and new is not NO_VALUE:
+                            enc = one[1]
+                            enc_old = enc(old)
+                            enc_new = enc(new)
+                            if enc_new != enc_old:
+                                append([plan.name, eid, one[0], "[null]" if enc_old is None
+                                        else "[" + enc_old + "]", [enc_new]])
+                            continue
                 if plan.pk_key in committed and (
                         plan.pk_encode(pk) != plan.pk_encode(state.key[1][0])):
                     raise DimpleError(
@@ -420,7 +449,14 @@ class Capture:
         if pending.entries:
             groups = [g for _, batch in pending.entries for g in batch]
             pending.entries.clear()
-            self._write(session, pending, groups)
+            if len(groups) < _GC_PAUSE or not gc.isenabled():
+                self._write(session, pending, groups)
+                return
+            gc.disable()
+            try:
+                self._write(session, pending, groups)
+            finally:
+                gc.enable()
 
     def _on_after_commit(self, session: Session) -> None:
         if session.get_nested_transaction() is not None:

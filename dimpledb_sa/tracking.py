@@ -52,7 +52,8 @@ class MapperPlan:
     ``attrs``: (attribute key, column name, codec) of every column of the tracked table;
     ``value_columns``/``value_encoders``: the same less the key, in insert order;
     ``by_key``: attribute key -> (position, key, column name, codec), the key column left
-    out; ``insert_names_json``/``insert_olds_json``: the packed-row text of an insert's
+    out; ``single``: attribute key -> (the names text of that column alone, its encoder);
+    ``insert_names_json``/``insert_olds_json``: the packed-row text of an insert's
     names (key first) and old values (all null); :meth:`names_json` the text of other
     lists of column names (cached).
     """
@@ -64,6 +65,7 @@ class MapperPlan:
     value_columns: list[tuple[str, str]] = field(default_factory=list)
     value_encoders: list[tuple[str, Any]] = field(default_factory=list)
     by_key: dict[str, tuple[int, str, str, Codec]] = field(default_factory=dict)
+    single: dict[str, tuple[str, Any]] = field(default_factory=dict)
     pk_encode: Any = None
     pk_names_json: str = ""
     insert_names: list[str] = field(default_factory=list)
@@ -78,6 +80,8 @@ class MapperPlan:
         self.value_encoders = [(k, codec.encode) for k, c, codec in self.attrs
                                if c != tt.pk_name]
         self.by_key = {k: (i, k, c, codec) for i, (k, c, codec) in enumerate(self.attrs)
+                       if c != tt.pk_name}
+        self.single = {k: (json.dumps([c]), codec.encode) for k, c, codec in self.attrs
                        if c != tt.pk_name}
         self.pk_encode = tt.codecs[tt.pk_name].encode
         self.pk_names_json = json.dumps([tt.pk_name])

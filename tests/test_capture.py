@@ -830,3 +830,19 @@ def test_library_writes_under_the_sync_lock_are_not_captured(
     with core_db.sync_lock, core_db.engine.begin() as conn:
         conn.execute(insert(Todo.__table__).values(id="merged", text="x"))
     assert log_count(core_db) == 0
+
+
+def test_large_flushes(db: dimple.DimpleDb, engine: Engine) -> None:
+    import gc
+
+    with Session(engine) as session:
+        todos = [Todo(text=f"t{i}") for i in range(600)]
+        session.add_all(todos)
+        session.commit()
+        for t in todos:
+            t.count = 1
+        session.commit()
+        ids = [t.id for t in todos]
+    assert gc.isenabled()
+    assert log_count(db) == 600 * 8
+    assert changes_of(db, Todo, ids[-1])[-1] == ("count", 0, 1)
