@@ -39,6 +39,7 @@ __all__ = [
     "history",
     "json_array",
     "pack",
+    "raise_clock_floor",
     "store_remote",
     "transactions_since",
     "write_local",
@@ -83,6 +84,10 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
     newest_tx = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)).scalar()
     if newest_tx:
         db.clock.observe(newest_tx)
+    m = schema.meta
+    floor = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
+    if floor:
+        db.clock.observe(floor)
     author = db._author_id
     if author is None:  # read (or create) it on this connection: another one would wait on
         m = schema.meta  # this transaction's lock (SQLite) or commit out of turn
@@ -107,12 +112,19 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
     return rows
 
 
-def sync_clock(db: DimpleDb, conn: Connection) -> None:
-    """Move the clock past the newest change and transaction ids stored in the database."""
-    for col in (schema.changes.c.id, schema.transactions.c.id):
-        newest = conn.execute(select(col).order_by(col.desc()).limit(1)).scalar()
-        if newest:
-            db.clock.observe(newest)
+def raise_clock_floor(conn: Connection, newest: str) -> None:
+    """Keep ``newest`` (the newest id a merge stored) in ``dimple_meta.clock``.
+
+    Pulled runs from several authors can interleave so that the packed row with the newest
+    first id does not hold the newest change id; this floor lets a restarted clock still
+    issue ids above every pulled one.
+    """
+    m = schema.meta
+    floor = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
+    if floor is None:
+        schema.insert_many(conn, m, [("clock", newest)])
+    elif newest > floor:
+        conn.execute(m.update().where(m.c.key == "clock").values(value=newest))
 
 
 def expand(row: Sequence[Any]) -> list[ChangeRow]:

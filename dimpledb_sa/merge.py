@@ -79,6 +79,7 @@ def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> M
             incoming[(c[2], c[3])].append(c)
         newest = max(newest, tx_id, *(c[0] for c in changes))
     db.clock.observe(newest)
+    log.raise_clock_floor(conn, newest)
     before = log.entity_changes(conn, incoming)
     rows: list[log.PackedRow] = []
     for _, _, changes in fresh:
@@ -137,6 +138,9 @@ def _plan_table(tt: TrackedTable, eids: list[str],
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     deletes: list[Any] = []
     applied = result.applied_changes
+    notnull = {c.name for c in tt.table.columns if not c.nullable and not c.primary_key}
+    required = [c.name for c in tt.table.columns if c.name in notnull
+                and c.default is None and c.server_default is None]
     for eid in eids:
         key = (etype, eid)
         inc = incoming[key]
@@ -170,14 +174,22 @@ def _plan_table(tt: TrackedTable, eids: list[str],
                 codec = codecs.get(attr)
                 if codec is not None:
                     values[attr] = codec.decode(w[6])
-                    if w[0] in inc_ids:
-                        applied.append(w)
+            missing = [c for c in required if values.get(c) is None]
+            if missing:  # e.g. a column renamed or added NOT NULL since: wait for it
+                result.held += len(missing)
+                held.extend((etype, eid, c, "missing required column") for c in missing)
+                continue
+            applied.extend(w for w in win.values() if w[0] in inc_ids and w[4] in codecs)
             inserts.append(values)
             continue
         changed: dict[str, Any] = {}
         for attr, w in win.items():
             codec = codecs.get(attr)
             if codec is None or attr == pkn:
+                continue
+            if w[6] is None and attr in notnull:  # this schema cannot take the null
+                result.held += 1
+                held.append((etype, eid, attr, "null for a required column"))
                 continue
             if codec.encode(row[attr]) != w[6]:
                 changed[attr] = codec.decode(w[6])

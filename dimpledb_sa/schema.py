@@ -136,6 +136,9 @@ def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
         by_keys.setdefault(tuple(r), []).append(r)
     dialect = conn.dialect
     for keys, batch in by_keys.items():
+        if any(c.default is not None and c.name not in keys for c in table.columns):
+            conn.execute(table.insert(), batch)  # Core fills in the Python-side defaults
+            continue
         cols = [table.c[k] for k in keys]
         columns: list[list[Any]] = []
         for c in cols:

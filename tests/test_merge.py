@@ -257,8 +257,6 @@ def test_the_clock_moves_past_every_pulled_id_even_out_of_order(devs: Devices) -
     assert dev.db.clock.next() > newest
 
 
-@pytest.mark.xfail(strict=True, reason="log.write_local rebuilds the clock from the newest "
-                   "packed row by first id, which need not hold the newest change id")
 def test_after_a_restart_local_ids_still_sort_after_every_pulled_id(devs: Devices) -> None:
     """Two authors wrote in the same (future) millisecond with overlapping counters: x a run
     of five changes (counters 1-5), y one change (counter 2). After a restart the clock is

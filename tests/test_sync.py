@@ -21,7 +21,6 @@ import fsspec
 import pytest
 from conftest import Remote
 from sqlalchemy import inspect, select, text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from syncmodels import (
     Base,
@@ -536,9 +535,6 @@ class TaskV2(V2):
 
 
 @MEMORY_ONLY
-@pytest.mark.xfail(strict=False, raises=IntegrityError,
-                   reason="schema.insert_values skips column defaults that table.insert() "
-                   "applies: the merge's INSERT lacks the NOT NULL column")
 def test_a_row_from_an_older_schema_gets_the_newer_columns_default(devs: Devices) -> None:
     old = devs.new("old", models=V1)
     new = devs.new("new", models=V2)
