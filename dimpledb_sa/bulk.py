@@ -115,15 +115,18 @@ def _targets(conn: Connection, state: ORMExecuteState, plan: MapperPlan) -> list
     tt = plan.tracked
     params = state.parameters
     where = stmt.whereclause
+    mapper = state.bind_mapper
+    assert mapper is not None
+    key_attr = getattr(mapper.class_, plan.pk_key)  # the entity's key: joins, subclass filters
     if isinstance(params, list):
         if state.is_update and all(plan.pk_key in p or tt.pk_name in p for p in params):
             # bulk UPDATE by primary key (extra WHERE criteria only narrow it)
             return _unique(p.get(plan.pk_key, p.get(tt.pk_name)) for p in params)
         if where is None:
-            return _unique(conn.execute(select(tt.pk)).scalars())
-        q = select(tt.pk).where(where)
+            return _unique(conn.execute(select(key_attr)).scalars())
+        q = select(key_attr).where(where)
         return _unique(k for p in params for k in conn.execute(q, p).scalars())
-    q = select(tt.pk) if where is None else select(tt.pk).where(where)
+    q = select(key_attr) if where is None else select(key_attr).where(where)
     return _unique(conn.execute(q, params or {}).scalars())
 
 
@@ -168,17 +171,18 @@ def row_groups(tt: TrackedTable, keys: Iterable[str], before: dict[str, dict[str
     return groups
 
 
-def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan, bind: Any) -> Any:
-    """Run an ORM-enabled DML statement on a tracked table and record what it changed."""
+def run_bulk(capture: Capture, state: ORMExecuteState, plans: tuple[MapperPlan, ...],
+             bind: Any) -> Any:
+    """Run an ORM-enabled DML statement on tracked tables and record what it changed
+    (``plans``: one per table of the entity, the base table's first)."""
     session = state.session
-    tt = plan.tracked
     conn = session.connection(bind_arguments={"bind": bind})
     invoke: dict[str, Any] = {}
     if state.is_insert:
-        keys, invoke = _insert(state, plan)
+        keys, invoke = _insert(state, plans[0])
     else:
-        keys = _targets(conn, state, plan)
-    before = fetch_rows(conn, tt, keys)
+        keys = _targets(conn, state, plans[0])
+    befores = [fetch_rows(conn, p.tracked, keys) for p in plans]
 
     result: Any = state.invoke_statement(**invoke)
     rows = (result.returns_rows if isinstance(result, CursorResult)
@@ -186,11 +190,14 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plan: MapperPlan, bind: A
     if rows:  # all of RETURNING's rows, before the rows are read back
         result = result.freeze()()
 
-    if state.is_delete:
-        after = fetch_rows(conn, tt, keys, [tt.pk_name]) if keys else {}
-    else:
-        after = fetch_rows(conn, tt, keys)
-    groups = row_groups(tt, keys, before, after, state.is_delete)
+    groups: list[Group] = []
+    for plan, before in zip(plans, befores, strict=True):
+        tt = plan.tracked
+        if state.is_delete:
+            after = fetch_rows(conn, tt, keys, [tt.pk_name]) if keys else {}
+        else:
+            after = fetch_rows(conn, tt, keys)
+        groups.extend(row_groups(tt, keys, before, after, state.is_delete))
     if groups:
         capture.record(session, bind, groups)
     return result

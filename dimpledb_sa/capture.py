@@ -45,7 +45,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from .errors import DimpleError
 from .log import Group, PackedRow, expand_all, json_array, write_local
-from .tracking import MapperPlan, TrackedTable, mapper_plan
+from .tracking import MapperPlan, TrackedTable, mapper_plans
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -77,8 +77,8 @@ class _Pending:
 
     ``entries`` pairs the groups of each flush with the savepoint it ran in (``None``: none),
     so that rolling back a savepoint forgets exactly its groups; ``old`` carries old values
-    saved in ``before_flush`` to ``after_flush``; ``plans`` caches, per mapped class, its
-    plan when its table is tracked and bound to our engine (``bind``: that bind); ``rows``
+    saved in ``before_flush`` to ``after_flush``; ``plans`` caches, per mapped class, the
+    plans of its tracked tables when bound to our engine (``bind``: that bind); ``rows``
     are the packed rows written at commit; ``committing``: the log was written, so a later
     flush (another ``before_commit`` listener's) writes its groups straight away.
     """
@@ -88,7 +88,7 @@ class _Pending:
     def __init__(self) -> None:
         self.entries: list[tuple[SessionTransaction | None, list[Group]]] = []
         self.old: dict[InstanceState[Any], dict[str, Any]] = {}
-        self.plans: dict[type[Any], MapperPlan | None] = {}
+        self.plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
         self.bind: Any = None
         self.rows: list[PackedRow] = []
         self.committing = False
@@ -129,8 +129,8 @@ class Capture:
         self._db = weakref.ref(db)
         self.engine = db.engine
         self.tracked = db.tracked
-        self._plans: dict[Mapper[Any], MapperPlan | None] = {}
-        self._class_plans: dict[type[Any], MapperPlan | None] = {}
+        self._plans: dict[Mapper[Any], tuple[MapperPlan, ...]] = {}
+        self._class_plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
         self._listeners: list[tuple[str, Callable[..., Any]]] = []
         self._key = f"dimpledb_sa.capture.{id(self)}"
         self._core: CoreCapture | None = None
@@ -172,18 +172,19 @@ class Capture:
             self._core = None
 
     # -- helpers ---------------------------------------------------------------------------
-    def plan(self, mapper: Mapper[Any]) -> MapperPlan | None:
+    def plans(self, mapper: Mapper[Any]) -> tuple[MapperPlan, ...]:
+        """The plans of ``mapper``'s tracked tables (none: it writes no tracked table)."""
         try:
             return self._plans[mapper]
         except KeyError:
-            p = self._plans[mapper] = mapper_plan(mapper, self.tracked)
+            p = self._plans[mapper] = mapper_plans(mapper, self.tracked)
             return p
 
-    def _class_plan(self, state: InstanceState[Any]) -> MapperPlan | None:
+    def _class_plans_of(self, state: InstanceState[Any]) -> tuple[MapperPlan, ...]:
         try:
             return self._class_plans[state.class_]
         except KeyError:
-            p = self._class_plans[state.class_] = self.plan(state.mapper)
+            p = self._class_plans[state.class_] = self.plans(state.mapper)
             return p
 
     def bind_for(self, session: Session, mapper: Mapper[Any]) -> Any:
@@ -197,17 +198,17 @@ class Capture:
             p = session.info[self._key] = _Pending()
         return p
 
-    def _session_plan(self, session: Session, pending: _Pending,
-                      state: InstanceState[Any]) -> MapperPlan | None:
-        plan = self._class_plan(state)
-        if plan is not None:
+    def _session_plans(self, session: Session, pending: _Pending,
+                       state: InstanceState[Any]) -> tuple[MapperPlan, ...]:
+        plans = self._class_plans_of(state)
+        if plans:
             bind = self.bind_for(session, state.mapper)
             if bind is None:
-                plan = None
+                plans = ()
             elif pending.bind is None:
                 pending.bind = bind
-        pending.plans[state.class_] = plan
-        return plan
+        pending.plans[state.class_] = plans
+        return plans
 
     def _connection(self, session: Session, pending: _Pending) -> Connection:
         return session.connection(bind_arguments={"bind": pending.bind})
@@ -229,23 +230,22 @@ class Capture:
             if not committed:
                 continue
             try:
-                plan = class_plans[state.class_]
+                plan_list = class_plans[state.class_]
             except KeyError:
-                plan = self._class_plan(state)
-            if plan is None:
-                continue
-            by_key = plan.by_key
-            for key, old in committed.items():
-                if key not in by_key:
-                    continue
-                if old is NO_VALUE:
-                    entry = unloaded.setdefault(plan, [])
-                    if entry and entry[-1][0] is state:
-                        entry[-1][1].append(key)
-                    else:
-                        entry.append((state, [key]))
-                elif _is_sql(state.dict.get(key)):
-                    saved.setdefault(state, {})[key] = old
+                plan_list = self._class_plans_of(state)
+            for plan in plan_list:
+                by_key = plan.by_key
+                for key, old in committed.items():
+                    if key not in by_key:
+                        continue
+                    if old is NO_VALUE:
+                        entry = unloaded.setdefault(plan, [])
+                        if entry and entry[-1][0] is state:
+                            entry[-1][1].append(key)
+                        else:
+                            entry.append((state, [key]))
+                    elif _is_sql(state.dict.get(key)):
+                        saved.setdefault(state, {})[key] = old
         if unloaded:
             self._fetch_unloaded(session, unloaded, saved)
         if saved:
@@ -302,106 +302,107 @@ class Capture:
             if listonly:
                 continue
             try:
-                plan = plans[state.class_]
+                plan_list = plans[state.class_]
             except KeyError:
-                plan = self._session_plan(session, pending, state)
-            if plan is None:
+                plan_list = self._session_plans(session, pending, state)
+            if not plan_list:
                 continue
             dict_ = state.dict
-            pk = dict_.get(plan.pk_key, NO_VALUE)
-            if pk is NO_VALUE:
-                if state.key is None:
-                    raise DimpleError(f"a new {plan.name!r} row has no key after flush")
-                pk = state.key[1][0]
-            eid = str(pk)
-            if isdelete:
-                if state.key is not None:
+            for plan in plan_list:  # one per table (joined inheritance: several)
+                pk = dict_.get(plan.pk_key, NO_VALUE)
+                if pk is NO_VALUE:
+                    if state.key is None:
+                        raise DimpleError(f"a new {plan.name!r} row has no key after flush")
                     pk = state.key[1][0]
-                    eid = str(pk)
-                append([plan.name, eid, plan.pk_names_json, json_array([plan.pk_encode(pk)]),
-                        [None]])
-            elif state.key is None:  # an insert: every column, the key first
-                news = [plan.pk_encode(pk)]
-                missing = False
-                get = dict_.get
-                for key, enc in plan.value_encoders:
-                    v = get(key, NO_VALUE)
-                    if v is NO_VALUE:
-                        news.append(_MISSING)
-                        missing = True
-                    else:
-                        news.append(enc(v))
-                group = [plan.name, eid, plan.insert_names_json, plan.insert_olds_json, news]
-                if missing:
-                    if refetch is None:
-                        refetch = {}
-                    refetch.setdefault(plan, {})[eid] = (group, True)
-                append(group)
-            else:
-                committed = state.committed_state
-                extra = old_map.get(state) if old_map else None
-                if not committed and extra is None:
-                    continue
-                if extra is None and len(committed) == 1:  # the common case, made short
-                    [(key, old)] = committed.items()
-                    one = plan.single.get(key)
-                    if one is None:
-                        if key != plan.pk_key:
-                            continue  # a relationship, not a column
-                    else:
-                        new = dict_.get(key, NO_VALUE)
-                        if old is not NO_VALUE and new is not NO_VALUE:
-                            enc = one[1]
-                            enc_old = enc(old)
-                            enc_new = enc(new)
-                            if enc_new != enc_old:
-                                append([plan.name, eid, one[0], "[null]" if enc_old is None
-                                        else "[" + enc_old + "]", [enc_new]])
-                            continue
-                if plan.pk_key in committed and (
-                        plan.pk_encode(pk) != plan.pk_encode(state.key[1][0])):
-                    raise DimpleError(
-                        f"changing the primary key of a tracked {plan.name!r} row is not "
-                        "supported: delete it and insert a new row instead"
-                    )
-                by_key = plan.by_key
-                if extra is None:
-                    hits = [by_key[k] for k in committed if k in by_key]
-                else:
-                    hits = [by_key[k] for k in {**committed, **extra} if k in by_key]
-                if not hits:
-                    continue
-                if len(hits) > 1:
-                    hits.sort(key=_position)
-                names: list[str] = []
-                olds: list[str | None] = []
-                news = []
-                expired = False
-                for _, key, col, codec in hits:
-                    old = committed.get(key, NO_VALUE)
-                    if old is NO_VALUE:
-                        old = extra.get(key) if extra is not None else None
-                    new = dict_.get(key, NO_VALUE)
-                    enc_old = codec.encode(old)
-                    if new is NO_VALUE:  # expired by the flush (a SQL expression was set)
-                        enc_new = _MISSING
-                        expired = True
-                    else:
-                        enc_new = codec.encode(new)
-                        if enc_new == enc_old:
-                            continue
-                    names.append(col)
-                    olds.append(enc_old)
-                    news.append(enc_new)
-                if names:
-                    if expired:
-                        group = [plan.name, eid, names, olds, news]
+                eid = str(pk)
+                if isdelete:
+                    if state.key is not None:
+                        pk = state.key[1][0]
+                        eid = str(pk)
+                    append([plan.name, eid, plan.pk_names_json, json_array([plan.pk_encode(pk)]),
+                            [None]])
+                elif state.key is None:  # an insert: every column, the key first
+                    news = [plan.pk_encode(pk)]
+                    missing = False
+                    get = dict_.get
+                    for key, enc in plan.value_encoders:
+                        v = get(key, NO_VALUE)
+                        if v is NO_VALUE:
+                            news.append(_MISSING)
+                            missing = True
+                        else:
+                            news.append(enc(v))
+                    group = [plan.name, eid, plan.insert_names_json, plan.insert_olds_json, news]
+                    if missing:
                         if refetch is None:
                             refetch = {}
-                        refetch.setdefault(plan, {})[eid] = (group, False)
-                    else:
-                        group = [plan.name, eid, plan.names_json(tuple(names)), olds, news]
+                        refetch.setdefault(plan, {})[eid] = (group, True)
                     append(group)
+                else:
+                    committed = state.committed_state
+                    extra = old_map.get(state) if old_map else None
+                    if not committed and extra is None:
+                        continue
+                    if extra is None and len(committed) == 1:  # the common case, made short
+                        [(key, old)] = committed.items()
+                        one = plan.single.get(key)
+                        if one is None:
+                            if key != plan.pk_key:
+                                continue  # a relationship, not a column
+                        else:
+                            new = dict_.get(key, NO_VALUE)
+                            if old is not NO_VALUE and new is not NO_VALUE:
+                                enc = one[1]
+                                enc_old = enc(old)
+                                enc_new = enc(new)
+                                if enc_new != enc_old:
+                                    append([plan.name, eid, one[0], "[null]" if enc_old is None
+                                            else "[" + enc_old + "]", [enc_new]])
+                                continue
+                    if plan.pk_key in committed and (
+                            plan.pk_encode(pk) != plan.pk_encode(state.key[1][0])):
+                        raise DimpleError(
+                            f"changing the primary key of a tracked {plan.name!r} row is not "
+                            "supported: delete it and insert a new row instead"
+                        )
+                    by_key = plan.by_key
+                    if extra is None:
+                        hits = [by_key[k] for k in committed if k in by_key]
+                    else:
+                        hits = [by_key[k] for k in {**committed, **extra} if k in by_key]
+                    if not hits:
+                        continue
+                    if len(hits) > 1:
+                        hits.sort(key=_position)
+                    names: list[str] = []
+                    olds: list[str | None] = []
+                    news = []
+                    expired = False
+                    for _, key, col, codec in hits:
+                        old = committed.get(key, NO_VALUE)
+                        if old is NO_VALUE:
+                            old = extra.get(key) if extra is not None else None
+                        new = dict_.get(key, NO_VALUE)
+                        enc_old = codec.encode(old)
+                        if new is NO_VALUE:  # expired by the flush (a SQL expression was set)
+                            enc_new = _MISSING
+                            expired = True
+                        else:
+                            enc_new = codec.encode(new)
+                            if enc_new == enc_old:
+                                continue
+                        names.append(col)
+                        olds.append(enc_old)
+                        news.append(enc_new)
+                    if names:
+                        if expired:
+                            group = [plan.name, eid, names, olds, news]
+                            if refetch is None:
+                                refetch = {}
+                            refetch.setdefault(plan, {})[eid] = (group, False)
+                        else:
+                            group = [plan.name, eid, plan.names_json(tuple(names)), olds, news]
+                        append(group)
         if old_map:
             pending.old = {}
         if not groups:
@@ -493,15 +494,15 @@ class Capture:
         mapper = state.bind_mapper
         if mapper is None:
             return None
-        plan = self.plan(mapper)
-        if plan is None:
+        plans = self.plans(mapper)
+        if not plans:
             return None
         bind = self.bind_for(state.session, mapper)
         if bind is None:
             return None
         from .bulk import run_bulk
 
-        return run_bulk(self, state, plan, bind)
+        return run_bulk(self, state, plans, bind)
 
 
 def _position(hit: tuple[int, str, str, Any]) -> int:

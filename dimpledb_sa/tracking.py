@@ -3,8 +3,8 @@
 :func:`resolve_tables` turns what the user passed to ``DimpleDb`` (a ``DeclarativeBase``
 subclass, a ``MetaData``, or an iterable of mapped classes and ``Table`` objects) into
 :class:`TrackedTable` records, raising :class:`ConfigurationError` for a table whose primary
-key cannot identify a row across devices. :func:`mapper_plan` precomputes, per ORM mapper,
-the column attributes capture reads.
+key cannot identify a row across devices. :func:`mapper_plans` precomputes, per ORM mapper and
+tracked table, the column attributes capture reads.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .errors import ConfigurationError
 from .schema import BOOKKEEPING_PREFIX
 from .values import Codec, codec_for
 
-__all__ = ["MapperPlan", "TrackedTable", "mapper_plan", "resolve_tables"]
+__all__ = ["MapperPlan", "TrackedTable", "mapper_plan", "mapper_plans", "resolve_tables"]
 
 
 @dataclass(eq=False)
@@ -188,9 +188,29 @@ def resolve_tables(models: Any, exclude: Iterable[Any] = ()) -> dict[str, Tracke
 
 
 def mapper_plan(mapper: Mapper[Any], tracked: dict[str, TrackedTable]) -> MapperPlan | None:
-    """The capture plan for ``mapper``, or ``None`` when its table is not tracked."""
+    """The capture plan of ``mapper``'s own table, or ``None`` when it is not tracked."""
     table = mapper.local_table
-    if not isinstance(table, Table) or table.name not in tracked:
+    return _table_plan(mapper, table, tracked) if isinstance(table, Table) else None
+
+
+def mapper_plans(mapper: Mapper[Any], tracked: dict[str, TrackedTable]
+                 ) -> tuple[MapperPlan, ...]:
+    """A plan per tracked table an instance of ``mapper`` is stored in, base table first:
+    one table, or with joined-table inheritance the tables of the mapper and its parents."""
+    tables: list[Table] = []
+    for m in mapper.iterate_to_root():
+        t = m.local_table
+        if isinstance(t, Table) and t not in tables:
+            tables.insert(0, t)
+        if m.concrete:
+            break
+    plans = (_table_plan(mapper, t, tracked) for t in tables)
+    return tuple(p for p in plans if p is not None)
+
+
+def _table_plan(mapper: Mapper[Any], table: Table, tracked: dict[str, TrackedTable]
+                ) -> MapperPlan | None:
+    if table.name not in tracked:
         return None
     tt = tracked[table.name]
     if tt.table is not table:

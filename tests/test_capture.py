@@ -11,7 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from models import (
@@ -29,6 +29,7 @@ from models import engine_fixture as engine_fixture  # fixture
 from sqlalchemy import (
     Column,
     Engine,
+    ForeignKey,
     MetaData,
     String,
     Table,
@@ -39,7 +40,14 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 
 import dimpledb_sa as dimple
 from dimpledb_sa.signals import changes_committed
@@ -846,3 +854,72 @@ def test_large_flushes(db: dimple.DimpleDb, engine: Engine) -> None:
     assert gc.isenabled()
     assert log_count(db) == 600 * 8
     assert changes_of(db, Todo, ids[-1])[-1] == ("count", 0, 1)
+
+
+# ----------------------------------------------------------------------------- inheritance
+
+
+class Staff(DeclarativeBase):
+    pass
+
+
+class Employee(Staff):
+    __tablename__ = "employee"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+    kind: Mapped[str]
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_on": "kind",
+                                                  "polymorphic_identity": "employee"}
+
+
+class Manager(Employee):  # joined-table inheritance: rows in employee and manager
+    __tablename__ = "manager"
+    id: Mapped[str] = mapped_column(ForeignKey("employee.id"), primary_key=True)
+    level: Mapped[int] = mapped_column(default=1)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
+
+
+class Intern(Employee):  # single-table inheritance: a column of the employee table
+    school: Mapped[str | None] = mapped_column(nullable=True)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "intern"}
+
+
+@pytest.fixture(name="staff_db")
+def staff_db_fixture(tmp_path: Path) -> Iterator[dimple.DimpleDb]:
+    engine = make_engine(tmp_path / "staff.db")
+    db = dimple.DimpleDb(engine, Staff)
+    db.create_all()
+    yield db
+    db.close()
+    engine.dispose()
+
+
+def test_joined_and_single_table_inheritance(staff_db: dimple.DimpleDb) -> None:
+    with Session(staff_db.engine) as session:
+        m = Manager(name="ada", level=3)
+        i = Intern(name="bob", school="x")
+        session.add_all([m, i])
+        session.commit()
+        mid, iid = m.id, i.id
+        m.name = "ada l."  # a base-table column
+        m.level = 4  # a subclass-table column
+        i.school = "y"
+        session.commit()
+    emp = dict((a, n) for a, _, n in changes_of(staff_db, "employee", mid))
+    assert emp == {"id": mid, "name": "ada l.", "kind": "manager"}  # school: not a Manager's
+    assert changes_of(staff_db, "manager", mid) == [
+        ("id", None, mid), ("level", None, 3), ("level", 3, 4)]
+    assert changes_of(staff_db, "employee", iid)[-1] == ("school", "x", "y")
+    assert changes_of(staff_db, "manager", iid) == []
+    with Session(staff_db.engine) as session:
+        session.execute(update(Manager).where(Manager.level > 3).values(level=5))
+        session.execute(update(Employee).where(Employee.id == mid).values(name="boss"))
+        session.commit()
+    assert changes_of(staff_db, "employee", mid)[-1] == ("name", "ada l.", "boss")
+    assert changes_of(staff_db, "manager", mid)[-1] == ("level", 4, 5)
+    assert changes_of(staff_db, "employee", iid)[-1] == ("school", "x", "y")
+    with Session(staff_db.engine) as session:
+        session.delete(session.get_one(Manager, mid))
+        session.commit()
+    assert changes_of(staff_db, "employee", mid)[-1] == ("id", mid, None)
+    assert changes_of(staff_db, "manager", mid)[-1] == ("id", mid, None)
