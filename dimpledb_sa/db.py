@@ -223,7 +223,7 @@ class DimpleDb:
 
     def watch_external(self, interval: float = 0.5) -> Watcher:
         """Notice commits by other processes to the same SQLite file (opt-in)."""
-        from .live import Watcher
+        from .watch import Watcher
 
         return Watcher(self, interval=interval)
 

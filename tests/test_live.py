@@ -1,10 +1,10 @@
-"""Tests for ``dimpledb_sa.live``: live queries and the external-commit watcher.
+"""Tests for ``dimpledb_sa.live``: live queries.
 
 Everything runs on real SQLite files in ``tmp_path``: which commits re-run which queries
 (tables found from statements and from SQLite itself, views included), coalescing and
 result comparison, rollbacks, failing callbacks, garbage collection, executors, commits
-from many threads, parameters, ``async for``, sync-applied changes, and commits made by a
-second process (``live_writer.py``) noticed through ``db.watch_external()``.
+from many threads, parameters, ``async for``, sync-applied changes, and ``close_all``. The
+external-commit watcher has its own tests (``test_watch``).
 """
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from livemodels import Base, Note, Recorder, Todo, TodoList, add, make_engine
+from livemodels import db_fixture as db_fixture  # fixture
+from livemodels import engine_fixture as engine_fixture  # fixture
 from sqlalchemy import (
     Engine,
-    ForeignKey,
     bindparam,
-    create_engine,
     delete,
     exists,
     func,
@@ -36,101 +35,18 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
     Session,
     aliased,
     joinedload,
-    mapped_column,
-    relationship,
     selectinload,
 )
 
 import dimpledb_sa as dimple
-from dimpledb_sa.errors import ConfigurationError, DimpleError
+from dimpledb_sa.errors import DimpleError
 from dimpledb_sa.live import ALL_TABLES, LiveQuery, _registry, close_all, statement_tables
 from dimpledb_sa.signals import changes_committed
 
 __all__: list[str] = []
-
-WAIT = 20.0  # generous: waiting for an event, never a speed assertion
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class TodoList(Base):
-    __tablename__ = "todo_list"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    name: Mapped[str]
-    todos: Mapped[list[Todo]] = relationship(back_populates="list")
-
-
-class Todo(Base):
-    __tablename__ = "todo"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    text: Mapped[str]
-    done: Mapped[bool] = mapped_column(default=False)
-    list_id: Mapped[str | None] = mapped_column(ForeignKey("todo_list.id"))
-    list: Mapped[TodoList | None] = relationship(back_populates="todos")
-
-
-class Note(Base):
-    __tablename__ = "note"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    body: Mapped[str]
-
-
-class Recorder:
-    """A callback that records what it got and lets a test wait for a condition."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[Any]] = []
-        self.threads: list[int] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, rows: list[Any]) -> None:
-        with self._cond:
-            self.calls.append(list(rows))
-            self.threads.append(threading.get_ident())
-            self._cond.notify_all()
-
-    def wait_for(self, pred: Callable[[list[list[Any]]], bool], timeout: float = WAIT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: pred(self.calls), timeout)
-
-    @property
-    def last(self) -> list[Any]:
-        with self._cond:
-            return self.calls[-1]
-
-
-def make_engine(path: Path) -> Engine:
-    return create_engine(f"sqlite:///{path}")
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(tmp_path / "app.db")
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def db(engine: Engine) -> Iterator[dimple.DimpleDb]:
-    d = dimple.DimpleDb(engine, Base)
-    d.create_all()
-    yield d
-    close_all(d)
-    d.close()
-
-
-def add(engine: Engine, *objs: Any) -> list[str]:
-    with Session(engine) as s:
-        s.add_all(objs)
-        s.commit()
-        return [o.id for o in objs]
 
 
 def texts(rows: list[Any]) -> list[str]:
@@ -584,104 +500,6 @@ def test_signal_with_origin_sync(db: dimple.DimpleDb, engine: Engine) -> None:
             conn.execute(insert(Note).values(id=dimple.new_id(), body="merged"))
         db.committed(frozenset({"note"}), list, "sync")
         assert rec.last == ["merged"]
-
-
-# -- other processes ----------------------------------------------------------------------------
-WRITER = Path(__file__).with_name("live_writer.py")
-
-
-def run_writer(path: Path, mode: str, value: str) -> None:
-    subprocess.run([sys.executable, str(WRITER), str(path), mode, value], check=True,
-                   timeout=120)
-
-
-def test_watch_external_two_processes(db: dimple.DimpleDb, engine: Engine,
-                                      tmp_path: Path) -> None:
-    rec, notes = Recorder(), Recorder()
-    with db.watch_external(interval=0.05) as watcher, \
-            db.live(select(Todo.text).order_by(Todo.text)) as live, \
-            db.live(select(Note.body)) as note_live:
-        live.subscribe(rec)
-        note_live.subscribe(notes)
-        run_writer(tmp_path / "app.db", "tracked", "from elsewhere")
-        assert rec.wait_for(lambda calls: calls[-1] == ["from elsewhere"])
-        assert watcher.wait_polls(2, timeout=WAIT)
-        assert note_live.run_count == 1  # the other process wrote only "todo"
-        run_writer(tmp_path / "app.db", "untracked", "raw sql")
-        assert rec.wait_for(lambda calls: calls[-1] == ["from elsewhere", "raw sql"])
-
-
-def test_watch_external_ignores_local_commits(db: dimple.DimpleDb, engine: Engine) -> None:
-    with db.watch_external(interval=0.02) as watcher, db.live(select(Todo.text)) as live:
-        for i in range(5):
-            add(engine, Todo(text=str(i)))
-            assert watcher.wait_polls(1, timeout=WAIT)
-        assert watcher.wait_polls(3, timeout=WAIT)
-        assert live.run_count == 6  # once per local commit, none from the watcher
-        assert len(live.rows) == 5
-
-
-def test_watch_external_sees_another_engine(db: dimple.DimpleDb, engine: Engine,
-                                            tmp_path: Path) -> None:
-    other_engine = make_engine(tmp_path / "app.db")
-    other = dimple.DimpleDb(other_engine, Base)
-    rec = Recorder()
-    try:
-        with db.watch_external(interval=0.05), db.live(select(Todo.text)) as live:
-            live.subscribe(rec)
-            add(other_engine, Todo(text="same process, other engine"))
-            assert rec.wait_for(lambda calls: calls[-1] == ["same process, other engine"])
-    finally:
-        other.close()
-        other_engine.dispose()
-
-
-def test_watch_external_sees_a_sync_made_elsewhere(tmp_path: Path) -> None:
-    remote = str(tmp_path / "remote")
-    engines = [make_engine(tmp_path / "a.db"), make_engine(tmp_path / "b.db"),
-               make_engine(tmp_path / "b.db")]
-    a, b, watching = (dimple.DimpleDb(engines[0], Base, remote=remote, encryption=False),
-                      dimple.DimpleDb(engines[1], Base, remote=remote, encryption=False),
-                      dimple.DimpleDb(engines[2], Base))
-    rec = Recorder()
-    try:
-        a.create_all()
-        b.create_all()
-        add(engines[0], Todo(text="from a"))
-        a.sync()
-        add(engines[1], Note(body="newer than a's transaction"))
-        with watching.watch_external(interval=0.05), \
-                watching.live(select(Todo.text)) as live:
-            live.subscribe(rec)
-            b.sync()  # stores a's older transaction in b.db, through another engine
-            assert rec.wait_for(lambda calls: calls[-1] == ["from a"])
-    finally:
-        for d in (a, b, watching):
-            close_all(d)
-            d.close()
-        for e in engines:
-            e.dispose()
-
-
-def test_watch_external_needs_a_file(tmp_path: Path) -> None:
-    eng = create_engine("sqlite://")
-    d = dimple.DimpleDb(eng, Base)
-    try:
-        d.create_all()
-        with pytest.raises(ConfigurationError):
-            d.watch_external()
-    finally:
-        d.close()
-        eng.dispose()
-
-
-def test_watcher_close_is_idempotent(db: dimple.DimpleDb) -> None:
-    watcher = db.watch_external(interval=0.01)
-    assert watcher.wait_polls(1, timeout=WAIT)
-    watcher.close()
-    watcher.close()
-    assert not watcher._thread.is_alive()
-    assert watcher not in _registry(db).watchers
 
 
 def test_close_all(db: dimple.DimpleDb, engine: Engine) -> None:

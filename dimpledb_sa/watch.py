@@ -1,0 +1,283 @@
+"""The external-commit watcher: live queries notice commits made by other processes.
+
+:class:`Watcher` (``db.watch_external()``) polls SQLite's ``PRAGMA data_version`` from a
+daemon thread with its own connection. When the file changed, it reads the change log
+(transactions that appeared, and transactions a sync elsewhere stored with older ids) to find
+the tables other processes wrote, and asks the database's live-query registry
+(:mod:`dimpledb_sa.live`) to re-run the queries reading them. Transactions this engine wrote
+are recognised as they are inserted and left to ``changes_committed``; a change the log
+cannot explain re-runs every live query.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+
+from . import schema
+from .errors import ConfigurationError, DimpleError
+from .live import _registry
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine.interfaces import DBAPICursor
+
+    from .db import DimpleDb
+
+__all__ = ["Watcher"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 500  # transaction ids per query
+_INSERT_TX = re.compile(
+    r"^\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+[\"`\[]?" + schema.transactions.name
+    + r"[\"`\]]?\s*\(([^)]*)\)", re.IGNORECASE)
+
+
+class Watcher:
+    """Polls ``PRAGMA data_version`` of a SQLite file in a daemon thread (``db.watch_external``)
+    and re-runs the live queries reading the tables that other processes' commits wrote.
+
+    Transactions this engine wrote are recognised (their ids are noted as they are inserted)
+    and left to ``changes_committed``, so a local commit is never delivered twice. A change
+    that the log cannot explain (a write outside tracking) re-runs every live query of the
+    database. Lives until :meth:`close` or until the ``DimpleDb`` is gone.
+    """
+
+    def __init__(self, db: DimpleDb, *, interval: float = 0.5) -> None:
+        engine = db.engine
+        url = engine.url
+        if engine.dialect.name != "sqlite":
+            raise ConfigurationError("watch_external() needs a SQLite database file")
+        if (url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+                or str(url.database).startswith("file::memory:")):
+            raise ConfigurationError(
+                "watch_external() needs a SQLite database file: an in-memory database is "
+                "private to its connection")
+        if interval <= 0:
+            raise ConfigurationError("watch_external(interval=...) must be positive")
+        self.interval = interval
+        self._engine = engine
+        self._registry = _registry(db)
+        self._lock = threading.Lock()
+        self._polled = threading.Condition(self._lock)
+        self._polls = 0
+        self._local: set[str] = set()  # transaction ids this engine inserted
+        self._commits = 0
+        self._commit_marks = [0, 0]  # the commit count at the last two polls
+        self._version: int | None = None
+        self._watermark: str | None = None
+        self._cursors: dict[str, str] = {}
+        self._log_ok = True
+        ref = weakref.ref(self)
+
+        def on_cursor(conn: Any, cursor: Any, statement: str, parameters: Any,
+                      context: Any, executemany: bool) -> None:
+            if schema.transactions.name in statement:
+                w = ref()
+                if w is not None:
+                    w._note_insert(statement, parameters, executemany)
+
+        def on_commit(conn: Any) -> None:
+            w = ref()
+            if w is not None:
+                with w._lock:
+                    w._commits += 1
+
+        self._listeners: list[tuple[str, Callable[..., Any]]] = [
+            ("before_cursor_execute", on_cursor), ("commit", on_commit)]
+        for name, fn in self._listeners:
+            event.listen(engine, name, fn)
+        self._stop = threading.Event()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=_watch, args=(ref, engine, self._stop, interval, ready, failure),
+            name="dimpledb-watch-external", daemon=True)
+        weakref.finalize(self, _stop_watching, engine, self._listeners, self._stop)
+        self._thread.start()
+        if not ready.wait(60) or failure:
+            self.close()
+            if failure:
+                raise failure[0]
+            raise DimpleError("watch_external(): the watcher thread did not start")
+        self._registry.watchers.add(self)
+
+    @property
+    def polls(self) -> int:
+        """How many polls have completed."""
+        return self._polls
+
+    def wait_polls(self, n: int = 1, timeout: float | None = None) -> bool:
+        """Wait until ``n`` more polls have completed; False on timeout."""
+        with self._polled:
+            goal = self._polls + n
+            return self._polled.wait_for(lambda: self._polls >= goal or self._stop.is_set(),
+                                         timeout) and self._polls >= goal
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop polling and release the connection; idempotent."""
+        self._stop.set()
+        with self._polled:
+            self._polled.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        _remove_listeners(self._engine, self._listeners)
+        self._registry.watchers.discard(self)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _note_insert(self, statement: str, parameters: Any, executemany: bool) -> None:
+        m = _INSERT_TX.match(statement)
+        if m is None:
+            return
+        names = [n.strip().strip("\"`[]").lower() for n in m.group(1).split(",")]
+        at = names.index("id") if "id" in names else 0
+        rows = parameters if executemany else [parameters]
+        ids: list[str] = []
+        for row in rows or ():
+            value = row.get("id") if isinstance(row, Mapping) else row[at]
+            if value is not None:
+                ids.append(str(value))
+        with self._lock:
+            self._local.update(ids)
+
+    def _baseline(self, cur: DBAPICursor) -> None:
+        self._version = cur.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            t = schema.transactions.name
+            self._watermark = cur.execute(f"SELECT max(id) FROM {t}").fetchone()[0]
+            self._cursors = self._read_cursors(cur)
+        except sqlite3.Error:
+            self._log_ok = False  # no change log: every external commit re-runs everything
+
+    def _read_cursors(self, cur: DBAPICursor) -> dict[str, str]:
+        c = schema.cursors.name
+        return {r[0]: r[1] for r in cur.execute(f"SELECT author, last_transaction_id FROM {c}")}
+
+    def _poll(self, cur: DBAPICursor) -> None:
+        version = cur.execute("PRAGMA data_version").fetchone()[0]
+        with self._lock:
+            commits = self._commits
+            local_recent = commits != self._commit_marks[0]
+            self._commit_marks = [self._commit_marks[1], commits]
+        if version != self._version:
+            tables = self._external_tables(cur) if self._log_ok else None
+            self._version = version
+            if tables is None:
+                if not local_recent:
+                    self._registry.notify(None)
+            elif tables:
+                self._registry.notify(tables)
+        with self._polled:
+            self._polls += 1
+            self._polled.notify_all()
+
+    def _external_tables(self, cur: DBAPICursor) -> frozenset[str] | None:
+        """Tables written by transactions that appeared in the log and that this engine did
+        not write; ``None`` when no transaction appeared (the log cannot tell). The state
+        moves on only once everything was read, so a failed poll is simply retried."""
+        t, c = schema.transactions.name, schema.changes.name
+        wm = self._watermark
+        if wm is None:
+            new = [r[0] for r in cur.execute(f"SELECT id FROM {t} ORDER BY id")]
+        else:
+            new = [r[0] for r in cur.execute(f"SELECT id FROM {t} WHERE id > ? ORDER BY id",
+                                             (wm,))]
+        cursors = self._read_cursors(cur)
+        pulled: list[str] = []  # a sync elsewhere stores pulled transactions with older ids
+        for author, last in cursors.items():
+            before = self._cursors.get(author)
+            if before != last and wm is not None:
+                q = f"SELECT id FROM {t} WHERE author = ? AND id <= ?"
+                args: tuple[str, ...] = (author, wm)
+                if before is not None:
+                    q += " AND id > ?"
+                    args = (author, wm, before)
+                pulled.extend(r[0] for r in cur.execute(q, args))
+        candidates = new + pulled
+        with self._lock:
+            external = [i for i in candidates if i not in self._local]
+        tables: set[str] = set()
+        for i in range(0, len(external), _CHUNK):
+            chunk = external[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks})"
+            tables.update(r[0].lower() for r in cur.execute(q, chunk))
+        self._cursors = cursors
+        if new:
+            self._watermark = new[-1]
+        with self._lock:
+            self._local.difference_update(candidates)
+            if len(self._local) > 10_000 and self._watermark is not None:
+                mark = self._watermark  # rolled-back ones never show up: forget old ids
+                self._local = {i for i in self._local if i > mark}
+        return frozenset(tables) if candidates else None
+
+
+def _watch(ref: weakref.ref[Watcher], engine: Engine, stop: threading.Event, interval: float,
+           ready: threading.Event, failure: list[BaseException]) -> None:
+    """The watcher thread: one dedicated connection, a poll every ``interval``."""
+    try:
+        raw = engine.raw_connection()
+    except BaseException as exc:
+        failure.append(exc)
+        ready.set()
+        return
+    try:
+        cur = raw.cursor()
+        try:
+            w = ref()
+            if w is None:
+                return
+            w._baseline(cur)
+            raw.rollback()
+            del w
+        except BaseException as exc:
+            failure.append(exc)
+            return
+        finally:
+            ready.set()
+        while not stop.wait(interval):
+            w = ref()
+            if w is None:
+                return
+            try:
+                w._poll(cur)
+            except Exception:
+                log.warning("watch_external: poll failed; retrying", exc_info=True)
+            finally:
+                try:
+                    raw.rollback()
+                except Exception:
+                    log.debug("watch_external: rollback failed", exc_info=True)
+            del w
+    finally:
+        try:
+            raw.close()
+        except Exception:
+            log.debug("watch_external: closing the connection failed", exc_info=True)
+
+
+def _remove_listeners(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]]) -> None:
+    for name, fn in listeners:
+        if event.contains(engine, name, fn):
+            event.remove(engine, name, fn)
+
+
+def _stop_watching(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]],
+                   stop: threading.Event) -> None:
+    stop.set()
+    _remove_listeners(engine, listeners)
