@@ -1,147 +1,32 @@
 """The ``dimpledb`` command line, driven as a user drives it, and the examples.
 
-Most tests run ``python -m dimpledb_sa.cli`` in a subprocess (exit code, stdout, stderr);
-finer cases call ``cli.main([...])`` in-process, which is the same code without the
-interpreter start-up. One module-scoped "world" holds two device databases and a local
-folder remote: device A is written with the library, then both are synced by the CLI.
+Runs against the shared world (``cliworld``): ``keygen`` (``cli.keys``), ``sync``,
+``status`` and ``history`` (``cli.local``, ``cli.database``), usage errors, help and the
+installed console script (``cli.app``), then the examples. ``inspect`` and ``verify`` are
+in ``test_cli_remote``, the progress display in ``test_cli_output``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, Integer, String, Uuid, create_engine
+from cliworld import ROOT, World, call, child_env, rows, run
+from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
+from cliworld import world_fixture as world_fixture  # fixture
+from sqlalchemy import Uuid, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
-from dimpledb_sa import cli
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Todo(Base):
-    __tablename__ = "todo"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    text: Mapped[str]
-    done: Mapped[bool] = mapped_column(default=False)
-
-
-class Step(Base):
-    __tablename__ = "step"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=dimple.new_id)
-    todo_id: Mapped[str] = mapped_column(ForeignKey("todo.id"))
-    text: Mapped[str]
-
-
-class Counter(Base):  # not trackable: the CLI must leave it alone
-    __tablename__ = "counter"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIMPLEDB_", "AWS_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
-
-
-def run(*args: Any, cwd: Path, env: dict[str, str] | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``dimpledb ARGS...`` in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "dimpledb_sa.cli", *map(str, args)],
-                          cwd=cwd, env=_env(env), input=stdin, capture_output=True,
-                          text=True, timeout=120)
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
-    """``dimpledb ARGS...`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse: --help, usage errors
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(autouse=True)
-def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DIMPLEDB_IDENTITY", "DIMPLEDB_IDENTITY_FILE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@dataclass
-class World:
-    dir: Path
-    remote: Path
-    key: Path  # written by `dimpledb keygen -o`
-    other_key: Path  # a key the bundles are not encrypted to
-    a: Path  # device A: written with the library
-    b: Path  # device B: a plain SQLAlchemy database, first synced by the CLI
-    a_author: str
-    milk: str
-    eggs: str
-    bread: str
-    keygen: subprocess.CompletedProcess[str]
-    sync_a: subprocess.CompletedProcess[str]
-    sync_b: subprocess.CompletedProcess[str]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    d = tmp_path_factory.mktemp("cli")
-    keygen = run("keygen", "-o", d / "key.txt", cwd=d)
-    assert keygen.returncode == 0, keygen.stderr
-    secret, _ = dimple.generate_identity()
-    (d / "other.txt").write_text(f"# another device's key\n{secret}\n")
-    key = next(ln for ln in (d / "key.txt").read_text().splitlines() if ln.startswith("AGE-"))
-
-    engine = create_engine(f"sqlite:///{d / 'a.db'}")
-    db = dimple.DimpleDb(engine, Base, exclude=[Counter])
-    db.create_all()
-    with db.sessionmaker()() as s:
-        milk, eggs, bread = Todo(text="milk"), Todo(text="eggs"), Todo(text="bread")
-        s.add_all([milk, eggs, bread])
-        s.commit()
-        s.add(Step(todo_id=milk.id, text="go to the shop"))
-        milk.text = "oat milk"
-        eggs.done = True
-        s.commit()
-        s.delete(bread)
-        s.commit()
-        ids = milk.id, eggs.id, bread.id
-    a_author = db.author_id
-    db.close()
-    engine.dispose()
-    assert key  # the keygen file is the one both devices use
-    plain = create_engine(f"sqlite:///{d / 'b.db'}")
-    Base.metadata.create_all(plain)  # no bookkeeping tables: the CLI creates them
-    plain.dispose()
-
-    sync_a = run("sync", "a.db", "remote", "--identity-file", "key.txt", cwd=d)
-    sync_b = run("sync", d / "b.db", d / "remote", "-i", d / "key.txt", "-v", cwd=d)
-    yield World(d, d / "remote", d / "key.txt", d / "other.txt", d / "a.db", d / "b.db",
-                a_author, *ids, keygen, sync_a, sync_b)
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
+__all__: list[str] = []
 
 
 # ----------------------------------------------------------------------------- keygen
@@ -248,7 +133,7 @@ def test_sync_with_the_key_from_the_environment_and_models(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIMPLEDB_IDENTITY_FILE", str(world.key))
     code, out, err = call(capsys, "sync", world.b, world.remote, "--models",
-                          "test_cli:Base", "--exclude", "counter", "-q")
+                          "cliworld:Base", "--exclude", "counter", "-q")
     assert (code, out, err) == (0, "", "")
     code, _, err = call(capsys, "sync", world.b, world.remote, "--models", "nowhere:Base")
     assert code == 2 and "cannot load --models" in err
@@ -363,139 +248,6 @@ def test_history(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "no change of any row of table 'nothing'" in err
 
 
-# ----------------------------------------------------------------------------- inspect, verify
-
-
-def _bundles(world: World) -> list[str]:
-    folder = world.remote / world.a_author
-    return sorted(f"{world.a_author}/{p.name}" for p in folder.iterdir()
-                  if p.name != "dimple_db.json")
-
-
-def test_inspect_lists_and_decrypts(world: World) -> None:
-    proc = run("inspect", world.remote, cwd=world.dir)
-    assert proc.returncode == 0, proc.stderr
-    assert "1 author(s)" in proc.stdout and f"author {world.a_author}" in proc.stdout
-    assert "1 bundle(s), 3 transaction(s)" in proc.stdout
-    (bundle,) = _bundles(world)
-    assert bundle.split("/")[1] in proc.stdout
-    proc = run("inspect", world.remote, "--bundle", bundle, "-i", world.key, cwd=world.dir)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    assert [tx["author"] for tx in doc] == [world.a_author] * 3
-    edits = [(c["attribute"], c["old_value"], c["new_value"]) for tx in doc
-             for c in tx["changes"]]
-    assert ("text", "milk", "oat milk") in edits
-    assert "3 transaction(s)" in proc.stderr
-
-
-def test_inspect_wrong_key_and_bad_arguments(
-        world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    (bundle,) = _bundles(world)
-    proc = run("inspect", world.remote, "--bundle", bundle, "-i", world.other_key,
-               cwd=world.dir)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert f"cannot decrypt {bundle} with the given identity" in proc.stderr
-    code, _, err = call(capsys, "inspect", world.remote, "--bundle", bundle)
-    assert code == 2 and "is encrypted: give --identity-file" in err
-    code, _, err = call(capsys, "inspect", world.remote, "--bundle", "../../etc/passwd")
-    assert code == 2 and "AUTHOR_ID/FIRST_LAST.json" in err
-    missing = f"{world.a_author}/{world.milk}_{world.milk}.json"
-    code, _, err = call(capsys, "inspect", world.remote, "--bundle", missing, "-i", world.key)
-    assert code == 1 and "no bundle" in err
-    code, out, _ = call(capsys, "inspect", world.remote, "--json")
-    assert code == 0 and json.loads(out)["authors"][0]["transactions"] == 3
-
-
-def test_verify(world: World) -> None:
-    proc = run("verify", world.remote, "--identity-file", world.key, cwd=world.dir)
-    assert (proc.returncode, proc.stderr) == (0, "")
-    assert "verified 1 bundle(s) (3 transaction(s)) of 1 author(s): all good" in proc.stdout
-    proc = run("verify", world.remote, "--identity-file", world.other_key, cwd=world.dir)
-    assert proc.returncode == 1
-    assert "FAIL" in proc.stdout and "cannot decrypt with the given identity" in proc.stdout
-    assert "1 problem(s)" in proc.stdout
-
-
-def test_verify_finds_tampering(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    remote = world.dir / "tampered"
-    shutil.copytree(world.remote, remote)
-    folder = remote / world.a_author
-    (bundle,) = [p for p in folder.iterdir() if p.name != "dimple_db.json"]
-    data = bytearray(bundle.read_bytes())
-    data[-5] ^= 0xFF
-    bundle.write_bytes(bytes(data))
-    (remote / "junk").mkdir()
-    (folder / "notes.txt").write_text("stray")
-    code, out, _ = call(capsys, "verify", remote, "-i", world.key)
-    assert code == 1
-    assert f"FAIL {world.a_author}/{bundle.name}: cannot decrypt" in out and "corrupt" in out
-    assert "FAIL 'junk': not an author folder" in out
-    assert f"note {world.a_author}/notes.txt: not in the manifest" in out
-    bundle.unlink()
-    code, out, _ = call(capsys, "verify", remote, "-i", world.key, "-q")
-    assert code == 1 and "listed in the manifest but cannot be read" in out
-    assert "verified" not in out
-    manifest = json.loads((folder / "dimple_db.json").read_text())
-    manifest["bundles"][0]["transaction_count"] = 2
-    (folder / "dimple_db.json").write_text(json.dumps(manifest))
-    shutil.copy(world.remote / world.a_author / bundle.name, bundle)
-    code, out, _ = call(capsys, "verify", remote, "-i", world.key, "-q")
-    assert code == 1 and "holds 3 transaction(s), the manifest says 2" in out
-    code, _, err = call(capsys, "verify", remote)
-    assert code == 2 and "verify needs the key" in err
-
-
-def test_missing_remote_is_reported_and_not_created(world: World) -> None:
-    missing = world.dir / "no-such-remote"
-    proc = run("verify", missing, "-i", world.key, cwd=world.dir)
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
-    proc = run("inspect", missing, cwd=world.dir)
-    assert proc.returncode == 1 and f"{missing} does not exist" in proc.stderr
-    proc = run("status", world.b, "--remote", missing, cwd=world.dir)
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
-    assert not missing.exists()
-
-
-def test_plaintext_remote(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    remote = world.dir / "plain-remote"
-    db = world.dir / "plain-a.db"
-    shutil.copy(world.a, db)
-    with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM dimple_meta WHERE key = 'pushed_through'")
-    code, out, err = call(capsys, "sync", db, remote, "--no-encryption")
-    assert code == 0 and "pushed 3" in out, err
-    assert "does not exist yet; it is created on the first push" in err
-    (folder,) = remote.iterdir()
-    (bundle,) = [p.name for p in folder.iterdir() if p.name != "dimple_db.json"]
-    code, out, _ = call(capsys, "inspect", remote, "--bundle", f"{folder.name}/{bundle}")
-    assert code == 0 and len(json.loads(out)) == 3
-    code, out, _ = call(capsys, "verify", remote, "--no-encryption")
-    assert code == 0 and "all good" in out
-    code, out, _ = call(capsys, "verify", world.remote, "--no-encryption", "-q")
-    assert code == 1 and "the file is encrypted" in out
-
-
-def test_s3_remote_with_storage_options(world: World, s3_server: str, s3_bucket: str,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import S3_KEY, S3_REGION, S3_SECRET
-
-    options = ["-o", f"endpoint_url={s3_server}", "-o", f"key={S3_KEY}", "-o",
-               f"secret={S3_SECRET}", "-o", f"client_kwargs.region_name={S3_REGION}"]
-    db = world.dir / "s3.db"
-    shutil.copy(world.a, db)
-    with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM dimple_meta WHERE key = 'pushed_through'")
-    code, out, err = call(capsys, "sync", db, f"s3://{s3_bucket}/app", "-i", world.key,
-                          *options)
-    assert code == 0 and "pushed 3" in out, err
-    code, out, err = call(capsys, "verify", f"s3://{s3_bucket}/app", "-i", world.key,
-                          *options)
-    assert code == 0 and "all good" in out, err
-    code, _, err = call(capsys, "inspect", "s3://no-such-bucket-for-dimpledb/app", *options)
-    assert code == 1 and "bucket 'no-such-bucket-for-dimpledb' does not exist" in err
-
-
 # ----------------------------------------------------------------------------- usage
 
 
@@ -521,31 +273,8 @@ def test_installed_console_script(tmp_path: Path) -> None:
     if not script.exists():
         pytest.skip("the package is not pip-installed in this interpreter's environment")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True,
-                          env=_env(), timeout=60)
+                          env=child_env(), timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("dimpledb ")
-
-
-def test_progress_bar_on_a_terminal() -> None:
-    class Tty:
-        def __init__(self) -> None:
-            self.text = ""
-
-        def isatty(self) -> bool:
-            return True
-
-        def write(self, s: str) -> None:
-            self.text += s
-
-        def flush(self) -> None:
-            pass
-
-    tty = Tty()
-    progress = cli.Progress(tty)  # type: ignore[arg-type]
-    progress.line("pull: listing the remote")
-    progress.bar(1, 4, "author x")
-    progress.finish()
-    assert "\r\x1b[K[######..................] 1/4 author x" in tty.text
-    assert tty.text.endswith("\r\x1b[K") and "\n" not in tty.text
 
 
 # ----------------------------------------------------------------------------- examples
@@ -553,7 +282,7 @@ def test_progress_bar_on_a_terminal() -> None:
 
 def _example(name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=ROOT,
-                          env=_env(env), capture_output=True, text=True, timeout=120)
+                          env=child_env(env), capture_output=True, text=True, timeout=120)
 
 
 def test_demo_runs() -> None:

@@ -1,0 +1,192 @@
+"""Keys on the command line: the key options, reading identity files, and ``keygen``.
+
+This module owns the key options every command that reads or writes bundles takes
+(``--identity-file`` as written by ``keygen`` or ``age-keygen``, ``--identity``,
+``--passphrase-env VAR``, ``--no-encryption``, and for ``sync`` ``--recipient`` and
+``--recipients-file``), their fallbacks ``$DIMPLEDB_IDENTITY_FILE`` and
+``$DIMPLEDB_IDENTITY``, :class:`Keys` (the result, in the form ``DimpleDb`` takes it), and
+the ``keygen`` command, which writes a new age identity or prints the public key of one.
+A key that cannot be read or parsed is a command-line error (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from .output import CliError, usage_error
+
+if TYPE_CHECKING:
+    from ..crypto import Cipher
+
+__all__ = ["Keys", "add_key_options", "cmd_keygen", "read_keys"]
+
+_SECRET_PREFIX = "AGE-SECRET-KEY-1"
+
+
+@dataclass
+class Keys:
+    """The encryption settings read from the command line, as ``DimpleDb`` takes them."""
+
+    identity: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    passphrase: str | None = None
+    encryption: bool = True
+    what: str = "key"
+    """How to name the key in messages: "identity", "passphrase"."""
+    recipient: str | None = None
+    """The identity's public key."""
+
+    @property
+    def given(self) -> bool:
+        return self.identity is not None or self.passphrase is not None or not self.encryption
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"identity": self.identity, "recipients": self.recipients or None,
+                "passphrase": self.passphrase, "encryption": self.encryption}
+
+    def cipher(self) -> Cipher:
+        from ..crypto import make_cipher
+
+        try:
+            return make_cipher(**self.kwargs())
+        except ConfigurationError as e:
+            raise usage_error(str(e)) from None
+
+
+def _read_identity_file(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise usage_error(f"cannot read identity file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise usage_error(f"identity file {path} is not a text file") from None
+    keys = [ln.strip() for ln in text.splitlines()
+            if ln.strip().upper().startswith(_SECRET_PREFIX)]
+    if not keys:
+        raise usage_error(f"identity file {path} holds no secret key line ({_SECRET_PREFIX}...)")
+    if len(keys) > 1:
+        raise usage_error(f"identity file {path} holds {len(keys)} secret keys; "
+                          "dimpledb uses exactly one")
+    return keys[0]
+
+
+def _read_recipients_file(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage_error(f"cannot read recipients file {path}: {e}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def read_keys(args: argparse.Namespace) -> Keys:
+    """The key options, then ``$DIMPLEDB_IDENTITY_FILE`` / ``$DIMPLEDB_IDENTITY``."""
+    from ..crypto import X25519Cipher
+
+    keys = Keys()
+    chosen = [name for name, on in (
+        ("--identity-file", args.identity_file is not None),
+        ("--identity", args.identity is not None),
+        ("--passphrase-env", args.passphrase_env is not None),
+        ("--no-encryption", args.no_encryption),
+    ) if on]
+    if len(chosen) > 1:
+        raise usage_error(f"give only one of {' and '.join(chosen)}")
+    identity: str | None = None
+    if args.identity_file is not None:
+        identity = _read_identity_file(args.identity_file)
+    elif args.identity is not None:
+        identity = args.identity
+    elif args.passphrase_env is not None:
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise usage_error(f"environment variable {args.passphrase_env} (--passphrase-env) "
+                              "is not set or empty")
+        keys.passphrase = value
+        keys.what = "passphrase"
+    elif args.no_encryption:
+        keys.encryption = False
+        keys.what = "no key (--no-encryption)"
+    elif os.environ.get("DIMPLEDB_IDENTITY_FILE"):
+        identity = _read_identity_file(os.environ["DIMPLEDB_IDENTITY_FILE"])
+    elif os.environ.get("DIMPLEDB_IDENTITY"):
+        identity = os.environ["DIMPLEDB_IDENTITY"]
+    keys.recipients = list(args.recipient or [])
+    for path in args.recipients_file or []:
+        keys.recipients.extend(_read_recipients_file(path))
+    if identity is not None:
+        try:
+            cipher = X25519Cipher(identity, keys.recipients)
+        except ConfigurationError as e:
+            raise usage_error(f"bad key: {e}") from None
+        keys.identity = identity
+        keys.what = "identity"
+        keys.recipient = cipher.recipient
+    elif keys.recipients:
+        raise usage_error("--recipient needs an identity (--identity-file or --identity) too")
+    return keys
+
+
+def add_key_options(p: argparse.ArgumentParser, *, recipients: bool = False) -> None:
+    g = p.add_argument_group("keys (default: $DIMPLEDB_IDENTITY_FILE, then $DIMPLEDB_IDENTITY)")
+    g.add_argument("--identity-file", "-i", metavar="PATH",
+                   help="an age identity file, as written by `dimpledb keygen` or `age-keygen`")
+    g.add_argument("--identity", metavar="AGE-SECRET-KEY-1...",
+                   help="the secret key itself (visible to other users in the process list: "
+                        "prefer --identity-file or $DIMPLEDB_IDENTITY)")
+    g.add_argument("--passphrase-env", metavar="VAR",
+                   help="read a passphrase (age scrypt mode) from environment variable VAR")
+    g.add_argument("--no-encryption", action="store_true",
+                   help="the remote holds plaintext (no key)")
+    if recipients:
+        g.add_argument("--recipient", "-r", action="append", metavar="age1...",
+                       help="also encrypt to this public key (another device); repeatable")
+        g.add_argument("--recipients-file", "-R", action="append", metavar="PATH",
+                       help="also encrypt to the public keys in PATH, one a line; repeatable")
+    else:
+        p.set_defaults(recipient=None, recipients_file=None)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ..crypto import X25519Cipher, generate_identity
+
+    if args.convert is not None:
+        text = sys.stdin.read() if args.convert == "-" else None
+        if text is None:
+            secret = _read_identity_file(args.convert)
+        else:
+            keys = [ln.strip() for ln in text.splitlines()
+                    if ln.strip().upper().startswith(_SECRET_PREFIX)]
+            if len(keys) != 1:
+                raise usage_error("standard input holds no single secret key line")
+            secret = keys[0]
+        try:
+            print(X25519Cipher(secret).recipient)
+        except ConfigurationError as e:
+            raise usage_error(f"bad key: {e}") from None
+        return 0
+    secret, public = generate_identity()
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = f"# created: {created}\n# public key: {public}\n{secret}\n"
+    if args.output:
+        path = Path(args.output)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force
+                                                           else os.O_EXCL), 0o600)
+        except FileExistsError:
+            raise CliError(f"{path} exists; not overwriting a key (use --force)") from None
+        except OSError as e:
+            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    if not args.quiet:
+        print(f"Public key: {public}", file=sys.stderr)
+    return 0

@@ -1,0 +1,348 @@
+"""The commands about one database: sync, status and history.
+
+This module owns ``sync`` (a ``DimpleDb`` over the reflected tables or ``--models``, with
+bookkeeping tables created on first use, optional adoption of rows written before tracking,
+push and pull progress reported by observing the ``Storage`` calls, and a report on stdout
+with per-author errors on stderr), ``status`` (the author id, what was pushed and not yet
+pushed, what was pulled from each author, held changes and, with ``--remote``, what waits
+there to be pulled) and ``history`` (every recorded change of one row, grouped by
+transaction). ``status`` and ``history`` open the database read-only and write nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.engine import make_url
+
+from .. import log as changelog
+from .. import schema
+from ..bundle import decode_manifest
+from ..errors import ConfigurationError, DimpleError, SyncError
+from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
+from .keys import read_keys
+from .output import PROG, CliError, Progress, print_json, usage_error, when
+from .remote import is_folder, open_remote, remote_errors, storage_options
+
+if TYPE_CHECKING:
+    from ..changes import Change
+    from ..report import SyncReport
+    from ..storage import Storage
+
+__all__ = ["cmd_history", "cmd_status", "cmd_sync"]
+
+
+# -- sync --------------------------------------------------------------------------------------
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _instrument(storage: Storage, me: str, progress: Progress) -> dict[str, int]:
+    """Report push and pull steps by wrapping this ``Storage`` object's calls.
+
+    (Phase-level: sync.py has no progress hook yet; each wrapper only observes.)
+    """
+    stats: Counter[str] = Counter()
+    state = {"done": 0, "total": 0}
+    list_authors, read_manifest = storage.list_authors, storage.read_manifest
+    read_bundles, write_bundle = storage.read_bundles, storage.write_bundle
+
+    def w_list_authors() -> tuple[list[str], list[str]]:
+        progress.line("pull: listing the remote")
+        authors, bad = list_authors()
+        state["total"] = len([a for a in authors if a != me])
+        progress.line(f"pull: {state['total']} other author(s)")
+        return authors, bad
+
+    def w_read_manifest(author: str) -> bytes | None:
+        if author != me:
+            state["done"] += 1
+            progress.bar(state["done"] - 1, state["total"], f"author {author}: manifest")
+        return read_manifest(author)
+
+    def w_read_bundles(author: str, names: Sequence[str]) -> dict[str, bytes | Exception]:
+        progress.bar(state["done"] - 1, state["total"],
+                     f"author {author}: {len(names)} bundle(s)")
+        got = read_bundles(author, names)
+        size = sum(len(v) for v in got.values() if isinstance(v, bytes))
+        stats["bundles"] += len(names)
+        stats["bytes"] += size
+        progress.bar(state["done"], state["total"], f"author {author}: {_size(size)}")
+        if not progress.tty:
+            progress.line(f"pull: author {author}: {len(names)} bundle(s), {_size(size)}")
+        return got
+
+    def w_write_bundle(author: str, name: str, data: bytes) -> None:
+        progress.line(f"push: uploading a bundle of {_size(len(data))}")
+        write_bundle(author, name, data)
+        stats["pushed_bytes"] += len(data)
+
+    for attr, fn in (("list_authors", w_list_authors), ("read_manifest", w_read_manifest),
+                     ("read_bundles", w_read_bundles), ("write_bundle", w_write_bundle)):
+        setattr(storage, attr, fn)
+    return stats
+
+
+def _unpushed(engine: Engine, me: str) -> tuple[int, str | None]:
+    t, m = schema.transactions, schema.meta
+    with engine.connect() as conn:
+        since = conn.execute(select(m.c.value).where(m.c.key == "pushed_through")).scalar()
+        stmt = select(func.count(), func.min(t.c.id)).where(t.c.author == me)
+        if since:
+            stmt = stmt.where(t.c.id > since)
+        count, oldest = conn.execute(stmt).one()
+    return int(count), oldest
+
+
+def _report_doc(report: SyncReport) -> dict[str, Any]:
+    return {"pushed": report.pushed, "pulled": report.pulled, "applied": report.applied,
+            "held": report.held, "errors": dict(report.errors),
+            "requests": dict(report.requests)}
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from ..db import DimpleDb
+
+    keys = read_keys(args)
+    if not keys.given:
+        raise usage_error("sync needs a key: --identity-file PATH (or --identity, "
+                          "$DIMPLEDB_IDENTITY_FILE, $DIMPLEDB_IDENTITY), --passphrase-env VAR, "
+                          "or --no-encryption")
+    keys.cipher()
+    options = storage_options(args.storage_option)
+    progress = Progress(sys.stderr, enabled=not args.quiet and not args.no_progress)
+
+    def notes(text: str) -> None:
+        if args.verbose:
+            print(f"note: {text}", file=sys.stderr)
+
+    engine = open_engine(args.database, readonly=False)
+    fresh = not inspect(engine).has_table(schema.meta.name)
+    if args.models:
+        models: Any = load_models(args.models)
+        exclude: list[str] = list(args.exclude or [])
+    else:
+        models, exclude = reflect(engine, args.exclude or [], notes)
+    try:
+        db = DimpleDb(engine, models, exclude=exclude, remote=args.remote,
+                      storage_options=options or None, **keys.kwargs())
+    except ConfigurationError as e:
+        if "no tables to track" in str(e):
+            raise CliError(f"nothing to sync in {args.database}: no table has a single string "
+                           "or UUID primary key (see --models)") from None
+        raise usage_error(str(e)) from None
+    try:
+        storage = db.storage
+        if is_folder(storage) and not storage.fs.exists(storage.root) and not args.quiet:
+            print(f"note: remote folder {storage.root} does not exist yet; it is created "
+                  "on the first push", file=sys.stderr)
+        db.create_all(models=False)
+        if fresh and not args.quiet:
+            print(f"note: {args.database} had no dimpledb bookkeeping tables; created them "
+                  f"(author {db.author_id})" + ("" if args.adopt else
+                  "; rows written before are not synced unless you pass --adopt"),
+                  file=sys.stderr)
+        notes(f"tracking {', '.join(sorted(db.tracked))}")
+        if args.adopt:
+            adopted = db.adopt()
+            if not args.quiet:
+                print(f"adopted {adopted} existing row(s)", file=sys.stderr)
+        me = db.author_id
+        count, _ = _unpushed(engine, me)
+        if count:
+            progress.line(f"push: {count} local transaction(s)")
+        stats = _instrument(storage, me, progress)
+        started = time.perf_counter()
+        error: SyncError | None = None
+        with remote_errors(args.remote):
+            try:
+                report = db.sync()
+            except SyncError as e:
+                if e.report is None:
+                    raise
+                error, report = e, e.report
+            finally:
+                progress.finish()
+        elapsed = time.perf_counter() - started
+    finally:
+        db.close()
+        engine.dispose()
+    if args.json:
+        print_json({**_report_doc(report), "ok": report.ok,
+                    "bytes_downloaded": stats["bytes"], "bytes_uploaded": stats["pushed_bytes"]})
+    elif not args.quiet:
+        print(f"pushed {report.pushed} transaction(s), pulled {report.pulled}, applied "
+              f"{report.applied} change(s), {report.held} held, in {elapsed:.2f} s")
+    for who, message in sorted(report.errors.items()):
+        kind = report.error_kinds.get(who)
+        if who == "push":
+            print(f"{PROG}: push failed: {message}", file=sys.stderr)
+        elif kind == "decrypt":
+            print(f"{PROG}: cannot decrypt the bundles of author {who} with the given "
+                  f"{keys.what}: {message}", file=sys.stderr)
+        else:
+            print(f"{PROG}: author {who}: {message}", file=sys.stderr)
+    if error is not None and not str(error).startswith("sync finished with errors"):
+        print(f"{PROG}: {error}", file=sys.stderr)  # e.g. the remote could not be listed
+    return 0 if error is None else 1
+
+
+# -- status -----------------------------------------------------------------------------------
+def _remote_status(storage: Storage, me: str, cursors: dict[str, str],
+                   pushed_through: str | None) -> dict[str, Any]:
+    authors, bad = storage.list_authors()
+    out: dict[str, Any] = {"authors": [], "bad_entries": bad}
+    for author in authors:
+        entry: dict[str, Any] = {"author": author, "is_me": author == me}
+        try:
+            data = storage.read_manifest(author)
+            if data is None:
+                entry["error"] = "no manifest"
+            else:
+                m = decode_manifest(data, author)
+                cursor = cursors.get(author) if author != me else pushed_through
+                entry["last_transaction_id"] = m.last_transaction_id
+                entry["last_sync_timestamp"] = m.last_sync_timestamp
+                entry["pending"] = sum(b.transaction_count for b in m.bundles
+                                       if cursor is None or b.last_transaction_id > cursor)
+        except DimpleError as e:
+            entry["error"] = str(e)
+        out["authors"].append(entry)
+    return out
+def cmd_status(args: argparse.Namespace) -> int:
+    engine = open_engine(args.database, readonly=True)
+    try:
+        require_bookkeeping(engine)
+        me = read_author(engine) or ""
+        m, c, h, t = schema.meta, schema.cursors, schema.held, schema.transactions
+        with engine.connect() as conn:
+            pushed = conn.execute(select(m.c.value).where(m.c.key == "pushed_through")
+                                  ).scalar()
+            local = conn.execute(select(func.count()).select_from(t)
+                                 .where(t.c.author == me)).scalar_one()
+            cursors = list(conn.execute(select(c.c.author, c.c.last_transaction_id,
+                                               c.c.synced_at).order_by(c.c.author)))
+            held = list(conn.execute(select(h.c.entity_type, h.c.attribute, h.c.reason,
+                                            func.count()).group_by(
+                h.c.entity_type, h.c.attribute, h.c.reason).order_by(h.c.entity_type,
+                                                                     h.c.attribute)))
+        unpushed, oldest = _unpushed(engine, me)
+    finally:
+        engine.dispose()
+    remote: dict[str, Any] | None = None
+    if args.remote:
+        storage = open_remote(args.remote, args.storage_option, must_exist=True)
+        with remote_errors(args.remote):
+            remote = _remote_status(storage, me, {a: tx for a, tx, _ in cursors}, pushed)
+    if args.json:
+        print_json({
+            "database": make_url(db_url(args.database)).render_as_string(hide_password=True),
+            "author_id": me, "local_transactions": local, "pushed_through": pushed,
+            "unpushed": unpushed,
+            "held": [{"entity_type": e, "attribute": a, "reason": r, "count": n}
+                     for e, a, r, n in held],
+            "cursors": [{"author": a, "last_transaction_id": tx, "synced_at": at}
+                        for a, tx, at in cursors],
+            "remote": remote,
+        })
+        return 0
+    print(f"author       {me}")
+    print(f"pushed       {pushed or 'nothing yet'}"
+          + (f" ({when(pushed)})" if pushed else ""))
+    print(f"not pushed   {unpushed} of {local} local transaction(s)"
+          + (f", oldest from {when(oldest)}" if unpushed else ""))
+    total_held = sum(n for *_, n in held)
+    print(f"held         {total_held} change(s)")
+    for e, a, r, n in held:
+        print(f"               {e}.{a}: {n} ({r})")
+    print(f"authors      {len(cursors)} pulled from")
+    for a, tx, at in cursors:
+        print(f"  {a}  through {tx} ({when(tx)}), last pulled {at}")
+    if remote is not None:
+        print(f"remote       {args.remote}: {len(remote['authors'])} author(s)")
+        for entry in remote["authors"]:
+            who = entry["author"] + (" (this database)" if entry["is_me"] else "")
+            if "error" in entry:
+                print(f"  {who}: {entry['error']}")
+            elif entry["is_me"]:
+                print(f"  {who}: {entry['pending']} transaction(s) on the remote not "
+                      "recorded as pushed here")
+            else:
+                print(f"  {who}: {entry['pending']} transaction(s) to pull, last sync "
+                      f"{entry['last_sync_timestamp']}")
+        for name in remote["bad_entries"]:
+            print(f"  {name!r}: not an author folder (sync reports it as an error)")
+    return 0
+
+
+# -- history ----------------------------------------------------------------------------------
+def _history_ids(entity_id: str) -> list[str]:
+    ids = [entity_id]
+    try:
+        canonical = str(uuid.UUID(entity_id))
+    except ValueError:
+        return ids
+    if canonical != entity_id:
+        ids.append(canonical)
+    return ids
+def _value(v: Any, limit: int = 60) -> str:
+    text = json.dumps(v, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+def cmd_history(args: argparse.Namespace) -> int:
+    engine = open_engine(args.database, readonly=True)
+    try:
+        require_bookkeeping(engine)
+        me = read_author(engine)
+        changes: list[Change] = []
+        with engine.connect() as conn:
+            for entity_id in _history_ids(args.id):
+                changes = changelog.history(conn, args.table, entity_id)
+                if changes:
+                    break
+            known = changes or conn.execute(
+                select(schema.changes.c.id).where(schema.changes.c.entity_type == args.table)
+                .limit(1)).first() is not None
+    finally:
+        engine.dispose()
+    if not changes:
+        hint = "" if known else f" (no change of any row of table {args.table!r} is recorded)"
+        raise CliError(f"no history for {args.table} {args.id}{hint}")
+    if args.json:
+        print_json([{"id": ch.id, "transaction_id": ch.transaction_id, "author": ch.author,
+                     "timestamp": ch.timestamp.isoformat(), "entity_type": ch.entity_type,
+                     "entity_id": ch.entity_id, "attribute": ch.attribute,
+                     "old_value": ch.old_value, "new_value": ch.new_value}
+                    for ch in changes])
+        return 0
+    pk_names = {ch.attribute for ch in changes if ch.new_value == ch.entity_id
+                and ch.old_value is None}
+    print(f"{args.table} {changes[0].entity_id}: {len(changes)} change(s)")
+    width = max(len(ch.attribute) for ch in changes)
+    tx = None
+    for ch in changes:
+        if ch.transaction_id != tx:
+            tx = ch.transaction_id
+            who = ch.author + (" (this database)" if ch.author == me else "")
+            print(f"{ch.timestamp.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]} UTC  "
+                  f"transaction {tx}  by {who}")
+        if ch.attribute in pk_names and ch.new_value is None:
+            print(f"    {'(deleted)':<{width}}")
+        elif ch.attribute in pk_names and ch.old_value is None:
+            print(f"    {'(created)':<{width}}")
+        else:
+            print(f"    {ch.attribute:<{width}}  {_value(ch.old_value)} -> "
+                  f"{_value(ch.new_value)}")
+    return 0
