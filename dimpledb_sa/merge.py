@@ -17,22 +17,33 @@ This module never imports fsspec: it sees transactions, not files.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, delete, select, text, update
+from sqlalchemy.exc import StatementError
 
 from . import log, schema
 from .bundle import ChangeRow, TxRecord
 from .capture import fetch_rows
+from .errors import DimpleError, RemoteFormatError
 
 if TYPE_CHECKING:
     from .db import DimpleDb
     from .tracking import TrackedTable
 
-__all__ = ["MergeResult", "merge", "replay_held"]
+__all__ = ["APPLY_ERRORS", "MergeResult", "describe", "merge", "replay_held"]
+
+_log = logging.getLogger("dimpledb_sa.merge")
+
+APPLY_ERRORS = (StatementError, DimpleError, ValueError, TypeError, ArithmeticError,
+                LookupError)
+"""What applying well-formed but unusable changes raises (a key that is not the entity's,
+a value no column of this type can hold, a constraint the rows break): callers undo that
+merge to a savepoint and keep the rest."""
 
 _CHUNK = 900
 
@@ -47,6 +58,23 @@ class MergeResult:
     tables: set[str] = field(default_factory=set)
     applied_changes: list[ChangeRow] = field(default_factory=list)
     authors: dict[str, str] = field(default_factory=dict)  # transaction id -> author
+
+    def add(self, other: MergeResult) -> None:
+        """Count ``other`` (a later merge in the same database transaction) in this one."""
+        self.stored += other.stored
+        self.held += other.held
+        self.tables |= other.tables
+        self.applied_changes.extend(other.applied_changes)
+        self.applied = len(self.applied_changes)
+        self.authors.update(other.authors)
+
+
+def describe(exc: BaseException) -> str:
+    """A short message for ``exc``: a database error without its SQL and parameters."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, StatementError) and orig is not None:
+        return f"{type(orig).__name__}: {orig}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]:
@@ -174,6 +202,9 @@ def _plan_table(tt: TrackedTable, eids: list[str],
                 codec = codecs.get(attr)
                 if codec is not None:
                     values[attr] = codec.decode(w[6])
+            if str(values[pkn]) != eid:
+                raise RemoteFormatError(
+                    f"change {pkw[0]} inserts {etype} {eid} with the key {pkw[6]:.80}")
             missing = [c for c in required if values.get(c) is None]
             if missing:  # e.g. a column renamed or added NOT NULL since: wait for it
                 result.held += len(missing)
@@ -338,9 +369,35 @@ def replay_held_in(db: DimpleDb, conn: Connection) -> MergeResult:
         conn.execute(delete(h).where(h.c.entity_type == etype, h.c.entity_id == eid))
     everything = log.entity_changes(conn, ready)
     # re-derive from the whole log: every logged change counts as "incoming" over nothing
-    _apply(db, conn, {k: everything.get(k, []) for k in ready}, {}, result)
+    try:
+        with conn.begin_nested():
+            _apply(db, conn, {k: everything.get(k, []) for k in ready}, {}, result)
+    except APPLY_ERRORS:
+        result = _replay_each(db, conn, ready, everything,
+                              [tuple(e) for e in entries])
     authors = _authors(conn, {c[1] for c in result.applied_changes})
     result.authors = authors
+    return result
+
+
+def _replay_each(db: DimpleDb, conn: Connection, ready: set[tuple[str, str]],
+                 everything: dict[tuple[str, str], list[ChangeRow]],
+                 entries: list[tuple[Any, ...]]) -> MergeResult:
+    """Replay entity by entity (parents first), so that one that cannot apply stays held
+    alone."""
+    order = _table_order(db)
+    result = MergeResult()
+    for key in sorted(ready, key=lambda k: (order.get(k[0], len(order)), k[1])):
+        part = MergeResult()
+        try:
+            with conn.begin_nested():
+                _apply(db, conn, {key: everything.get(key, [])}, {}, part)
+        except APPLY_ERRORS as exc:
+            _log.warning("held %s %s still cannot apply: %s", key[0], key[1], describe(exc))
+            schema.insert_many(conn, schema.held, [e for e in entries if e[:2] == key],
+                               ignore_existing=True)
+            continue
+        result.add(part)
     return result
 
 

@@ -13,8 +13,11 @@ One :func:`sync` call, under the database's sync lock (threads) and SQLite's wri
    recorded in ``report.errors`` and skipped from that bundle on; the others go on.
 3. **Merge** of everything readable in one database transaction, with the cursors, then
    the held changes the schema can now take; ``changes_committed`` (origin ``"sync"``)
-   after the commit. If any author failed, :class:`SyncError` (or its ``DecryptionError`` /
-   ``RemoteFormatError`` subclass when all failures are of that kind) carries the report.
+   after the commit. Each author's transactions merge under a savepoint: an author whose
+   changes cannot be applied here (a key that is not its entity's, a value no column can
+   hold, a broken constraint) is rolled back and reported like an unreadable one. If any
+   author failed, :class:`SyncError` (or its ``DecryptionError`` / ``RemoteFormatError``
+   subclass when all failures are of that kind) carries the report.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from .bundle import (
     utc_now_iso,
 )
 from .errors import DecryptionError, DimpleError, RemoteFormatError, SyncError
-from .merge import MergeResult, merge, replay_held_in
+from .merge import APPLY_ERRORS, MergeResult, describe, merge, replay_held_in
 from .report import SyncReport
 
 if TYPE_CHECKING:
@@ -206,20 +209,31 @@ def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
     with db.engine.connect() as conn:
         cursors = _cursors(conn)
         conn.rollback()
-    pulled: list[TxRecord] = []
+    pulled: dict[str, list[TxRecord]] = {}
     advanced: dict[str, str] = {}
     for author in authors:
         if author == me:
             continue
         txs, last = _fetch_author(db, author, cursors.get(author), report)
-        pulled.extend(txs)
+        if txs:
+            pulled[author] = txs
         if last is not None:
             advanced[author] = last
-    report.pulled = len(pulled)
+    report.pulled = sum(map(len, pulled.values()))
     # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
-    with _gc_paused(len(pulled) > 1000), db.engine.connect() as conn, conn.begin():
+    with _gc_paused(report.pulled > 1000), db.engine.connect() as conn, conn.begin():
         _lock(conn)
-        result = merge(db, conn, pulled)
+        result = MergeResult()
+        for author, txs in pulled.items():
+            try:
+                with conn.begin_nested():
+                    part = merge(db, conn, txs)
+            except APPLY_ERRORS as exc:
+                _fail(report, author, RemoteFormatError(
+                    f"its changes cannot be applied here: {describe(exc)}"))
+                advanced.pop(author, None)
+                continue
+            result.add(part)
         c = schema.cursors
         now = utc_now_iso()
         current = _cursors(conn)
@@ -233,8 +247,6 @@ def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
                                               synced_at=now))
         replayed = replay_held_in(db, conn)
         report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
-    result.applied_changes.extend(replayed.applied_changes)
-    result.authors.update(replayed.authors)
-    result.tables |= replayed.tables
+    result.add(replayed)
     report.applied = len(result.applied_changes)
     return result

@@ -19,7 +19,18 @@ from typing import Any
 import fsspec
 import pytest
 from sqlalchemy import delete, func, select
-from syncmodels import Device, Devices, Folder, Item, Note, Ticker, device_set, recording
+from syncmodels import (
+    Device,
+    Devices,
+    Folder,
+    Item,
+    Note,
+    OldBase,
+    Tag,
+    Ticker,
+    device_set,
+    recording,
+)
 
 from dimpledb_sa import schema
 from dimpledb_sa.bundle import ChangeRow, TxRecord
@@ -382,3 +393,26 @@ def test_a_local_child_of_a_parent_deleted_elsewhere_is_held(devs: Devices) -> N
                                         "label": "added meanwhile"}
         assert d.held() == []
     assert a.snapshot() == b.snapshot() and a.log() == b.log()
+
+
+def test_a_held_entity_that_still_cannot_apply_stays_held_alone(devs: Devices) -> None:
+    """Held changes of a table this schema lacked: once it has the table, replay applies
+    every entity it can; one whose insert names another key stays held."""
+    f = Forge()
+    good, bad, taken = (str(uuid.uuid4()) for _ in range(3))
+    txs = [f.tx(AUTHORS[0], ("tag", good, "id", None, good), ("tag", good, "word", None, "ok")),
+           f.tx(AUTHORS[1], ("tag", bad, "id", None, taken), ("tag", bad, "word", None, "x"))]
+    old = devs.new("old", models=OldBase)
+    result = apply(old, txs)
+    assert result.held == 4 and len(old.held()) == 4
+    path = old.path
+    devs.close(old)
+    new = devs.new("new", file=path, create=False)
+    Tag.__table__.create(new.db.engine)  # type: ignore[attr-defined]
+    with recording(new.db) as rec:
+        assert new.db.replay_held() == 2
+    assert [e.tables for e in rec.events] == [frozenset({"tag"})]
+    assert new.rows(Tag) == [(good, "ok")]
+    assert {h[1] for h in new.held()} == {bad}
+    assert new.db.replay_held() == 0
+    assert {h[1] for h in new.held()} == {bad}

@@ -35,6 +35,16 @@ from syncmodels import (
 
 import dimpledb_sa as dimple
 from dimpledb_sa import schema
+from dimpledb_sa.bundle import (
+    BundleInfo,
+    ChangeRow,
+    bundle_name,
+    encode_bundle,
+    encode_manifest,
+    manifest_with,
+    utc_now_iso,
+)
+from dimpledb_sa.clock import HybridClock, offset_id
 from dimpledb_sa.crypto import generate_identity
 
 
@@ -178,6 +188,38 @@ def spoil_bad_folder_name(w: World) -> str:
     return "not-an-author"
 
 
+def _forged_author(w: World, values: Callable[[str], dict[str, str | None]]) -> str:
+    """A new author folder holding one well-formed, well-encrypted bundle: one transaction
+    inserting a note ``eid`` with the JSON texts ``values(eid)`` gives."""
+    author = str(uuid.uuid4())
+    clock = HybridClock()
+    eid = str(uuid.uuid4())
+    tx_id, first = clock.reserve_runs([1, 5])
+    fields = values(eid)
+    changes: list[ChangeRow] = [(offset_id(first, k), tx_id, "note", eid, attr, None, v)
+                                for k, (attr, v) in enumerate(fields.items())]
+    name = bundle_name(tx_id, tx_id)
+    write_file(w.fs, w.path(author, name), w.encrypt(encode_bundle([(tx_id, author,
+                                                                     changes)])))
+    manifest = manifest_with(None, author, BundleInfo(name, tx_id, tx_id, 1, utc_now_iso()))
+    write_file(w.fs, w.path(author), encode_manifest(manifest))
+    w.saved[f"{w.root}/{author}"] = b""
+    return author
+
+
+def spoil_key_of_another_row(w: World) -> str:
+    """An insert whose key value is not its entity id, but an existing row's."""
+    taken = w.a.rows(Note)[0][0]
+    return _forged_author(w, lambda eid: {"id": json.dumps(taken), "title": '"t"',
+                                          "body": None, "done": "false", "rank": "1"})
+
+
+def spoil_unstorable_value(w: World) -> str:
+    """A JSON object for a string column: well-formed JSON that no row can hold."""
+    return _forged_author(w, lambda eid: {"id": json.dumps(eid), "title": '{"a": [1]}',
+                                          "body": None, "done": "false", "rank": "1"})
+
+
 SPOILERS: dict[str, tuple[Callable[[World], str], type[dimple.SyncError]]] = {
     "wrong-key": (spoil_wrong_key, dimple.DecryptionError),
     "corrupt": (spoil_corrupt, dimple.DecryptionError),
@@ -188,6 +230,8 @@ SPOILERS: dict[str, tuple[Callable[[World], str], type[dimple.SyncError]]] = {
     "bad-file-name": (spoil_bad_file_name, dimple.RemoteFormatError),
     "escaping-file-name": (spoil_escaping_file_name, dimple.RemoteFormatError),
     "bad-folder-name": (spoil_bad_folder_name, dimple.RemoteFormatError),
+    "key-of-another-row": (spoil_key_of_another_row, dimple.RemoteFormatError),
+    "unstorable-value": (spoil_unstorable_value, dimple.RemoteFormatError),
 }
 
 
