@@ -6,7 +6,9 @@ One :func:`sync` call, under the database's sync lock (threads) and SQLite's wri
 1. **Push.** Our transactions after ``pushed_through`` go into one bundle, encrypted and
    written *before* our manifest; ``pushed_through`` advances only after both writes, in
    the same database transaction that took the write lock. A crash in between leaves an
-   unlisted bundle (harmless) and the next sync pushes the same transactions again.
+   unlisted bundle (harmless) and the next sync pushes the same transactions again. When
+   our manifest is missing, unreadable or lists less than ``pushed_through``, the bundle
+   holds every transaction it does not list, and the manifest is written anew.
 2. **Pull.** One listing of the remote root, then each other author's manifest; bundles whose
    last transaction is after that author's cursor are fetched, decrypted and validated. An
    author whose folder name, manifest or bundle is bad, undecryptable or inconsistent is
@@ -121,10 +123,15 @@ def push(db: DimpleDb, report: SyncReport) -> None:
         if not txs:
             return
         try:
+            manifest = _own_manifest(db, since)
+            listed = manifest.last_transaction_id if manifest is not None else None
+            if since is not None and (listed is None or listed < since):
+                log_.warning("sync: our manifest lists our transactions up to %s, not %s: "
+                             "pushing the others again", listed, since)
+                txs = log.transactions_since(conn, me, listed)
             data = cipher.encrypt(encode_bundle(txs))
             name = bundle_name(txs[0][0], txs[-1][0])
             storage.write_bundle(me, name, data)
-            manifest = _own_manifest(db, since)
             info = BundleInfo(name, txs[0][0], txs[-1][0], len(txs), utc_now_iso())
             manifest = manifest_with(manifest, me, info)
             storage.write_manifest(me, encode_manifest(manifest))
@@ -138,14 +145,19 @@ def push(db: DimpleDb, report: SyncReport) -> None:
 
 def _own_manifest(db: DimpleDb, pushed_through: str | None) -> Manifest | None:
     """Our manifest: the one this handle last wrote while it still ends at
-    ``pushed_through``, else read afresh (another handle on this database pushed since)."""
+    ``pushed_through``, else read afresh (another handle on this database pushed since);
+    ``None`` when there is none or it is unreadable (the push then writes it anew)."""
     cached = db.own_manifest
     if cached is not None and cached.last_transaction_id == pushed_through:
         return cached
     data = db.storage.read_manifest(db.author_id)
     if data is None:
         return None
-    return decode_manifest(data, db.author_id)
+    try:
+        return decode_manifest(data, db.author_id)
+    except RemoteFormatError as exc:
+        log_.warning("sync: our own manifest is unreadable (%s): writing it anew", exc)
+        return None
 
 
 # -- pull --------------------------------------------------------------------------------------

@@ -313,6 +313,42 @@ def test_a_later_bundle_of_a_bad_author_waits_for_its_earlier_one(
     assert {"from b", "from b, later"} <= set(titles(w.victim))
 
 
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "rolled-back"])
+def test_our_own_damaged_manifest_is_rebuilt_by_the_next_push(
+    devs: Devices, remote: Remote, damage: str
+) -> None:
+    """Our manifest lost, unreadable or older than what we pushed: the next push lists
+    every transaction again, so that a device that never synced still gets them all."""
+    fs, root = remote.filesystem()
+    a, b = devs.new("a"), devs.new("b")
+    path = f"{root}/{a.db.author_id}/dimple_db.json"
+    a.add(Note(title="one"))
+    a.sync()
+    fs.invalidate_cache()
+    first = bytes(fs.cat_file(path))
+    a.add(Note(title="two"))
+    a.sync()
+    b.sync()
+    if damage == "deleted":
+        fs.rm(path)
+    else:
+        write_file(fs, path, b"\x00 not json" if damage == "garbage" else first)
+    restarted = devs.new("a-restarted", file=a.path, create=False)  # no cached manifest
+    devs.close(a)
+    restarted.add(Note(title="three"))
+    report = restarted.sync()
+    rolled_back = damage == "rolled-back"
+    assert report.errors == {} and report.pushed == (2 if rolled_back else 3)
+    assert len(read_manifest(fs, root, restarted.db.author_id)["bundles"]) == (
+        2 if rolled_back else 1)
+    assert b.sync().applied == 5
+    fresh = devs.new("fresh")
+    assert fresh.sync().errors == {}
+    for d in (b, fresh):
+        assert titles(d) == ["one", "three", "two"]
+    assert_converged(restarted, b, fresh)
+
+
 # --------------------------------------------------------------------------- storage faults
 
 
@@ -389,8 +425,10 @@ def test_each_storage_call_failing_in_turn_loses_nothing(
 ) -> None:
     fs, devs = flaky
     a, b = devs.new("a"), devs.new("b")
-    sync_all(a, b)  # both authors exist; a has read its own manifest once
-    made: list[str] = []
+    made = ["a0", "b0"]
+    a.add(Note(title="a0"))
+    b.add(Note(title="b0"))
+    sync_all(a, b)  # both authors exist; a has written its manifest and keeps it
     k = 0
     while True:
         k += 1
@@ -408,8 +446,9 @@ def test_each_storage_call_failing_in_turn_loses_nothing(
             assert not fs.fired
         finally:
             fs.disarm()
-        if not fs.fired:
+        if k > len(fs.calls):
             break
+        assert fs.fired
         assert f"a{k}" in titles(a)  # local data stays
         a.sync()
         b.sync()
