@@ -40,7 +40,6 @@ __all__ = [
     "json_array",
     "pack",
     "raise_clock_floor",
-    "store_remote",
     "transactions_since",
     "write_local",
 ]
@@ -146,8 +145,14 @@ def expand_all(rows: Iterable[Sequence[Any]]) -> list[ChangeRow]:
     return out
 
 
-def pack(changes: Sequence[ChangeRow]) -> list[PackedRow]:
-    """Fold per-attribute records (in id order within each transaction) into packed rows."""
+def pack(changes: Sequence[ChangeRow],
+         into: dict[tuple[str, str], list[ChangeRow]] | None = None) -> list[PackedRow]:
+    """Fold per-attribute records (in id order within each transaction) into packed rows.
+
+    A run continues while the transaction and entity stay the same and each id is the
+    previous one plus one counter step. With ``into``, each run is also appended to
+    ``into[(entity_type, entity_id)]`` (how the merge groups incoming changes by entity).
+    """
     out: list[PackedRow] = []
     append = out.append
     names_cache: dict[tuple[str, ...], str] = {}
@@ -174,37 +179,21 @@ def pack(changes: Sequence[ChangeRow]) -> list[PackedRow]:
                 break
             a = b
             j += 1
-        run = changes[i:j]
+        run = list(changes[i:j])
         names = tuple([c[4] for c in run])
         names_json = names_cache.get(names)
         if names_json is None:
             names_json = names_cache[names] = _dumps(list(names))
         append((first[0], tx, etype, eid, names_json,
                 json_array([c[5] for c in run]), json_array([c[6] for c in run])))
+        if into is not None:
+            got = into.get((etype, eid))
+            if got is None:
+                into[(etype, eid)] = run
+            else:
+                got.extend(run)
         i = j
     return out
-
-
-def store_remote(conn: Connection, transactions: Sequence[TxRecord]) -> list[PackedRow]:
-    """Store pulled transactions in the log, skipping ones already there; returns new rows."""
-    if not transactions:
-        return []
-    tx_ids = [t[0] for t in transactions]
-    known: set[str] = set()
-    t = schema.transactions
-    for i in range(0, len(tx_ids), _CHUNK):
-        chunk = tx_ids[i : i + _CHUNK]
-        known.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
-    fresh = [tx for tx in transactions if tx[0] not in known]
-    if not fresh:
-        return []
-    rows: list[PackedRow] = []
-    for _, _, changes in fresh:
-        rows.extend(pack(changes))
-    schema.insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
-                       ignore_existing=True)
-    schema.insert_many(conn, schema.changes, rows, ignore_existing=True)
-    return rows
 
 
 def transactions_since(conn: Connection, author: str, after: str | None) -> list[TxRecord]:

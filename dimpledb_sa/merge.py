@@ -99,19 +99,16 @@ def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> M
     fresh = _fresh(conn, transactions)
     if not fresh:
         return result
-    incoming: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
+    incoming: dict[tuple[str, str], list[ChangeRow]] = {}
+    rows: list[log.PackedRow] = []
     newest = ""
     for tx_id, author, changes in fresh:
         result.authors[tx_id] = author
-        for c in changes:
-            incoming[(c[2], c[3])].append(c)
-        newest = max(newest, tx_id, *(c[0] for c in changes))
+        rows.extend(log.pack(changes, incoming))
+        newest = max(newest, tx_id, max(c[0] for c in changes) if changes else "")
     db.clock.observe(newest)
     log.raise_clock_floor(conn, newest)
     before = log.entity_changes(conn, incoming)
-    rows: list[log.PackedRow] = []
-    for _, _, changes in fresh:
-        rows.extend(log.pack(changes))
     schema.insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
                        ignore_existing=True)
     schema.insert_many(conn, schema.changes, rows, ignore_existing=True)
@@ -169,11 +166,40 @@ def _plan_table(tt: TrackedTable, eids: list[str],
     notnull = {c.name for c in tt.table.columns if not c.nullable and not c.primary_key}
     required = [c.name for c in tt.table.columns if c.name in notnull
                 and c.default is None and c.server_default is None]
+    decoders = {a: c.decode for a, c in codecs.items()}
     for eid in eids:
         key = (etype, eid)
         inc = incoming[key]
         prior = before.get(key)
-        win: dict[str, ChangeRow] = _winners(prior) if prior else {}
+        if prior is None and eid not in current:  # the common case: a new entity
+            win: dict[str, ChangeRow] = {}
+            for c in inc:
+                w = win.get(c[4])
+                if w is None or c[0] > w[0]:
+                    win[c[4]] = c
+            pkw = win.get(pkn)
+            values = {}
+            for attr, w in win.items():
+                dec = decoders.get(attr)
+                if dec is None:
+                    result.held += sum(1 for c in inc if c[4] == attr)
+                    held.append((etype, eid, attr, "unknown column"))
+                elif pkw is not None and pkw[6] is not None:
+                    values[attr] = dec(w[6])
+            if pkw is None or pkw[6] is None:
+                continue
+            if str(values[pkn]) != eid:
+                raise RemoteFormatError(
+                    f"change {pkw[0]} inserts {etype} {eid} with the key {pkw[6]:.80}")
+            missing = [c for c in required if values.get(c) is None]
+            if missing:
+                result.held += len(missing)
+                held.extend((etype, eid, c, "missing required column") for c in missing)
+                continue
+            applied.extend(w for w in win.values() if w[4] in decoders)
+            inserts.append(values)
+            continue
+        win = _winners(prior) if prior else {}
         won: set[str] | None = set() if prior else None  # attributes incoming won
         for c in inc:
             attr = c[4]
