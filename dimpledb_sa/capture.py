@@ -139,22 +139,9 @@ class Capture:
     def install(self) -> None:
         if self._listeners:
             return
-        ref = weakref.ref(self)
-
-        def bound(name: str) -> Callable[..., Any]:
-            method = getattr(type(self), "_on_" + name)
-
-            def listener(*args: Any, **kw: Any) -> Any:
-                cap = ref()
-                if cap is None:
-                    return None
-                return method(cap, *args, **kw)
-
-            return listener
-
         for name in ("before_flush", "after_flush", "before_commit", "after_commit",
                      "after_soft_rollback", "after_transaction_end", "do_orm_execute"):
-            fn = bound(name)
+            fn = weak_listener(self, "_on_" + name)
             event.listen(Session, name, fn)
             self._listeners.append((name, fn))
         weakref.finalize(self, _remove_all, list(self._listeners))
@@ -531,6 +518,22 @@ def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, tuple[Group, boo
                 group[2] = plan.names_json(tuple(names[k] for k in keep))
                 group[3] = [olds[k] for k in keep]
                 group[4] = [news[k] for k in keep]
+
+
+def weak_listener(obj: object, method_name: str) -> Callable[..., Any]:
+    """An event listener calling ``obj.<method_name>`` that holds ``obj`` only weakly.
+
+    Listeners on the ``Session`` class and on engines live as long as those do; holding the
+    capture weakly lets an unclosed ``DimpleDb`` be collected (a finalizer removes them).
+    """
+    ref = weakref.ref(obj)
+    method = getattr(type(obj), method_name)
+
+    def listener(*args: Any, **kw: Any) -> Any:
+        target = ref()
+        return None if target is None else method(target, *args, **kw)
+
+    return listener
 
 
 def _remove_all(listeners: list[tuple[str, Callable[..., Any]]]) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from .bulk import _literal, _unique, row_groups
-from .capture import fetch_rows
+from .capture import fetch_rows, weak_listener
 from .errors import DimpleError
 from .log import Group, PackedRow, expand_all, write_local
 from .tracking import TrackedTable
@@ -92,23 +92,12 @@ class CoreCapture:
     def install(self) -> None:
         if self._listeners:
             return
-        ref = weakref.ref(self)
-
-        def bound(name: str) -> Callable[..., Any]:
-            method = getattr(type(self), "_on_" + name)
-
-            def listener(*args: Any, **kw: Any) -> Any:
-                me = ref()
-                return None if me is None else method(me, *args, **kw)
-
-            return listener
-
         for target, name in ((self.engine, "before_execute"), (self.engine, "after_execute"),
                              (self.engine, "begin"), (self.engine, "commit"),
                              (self.engine, "rollback"), (self.engine, "rollback_savepoint"),
                              (self.engine, "checkin"),
                              (Session, "after_begin")):
-            fn = bound(name)
+            fn = weak_listener(self, "_on_" + name)
             event.listen(target, name, fn)
             self._listeners.append((target, name, fn))
         weakref.finalize(self, _remove_all, list(self._listeners))
