@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 
-from dimpledb_sa import merge, schema
+from dimpledb_sa import log, merge, schema
 from dimpledb_sa.db import DimpleDb
 from dimpledb_sa.errors import ConfigurationError
 from dimpledb_sa.tracking import resolve_tables
@@ -186,6 +186,7 @@ def rename_held(connection: Connection, table: str, old: str, new: str) -> int:
         with _work(connection):
             if not inspect(connection).has_table(schema.changes.name):
                 return 0
+            log.fold(connection)
             c, h = schema.changes, schema.held
             found = connection.execute(select(c.c.id, c.c.attributes).where(
                 c.c.entity_type == table,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row, inspect, select, update
 
 from . import schema
-from .log import Group, PackedRow, expand_all, write_local
+from .log import Group, PackedRow, expand_all, fold, write_local
 from .signals import changes_committed
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ def adopt(db: DimpleDb, *, batch_size: int = 2000) -> int:
         m = schema.meta  # take the write lock first (SQLite: RESERVED) with a no-op write
         conn.execute(update(m).where(m.c.key == "author_id").values(value=author))
         present = set(inspect(conn).get_table_names())
+        fold(conn)  # pending local transactions count as logged
         for tt in _table_order(db):
             if tt.name not in present:
                 continue

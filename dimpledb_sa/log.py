@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring_ascii as _esc
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
@@ -33,12 +34,15 @@ __all__ = [
     "Group",
     "PackedRow",
     "TxRecord",
+    "all_rows",
     "entity_changes",
     "expand",
     "expand_all",
+    "fold",
     "history",
     "json_array",
     "pack",
+    "pending_rows",
     "raise_clock_floor",
     "transactions_since",
     "write_local",
@@ -67,31 +71,29 @@ def _texts(array_json: str) -> list[str | None]:
     return [None if v is None else _dumps(v) for v in _loads(array_json)]
 
 
+PENDING_LIMIT = 256
+"""Local transactions kept in ``dimple_pending`` before a commit folds them into the log."""
+
+
 def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list[PackedRow]:
     """Issue ids for one local transaction's groups and write it; returns the packed rows.
 
-    The clock first observes the newest id in the log (the newest transaction, and the last
-    change of the newest packed row), so ids keep growing across restarts, across processes
-    sharing the database and after pulls made by any of them.
+    The transaction goes to ``dimple_pending`` as one row (see :func:`fold`). The clock first
+    observes the newest transaction id and the floor kept in ``dimple_meta.clock`` (raised
+    here to the last id issued, and by merges to the newest id pulled), so ids keep growing
+    across restarts, across processes sharing the database and after pulls by any of them.
     """
-    c = schema.changes
-    newest = conn.execute(select(c.c.id, c.c.attributes).order_by(c.c.id.desc()).limit(1)
-                          ).first()
-    if newest is not None:
-        db.clock.observe(offset_id(newest[0], max(len(_loads(newest[1])) - 1, 0)))
-    t = schema.transactions
+    t, m = schema.transactions, schema.meta
     newest_tx = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)).scalar()
     if newest_tx:
         db.clock.observe(newest_tx)
-    m = schema.meta
     floor = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
     if floor:
         db.clock.observe(floor)
     author = db._author_id
     if author is None:  # read (or create) it on this connection: another one would wait on
-        m = schema.meta  # this transaction's lock (SQLite) or commit out of turn
         author = conn.execute(select(m.c.value).where(m.c.key == "author_id")).scalar()
-        if author is None:
+        if author is None:  # this transaction's lock (SQLite) or commit out of turn
             author = new_id()
             schema.insert_many(conn, m, [("author_id", author)])
     counts = [len(g[4]) for g in groups]
@@ -106,9 +108,76 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
             olds if type(olds) is str else json_array(olds),
             json_array(news),
         ))
+    last = db.clock.last
+    assert last is not None
+    if floor is None:
+        schema.insert_many(conn, m, [("clock", last)])
+    else:
+        conn.execute(m.update().where(m.c.key == "clock").values(value=last))
     schema.insert_many(conn, schema.transactions, [(tx_id, author)])
-    schema.insert_many(conn, schema.changes, rows)
+    tables = sorted({g[0] for g in groups})
+    # the body is JSON built by hand: the three arrays are JSON text already
+    form = '["%s",%s,%s,%s,%s,%s]'
+    body = "[" + ",".join([form % (r[0], _esc(r[2]), _esc(r[3]), r[4], r[5], r[6])
+                           for r in rows]) + "]"
+    p = schema.pending
+    seq = conn.execute(p.insert().values(transaction_id=tx_id, tables=_dumps(tables),
+                                         body=body)).inserted_primary_key
+    if seq and seq[0] is not None and seq[0] % PENDING_LIMIT == 0:
+        fold(conn)
     return rows
+
+
+def _array(values: list[Any]) -> str:
+    return json_array([None if v is None else _dumps(v) for v in values])
+
+
+def _unpack(tx_id: str, body: str) -> list[PackedRow]:
+    """The packed rows of a pending body, with the canonical text of each array."""
+    return [(r[0], tx_id, r[1], r[2], _dumps(r[3]), _array(r[4]), _array(r[5]))
+            for r in _loads(body)]
+
+
+def fold(conn: Connection) -> int:
+    """Move every pending local transaction into the indexed log; returns rows moved.
+
+    Runs inside the caller's (write) transaction; readers that cannot write use
+    :func:`pending_rows` instead.
+    """
+    p = schema.pending
+    found = conn.execute(select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq)).all()
+    if not found:
+        return 0
+    packed: list[PackedRow] = []
+    for _, tx_id, body in found:
+        packed.extend(_unpack(tx_id, body))
+    schema.insert_many(conn, schema.changes, packed)
+    conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
+    return len(packed)
+
+
+def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = None,
+                 entity: tuple[str, str] | None = None) -> list[PackedRow]:
+    """Packed rows still in ``dimple_pending`` (of some transactions, or of one entity)."""
+    p = schema.pending
+    stmt = select(p.c.transaction_id, p.c.body).order_by(p.c.seq)
+    if transaction_ids is not None:
+        stmt = stmt.where(p.c.transaction_id.in_(list(transaction_ids)))
+    if entity is not None:
+        stmt = stmt.where(p.c.body.contains(entity[1], autoescape=True))
+    out: list[PackedRow] = []
+    for tx_id, body in conn.execute(stmt):
+        rows = _unpack(tx_id, body)
+        if entity is not None:
+            rows = [r for r in rows if r[2] == entity[0] and r[3] == entity[1]]
+        out.extend(rows)
+    return out
+
+
+def all_rows(conn: Connection) -> list[PackedRow]:
+    """Every packed row of the log, indexed or pending (for tools and tests)."""
+    c = schema.changes
+    return [tuple(r) for r in conn.execute(select(c))] + pending_rows(conn)
 
 
 def raise_clock_floor(conn: Connection, newest: str) -> None:
@@ -208,6 +277,8 @@ def transactions_since(conn: Connection, author: str, after: str | None) -> list
         chunk = tx_ids[i : i + _CHUNK]
         for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
             by_tx[row[1]].extend(expand(row))
+        for prow in pending_rows(conn, transaction_ids=chunk):
+            by_tx[prow[1]].extend(expand(prow))
     out: list[TxRecord] = []
     for tx in tx_ids:
         changes = by_tx.get(tx, [])
@@ -218,7 +289,11 @@ def transactions_since(conn: Connection, author: str, after: str | None) -> list
 
 def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
                    ) -> dict[tuple[str, str], list[ChangeRow]]:
-    """Every logged change of each (entity_type, entity_id), in id order."""
+    """Every logged change of each (entity_type, entity_id), in id order.
+
+    Folds pending transactions first, so ``conn`` must be in a write transaction.
+    """
+    fold(conn)
     c = schema.changes
     by_type: dict[str, list[str]] = defaultdict(list)
     for etype, eid in keys:
@@ -244,8 +319,13 @@ def history(conn: Connection, entity_type: str, entity_id: str) -> list[Change]:
         .where(c.c.entity_type == entity_type, c.c.entity_id == entity_id)
     )
     out: list[Change] = []
-    for row in conn.execute(stmt):
-        author = row[7]
+    found = [(tuple(row[:7]), row[7]) for row in conn.execute(stmt)]
+    pend = pending_rows(conn, entity=(entity_type, entity_id))
+    if pend:
+        authors = dict(conn.execute(select(t.c.id, t.c.author).where(
+            t.c.id.in_({r[1] for r in pend}))).all())
+        found.extend((r, authors.get(r[1], "")) for r in pend)
+    for row, author in found:
         for r in expand(row):
             out.append(Change(r[0], r[1], author, r[2], r[3], r[4],
                               None if r[5] is None else _loads(r[5]),

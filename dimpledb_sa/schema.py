@@ -9,6 +9,12 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   rowid table: packed rows are too wide for ``WITHOUT ROWID``). ``ix_dimple_changes_entity``
   (entity_type, entity_id, id) makes "the changes of one entity" (and so the latest of each
   of its attributes) one index range.
+- ``dimple_pending``: local transactions not yet folded into ``dimple_changes``: one row
+  per transaction, its packed rows as one JSON body (``[[first_id, entity_type, entity_id,
+  attributes, old_values, new_values], ...]``) and the JSON list of its tables. A commit
+  writes one such row instead of one indexed row per entity; :func:`dimpledb_sa.log.fold`
+  moves them into the indexed log before a push, a merge, a replay or an adoption, and
+  when more than ``log.PENDING_LIMIT`` have gathered.
 - ``dimple_transactions``: one row per transaction (id, author).
 - ``dimple_cursors``: per remote author, the last transaction id merged from its bundles.
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
@@ -21,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, Index, MetaData, String, Table, Text
+from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
     "BOOKKEEPING_PREFIX",
@@ -32,6 +38,7 @@ __all__ = [
     "insert_values",
     "meta",
     "metadata",
+    "pending",
     "transactions",
 ]
 
@@ -53,6 +60,15 @@ changes = Table(
     Column("new_values", Text, nullable=False),
     Index("ix_dimple_changes_entity", "entity_type", "entity_id", "id"),
     Index("ix_dimple_changes_transaction", "transaction_id"),
+)
+
+pending = Table(
+    "dimple_pending",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("transaction_id", _ID, nullable=False),
+    Column("tables", Text, nullable=False),
+    Column("body", Text, nullable=False),
 )
 
 transactions = Table(

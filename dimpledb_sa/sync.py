@@ -118,6 +118,7 @@ def push(db: DimpleDb, report: SyncReport) -> None:
     storage, cipher, me = db.storage, db.cipher, db.author_id
     with db.engine.connect() as conn, conn.begin():
         _lock(conn)
+        log.fold(conn)
         since = _meta_get(conn, "pushed_through")
         txs = log.transactions_since(conn, me, since)
         if not txs:

@@ -11,6 +11,7 @@ cannot explain re-runs every live query.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
@@ -189,7 +190,7 @@ class Watcher:
         """Tables written by transactions that appeared in the log and that this engine did
         not write; ``None`` when no transaction appeared (the log cannot tell). The state
         moves on only once everything was read, so a failed poll is simply retried."""
-        t, c = schema.transactions.name, schema.changes.name
+        t, c, p = schema.transactions.name, schema.changes.name, schema.pending.name
         wm = self._watermark
         if wm is None:
             new = [r[0] for r in cur.execute(f"SELECT id FROM {t} ORDER BY id")]
@@ -216,6 +217,9 @@ class Watcher:
             marks = ",".join("?" * len(chunk))
             q = f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks})"
             tables.update(r[0].lower() for r in cur.execute(q, chunk))
+            q = f"SELECT tables FROM {p} WHERE transaction_id IN ({marks})"
+            for (names,) in cur.execute(q, chunk):
+                tables.update(n.lower() for n in json.loads(names))
         self._cursors = cursors
         if new:
             self._watermark = new[-1]

@@ -129,10 +129,10 @@ def changes_of(db: dimple.DimpleDb, model: Any, entity_id: Any) -> list[tuple[st
 
 def log_count(db: dimple.DimpleDb) -> int:
     """How many per-attribute changes the log holds."""
-    from dimpledb_sa import log, schema
+    from dimpledb_sa import log
 
     with db.engine.connect() as conn:
-        rows = conn.execute(schema.changes.select()).all()
+        rows = log.all_rows(conn)
     return len(log.expand_all(rows))
 
 

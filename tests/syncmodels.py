@@ -24,7 +24,7 @@ from sqlalchemy import Engine, ForeignKey, MetaData, Table, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 import dimpledb_sa as dimple
-from dimpledb_sa import schema
+from dimpledb_sa import log, schema
 from dimpledb_sa.bundle import ChangeRow
 from dimpledb_sa.clock import HybridClock
 from dimpledb_sa.crypto import generate_identity
@@ -195,7 +195,7 @@ def table_rows(engine: Engine, name: str) -> list[tuple[Any, ...]]:
 def change_log(engine: Engine) -> set[ChangeRow]:
     """The expanded per-attribute change log, as a set of tuples."""
     with engine.connect() as conn:
-        rows = conn.execute(select(schema.changes)).all()
+        rows = log.all_rows(conn)
     out = set(expand_all(rows))
     assert len(out) == sum(len(expand_all([r])) for r in rows), "duplicate change records"
     return out

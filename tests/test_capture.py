@@ -633,7 +633,7 @@ def test_raising_receiver_is_logged_and_commit_stands(
 
 def test_failing_log_write_rolls_back_the_data(db: dimple.DimpleDb, engine: Engine) -> None:
     def refuse(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "dimple_changes" in statement and statement.lstrip().upper().startswith("INSERT"):
+        if "dimple_pending" in statement and statement.lstrip().upper().startswith("INSERT"):
             raise RuntimeError("disk full")
 
     event.listen(engine, "before_cursor_execute", refuse)
@@ -653,10 +653,10 @@ def test_failing_log_write_rolls_back_the_data(db: dimple.DimpleDb, engine: Engi
 
 def test_missing_log_table_rolls_back_the_data(db: dimple.DimpleDb, engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE dimple_changes"))
+        conn.execute(text("DROP TABLE dimple_pending"))
     with Session(engine) as session:
         session.add(Todo(text="lost"))
-        with pytest.raises(Exception, match="dimple_changes"):
+        with pytest.raises(Exception, match="dimple_pending"):
             session.commit()
     with Session(engine) as session:
         assert session.scalars(select(Todo)).all() == []

@@ -24,7 +24,7 @@ def is_uuid7(value: str) -> bool:
 
 def all_ids(db: dimple.DimpleDb) -> list[str]:
     with db.engine.connect() as conn:
-        rows = conn.execute(schema.changes.select()).all()
+        rows = log.all_rows(conn)
         txs = list(conn.execute(select(schema.transactions.c.id)).scalars())
     return [r[0] for r in log.expand_all(rows)] + txs
 

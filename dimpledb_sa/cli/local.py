@@ -312,9 +312,13 @@ def cmd_history(args: argparse.Namespace) -> int:
                 changes = changelog.history(conn, args.table, entity_id)
                 if changes:
                     break
+            p = schema.pending
             known = changes or conn.execute(
                 select(schema.changes.c.id).where(schema.changes.c.entity_type == args.table)
-                .limit(1)).first() is not None
+                .limit(1)).first() is not None or conn.execute(
+                select(p.c.seq).where(p.c.tables.contains(json.dumps(args.table),
+                                                          autoescape=True)).limit(1)
+                ).first() is not None
     finally:
         engine.dispose()
     if not changes:
