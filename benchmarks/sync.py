@@ -111,6 +111,7 @@ def fill_log(db: dimple.DimpleDb, changes: int) -> None:
                                [enc[c].encode(x) for c, x in v.items()]])
             conn.execute(tt.table.insert(), values)
             log.write_local(db, conn, groups)
+        log.fold(conn)  # a long-lived log is folded (every 256 commits and at each push)
         # as if already pushed: this database's sync must only pull
         last = conn.execute(select(func.max(schema.transactions.c.id))).scalar_one()
         conn.execute(insert(schema.meta).values(key="pushed_through", value=last))
