@@ -9,6 +9,13 @@ with the last three JSON arrays. The ``k``-th change of a row has id
 keeps capture cheap; :func:`expand` gives back exactly the per-attribute records, and
 :func:`pack` folds pulled records the same way (a record whose id does not continue the run
 starts a new row, so foreign ids are stored faithfully too).
+
+A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once:
+:func:`write_local` writes them as one ``dimple_pending`` row (one JSON body per
+transaction), in the same database transaction as the data, and :func:`fold` moves pending
+transactions into the indexed log before a push, a merge, a replay or an adoption, and every
+``PENDING_LIMIT`` commits. Readers that cannot write (history, push's reads, the external
+watcher, tools) also read :func:`pending_rows`.
 """
 
 from __future__ import annotations
