@@ -86,15 +86,13 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
     """Issue ids for one local transaction's groups and write it; returns the packed rows.
 
     The transaction goes to ``dimple_pending`` as one row (see :func:`fold`). The clock first
-    observes the newest transaction id and the floor kept in ``dimple_meta.clock`` (raised
-    here to the last id issued, and by merges to the newest id pulled), so ids keep growing
-    across restarts, across processes sharing the database and after pulls by any of them.
+    observes the floor kept in ``dimple_meta.clock`` (raised here to the last id issued, and
+    by merges to the newest id pulled: every id the database holds is at or below it), so
+    ids keep growing across restarts, across processes sharing the database and after pulls
+    by any of them.
     """
-    t, m = schema.transactions, schema.meta
-    newest_tx = conn.execute(select(t.c.id).order_by(t.c.id.desc()).limit(1)).scalar()
-    if newest_tx:
-        db.clock.observe(newest_tx)
-    floor = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
+    m = schema.meta
+    floor = _clock_floor(conn)
     if floor:
         db.clock.observe(floor)
     author = db._author_id
@@ -117,10 +115,7 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
         ))
     last = db.clock.last
     assert last is not None
-    if floor is None:
-        schema.insert_many(conn, m, [("clock", last)])
-    else:
-        conn.execute(m.update().where(m.c.key == "clock").values(value=last))
+    _store_floor(conn, floor, last)
     schema.insert_many(conn, schema.transactions, [(tx_id, author)])
     tables = sorted({g[0] for g in groups})
     # the body is JSON built by hand: the three arrays are JSON text already
@@ -194,8 +189,18 @@ def raise_clock_floor(conn: Connection, newest: str) -> None:
     first id does not hold the newest change id; this floor lets a restarted clock still
     issue ids above every pulled one.
     """
+    _store_floor(conn, _clock_floor(conn), newest)
+
+
+def _clock_floor(conn: Connection) -> str | None:
     m = schema.meta
-    floor = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
+    floor: str | None = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
+    return floor
+
+
+def _store_floor(conn: Connection, floor: str | None, newest: str) -> None:
+    """Raise the stored floor from ``floor`` (as read in this transaction) to ``newest``."""
+    m = schema.meta
     if floor is None:
         schema.insert_many(conn, m, [("clock", newest)])
     elif newest > floor:
