@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from dimpledb_sa.schema import BOOKKEEPING_PREFIX
+from dimpledb_sa.core.schema import BOOKKEEPING_PREFIX
 
 __all__ = [
     "IncludeName",

@@ -20,7 +20,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import inspect
 
-from dimpledb_sa import schema
+from dimpledb_sa.core import schema
 
 __all__ = ["CreateDimpleDbTablesOp", "DropDimpleDbTablesOp"]
 

@@ -1,7 +1,7 @@
 """Held changes after a migration: replay what the schema can take now, rename columns.
 
 :func:`replay_held` is what ``env.py`` calls after ``context.run_migrations()``: it builds a
-throw-away ``DimpleDb`` over the tables that held changes wait for, as they are in the
+throw-away ``Replica`` over the tables that held changes wait for, as they are in the
 database *after* the migration (reflected, with the column types of ``target_metadata``'s
 models where they have the same table and column, so codecs match the application's), and
 re-derives the held entities from the change log (:func:`dimpledb_sa.merge.replay_held_in`).
@@ -31,10 +31,12 @@ from sqlalchemy import (
     update,
 )
 
-from dimpledb_sa import log, merge, schema
-from dimpledb_sa.db import DimpleDb
-from dimpledb_sa.errors import ConfigurationError
-from dimpledb_sa.tracking import resolve_tables
+from dimpledb_sa.core import changelog, schema
+from dimpledb_sa.core.errors import ConfigurationError
+from dimpledb_sa.core.replica import Replica
+from dimpledb_sa.core.rows import insert_many
+from dimpledb_sa.core.tracking import resolve_tables
+from dimpledb_sa.sync import merge
 
 from .filters import is_bookkeeping
 
@@ -159,11 +161,8 @@ def replay_held(connection: Connection | None, target_metadata: Any = None) -> i
             tables = _reflect(connection, names, target_metadata)
             if not tables:
                 return 0
-            db = DimpleDb(connection.engine, tables)
-            try:
-                return merge.replay_held_in(db, connection).applied
-            finally:
-                db.close()
+            replica = Replica(connection.engine, resolve_tables(tables))
+            return merge.replay_held_in(replica, connection).applied
     except _Offline:
         return 0
 
@@ -186,7 +185,7 @@ def rename_held(connection: Connection, table: str, old: str, new: str) -> int:
         with _work(connection):
             if not inspect(connection).has_table(schema.changes.name):
                 return 0
-            log.fold(connection)
+            changelog.fold(connection)
             c, h = schema.changes, schema.held
             found = connection.execute(select(c.c.id, c.c.attributes).where(
                 c.c.entity_type == table,
@@ -207,7 +206,7 @@ def rename_held(connection: Connection, table: str, old: str, new: str) -> int:
                 h.c.entity_type, h.c.entity_id, h.c.attribute, h.c.reason).where(*where))]
             if held:
                 connection.execute(delete(h).where(*where))
-                schema.insert_many(connection, h, held, ignore_existing=True)
+                insert_many(connection, h, held, ignore_existing=True)
             return renamed
     except _Offline:
         return 0

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, bindparam, create_engine, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import dimpledb_sa as dimple
-from dimpledb_sa.live import LiveQuery
+from dimpledb_sa.live.query import LiveQuery
 
 __all__ = ["main"]
 

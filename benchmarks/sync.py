@@ -27,8 +27,8 @@ from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import dimpledb_sa as dimple
-from dimpledb_sa import log, schema
-from dimpledb_sa.crypto import generate_identity
+from dimpledb_sa.core import changelog, schema
+from dimpledb_sa.sync.crypto import generate_identity
 
 
 class Base(DeclarativeBase):
@@ -110,8 +110,8 @@ def fill_log(db: dimple.DimpleDb, changes: int) -> None:
                 groups.append(["item", v["id"], list(v), [None] * 5,
                                [enc[c].encode(x) for c, x in v.items()]])
             conn.execute(tt.table.insert(), values)
-            log.write_local(db, conn, groups)
-        log.fold(conn)  # a long-lived log is folded (every 256 commits and at each push)
+            changelog.write_local(db.replica, conn, groups)
+        changelog.fold(conn)  # a long-lived log is folded (every 256 commits and at each push)
         # as if already pushed: this database's sync must only pull
         last = conn.execute(select(func.max(schema.transactions.c.id))).scalar_one()
         conn.execute(insert(schema.meta).values(key="pushed_through", value=last))

@@ -1,48 +1,48 @@
-"""``DimpleDb``: the object an application makes once per database; it wires the parts.
+"""``DimpleDb``: the object an application makes once per database; it wires the layers.
 
-It resolves and checks the tracked tables, installs change capture on the engine's ORM
-sessions, owns the clock and the author id, sends ``changes_committed``, and hands sync,
-held-change replay, adoption, live queries and background sync to their own modules.
+It resolves and checks the tracked tables, builds the :class:`~.core.replica.Replica` the
+lower layers share, installs change capture, opens the remote, and hands sync, held-change
+replay, adoption, live queries and background sync to their own modules. It is the sender
+of the signals. Nothing below it imports it (see ``tests/test_layers.py``).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, MetaData, Table, insert, inspect, select
+from sqlalchemy import Engine, MetaData, Table, inspect
 from sqlalchemy.orm import sessionmaker as _sessionmaker
 
-from . import schema
-from .capture import Capture
-from .changes import Change, to_changes
-from .clock import HybridClock, new_id
-from .errors import ConfigurationError
-from .log import ChangeRow, history
-from .signals import LazyChanges, changes_committed
-from .tracking import TrackedTable, resolve_tables
+from .capture.unit_of_work import Capture
+from .core import schema
+from .core.changelog import history
+from .core.errors import ConfigurationError
+from .core.replica import Replica
+from .core.tracking import TrackedTable, resolve_tables
 
 if TYPE_CHECKING:
+    import threading
+
     from sqlalchemy.sql import Executable
 
-    from .bundle import Manifest
-    from .crypto import Cipher
-    from .live import LiveQuery, Watcher
-    from .merge import MergeResult
-    from .report import SyncReport
+    from .core.changes import Change
+    from .core.clock import HybridClock
+    from .core.report import SyncReport
+    from .live.query import LiveQuery
+    from .live.registry import Registry
+    from .live.watch import Watcher
     from .session import Session
-    from .storage import Storage
+    from .sync.background import BackgroundSync
+    from .sync.crypto import Cipher
+    from .sync.remote import Remote
+    from .sync.storage import Storage
 
 __all__ = ["DimpleDb"]
 
-log = logging.getLogger("dimpledb_sa")
-
 
 class DimpleDb:
-    """Tracks the models' tables on ``engine``; see ``API.md`` for the contract."""
+    """Tracks the models' tables on ``engine``; see ``docs/API.md`` for the contract."""
 
     def __init__(
         self,
@@ -63,22 +63,17 @@ class DimpleDb:
         self.engine = engine
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
         self.metadata: MetaData = schema.metadata
-        self.clock = HybridClock()
-        self.sync_lock = threading.RLock()
-        self._author_id: str | None = None
-        self._storage: Storage | None = None
-        self._cipher: Cipher | None = None
-        self._remote = remote
-        self._background: Any = None
-        self.own_manifest: Manifest | None = None
+        self.replica = Replica(engine, self.tracked, sender=self)
+        self._remote: Remote | None = None
         if remote is not None:
-            from .crypto import make_cipher
-            from .storage import Storage
+            from .sync.remote import Remote
 
-            self._cipher = make_cipher(identity=identity, recipients=recipients,
+            self._remote = Remote.open(remote, storage_options=storage_options, path=path,
+                                       identity=identity, recipients=recipients,
                                        passphrase=passphrase, encryption=encryption)
-            self._storage = Storage.from_remote(remote, storage_options, path=path)
-        self._capture = Capture(self)
+        self._background: BackgroundSync | None = None
+        self._live: Registry | None = None
+        self._capture = Capture(self.replica)
         self._capture.install()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -94,15 +89,17 @@ class DimpleDb:
     @property
     def author_id(self) -> str:
         """This database's author id (UUIDv7), created once and kept in ``dimple_meta``."""
-        if self._author_id is None:
-            m = schema.meta
-            with self.engine.begin() as conn:
-                found = conn.execute(select(m.c.value).where(m.c.key == "author_id")).scalar()
-                if found is None:
-                    found = new_id()
-                    conn.execute(insert(m).values(key="author_id", value=found))
-            self._author_id = found
-        return self._author_id
+        return self.replica.author_id
+
+    @property
+    def clock(self) -> HybridClock:
+        """The hybrid logical clock that issues this database's change ids."""
+        return self.replica.clock
+
+    @property
+    def sync_lock(self) -> threading.RLock:
+        """Held while this process syncs, replays held changes or adopts rows."""
+        return self.replica.sync_lock
 
     def sessionmaker(self, **kw: Any) -> _sessionmaker[Session]:
         """A ``sessionmaker`` bound to the engine whose sessions are ``dimple.Session``."""
@@ -139,74 +136,49 @@ class DimpleDb:
         with self.engine.connect() as conn:
             return history(conn, tt.name, str(entity_id))
 
-    # -- signals ---------------------------------------------------------------------------
-    def committed(self, tables: frozenset[str], make_changes: Callable[[], list[Change]],
-                  origin: str) -> None:
-        """Send ``changes_committed``; a receiver that raises is logged and skipped."""
-        receivers = list(changes_committed.receivers_for(self))
-        if not receivers:
-            return
-        changes = LazyChanges(make_changes)
-        for receiver in receivers:
-            try:
-                receiver(self, tables=tables, changes=changes, origin=origin)
-            except Exception:
-                log.exception("a changes_committed receiver raised; ignored")
-
-    def announce_sync(self, result: MergeResult) -> None:
-        """Send ``changes_committed`` (origin ``"sync"``) for a committed merge."""
-        authors = result.authors
-
-        def make() -> list[Change]:
-            return [Change(r[0], r[1], authors.get(r[1], ""), r[2], r[3], r[4],
-                           None if r[5] is None else json.loads(r[5]),
-                           None if r[6] is None else json.loads(r[6]))
-                    for r in sorted(result.applied_changes)]
-
-        self.committed(frozenset(result.tables), make, "sync")
-
-    def to_changes(self, rows: Iterable[ChangeRow], author: str | None = None) -> list[Change]:
-        """``Change`` records from per-attribute change rows written by ``author`` (us)."""
-        return to_changes(rows, author or self.author_id)
-
     # -- sync and friends ------------------------------------------------------------------
     @property
-    def storage(self) -> Storage:
-        if self._storage is None:
+    def remote(self) -> Remote:
+        """The remote this database syncs with (``ConfigurationError`` when it has none)."""
+        if self._remote is None:
             raise ConfigurationError("this DimpleDb has no remote: pass remote=... to sync")
-        return self._storage
+        return self._remote
+
+    @property
+    def storage(self) -> Storage:
+        return self.remote.storage
 
     @property
     def cipher(self) -> Cipher:
-        if self._cipher is None:
-            raise ConfigurationError("this DimpleDb has no remote: pass remote=... to sync")
-        return self._cipher
+        return self.remote.cipher
 
     def sync(self) -> SyncReport:
-        """Push local transactions, pull and merge the others'; see ``API.md``."""
-        from .sync import sync
+        """Push local transactions, pull and merge the others'; see ``docs/API.md``."""
+        from .sync.run import sync
 
-        return sync(self)
+        return sync(self.replica, self.remote)
 
     def replay_held(self) -> int:
         """Apply held changes the schema can take now; returns how many were applied."""
-        from .merge import replay_held
+        from .sync.merge import replay_held
 
-        with self.sync_lock, self.engine.connect() as conn:
-            return replay_held(self, conn)
+        with self.replica.sync_lock, self.engine.connect() as conn:
+            return replay_held(self.replica, conn)
 
     def adopt(self) -> int:
         """Record tracked rows that have no history yet; returns how many rows."""
-        from .adopt import adopt
+        from .capture.adopt import adopt
 
-        return adopt(self)
+        return adopt(self.replica)
 
-    def start_sync(self, interval: float = 30.0, **kw: Any) -> Any:
-        """Sync in a background thread every ``interval`` seconds (see ``background``)."""
-        from .background import BackgroundSync
+    def start_sync(self, interval: float = 30.0, **kw: Any) -> BackgroundSync:
+        """Sync in a background thread every ``interval`` seconds (see
+        :mod:`.sync.background`)."""
+        from .sync.background import BackgroundSync
 
         if self._background is None:
-            self._background = BackgroundSync(self, interval=interval, **kw)
+            _ = self.remote  # ConfigurationError now, in the caller, when there is no remote
+            self._background = BackgroundSync(self.sync, sender=self, interval=interval, **kw)
             self._background.start()
         return self._background
 
@@ -215,25 +187,33 @@ class DimpleDb:
             self._background.stop(timeout)
             self._background = None
 
-    def live(self, statement: Executable, **kw: Any) -> LiveQuery:
-        """A live query over ``statement``; see ``dimpledb_sa.live``."""
-        from .live import LiveQuery
+    # -- live queries ----------------------------------------------------------------------
+    @property
+    def live_registry(self) -> Registry:
+        """This database's live-query registry (made on first use)."""
+        if self._live is None:
+            from .live.registry import Registry
 
-        return LiveQuery(self, statement, **kw)
+            self._live = Registry(self.replica)
+        return self._live
+
+    def live(self, statement: Executable, **kw: Any) -> LiveQuery:
+        """A live query over ``statement``; see :mod:`.live.query`."""
+        from .live.query import LiveQuery
+
+        return LiveQuery(self.live_registry, statement, **kw)
 
     def watch_external(self, interval: float = 0.5) -> Watcher:
         """Notice commits by other processes to the same SQLite file (opt-in)."""
-        from .watch import Watcher
+        from .live.watch import Watcher
 
-        return Watcher(self, interval=interval)
+        return Watcher(self.live_registry, interval=interval)
 
     def close(self) -> None:
-        """Stop background sync, live queries and watchers; remove the capture listeners."""
+        """Stop background sync, live queries and watchers; stop capturing."""
         self.stop_sync()
-        if "_live_registry" in self.__dict__:
-            from .live import close_all
-
-            close_all(self)
+        if self._live is not None:
+            self._live.close_all()
         self._capture.remove()
 
     def __repr__(self) -> str:

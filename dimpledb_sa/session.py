@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import orm
 
-from .errors import ConfigurationError
+from .core.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from .core.report import SyncReport
     from .db import DimpleDb
-    from .report import SyncReport
 
 __all__ = ["Session"]
 

@@ -20,7 +20,6 @@ from sqlalchemy import Engine, ForeignKey, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import dimpledb_sa as dimple
-from dimpledb_sa.live import close_all
 
 __all__ = ["WAIT", "Base", "Note", "Recorder", "Todo", "TodoList", "add", "db_fixture",
            "engine_fixture", "make_engine"]
@@ -94,7 +93,7 @@ def db_fixture(engine: Engine) -> Iterator[dimple.DimpleDb]:
     d = dimple.DimpleDb(engine, Base)
     d.create_all()
     yield d
-    close_all(d)
+
     d.close()
 
 

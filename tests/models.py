@@ -129,17 +129,17 @@ def changes_of(db: dimple.DimpleDb, model: Any, entity_id: Any) -> list[tuple[st
 
 def log_count(db: dimple.DimpleDb) -> int:
     """How many per-attribute changes the log holds."""
-    from dimpledb_sa import log
+    from dimpledb_sa.core import changelog
 
     with db.engine.connect() as conn:
-        rows = log.all_rows(conn)
-    return len(log.expand_all(rows))
+        rows = changelog.all_rows(conn)
+    return len(changelog.expand_all(rows))
 
 
 def tx_count(db: dimple.DimpleDb) -> int:
     from sqlalchemy import func, select
 
-    from dimpledb_sa import schema
+    from dimpledb_sa.core import schema
 
     with db.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(schema.transactions))

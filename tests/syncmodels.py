@@ -24,12 +24,12 @@ from sqlalchemy import Engine, ForeignKey, MetaData, Table, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 import dimpledb_sa as dimple
-from dimpledb_sa import log, schema
-from dimpledb_sa.bundle import ChangeRow
-from dimpledb_sa.clock import HybridClock
-from dimpledb_sa.crypto import generate_identity
-from dimpledb_sa.log import expand_all
-from dimpledb_sa.signals import changes_committed
+from dimpledb_sa.core import changelog, schema
+from dimpledb_sa.core.changelog import expand_all
+from dimpledb_sa.core.clock import HybridClock
+from dimpledb_sa.core.signals import changes_committed
+from dimpledb_sa.sync.crypto import generate_identity
+from dimpledb_sa.sync.wire import ChangeRow
 
 # --------------------------------------------------------------------------- models
 
@@ -195,7 +195,7 @@ def table_rows(engine: Engine, name: str) -> list[tuple[Any, ...]]:
 def change_log(engine: Engine) -> set[ChangeRow]:
     """The expanded per-attribute change log, as a set of tuples."""
     with engine.connect() as conn:
-        rows = log.all_rows(conn)
+        rows = changelog.all_rows(conn)
     out = set(expand_all(rows))
     assert len(out) == sum(len(expand_all([r])) for r in rows), "duplicate change records"
     return out
@@ -235,7 +235,7 @@ class Devices:
             args["encryption"] = False
         args.update(kw)
         db = dimple.DimpleDb(engine, models, **args)
-        db.clock = clock or HybridClock(now_ns=self.ticker)
+        db.replica.clock = clock or HybridClock(now_ns=self.ticker)
         if create:
             db.create_all()
         dev = Device(name, file or self.folder / f"{name}.db", db,

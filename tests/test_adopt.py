@@ -32,9 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
-from dimpledb_sa import log, schema
-from dimpledb_sa.adopt import adopt
-from dimpledb_sa.signals import changes_committed
+from dimpledb_sa.capture.adopt import adopt
+from dimpledb_sa.core import changelog, schema
+from dimpledb_sa.core.signals import changes_committed
 
 __all__: list[str] = []
 
@@ -112,7 +112,7 @@ def _rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 def _log_size(engine: Engine) -> tuple[int, int]:
     """(packed change rows, transactions) in the log."""
     with engine.connect() as conn:
-        changes = len(log.all_rows(conn))
+        changes = len(changelog.all_rows(conn))
         txs = conn.execute(select(func.count()).select_from(schema.transactions)).scalar_one()
     return changes, txs
 
@@ -193,8 +193,8 @@ def test_adopt_in_batches_parents_first(tmp_path: Path,
         got.append(kw)
 
     with changes_committed.connected_to(receiver, sender=old):
-        assert adopt(old, batch_size=4) == 60
-        assert adopt(old, batch_size=4) == 0
+        assert adopt(old.replica, batch_size=4) == 60
+        assert adopt(old.replica, batch_size=4) == 0
     # one changes_committed for the whole adoption, with every adopted insert
     assert len(got) == 1
     assert got[0]["origin"] == "local"
@@ -204,7 +204,7 @@ def test_adopt_in_batches_parents_first(tmp_path: Path,
     changes, txs = _log_size(old.engine)
     assert (changes, txs) == (60, 2 + 14)
     with old.engine.connect() as conn:
-        order = [r[2] for r in sorted(log.all_rows(conn))]
+        order = [r[2] for r in sorted(changelog.all_rows(conn))]
     assert order == ["project"] * 6 + ["task"] * 54  # parents first
 
     old.sync()
@@ -214,7 +214,7 @@ def test_adopt_in_batches_parents_first(tmp_path: Path,
 
 def test_adopt_rejects_a_bad_batch_size(dbs: tuple[dimple.DimpleDb, dimple.DimpleDb]) -> None:
     with pytest.raises(ValueError):
-        adopt(dbs[0], batch_size=0)
+        adopt(dbs[0].replica, batch_size=0)
 
 
 def test_adopt_skips_tracked_tables_missing_from_the_database(tmp_path: Path) -> None:

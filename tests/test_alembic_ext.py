@@ -47,7 +47,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import alembic_ext
 import dimpledb_sa as dimple
-from dimpledb_sa import log, merge, schema
+from dimpledb_sa.core import changelog, schema
+from dimpledb_sa.core.rows import insert_many
+from dimpledb_sa.sync import merge
 
 __all__: list[str] = []
 
@@ -482,9 +484,9 @@ def _hold_a_priority(engine: Engine, tmp_path: Path) -> str:
             s.add(todo)
             s.commit()
         with newer_engine.connect() as conn:
-            txs = log.transactions_since(conn, newer.author_id, None)
+            txs = changelog.transactions_since(conn, newer.author_id, None)
         with engine.begin() as conn:
-            result = merge.merge(app, conn, txs)
+            result = merge.merge(app.replica, conn, txs)
         assert result.held == 1
     finally:
         app.close()
@@ -559,7 +561,7 @@ def test_replay_held_outside_alembic(tmp_path: Path) -> None:
     with engine.begin() as conn:
         schema.metadata.create_all(conn)
         md.create_all(conn)
-        schema.insert_many(conn, schema.held, [("counter", "1", "n", "unknown table"),
+        insert_many(conn, schema.held, [("counter", "1", "n", "unknown table"),
                                                ("missing", "2", "n", "unknown table")])
         assert alembic_ext.replay_held(conn) == 0  # no key / no table: still held
     assert _held(engine) == 2

@@ -18,8 +18,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
-from dimpledb_sa.background import BackgroundSync
-from dimpledb_sa.crypto import generate_identity
+from dimpledb_sa.sync.background import BackgroundSync
+from dimpledb_sa.sync.crypto import generate_identity
 
 WAIT = 30.0  # only ever reached when something is broken
 
@@ -244,7 +244,7 @@ def test_stop_from_a_callback_does_not_deadlock(make_db: Any, root: str) -> None
         assert bg is not None
         results.append(bg.stop())
 
-    bg = BackgroundSync(a, interval=0.001, on_sync=on_sync)
+    bg = BackgroundSync(a.sync, sender=a, interval=0.001, on_sync=on_sync)
     bg.start()
     assert bg._thread is not None
     bg._thread.join(WAIT)
@@ -253,9 +253,10 @@ def test_stop_from_a_callback_does_not_deadlock(make_db: Any, root: str) -> None
 
 def test_backoff_doubles_up_to_the_cap(make_db: Any, root: str) -> None:
     a = make_db("a", f"memory:/{root}")
-    bg = BackgroundSync(a, interval=60, retry_delay=1, max_backoff=10, jitter=0)
+    bg = BackgroundSync(a.sync, sender=a, interval=60, retry_delay=1, max_backoff=10, jitter=0)
     assert [bg._backoff(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
-    jittered = BackgroundSync(a, interval=60, retry_delay=1, max_backoff=10, jitter=0.5)
+    jittered = BackgroundSync(a.sync, sender=a, interval=60, retry_delay=1, max_backoff=10,
+                              jitter=0.5)
     assert all(1 <= jittered._backoff(2) <= 2 for _ in range(100))
     assert jittered._backoff(10_000) <= 10
 
@@ -265,10 +266,10 @@ def test_bad_settings_are_refused(make_db: Any, root: str, tmp_path: Path) -> No
     with pytest.raises(dimple.ConfigurationError):
         a.start_sync(interval=0)
     with pytest.raises(dimple.ConfigurationError):
-        BackgroundSync(a, interval=1, retry_delay=5, max_backoff=1)
+        BackgroundSync(a.sync, sender=a, interval=1, retry_delay=5, max_backoff=1)
     with pytest.raises(dimple.ConfigurationError):
-        BackgroundSync(a, jitter=2)
-    bg = BackgroundSync(a, interval=1)
+        BackgroundSync(a.sync, sender=a, jitter=2)
+    bg = BackgroundSync(a.sync, sender=a, interval=1)
     bg.start()
     with pytest.raises(RuntimeError):
         bg.start()

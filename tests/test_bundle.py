@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dimpledb_sa.bundle import (
+from dimpledb_sa.core.errors import RemoteFormatError
+from dimpledb_sa.sync.wire import (
     MANIFEST_NAME,
     BundleInfo,
     ChangeRow,
@@ -30,7 +31,6 @@ from dimpledb_sa.bundle import (
     parse_bundle_name,
     utc_now_iso,
 )
-from dimpledb_sa.errors import RemoteFormatError
 
 AUTHOR = "01933b2d-1234-7890-abcd-ef1234567890"
 OTHER = "01933b2d-9999-7890-abcd-ef1234567890"

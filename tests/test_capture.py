@@ -50,7 +50,7 @@ from sqlalchemy.orm import (
 )
 
 import dimpledb_sa as dimple
-from dimpledb_sa.signals import changes_committed
+from dimpledb_sa.core.signals import changes_committed
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -8,8 +8,8 @@ import datetime as dt
 import pytest
 
 import dimpledb_sa as dimple
-from dimpledb_sa.changes import to_changes
-from dimpledb_sa.clock import HybridClock
+from dimpledb_sa.core.changes import changes_from_rows
+from dimpledb_sa.core.clock import HybridClock
 
 T0 = 1_750_000_000_000
 
@@ -25,9 +25,9 @@ def test_change_is_frozen_and_has_an_aware_timestamp() -> None:
     assert change == dimple.Change(cid, tx, "author", "todo", "e1", "text", None, "milk")
 
 
-def test_to_changes_decodes_json_texts() -> None:
+def test_changes_from_rows_decodes_json_texts() -> None:
     rows = [("c1", "t1", "todo", "e1", "text", None, '"milk"'),
             ("c2", "t1", "todo", "e1", "tags", '["a"]', "null")]
-    a, b = to_changes(rows, "me")
+    a, b = changes_from_rows(rows, "me")
     assert (a.author, a.old_value, a.new_value) == ("me", None, "milk")
     assert (b.attribute, b.old_value, b.new_value) == ("tags", ["a"], None)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dimpledb_sa.clock import (
+from dimpledb_sa.core.clock import (
     _COUNTER_MAX,
     HybridClock,
     _compose,

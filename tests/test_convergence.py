@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from syncmodels import Device, Folder, Item, Note, device_set
 
-from dimpledb_sa import schema
-from dimpledb_sa.bundle import ChangeRow
-from dimpledb_sa.clock import HybridClock
+from dimpledb_sa.core import schema
+from dimpledb_sa.core.clock import HybridClock
+from dimpledb_sa.sync.wire import ChangeRow
 
 NOTES = [str(uuid.UUID(int=(0x0190 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(4)]
 FOLDERS = [str(uuid.UUID(int=(0x0191 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(2)]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dimpledb_sa.crypto import (
+from dimpledb_sa.core.errors import ConfigurationError, DecryptionError
+from dimpledb_sa.sync.crypto import (
     AGE_MAGIC,
     Cipher,
     PassphraseCipher,
@@ -23,7 +24,6 @@ from dimpledb_sa.crypto import (
     is_age_file,
     make_cipher,
 )
-from dimpledb_sa.errors import ConfigurationError, DecryptionError
 
 PAYLOAD = b'[{"id": "x", "author": "y", "changes": []}]' + bytes(range(256)) * 300
 PASSPHRASE = "correct horse battery staple"

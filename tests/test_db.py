@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dimpledb_sa as dimple
-from dimpledb_sa import log, schema
-from dimpledb_sa.clock import HybridClock, parse_id
+from dimpledb_sa.core import changelog, schema
+from dimpledb_sa.core.clock import HybridClock, parse_id
 
 T0 = 1_750_000_000_000
 
@@ -24,9 +24,9 @@ def is_uuid7(value: str) -> bool:
 
 def all_ids(db: dimple.DimpleDb) -> list[str]:
     with db.engine.connect() as conn:
-        rows = log.all_rows(conn)
+        rows = changelog.all_rows(conn)
         txs = list(conn.execute(select(schema.transactions.c.id)).scalars())
-    return [r[0] for r in log.expand_all(rows)] + txs
+    return [r[0] for r in changelog.expand_all(rows)] + txs
 
 
 def open_db(path: Path) -> dimple.DimpleDb:
@@ -89,12 +89,12 @@ def test_first_write_creates_the_author_in_its_transaction(tmp_path: Path) -> No
 def test_ids_never_go_back_across_restart(tmp_path: Path) -> None:
     db = open_db(tmp_path / "a.db")
     db.create_all()
-    db.clock = HybridClock(now_ns=lambda: (T0 + 3_600_000) * 1_000_000)  # an hour ahead
+    db.replica.clock = HybridClock(now_ns=lambda: (T0 + 3_600_000) * 1_000_000)  # an hour ahead
     add(db)
     before = all_ids(db)
     close_db(db)
     again = open_db(tmp_path / "a.db")  # the wall clock is now back to normal
-    again.clock = HybridClock(now_ns=lambda: T0 * 1_000_000)
+    again.replica.clock = HybridClock(now_ns=lambda: T0 * 1_000_000)
     try:
         add(again)
         after = [i for i in all_ids(again) if i not in before]
@@ -108,7 +108,7 @@ def test_ids_never_go_back_when_the_clock_steps_back(tmp_path: Path) -> None:
     db = open_db(tmp_path / "a.db")
     db.create_all()
     now = [T0]
-    db.clock = HybridClock(now_ns=lambda: now[0] * 1_000_000)
+    db.replica.clock = HybridClock(now_ns=lambda: now[0] * 1_000_000)
     seen: list[str] = []
     try:
         for step in (0, -5000, -1, 10, -100000, 200000):
@@ -127,8 +127,8 @@ def test_two_databases_on_one_file_share_the_order(tmp_path: Path) -> None:
     a = open_db(tmp_path / "a.db")
     a.create_all()
     b = open_db(tmp_path / "a.db")
-    a.clock = HybridClock(now_ns=lambda: (T0 + 1000) * 1_000_000)  # ahead of b
-    b.clock = HybridClock(now_ns=lambda: T0 * 1_000_000)
+    a.replica.clock = HybridClock(now_ns=lambda: (T0 + 1000) * 1_000_000)  # ahead of b
+    b.replica.clock = HybridClock(now_ns=lambda: T0 * 1_000_000)
     try:
         order: list[str] = []
         for db in (a, b, a, b):
@@ -143,7 +143,7 @@ def test_two_databases_on_one_file_share_the_order(tmp_path: Path) -> None:
 def test_change_timestamps(tmp_path: Path) -> None:
     db = open_db(tmp_path / "a.db")
     db.create_all()
-    db.clock = HybridClock(now_ns=lambda: T0 * 1_000_000)
+    db.replica.clock = HybridClock(now_ns=lambda: T0 * 1_000_000)
     try:
         tid = add(db)
         for c in db.history(Todo, tid):

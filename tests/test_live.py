@@ -42,9 +42,9 @@ from sqlalchemy.orm import (
 )
 
 import dimpledb_sa as dimple
-from dimpledb_sa.errors import DimpleError
-from dimpledb_sa.live import ALL_TABLES, LiveQuery, _registry, close_all, statement_tables
-from dimpledb_sa.signals import changes_committed
+from dimpledb_sa.core.errors import DimpleError
+from dimpledb_sa.core.signals import changes_committed
+from dimpledb_sa.live import ALL_TABLES, LiveQuery, statement_tables
 
 __all__: list[str] = []
 
@@ -94,7 +94,7 @@ def test_subscribe_now_then_after_each_change(db: dimple.DimpleDb, engine: Engin
 def test_invalid_statement_raises_and_leaves_nothing(db: dimple.DimpleDb) -> None:
     with pytest.raises(Exception, match="no such table"):
         db.live(text("SELECT * FROM missing"))
-    assert _registry(db).count() == 0
+    assert db.live_registry.count() == 0
     assert list(changes_committed.receivers_for(db)) == []
 
 
@@ -261,7 +261,7 @@ def test_views_resolve_to_base_tables(db: dimple.DimpleDb, engine: Engine) -> No
 def test_text_tables_are_cached_per_sql(db: dimple.DimpleDb) -> None:
     sql = "SELECT body FROM note"
     with db.live(text(sql)) as first:
-        assert _registry(db).text_tables[sql] == frozenset({"note"})
+        assert db.live_registry.text_tables[sql] == frozenset({"note"})
         with db.live(text(sql)) as second:
             assert second.tables == first.tables == frozenset({"note"})
 
@@ -314,7 +314,7 @@ def test_closed_and_collected_queries_cost_nothing(db: dimple.DimpleDb, engine: 
     gc.collect()
     add(engine, Todo(text="b"))
     assert collected.calls == [["a"]]
-    assert _registry(db).count() == 0
+    assert db.live_registry.count() == 0
     assert list(changes_committed.receivers_for(db)) == []
 
 
@@ -498,7 +498,7 @@ def test_signal_with_origin_sync(db: dimple.DimpleDb, engine: Engine) -> None:
         live.subscribe(rec)
         with engine.begin() as conn:  # rows a merge wrote, then its announcement
             conn.execute(insert(Note).values(id=dimple.new_id(), body="merged"))
-        db.committed(frozenset({"note"}), list, "sync")
+        db.replica.committed({"note"}, list, "sync")
         assert rec.last == ["merged"]
 
 
@@ -506,6 +506,6 @@ def test_close_all(db: dimple.DimpleDb, engine: Engine) -> None:
     live = db.live(select(Todo))
     assert isinstance(live, LiveQuery)
     watcher = db.watch_external(interval=0.01)
-    close_all(db)
+    db.live_registry.close_all()
     assert live.closed and not watcher._thread.is_alive()
     assert list(changes_committed.receivers_for(db)) == []

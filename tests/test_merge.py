@@ -32,11 +32,11 @@ from syncmodels import (
     recording,
 )
 
-from dimpledb_sa import schema
-from dimpledb_sa.bundle import ChangeRow, TxRecord
-from dimpledb_sa.clock import HybridClock, offset_id
-from dimpledb_sa.log import transactions_since
-from dimpledb_sa.merge import MergeResult, merge, replay_held
+from dimpledb_sa.core import schema
+from dimpledb_sa.core.changelog import transactions_since
+from dimpledb_sa.core.clock import HybridClock, offset_id
+from dimpledb_sa.sync.merge import MergeResult, merge, replay_held
+from dimpledb_sa.sync.wire import ChangeRow, TxRecord
 
 NOTE_ATTRS = ("id", "title", "body", "done", "rank")
 
@@ -53,7 +53,7 @@ def devs(tmp_path: Path) -> Iterator[Devices]:
 
 def apply(dev: Device, txs: list[TxRecord]) -> MergeResult:
     with dev.db.engine.begin() as conn:
-        return merge(dev.db, conn, txs)
+        return merge(dev.db.replica, conn, txs)
 
 
 def own_transactions(dev: Device) -> list[TxRecord]:
@@ -351,13 +351,13 @@ def test_child_before_parent_is_held_until_the_parent_arrives(devs: Devices) -> 
     assert c.get(Item, item.id) is None
     assert c.held() == [("item", item.id, "id", "missing parent row")]
     with c.db.engine.connect() as conn:
-        assert replay_held(c.db, conn) == 0  # the parent is still missing: stays held
+        assert replay_held(c.db.replica, conn) == 0  # the parent is still missing: stays held
     assert len(c.held()) == 1
 
     result = apply(c, own_transactions(a))
     assert c.get(Folder, folder.id) is not None
     with c.db.engine.connect() as conn:
-        assert replay_held(c.db, conn) == 3
+        assert replay_held(c.db.replica, conn) == 3
     assert c.get(Item, item.id) == {"id": item.id, "folder_id": folder.id, "label": "child"}
     assert c.held() == []
     with c.db.engine.connect() as conn:

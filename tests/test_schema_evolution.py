@@ -34,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import alembic_ext
 import dimpledb_sa as dimple
-from dimpledb_sa import schema
+from dimpledb_sa.core import schema
 
 __all__: list[str] = []
 

@@ -13,9 +13,9 @@ import fsspec
 import pytest
 from conftest import Remote, s3_options
 
-from dimpledb_sa.bundle import MANIFEST_NAME, bundle_name
-from dimpledb_sa.errors import ConfigurationError, RemoteFormatError
-from dimpledb_sa.storage import Storage
+from dimpledb_sa.core.errors import ConfigurationError, RemoteFormatError
+from dimpledb_sa.sync.storage import Storage
+from dimpledb_sa.sync.wire import MANIFEST_NAME, bundle_name
 
 A1 = "01933b2d-1234-7890-abcd-ef1234567890"
 A2 = "01933b2d-5678-7890-abcd-ef1234567890"

@@ -41,7 +41,7 @@ from syncmodels import (
 )
 
 import dimpledb_sa as dimple
-from dimpledb_sa.crypto import AGE_MAGIC, generate_identity
+from dimpledb_sa.sync.crypto import AGE_MAGIC, generate_identity
 
 
 @pytest.fixture

@@ -34,8 +34,10 @@ from syncmodels import (
 )
 
 import dimpledb_sa as dimple
-from dimpledb_sa import schema
-from dimpledb_sa.bundle import (
+from dimpledb_sa.core import schema
+from dimpledb_sa.core.clock import HybridClock, offset_id
+from dimpledb_sa.sync.crypto import generate_identity
+from dimpledb_sa.sync.wire import (
     BundleInfo,
     ChangeRow,
     bundle_name,
@@ -44,8 +46,6 @@ from dimpledb_sa.bundle import (
     manifest_with,
     utc_now_iso,
 )
-from dimpledb_sa.clock import HybridClock, offset_id
-from dimpledb_sa.crypto import generate_identity
 
 
 def titles(dev: Device) -> list[str]:

@@ -19,8 +19,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
-from dimpledb_sa import schema
-from dimpledb_sa.tracking import mapper_plan, resolve_tables
+from dimpledb_sa.core import schema
+from dimpledb_sa.core.tracking import mapper_plan, resolve_tables
 
 
 @pytest.fixture

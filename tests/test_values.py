@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 import dimpledb_sa as dimple
-from dimpledb_sa.values import codec_for
+from dimpledb_sa.core.values import codec_for
 
 COLUMNS = {c.name: c for c in Kinds.__table__.columns}
 UTC2 = dt.timezone(dt.timedelta(hours=2))

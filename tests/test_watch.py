@@ -19,8 +19,7 @@ from livemodels import engine_fixture as engine_fixture  # fixture
 from sqlalchemy import Engine, create_engine, select
 
 import dimpledb_sa as dimple
-from dimpledb_sa.errors import ConfigurationError
-from dimpledb_sa.live import _registry, close_all
+from dimpledb_sa.core.errors import ConfigurationError
 
 __all__: list[str] = []
 
@@ -94,7 +93,7 @@ def test_watch_external_sees_a_sync_made_elsewhere(tmp_path: Path) -> None:
             assert rec.wait_for(lambda calls: calls[-1] == ["from a"])
     finally:
         for d in (a, b, watching):
-            close_all(d)
+            d.live_registry.close_all()
             d.close()
         for e in engines:
             e.dispose()
@@ -118,4 +117,4 @@ def test_watcher_close_is_idempotent(db: dimple.DimpleDb) -> None:
     watcher.close()
     watcher.close()
     assert not watcher._thread.is_alive()
-    assert watcher not in _registry(db).watchers
+    assert watcher not in db.live_registry.watchers

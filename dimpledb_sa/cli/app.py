@@ -21,7 +21,7 @@ from typing import NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import ConfigurationError, DimpleError
+from ..core.errors import ConfigurationError, DimpleError
 from .keys import add_key_options, cmd_keygen
 from .local import cmd_history, cmd_status, cmd_sync
 from .output import PROG, CliError

@@ -22,8 +22,8 @@ from sqlalchemy import CHAR, Engine, MetaData, Uuid, create_engine, inspect, sel
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from .. import schema
-from ..errors import ConfigurationError
+from ..core import schema
+from ..core.errors import ConfigurationError
 from .output import CliError, usage_error
 
 __all__ = ["db_url", "load_models", "open_engine", "read_author", "reflect",
@@ -97,7 +97,7 @@ def reflect(engine: Engine, exclude: Sequence[str],
     while the change log holds canonical UUID strings; so ``CHAR(32)`` columns are read as
     ``Uuid(as_uuid=False)``, which converts between the two (``--models`` avoids guessing).
     """
-    from ..tracking import resolve_tables
+    from ..core.tracking import resolve_tables
 
     metadata = MetaData()
     try:

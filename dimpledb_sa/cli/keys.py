@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
+from ..core.errors import ConfigurationError
 from .output import CliError, usage_error
 
 if TYPE_CHECKING:
-    from ..crypto import Cipher
+    from ..sync.crypto import Cipher
 
 __all__ = ["Keys", "add_key_options", "cmd_keygen", "read_keys"]
 
@@ -52,7 +52,7 @@ class Keys:
                 "passphrase": self.passphrase, "encryption": self.encryption}
 
     def cipher(self) -> Cipher:
-        from ..crypto import make_cipher
+        from ..sync.crypto import make_cipher
 
         try:
             return make_cipher(**self.kwargs())
@@ -87,7 +87,7 @@ def _read_recipients_file(path: str) -> list[str]:
 
 def read_keys(args: argparse.Namespace) -> Keys:
     """The key options, then ``$DIMPLEDB_IDENTITY_FILE`` / ``$DIMPLEDB_IDENTITY``."""
-    from ..crypto import X25519Cipher
+    from ..sync.crypto import X25519Cipher
 
     keys = Keys()
     chosen = [name for name, on in (
@@ -154,7 +154,7 @@ def add_key_options(p: argparse.ArgumentParser, *, recipients: bool = False) -> 
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from ..crypto import X25519Cipher, generate_identity
+    from ..sync.crypto import X25519Cipher, generate_identity
 
     if args.convert is not None:
         text = sys.stdin.read() if args.convert == "-" else None

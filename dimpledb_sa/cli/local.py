@@ -23,19 +23,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
 
-from .. import log as changelog
-from .. import schema
-from ..bundle import decode_manifest
-from ..errors import ConfigurationError, DimpleError, SyncError
+from ..core import changelog, schema
+from ..core.errors import ConfigurationError, DimpleError, SyncError
+from ..sync.wire import decode_manifest
 from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
 from .keys import read_keys
 from .output import PROG, CliError, Progress, print_json, usage_error, when
 from .remote import is_folder, open_remote, remote_errors, storage_options
 
 if TYPE_CHECKING:
-    from ..changes import Change
-    from ..report import SyncReport
-    from ..storage import Storage
+    from ..core.changes import Change
+    from ..core.report import SyncReport
+    from ..sync.storage import Storage
 
 __all__ = ["cmd_history", "cmd_status", "cmd_sync"]
 
@@ -222,6 +221,8 @@ def _remote_status(storage: Storage, me: str, cursors: dict[str, str],
             entry["error"] = str(e)
         out["authors"].append(entry)
     return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     engine = open_engine(args.database, readonly=True)
     try:
@@ -298,9 +299,13 @@ def _history_ids(entity_id: str) -> list[str]:
     if canonical != entity_id:
         ids.append(canonical)
     return ids
+
+
 def _value(v: Any, limit: int = 60) -> str:
     text = json.dumps(v, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     engine = open_engine(args.database, readonly=True)
     try:

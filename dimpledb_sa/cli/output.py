@@ -13,7 +13,7 @@ import json
 import shutil
 from typing import IO, Any
 
-from ..clock import id_datetime
+from ..core.clock import id_datetime
 
 __all__ = ["PROG", "CliError", "Progress", "print_json", "usage_error", "when"]
 

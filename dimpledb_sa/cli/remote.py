@@ -18,14 +18,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..bundle import decode_bundle, decode_manifest, is_bundle_name, is_uuid
-from ..errors import ConfigurationError, DecryptionError, DimpleError
+from ..core.errors import ConfigurationError, DecryptionError, DimpleError
+from ..sync.wire import decode_bundle, decode_manifest, is_bundle_name, is_uuid
 from .keys import Keys, read_keys
 from .output import CliError, print_json, usage_error, when
 
 if TYPE_CHECKING:
-    from ..crypto import Cipher
-    from ..storage import Storage
+    from ..sync.crypto import Cipher
+    from ..sync.storage import Storage
 
 __all__ = ["add_remote_options", "cmd_inspect", "cmd_verify", "is_folder", "open_remote",
            "remote_errors", "storage_options"]
@@ -65,7 +65,7 @@ def is_folder(storage: Storage) -> bool:
 
 
 def open_remote(text: str, options: Sequence[str] | None, *, must_exist: bool) -> Storage:
-    from ..storage import Storage
+    from ..sync.storage import Storage
 
     try:
         storage = Storage.from_remote(text, storage_options(options) or None)
@@ -116,8 +116,10 @@ def _manifest_doc(storage: Storage, author: str) -> dict[str, Any]:
     doc["unlisted_files"] = [n for n in storage.list_files(author)
                              if n not in listed and n != "dimple_db.json"]
     return doc
+
+
 def _decrypt(cipher: Cipher | None, blob: bytes, where: str, keys: Keys) -> bytes:
-    from ..crypto import is_age_file
+    from ..sync.crypto import is_age_file
 
     if cipher is None:
         if is_age_file(blob):
@@ -128,6 +130,8 @@ def _decrypt(cipher: Cipher | None, blob: bytes, where: str, keys: Keys) -> byte
         return cipher.decrypt(blob)
     except DecryptionError as e:
         raise CliError(f"cannot decrypt {where} with the given {keys.what}: {e}") from None
+
+
 def _inspect_bundle(storage: Storage, spec: str, keys: Keys) -> int:
     author, sep, name = spec.strip("/").partition("/")
     if not sep or not is_uuid(author) or not is_bundle_name(name):
@@ -152,6 +156,8 @@ def _inspect_bundle(storage: Storage, spec: str, keys: Keys) -> int:
     changes = sum(len(t[2]) for t in txs)
     print(f"{author}/{name}: {len(txs)} transaction(s), {changes} change(s)", file=sys.stderr)
     return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     keys = read_keys(args)
     storage = open_remote(args.remote, args.storage_option, must_exist=True)

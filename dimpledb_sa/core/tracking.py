@@ -25,7 +25,14 @@ from .errors import ConfigurationError
 from .schema import BOOKKEEPING_PREFIX
 from .values import Codec, codec_for
 
-__all__ = ["MapperPlan", "TrackedTable", "mapper_plan", "mapper_plans", "resolve_tables"]
+__all__ = [
+    "MapperPlan",
+    "TrackedTable",
+    "mapper_plan",
+    "mapper_plans",
+    "parents_first",
+    "resolve_tables",
+]
 
 
 @dataclass(eq=False)
@@ -227,3 +234,13 @@ def _table_plan(mapper: Mapper[Any], table: Table, tracked: dict[str, TrackedTab
                     pk_key = prop.key
                 break
     return MapperPlan(tt, attrs, pk_key)
+
+
+def parents_first(tracked: dict[str, TrackedTable]) -> list[TrackedTable]:
+    """The tracked tables, parents before children (as their ``MetaData`` sorts them by
+    foreign key), then by name: the order inserts go in; deletes go in reverse."""
+    order: dict[str, int] = {}
+    for md in {id(t.table.metadata): t.table.metadata for t in tracked.values()}.values():
+        for t in md.sorted_tables:
+            order.setdefault(t.name, len(order))
+    return sorted(tracked.values(), key=lambda t: (order.get(t.name, len(order)), t.name))

@@ -24,8 +24,9 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
-from .bundle import MANIFEST_NAME, is_bundle_name, is_uuid
-from .errors import ConfigurationError, RemoteFormatError
+from ..core._compat import strip_protocol
+from ..core.errors import ConfigurationError, RemoteFormatError
+from .wire import MANIFEST_NAME, is_bundle_name, is_uuid
 
 __all__ = ["Storage"]
 
@@ -52,7 +53,7 @@ class Storage:
     def __init__(self, fs: AbstractFileSystem, root: str) -> None:
         if not isinstance(fs, AbstractFileSystem):
             raise ConfigurationError(f"not an fsspec filesystem: {fs!r}")
-        root = str(fs._strip_protocol(root)) if isinstance(root, str) and root else ""
+        root = strip_protocol(fs, root) if isinstance(root, str) and root else ""
         root = root.rstrip("/") or ("/" if root.startswith("/") else "")
         if not root:
             raise ConfigurationError("the remote needs a path (a folder, or bucket/prefix)")

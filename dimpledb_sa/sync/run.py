@@ -30,12 +30,15 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from . import log, schema
-from .bundle import (
+from ..core import changelog, meta, schema
+from ..core.changes import TxRecord
+from ..core.errors import DecryptionError, DimpleError, RemoteFormatError, SyncError
+from ..core.report import SyncReport
+from ..core.rows import gc_paused
+from .merge import APPLY_ERRORS, MergeResult, announce, describe, merge, replay_held_in
+from .wire import (
     BundleInfo,
     Manifest,
-    TxRecord,
-    _gc_paused,
     bundle_name,
     decode_bundle,
     decode_manifest,
@@ -44,50 +47,30 @@ from .bundle import (
     manifest_with,
     utc_now_iso,
 )
-from .errors import DecryptionError, DimpleError, RemoteFormatError, SyncError
-from .merge import APPLY_ERRORS, MergeResult, describe, merge, replay_held_in
-from .report import SyncReport
 
 if TYPE_CHECKING:
-    from .db import DimpleDb
+    from ..core.replica import Replica
+    from .remote import Remote
 
 __all__ = ["pull", "push", "sync"]
 
-log_ = logging.getLogger("dimpledb_sa.sync")
+logger = logging.getLogger(__name__)
 
 
-def _meta_get(conn: Connection, key: str) -> str | None:
-    m = schema.meta
-    value: str | None = conn.execute(select(m.c.value).where(m.c.key == key)).scalar()
-    return value
-
-
-def _meta_set(conn: Connection, key: str, value: str) -> None:
-    m = schema.meta
-    if conn.execute(update(m).where(m.c.key == key).values(value=value)).rowcount == 0:
-        conn.execute(insert(m).values(key=key, value=value))
-
-
-def _lock(conn: Connection) -> None:
-    """Take the database's write lock now (SQLite: RESERVED) by writing a no-op."""
-    m = schema.meta
-    conn.execute(update(m).where(m.c.key == "author_id").values(value=m.c.value))
-
-
-def sync(db: DimpleDb) -> SyncReport:
+def sync(replica: Replica, remote: Remote) -> SyncReport:
     """Push, pull and merge; see the module docstring."""
-    storage = db.storage
+    storage = remote.storage
     report = SyncReport()
     start = dict(storage.requests)
-    with db.sync_lock:
+    with replica.sync_lock:
         try:
-            push(db, report)
-            result = pull(db, report)
+            push(replica, remote, report)
+            result = pull(replica, remote, report)
         finally:
             report.requests = {k: v - start.get(k, 0) for k, v in storage.requests.items()
                                if v - start.get(k, 0)}
-    if result is not None and result.applied_changes:
-        db.announce_sync(result)
+    if result is not None:
+        announce(replica, result)
     if report.errors:
         raise _error(report)
     return report
@@ -109,27 +92,27 @@ def _fail(report: SyncReport, who: str, exc: BaseException) -> None:
             else "format" if isinstance(exc, RemoteFormatError) else "other")
     report.errors[who] = str(exc) or type(exc).__name__
     report.error_kinds[who] = kind
-    log_.warning("sync: %s: %s", who, report.errors[who])
+    logger.warning("sync: %s: %s", who, report.errors[who])
 
 
 # -- push --------------------------------------------------------------------------------------
-def push(db: DimpleDb, report: SyncReport) -> None:
+def push(replica: Replica, remote: Remote, report: SyncReport) -> None:
     """Upload our transactions not pushed yet as one bundle, then the manifest."""
-    storage, cipher, me = db.storage, db.cipher, db.author_id
-    with db.engine.connect() as conn, conn.begin():
-        _lock(conn)
-        log.fold(conn)
-        since = _meta_get(conn, "pushed_through")
-        txs = log.transactions_since(conn, me, since)
+    storage, cipher, me = remote.storage, remote.cipher, replica.author_id
+    with replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
+        changelog.fold(conn)
+        since = meta.get(conn, meta.PUSHED_THROUGH)
+        txs = changelog.transactions_since(conn, me, since)
         if not txs:
             return
         try:
-            manifest = _own_manifest(db, since)
+            manifest = _own_manifest(replica, remote, since)
             listed = manifest.last_transaction_id if manifest is not None else None
             if since is not None and (listed is None or listed < since):
-                log_.warning("sync: our manifest lists our transactions up to %s, not %s: "
+                logger.warning("sync: our manifest lists our transactions up to %s, not %s: "
                              "pushing the others again", listed, since)
-                txs = log.transactions_since(conn, me, listed)
+                txs = changelog.transactions_since(conn, me, listed)
             data = cipher.encrypt(encode_bundle(txs))
             name = bundle_name(txs[0][0], txs[-1][0])
             storage.write_bundle(me, name, data)
@@ -139,25 +122,26 @@ def push(db: DimpleDb, report: SyncReport) -> None:
         except (OSError, DimpleError, ValueError) as exc:
             _fail(report, "push", exc)
             return
-        db.own_manifest = manifest
-        _meta_set(conn, "pushed_through", txs[-1][0])
+        remote.own_manifest = manifest
+        meta.put(conn, meta.PUSHED_THROUGH, txs[-1][0])
         report.pushed = len(txs)
 
 
-def _own_manifest(db: DimpleDb, pushed_through: str | None) -> Manifest | None:
+def _own_manifest(replica: Replica, remote: Remote, pushed_through: str | None
+                  ) -> Manifest | None:
     """Our manifest: the one this handle last wrote while it still ends at
     ``pushed_through``, else read afresh (another handle on this database pushed since);
     ``None`` when there is none or it is unreadable (the push then writes it anew)."""
-    cached = db.own_manifest
+    cached = remote.own_manifest
     if cached is not None and cached.last_transaction_id == pushed_through:
         return cached
-    data = db.storage.read_manifest(db.author_id)
+    data = remote.storage.read_manifest(replica.author_id)
     if data is None:
         return None
     try:
-        return decode_manifest(data, db.author_id)
+        return decode_manifest(data, replica.author_id)
     except RemoteFormatError as exc:
-        log_.warning("sync: our own manifest is unreadable (%s): writing it anew", exc)
+        logger.warning("sync: our own manifest is unreadable (%s): writing it anew", exc)
         return None
 
 
@@ -167,10 +151,10 @@ def _cursors(conn: Connection) -> dict[str, str]:
     return {a: t for a, t in conn.execute(select(c.c.author, c.c.last_transaction_id))}
 
 
-def _fetch_author(db: DimpleDb, author: str, cursor: str | None,
+def _fetch_author(remote: Remote, author: str, cursor: str | None,
                   report: SyncReport) -> tuple[list[TxRecord], str | None]:
     """The new transactions of one author, up to its first unreadable bundle."""
-    storage, cipher = db.storage, db.cipher
+    storage, cipher = remote.storage, remote.cipher
     out: list[TxRecord] = []
     last: str | None = None
     try:
@@ -208,10 +192,10 @@ def _check_bundle(info: BundleInfo, txs: Sequence[TxRecord]) -> None:
         raise RemoteFormatError(f"{where}: transaction ids do not match its file name")
 
 
-def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
+def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | None:
     """Fetch every other author's new bundles and merge them; returns the merge result."""
-    storage = db.storage
-    me = db.author_id
+    storage = remote.storage
+    me = replica.author_id
     try:
         authors, bad = storage.list_authors()
     except OSError as exc:
@@ -219,7 +203,7 @@ def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
     for name in bad:
         _fail(report, name, RemoteFormatError(
             f"folder {name!r:.80} in the remote is not an author id (a UUID)"))
-    with db.engine.connect() as conn:
+    with replica.engine.connect() as conn:
         cursors = _cursors(conn)
         conn.rollback()
     pulled: dict[str, list[TxRecord]] = {}
@@ -227,20 +211,20 @@ def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
     for author in authors:
         if author == me:
             continue
-        txs, last = _fetch_author(db, author, cursors.get(author), report)
+        txs, last = _fetch_author(remote, author, cursors.get(author), report)
         if txs:
             pulled[author] = txs
         if last is not None:
             advanced[author] = last
     report.pulled = sum(map(len, pulled.values()))
     # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
-    with _gc_paused(report.pulled > 1000), db.engine.connect() as conn, conn.begin():
-        _lock(conn)
+    with gc_paused(report.pulled > 1000), replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
         result = MergeResult()
         for author, txs in pulled.items():
             try:
                 with conn.begin_nested():
-                    part = merge(db, conn, txs)
+                    part = merge(replica, conn, txs)
             except APPLY_ERRORS as exc:
                 _fail(report, author, RemoteFormatError(
                     f"its changes cannot be applied here: {describe(exc)}"))
@@ -258,7 +242,7 @@ def pull(db: DimpleDb, report: SyncReport) -> MergeResult | None:
             else:
                 conn.execute(insert(c).values(author=author, last_transaction_id=last,
                                               synced_at=now))
-        replayed = replay_held_in(db, conn)
+        replayed = replay_held_in(replica, conn)
         report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
     result.add(replayed)
     report.applied = len(result.applied_changes)

@@ -2,9 +2,9 @@
 
 :class:`LiveQuery` (``db.live(statement)``) holds the current result of a ``select()`` or
 ``text()`` statement and re-runs it after each committed transaction that wrote a table it
-reads. One registry per ``DimpleDb`` (an attribute of the db, made on first use) is the only
-``changes_committed`` receiver, connected while live queries exist, and it dispatches by
-table name, so a commit re-runs only the queries reading what it wrote. The tables a query
+reads. The replica's :class:`~.registry.Registry` receives ``changes_committed`` and
+dispatches by table name, so a commit re-runs only the queries reading what it wrote.
+The tables a query
 reads come from the statement (every ``Table`` in its element tree, relationship joins,
 and the mappers of the objects it loaded) and, on SQLite, from SQLite itself: the first
 run is executed under an authorizer that collects every table read (views resolve to their
@@ -12,14 +12,14 @@ base tables; results for ``text()`` are cached per SQL string). A query whose ta
 be known re-runs after every commit. Runs of one query are serialized with a dirty flag, so
 concurrent commits coalesce and the final state is always delivered; subscribers are called
 only when the result changed. Commits made by other processes reach the registry through
-:class:`~dimpledb_sa.watch.Watcher` (``db.watch_external()``), in :mod:`dimpledb_sa.watch`.
+:class:`~.watch.Watcher` (``db.watch_external()``). Finding tables and pictures of results
+is :mod:`.tables`' job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import sqlite3
 import threading
@@ -28,251 +28,31 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import RelationshipProperty, Session
-from sqlalchemy.sql import visitors
-from sqlalchemy.sql.elements import ColumnClause, TextClause
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
 
-from .errors import DimpleError
-from .signals import changes_committed
+from ..core.errors import DimpleError
+from .tables import (
+    ALL_TABLES,
+    NOT_LOADED,
+    authorizer,
+    fingerprint,
+    found_tables,
+    statement_tables,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-    from sqlalchemy.orm import Mapper
     from sqlalchemy.sql import Executable
 
-    from .db import DimpleDb
-    from .watch import Watcher as Watcher  # moved to .watch; still importable from here
+    from .registry import Registry
 
-__all__ = ["ALL_TABLES", "LiveQuery", "Subscription", "close_all", "statement_tables"]
+__all__ = ["ALL_TABLES", "LiveQuery", "Subscription"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-ALL_TABLES = "*"
-"""``tables=ALL_TABLES``: re-run the live query after every commit."""
-
-_NO: Any = object()  # an attribute that was not loaded
 _END: Any = object()  # the live query was closed (async iteration)
-
-
-# -- which tables a statement reads -------------------------------------------------------------
-def _mapper_tables(mapper: Mapper[Any]) -> set[str]:
-    return {t.name.lower() for t in mapper.tables}
-
-
-def statement_tables(statement: Any) -> frozenset[str] | None:
-    """Lower-case names of the tables a SQLAlchemy statement names; ``None`` when it holds
-    raw SQL (``text()``, literal columns) whose tables only the database can tell."""
-    found: set[str] = set()
-    for el in visitors.iterate(statement):
-        if isinstance(el, TextClause) or (isinstance(el, ColumnClause) and el.is_literal):
-            return None
-        if isinstance(el, TableClause):
-            found.add(el.name.lower())
-        for join in getattr(el, "_setup_joins", ()) or ():  # ORM joins along relationships
-            for part in join:
-                prop: Any = getattr(part, "property", None)
-                target = getattr(prop, "mapper", None)
-                if target is not None and hasattr(prop, "secondary"):
-                    found |= _mapper_tables(target)
-                    if isinstance(prop.secondary, TableClause):
-                        found.add(prop.secondary.name.lower())
-    return frozenset(found)
-
-
-def _fingerprint(session: Session, rows: list[Any], found: set[Any]) -> Any:
-    """A value-comparable picture of a result: ORM objects by identity and loaded values.
-
-    Adds to ``found`` the mapper of every loaded object and every relationship loaded with
-    it (eager loads read those tables too).
-    """
-    states = session.identity_map.all_states()
-    if not states:
-        return rows
-    snapshot: dict[Any, tuple[Any, ...]] = {}
-    plans: dict[Mapper[Any], tuple[list[str], list[Any]]] = {}
-    for state in states:
-        mapper = state.mapper
-        plan = plans.get(mapper)
-        if plan is None:
-            plan = plans[mapper] = ([p.key for p in mapper.column_attrs],
-                                    list(mapper.relationships))
-            found.add(mapper)
-        d = state.dict
-        values: list[Any] = [d.get(k, _NO) for k in plan[0]]
-        for rel in plan[1]:
-            if rel.key in d:
-                values.append((rel.key, _related_keys(d[rel.key], rel.uselist)))
-                found.add(rel)
-        snapshot[state.key] = tuple(values)
-    return [_key_of(x) for x in rows], snapshot
-
-
-def _found_tables(found: Iterable[Any]) -> set[str]:
-    """Tables of the mappers and relationships collected by :func:`_fingerprint`."""
-    out: set[str] = set()
-    for item in found:
-        if isinstance(item, RelationshipProperty):
-            out |= _mapper_tables(item.mapper)
-            if isinstance(item.secondary, TableClause):
-                out.add(item.secondary.name.lower())
-        else:
-            out |= _mapper_tables(item)
-    return out
-
-
-def _key_of(value: Any) -> Any:
-    state = getattr(value, "_sa_instance_state", None)
-    if state is not None:
-        return ("\0entity", state.key)
-    if isinstance(value, Row):
-        return tuple(_key_of(v) for v in value)
-    return value
-
-
-def _related_keys(value: Any, uselist: bool) -> Any:
-    if value is None:
-        return None
-    if not uselist:
-        return _key_of(value)
-    items = value.values() if isinstance(value, Mapping) else value
-    keys = [_key_of(v) for v in items]
-    return frozenset(keys) if isinstance(value, set | frozenset) else tuple(keys)
-
-
-# -- the per-database registry ----------------------------------------------------------------
-class _Registry:
-    """Live queries of one ``DimpleDb`` indexed by table; its one signal receiver."""
-
-    def __init__(self, db: DimpleDb) -> None:
-        self._db = weakref.ref(db)
-        self._lock = threading.RLock()
-        self._serials = itertools.count(1)
-        self._refs: dict[int, weakref.ref[LiveQuery]] = {}
-        self._tables: dict[int, frozenset[str] | None] = {}
-        self._by_table: dict[str, set[int]] = {}
-        self._unknown: set[int] = set()
-        self._dead: list[int] = []
-        self._connected = False
-        self.text_tables: dict[str, frozenset[str]] = {}  # SQLite's answer per SQL string
-        self.watchers: set[Watcher] = set()
-
-    def add(self, live: LiveQuery) -> int:
-        dead = self._dead
-        with self._lock:
-            serial = next(self._serials)
-            self._refs[serial] = weakref.ref(live, _on_gone(dead, serial))
-            self._tables[serial] = None
-            self._unknown.add(serial)
-            self._purge()
-            if not self._connected:
-                db = self._db()
-                if db is not None:
-                    changes_committed.connect(self._on_commit, sender=db)
-                    self._connected = True
-        return serial
-
-    def set_tables(self, serial: int, tables: frozenset[str] | None) -> None:
-        with self._lock:
-            if serial not in self._refs:
-                return
-            self._unindex(serial)
-            self._tables[serial] = tables
-            if tables is None:
-                self._unknown.add(serial)
-            else:
-                for t in tables:
-                    self._by_table.setdefault(t, set()).add(serial)
-
-    def remove(self, serial: int) -> None:
-        with self._lock:
-            self._dead.append(serial)
-            self._purge()
-
-    def _unindex(self, serial: int) -> None:
-        old = self._tables.get(serial)
-        if old is None:
-            self._unknown.discard(serial)
-        else:
-            for t in old:
-                bucket = self._by_table.get(t)
-                if bucket is not None:
-                    bucket.discard(serial)
-                    if not bucket:
-                        del self._by_table[t]
-
-    def _purge(self) -> None:
-        while self._dead:
-            serial = self._dead.pop()
-            if self._refs.pop(serial, None) is not None:
-                self._unindex(serial)
-                del self._tables[serial]
-        if not self._refs and self._connected:
-            changes_committed.disconnect(self._on_commit)
-            self._connected = False
-
-    def count(self) -> int:
-        """How many live queries are registered (closed and collected ones excluded)."""
-        with self._lock:
-            self._purge()
-            return len(self._refs)
-
-    def live_queries(self) -> list[LiveQuery]:
-        with self._lock:
-            found = [r() for r in self._refs.values()]
-        return [lv for lv in found if lv is not None]
-
-    def _on_commit(self, sender: Any, **kw: Any) -> None:
-        tables = kw.get("tables")
-        self.notify(frozenset(tables) if tables is not None else None)
-
-    def notify(self, tables: frozenset[str] | None) -> None:
-        """Re-run the live queries reading any of ``tables`` (``None``: every one)."""
-        with self._lock:
-            self._purge()
-            if tables is None:
-                picked: Iterable[int] = list(self._refs)
-            else:
-                chosen = set(self._unknown)
-                for t in tables:
-                    bucket = self._by_table.get(t.lower())
-                    if bucket:
-                        chosen |= bucket
-                picked = sorted(chosen)
-            refs = [self._refs[s] for s in picked]
-        for ref in refs:
-            live = ref()
-            if live is not None:
-                try:
-                    live._invalidate()
-                except Exception:
-                    log.exception("a live query failed to re-run; ignored")
-
-
-def _on_gone(dead: list[int], serial: int) -> Callable[[Any], None]:
-    # a weakref callback may run inside any code (garbage collection): it only notes the
-    # serial, and the registry drops it under its lock later
-    return lambda _ref: dead.append(serial)
-
-
-def close_all(db: DimpleDb) -> None:
-    """Close every live query and watcher of ``db`` (for ``DimpleDb.close()``)."""
-    found: _Registry | None = db.__dict__.get("_live_registry")
-    if found is None:
-        return
-    for live in found.live_queries():
-        live.close()
-    for watcher in list(found.watchers):
-        watcher.close()
-
-
-def _registry(db: DimpleDb) -> _Registry:
-    found: _Registry | None = db.__dict__.get("_live_registry")
-    if found is None:
-        found = db.__dict__.setdefault("_live_registry", _Registry(db))
-    return found
 
 
 # -- subscriptions ------------------------------------------------------------------------------
@@ -286,7 +66,7 @@ class Subscription:
         self._on_end = on_end
         self._lock = threading.RLock()
         self._seen = 0
-        self._last: Any = _NO
+        self._last: Any = NOT_LOADED
         self.closed = False
 
     def _deliver(self, version: int, rows: list[Any], fingerprint: Any) -> None:
@@ -294,13 +74,13 @@ class Subscription:
             if self.closed or version <= self._seen:
                 return  # stale: a newer result was delivered already
             self._seen = version
-            if self._last is not _NO and self._last == fingerprint:
+            if self._last is not NOT_LOADED and self._last == fingerprint:
                 return
             self._last = fingerprint
             try:
                 self.callback(rows)
             except Exception:
-                log.exception("a live query callback raised; ignored")
+                logger.exception("a live query callback raised; ignored")
 
     def _end(self) -> None:
         self.closed = True
@@ -308,7 +88,7 @@ class Subscription:
             try:
                 self._on_end()
             except Exception:
-                log.exception("ending a live query subscription raised; ignored")
+                logger.exception("ending a live query subscription raised; ignored")
 
     def close(self) -> None:
         """Stop calling back; idempotent."""
@@ -366,14 +146,14 @@ class LiveQuery:
     loaded is there; lazy loads are not available.
     """
 
-    def __init__(self, db: DimpleDb, statement: Executable, *,
+    def __init__(self, registry: Registry, statement: Executable, *,
                  params: Mapping[str, Any] | None = None, executor: Executor | None = None,
                  tables: Iterable[str] | str | None = None) -> None:
         self.statement = statement
-        self._engine: Engine = db.engine
+        self._engine: Engine = registry.engine
         self._params: dict[str, Any] = dict(params or {})
         self._executor = executor
-        self._registry = _registry(db)
+        self._registry = registry
         self._lock = threading.Lock()
         self._dirty = False
         self._running = False
@@ -381,7 +161,7 @@ class LiveQuery:
         self._unique = False
         self._subs: list[Subscription] = []
         self._rows: list[Any] = []
-        self._fp: Any = _NO
+        self._fp: Any = NOT_LOADED
         self._version = 0
         self._runs = 0
         self._session: Session | None = None
@@ -502,7 +282,7 @@ class LiveQuery:
         try:
             self._executor.submit(self._drain).add_done_callback(self._task_done)
         except RuntimeError:
-            log.exception("live query executor refused the re-run; running it here")
+            logger.exception("live query executor refused the re-run; running it here")
             self._drain()
 
     def _task_done(self, future: Future[None]) -> None:
@@ -537,7 +317,7 @@ class LiveQuery:
         except Exception:
             if raise_errors:
                 raise
-            log.exception("a live query failed to run; keeping its previous result")
+            logger.exception("a live query failed to run; keeping its previous result")
             return
         if learn and reads is not None:
             self._learn = False
@@ -581,16 +361,16 @@ class LiveQuery:
                 if isinstance(dbapi, sqlite3.Connection):
                     target = dbapi
                     reads = set()
-                    target.set_authorizer(_collector(reads))
+                    target.set_authorizer(authorizer(reads))
             try:
                 rows = self._fetch(session, params)
             finally:
                 if target is not None:
                     target.set_authorizer(None)
             known = len(self._found)
-            fp = _fingerprint(session, rows, self._found)
+            fp = fingerprint(session, rows, self._found)
             if len(self._found) != known:
-                self._mapper_tables = _found_tables(self._found)
+                self._mapper_tables = found_tables(self._found)
         finally:
             session.close()  # releases the connection: none is held between runs
         return rows, fp, (frozenset(reads) if reads is not None else None)
@@ -610,23 +390,3 @@ class LiveQuery:
         raise AssertionError("unreachable")
 
 
-def _collector(reads: set[str]) -> Callable[[int, str | None, str | None, str | None,
-                                             str | None], int]:
-    def authorizer(action: int, arg1: str | None, arg2: str | None, dbname: str | None,
-                   source: str | None) -> int:
-        if action == sqlite3.SQLITE_READ and arg1 and not arg1.startswith("sqlite_"):
-            reads.add(arg1.lower())
-        return sqlite3.SQLITE_OK
-
-    return authorizer
-
-
-if not TYPE_CHECKING:  # hidden from type checkers, which see the import above
-
-    def __getattr__(name: str) -> Any:
-        # ``from dimpledb_sa.live import Watcher`` keeps working: the watcher is in .watch now
-        if name == "Watcher":
-            from . import watch
-
-            return watch.Watcher
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
-from . import schema
-from .bundle import ChangeRow, TxRecord
-from .changes import Change
-from .clock import is_next_id, new_id, offset_id
+from . import meta, schema
+from .changes import Change, ChangeRow, TxRecord, change_from_row
+from .clock import is_next_id, offset_id
+from .rows import chunks, insert_many
 
 if TYPE_CHECKING:
-    from .db import DimpleDb
+    from .replica import Replica
 
 __all__ = [
     "ChangeRow",
@@ -62,7 +62,6 @@ Group = list[Any]
 
 _dumps = json.dumps
 _loads = json.loads
-_CHUNK = 900
 _HEXI = {ch: k for k, ch in enumerate("0123456789abcdef")}
 
 
@@ -82,7 +81,8 @@ PENDING_LIMIT = 256
 """Local transactions kept in ``dimple_pending`` before a commit folds them into the log."""
 
 
-def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list[PackedRow]:
+def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
+                ) -> list[PackedRow]:
     """Issue ids for one local transaction's groups and write it; returns the packed rows.
 
     The transaction goes to ``dimple_pending`` as one row (see :func:`fold`). The clock first
@@ -91,18 +91,13 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
     ids keep growing across restarts, across processes sharing the database and after pulls
     by any of them.
     """
-    m = schema.meta
-    floor = _clock_floor(conn)
+    clock = replica.clock
+    floor = meta.get(conn, meta.CLOCK)
     if floor:
-        db.clock.observe(floor)
-    author = db._author_id
-    if author is None:  # read (or create) it on this connection: another one would wait on
-        author = conn.execute(select(m.c.value).where(m.c.key == "author_id")).scalar()
-        if author is None:  # this transaction's lock (SQLite) or commit out of turn
-            author = new_id()
-            schema.insert_many(conn, m, [("author_id", author)])
+        clock.observe(floor)
+    author = replica.author_on(conn)
     counts = [len(g[4]) for g in groups]
-    firsts = db.clock.reserve_runs([1, *counts])
+    firsts = clock.reserve_runs([1, *counts])
     tx_id = firsts[0]
     rows: list[PackedRow] = []
     append = rows.append
@@ -113,10 +108,10 @@ def write_local(db: DimpleDb, conn: Connection, groups: Sequence[Group]) -> list
             olds if type(olds) is str else json_array(olds),
             json_array(news),
         ))
-    last = db.clock.last
+    last = clock.last
     assert last is not None
-    _store_floor(conn, floor, last)
-    schema.insert_many(conn, schema.transactions, [(tx_id, author)])
+    meta.raise_floor(conn, floor, last)
+    insert_many(conn, schema.transactions, [(tx_id, author)])
     tables = sorted({g[0] for g in groups})
     # the body is JSON built by hand: the three arrays are JSON text already
     form = '["%s",%s,%s,%s,%s,%s]'
@@ -153,7 +148,7 @@ def fold(conn: Connection) -> int:
     packed: list[PackedRow] = []
     for _, tx_id, body in found:
         packed.extend(_unpack(tx_id, body))
-    schema.insert_many(conn, schema.changes, packed)
+    insert_many(conn, schema.changes, packed)
     conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
     return len(packed)
 
@@ -189,22 +184,7 @@ def raise_clock_floor(conn: Connection, newest: str) -> None:
     first id does not hold the newest change id; this floor lets a restarted clock still
     issue ids above every pulled one.
     """
-    _store_floor(conn, _clock_floor(conn), newest)
-
-
-def _clock_floor(conn: Connection) -> str | None:
-    m = schema.meta
-    floor: str | None = conn.execute(select(m.c.value).where(m.c.key == "clock")).scalar()
-    return floor
-
-
-def _store_floor(conn: Connection, floor: str | None, newest: str) -> None:
-    """Raise the stored floor from ``floor`` (as read in this transaction) to ``newest``."""
-    m = schema.meta
-    if floor is None:
-        schema.insert_many(conn, m, [("clock", newest)])
-    elif newest > floor:
-        conn.execute(m.update().where(m.c.key == "clock").values(value=newest))
+    meta.raise_floor(conn, meta.get(conn, meta.CLOCK), newest)
 
 
 def expand(row: Sequence[Any]) -> list[ChangeRow]:
@@ -285,8 +265,7 @@ def transactions_since(conn: Connection, author: str, after: str | None) -> list
         stmt = stmt.where(t.c.id > after)
     tx_ids = list(conn.execute(stmt.order_by(t.c.id)).scalars())
     by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
-    for i in range(0, len(tx_ids), _CHUNK):
-        chunk = tx_ids[i : i + _CHUNK]
+    for chunk in chunks(tx_ids):
         for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
             by_tx[row[1]].extend(expand(row))
         for prow in pending_rows(conn, transaction_ids=chunk):
@@ -312,8 +291,7 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
         by_type[etype].append(eid)
     out: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
     for etype, eids in by_type.items():
-        for i in range(0, len(eids), _CHUNK):
-            chunk = eids[i : i + _CHUNK]
+        for chunk in chunks(eids):
             stmt = select(c).where(c.c.entity_type == etype, c.c.entity_id.in_(chunk))
             for row in conn.execute(stmt):
                 out[(row[2], row[3])].extend(expand(row))
@@ -338,9 +316,6 @@ def history(conn: Connection, entity_type: str, entity_id: str) -> list[Change]:
             t.c.id.in_({r[1] for r in pend}))).all())
         found.extend((r, authors.get(r[1], "")) for r in pend)
     for row, author in found:
-        for r in expand(row):
-            out.append(Change(r[0], r[1], author, r[2], r[3], r[4],
-                              None if r[5] is None else _loads(r[5]),
-                              None if r[6] is None else _loads(r[6])))
+        out.extend(change_from_row(r, author) for r in expand(row))
     out.sort(key=lambda ch: ch.id)
     return out

@@ -12,11 +12,9 @@ fault. It knows nothing of the ORM, of encryption or of storage backends.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, repeat
@@ -24,7 +22,9 @@ from json.encoder import encode_basestring_ascii as _esc
 from operator import itemgetter
 from typing import Any
 
-from .errors import RemoteFormatError
+from ..core.changes import ChangeRow, TxRecord
+from ..core.errors import RemoteFormatError
+from ..core.rows import gc_paused
 
 __all__ = [
     "MANIFEST_NAME",
@@ -44,14 +44,6 @@ __all__ = [
     "parse_bundle_name",
     "utc_now_iso",
 ]
-
-ChangeRow = tuple[str, str, str, str, str, str | None, str | None]
-"""(id, transaction_id, entity_type, entity_id, attribute, old_value_json, new_value_json).
-
-The values are the text ``json.dumps(value)`` (default settings); ``None`` is JSON null."""
-
-TxRecord = tuple[str, str, list[ChangeRow]]
-"""(transaction id, author id, changes)."""
 
 MANIFEST_NAME = "dimple_db.json"
 """File name of an author's manifest, next to its bundles."""
@@ -227,7 +219,7 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
     if not is_uuid(author):
         raise RemoteFormatError(f"not a canonical author id: {author!r:.80}")
     where = f"bundle {name}" if name else "bundle"
-    with _gc_paused(len(data) > _GC_PAUSE_BYTES):
+    with gc_paused(len(data) > _GC_PAUSE_BYTES):
         doc = _load_json(data, where)
         out = _decode_fast(doc, author)
         if out is None:
@@ -247,19 +239,6 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
 _GC_PAUSE_BYTES = 1 << 20
 _HEX_DASH = b"0123456789abcdef-"
 
-
-@contextmanager
-def _gc_paused(pause: bool) -> Iterator[None]:
-    """Hold off the cyclic GC while a large bundle is parsed (it builds only acyclic dicts,
-    lists and tuples, yet triggers collections that would double the decoding time)."""
-    if not pause or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 _GET_TX = itemgetter(*_TX_KEYS)
 _GET_CHANGE = itemgetter(*_CHANGE_KEYS)

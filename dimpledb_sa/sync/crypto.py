@@ -20,7 +20,7 @@ import pyrage
 from pyrage import passphrase as _scrypt
 from pyrage import x25519
 
-from .errors import ConfigurationError, DecryptionError
+from ..core.errors import ConfigurationError, DecryptionError
 
 __all__ = [
     "AGE_MAGIC",

@@ -26,26 +26,26 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, bindparam, delete, select, text, update
 from sqlalchemy.exc import StatementError
 
-from . import log, schema
-from .bundle import ChangeRow, TxRecord
-from .capture import fetch_rows
-from .errors import DimpleError, RemoteFormatError
+from ..core import changelog, schema
+from ..core.changes import ChangeRow, TxRecord
+from ..core.errors import DimpleError, RemoteFormatError
+from ..core.rows import chunks, fetch_rows, insert_many, insert_values
+from ..core.tracking import parents_first
 
 if TYPE_CHECKING:
-    from .db import DimpleDb
-    from .tracking import TrackedTable
+    from ..core.replica import Replica
+    from ..core.tracking import TrackedTable
 
-__all__ = ["APPLY_ERRORS", "MergeResult", "describe", "merge", "replay_held"]
+__all__ = ["APPLY_ERRORS", "MergeResult", "announce", "describe", "merge", "replay_held",
+           "replay_held_in"]
 
-_log = logging.getLogger("dimpledb_sa.merge")
+logger = logging.getLogger(__name__)
 
 APPLY_ERRORS = (StatementError, DimpleError, ValueError, TypeError, ArithmeticError,
                 LookupError)
 """What applying well-formed but unusable changes raises (a key that is not the entity's,
 a value no column of this type can hold, a constraint the rows break): callers undo that
 merge to a savepoint and keep the rest."""
-
-_CHUNK = 900
 
 
 @dataclass
@@ -81,8 +81,7 @@ def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]
     t = schema.transactions
     ids = [tx[0] for tx in transactions]
     known: set[str] = set()
-    for i in range(0, len(ids), _CHUNK):
-        chunk = ids[i : i + _CHUNK]
+    for chunk in chunks(ids):
         known.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
     seen: set[str] = set()
     out: list[TxRecord] = []
@@ -93,27 +92,27 @@ def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]
     return out
 
 
-def merge(db: DimpleDb, conn: Connection, transactions: Sequence[TxRecord]) -> MergeResult:
+def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) -> MergeResult:
     """Store and apply pulled ``transactions`` on ``conn`` (inside the caller's transaction)."""
     result = MergeResult()
     fresh = _fresh(conn, transactions)
     if not fresh:
         return result
     incoming: dict[tuple[str, str], list[ChangeRow]] = {}
-    rows: list[log.PackedRow] = []
+    rows: list[changelog.PackedRow] = []
     newest = ""
     for tx_id, author, changes in fresh:
         result.authors[tx_id] = author
-        rows.extend(log.pack(changes, incoming))
+        rows.extend(changelog.pack(changes, incoming))
         newest = max(newest, tx_id, max(c[0] for c in changes) if changes else "")
-    db.clock.observe(newest)
-    log.raise_clock_floor(conn, newest)
-    before = log.entity_changes(conn, incoming)
-    schema.insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
+    replica.clock.observe(newest)
+    changelog.raise_clock_floor(conn, newest)
+    before = changelog.entity_changes(conn, incoming)
+    insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
                        ignore_existing=True)
-    schema.insert_many(conn, schema.changes, rows, ignore_existing=True)
+    insert_many(conn, schema.changes, rows, ignore_existing=True)
     result.stored = len(fresh)
-    _apply(db, conn, incoming, before, result)
+    _apply(replica, conn, incoming, before, result)
     return result
 
 
@@ -126,7 +125,7 @@ def _winners(changes: Iterable[ChangeRow]) -> dict[str, ChangeRow]:
     return win
 
 
-def _apply(db: DimpleDb, conn: Connection,
+def _apply(replica: Replica, conn: Connection,
            incoming: dict[tuple[str, str], list[ChangeRow]],
            before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult) -> None:
     """Derive each entity in ``incoming`` from ``before`` + ``incoming`` and write the rows."""
@@ -136,7 +135,7 @@ def _apply(db: DimpleDb, conn: Connection,
     held: list[tuple[str, str, str, str]] = []
     plans: list[tuple[TrackedTable, dict[str, Any]]] = []
     for etype, eids in by_table.items():
-        tt = db.tracked.get(etype)
+        tt = replica.tracked.get(etype)
         if tt is None:
             for eid in eids:
                 inc = incoming[(etype, eid)]
@@ -146,9 +145,9 @@ def _apply(db: DimpleDb, conn: Connection,
         current = fetch_rows(conn, tt, eids)
         plan = _plan_table(tt, eids, incoming, before, current, held, result)
         plans.append((tt, plan))
-    _write(db, conn, plans, result)
+    _write(replica, conn, plans, result)
     if held:
-        schema.insert_many(conn, schema.held, held, ignore_existing=True)
+        insert_many(conn, schema.held, held, ignore_existing=True)
 
 
 def _plan_table(tt: TrackedTable, eids: list[str],
@@ -258,11 +257,11 @@ def _plan_table(tt: TrackedTable, eids: list[str],
     return {"inserts": inserts, "updates": updates, "deletes": deletes}
 
 
-def _write(db: DimpleDb, conn: Connection, plans: list[tuple[TrackedTable, dict[str, Any]]],
+def _write(replica: Replica, conn: Connection, plans: list[tuple[TrackedTable, dict[str, Any]]],
            result: MergeResult) -> None:
     if not plans:
         return
-    order = _table_order(db)
+    order = _table_order(replica)
     plans.sort(key=lambda p: order.get(p[0].name, len(order)))
     fk_check = conn.dialect.name == "sqlite" and bool(
         conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
@@ -270,13 +269,13 @@ def _write(db: DimpleDb, conn: Connection, plans: list[tuple[TrackedTable, dict[
         conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
     for tt, plan in reversed(plans):  # children first
         deletes = plan["deletes"]
-        for i in range(0, len(deletes), _CHUNK):
-            conn.execute(delete(tt.table).where(tt.pk.in_(deletes[i : i + _CHUNK])))
+        for chunk in chunks(deletes):
+            conn.execute(delete(tt.table).where(tt.pk.in_(chunk)))
         if deletes:
             result.tables.add(tt.name)
     for tt, plan in plans:  # parents first
         if plan["inserts"]:
-            schema.insert_values(conn, tt.table, plan["inserts"])
+            insert_values(conn, tt.table, plan["inserts"])
             result.tables.add(tt.name)
         for cols, batch in plan["updates"].items():
             stmt = (
@@ -290,33 +289,30 @@ def _write(db: DimpleDb, conn: Connection, plans: list[tuple[TrackedTable, dict[
         tables = [tt for tt, _ in plans]
         for tt, plan in plans:
             if plan["deletes"]:
-                _add_dependents(db, tt, tables)
-        _hold_orphans(db, conn, tables, result)
+                _add_dependents(replica, tt, tables)
+        _hold_orphans(replica, conn, tables, result)
     result.applied = len(result.applied_changes)
 
 
-def _table_order(db: DimpleDb) -> dict[str, int]:
-    order: dict[str, int] = {}
-    seen: set[int] = set()
-    for tt in db.tracked.values():
-        md = tt.table.metadata
-        if id(md) in seen:
-            continue
-        seen.add(id(md))
-        for t in md.sorted_tables:
-            order.setdefault(t.name, len(order))
-    return order
+def _table_order(replica: Replica) -> dict[str, int]:
+    return {tt.name: i for i, tt in enumerate(parents_first(replica.tracked))}
 
 
-def _add_dependents(db: DimpleDb, parent: TrackedTable, tables: list[TrackedTable]) -> None:
+def announce(replica: Replica, result: MergeResult) -> None:
+    """Send ``changes_committed`` (origin ``"sync"``) for a committed merge's changes."""
+    if result.applied_changes:
+        replica.committed_rows(sorted(result.applied_changes), "sync", result.authors)
+
+
+def _add_dependents(replica: Replica, parent: TrackedTable, tables: list[TrackedTable]) -> None:
     """Add to ``tables`` the tracked tables with a foreign key to ``parent``."""
-    for tt in db.tracked.values():
+    for tt in replica.tracked.values():
         if tt not in tables and any(fk.references(parent.table)
                                     for fk in tt.table.foreign_keys):
             tables.append(tt)
 
 
-def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
+def _hold_orphans(replica: Replica, conn: Connection, tables: list[TrackedTable],
                   result: MergeResult) -> None:
     """Take rows whose parent is missing back out of their table and hold them.
 
@@ -334,7 +330,7 @@ def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
             return
         handled = False
         for name, rowids in bad.items():
-            child = db.tracked.get(name)
+            child = replica.tracked.get(name)
             if child is None:
                 continue  # an untracked table: the commit will report it
             handled = True
@@ -342,8 +338,8 @@ def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
             ids = [r[0] for r in conn.execute(
                 select(child.pk).where(text(f"rowid IN ({marks})")))]
             conn.execute(delete(child.table).where(child.pk.in_(ids)))
-            _add_dependents(db, child, tables)
-            schema.insert_many(conn, schema.held,
+            _add_dependents(replica, child, tables)
+            insert_many(conn, schema.held,
                                [(name, str(i), child.pk_name, "missing parent row")
                                 for i in ids], ignore_existing=True)
             result.held += len(ids)
@@ -354,7 +350,7 @@ def _hold_orphans(db: DimpleDb, conn: Connection, tables: list[TrackedTable],
             return
 
 
-def replay_held(db: DimpleDb, conn: Connection) -> int:
+def replay_held(replica: Replica, conn: Connection) -> int:
     """Re-derive held entities whose table and columns now exist; returns changes applied.
 
     Runs in its own transaction on ``conn`` unless one is open. Held entries that still
@@ -364,7 +360,7 @@ def replay_held(db: DimpleDb, conn: Connection) -> int:
     if own:
         conn.begin()
     try:
-        result = replay_held_in(db, conn)
+        result = replay_held_in(replica, conn)
         if own:
             conn.commit()
     except BaseException:
@@ -372,11 +368,11 @@ def replay_held(db: DimpleDb, conn: Connection) -> int:
             conn.rollback()
         raise
     if result.applied_changes:
-        db.announce_sync(result)
+        announce(replica, result)
     return result.applied
 
 
-def replay_held_in(db: DimpleDb, conn: Connection) -> MergeResult:
+def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
     """:func:`replay_held` inside the caller's transaction."""
     h = schema.held
     result = MergeResult()
@@ -384,7 +380,7 @@ def replay_held_in(db: DimpleDb, conn: Connection) -> MergeResult:
                                        h.c.reason)))
     ready: set[tuple[str, str]] = set()
     for etype, eid, attr, reason in entries:
-        tt = db.tracked.get(etype)
+        tt = replica.tracked.get(etype)
         if tt is None:
             continue
         if attr in tt.codecs or reason == "missing parent row":
@@ -393,34 +389,34 @@ def replay_held_in(db: DimpleDb, conn: Connection) -> MergeResult:
         return result
     for etype, eid in ready:
         conn.execute(delete(h).where(h.c.entity_type == etype, h.c.entity_id == eid))
-    everything = log.entity_changes(conn, ready)
+    everything = changelog.entity_changes(conn, ready)
     # re-derive from the whole log: every logged change counts as "incoming" over nothing
     try:
         with conn.begin_nested():
-            _apply(db, conn, {k: everything.get(k, []) for k in ready}, {}, result)
+            _apply(replica, conn, {k: everything.get(k, []) for k in ready}, {}, result)
     except APPLY_ERRORS:
-        result = _replay_each(db, conn, ready, everything,
+        result = _replay_each(replica, conn, ready, everything,
                               [tuple(e) for e in entries])
     authors = _authors(conn, {c[1] for c in result.applied_changes})
     result.authors = authors
     return result
 
 
-def _replay_each(db: DimpleDb, conn: Connection, ready: set[tuple[str, str]],
+def _replay_each(replica: Replica, conn: Connection, ready: set[tuple[str, str]],
                  everything: dict[tuple[str, str], list[ChangeRow]],
                  entries: list[tuple[Any, ...]]) -> MergeResult:
     """Replay entity by entity (parents first), so that one that cannot apply stays held
     alone."""
-    order = _table_order(db)
+    order = _table_order(replica)
     result = MergeResult()
     for key in sorted(ready, key=lambda k: (order.get(k[0], len(order)), k[1])):
         part = MergeResult()
         try:
             with conn.begin_nested():
-                _apply(db, conn, {key: everything.get(key, [])}, {}, part)
+                _apply(replica, conn, {key: everything.get(key, [])}, {}, part)
         except APPLY_ERRORS as exc:
-            _log.warning("held %s %s still cannot apply: %s", key[0], key[1], describe(exc))
-            schema.insert_many(conn, schema.held, [e for e in entries if e[:2] == key],
+            logger.warning("held %s %s still cannot apply: %s", key[0], key[1], describe(exc))
+            insert_many(conn, schema.held, [e for e in entries if e[:2] == key],
                                ignore_existing=True)
             continue
         result.add(part)
@@ -430,9 +426,7 @@ def _replay_each(db: DimpleDb, conn: Connection, ready: set[tuple[str, str]],
 def _authors(conn: Connection, tx_ids: set[str]) -> dict[str, str]:
     t = schema.transactions
     out: dict[str, str] = {}
-    ids = list(tx_ids)
-    for i in range(0, len(ids), _CHUNK):
-        for tid, author in conn.execute(select(t.c.id, t.c.author).where(
-                t.c.id.in_(ids[i : i + _CHUNK]))):
+    for chunk in chunks(list(tx_ids)):
+        for tid, author in conn.execute(select(t.c.id, t.c.author).where(t.c.id.in_(chunk))):
             out[tid] = author
     return out

@@ -24,18 +24,13 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
     "BOOKKEEPING_PREFIX",
     "changes",
     "cursors",
     "held",
-    "insert_many",
-    "insert_values",
     "meta",
     "metadata",
     "pending",
@@ -103,67 +98,3 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
-
-
-def insert_many(conn: Connection, table: Table, rows: Sequence[Sequence[Any]],
-                *, ignore_existing: bool = False) -> None:
-    """Insert positional ``rows`` (in ``table.columns`` order) with one ``executemany``.
-
-    Goes straight to the DBAPI cursor where the dialect's paramstyle allows (the capture
-    and merge hot paths); ``ignore_existing`` skips rows whose key is already present.
-    """
-    if not rows:
-        return
-    dialect = conn.dialect
-    names = [c.name for c in table.columns]
-    style = dialect.paramstyle
-    if style == "qmark":
-        marks = ", ".join("?" for _ in names)
-    elif style in ("format", "pyformat"):
-        marks = ", ".join("%s" for _ in names)
-    elif style == "numeric":
-        marks = ", ".join(f":{i + 1}" for i in range(len(names)))
-    else:
-        stmt = table.insert()
-        if ignore_existing:
-            stmt = stmt.prefix_with("OR IGNORE", dialect="sqlite")
-        conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
-        return
-    cols = ", ".join(dialect.identifier_preparer.quote(n) for n in names)
-    tname = dialect.identifier_preparer.format_table(table)
-    verb = "INSERT"
-    tail = ""
-    if ignore_existing:
-        if dialect.name == "sqlite":
-            verb = "INSERT OR IGNORE"
-        elif dialect.name == "mysql":
-            verb = "INSERT IGNORE"
-        else:
-            tail = " ON CONFLICT DO NOTHING"
-    conn.exec_driver_sql(f"{verb} INTO {tname} ({cols}) VALUES ({marks}){tail}", list(rows))
-
-
-def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert Python values (dicts with the same keys) through the columns' bind processors,
-    with one ``executemany`` per key set (what ``conn.execute(table.insert(), rows)`` does,
-    without its per-row overhead)."""
-    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        by_keys.setdefault(tuple(r), []).append(r)
-    dialect = conn.dialect
-    for keys, batch in by_keys.items():
-        if any(c.default is not None and c.name not in keys for c in table.columns):
-            conn.execute(table.insert(), batch)  # Core fills in the Python-side defaults
-            continue
-        cols = [table.c[k] for k in keys]
-        columns: list[list[Any]] = []
-        for c in cols:
-            values = [r[c.name] for r in batch]
-            proc = c.type.bind_processor(dialect)
-            if proc is not None:
-                values = [None if v is None else proc(v) for v in values]
-            columns.append(values)
-        tuples = list(zip(*columns, strict=True))
-        sub = Table(table.name, MetaData(), *(Column(c.name, c.type) for c in cols),
-                    schema=table.schema)
-        insert_many(conn, sub, tuples)

@@ -1,8 +1,9 @@
 """Background sync: :class:`BackgroundSync`, the thread behind ``db.start_sync()``.
 
-This module owns the loop that calls ``db.sync()`` every ``interval`` seconds in one daemon
-thread, so that an application stays in sync without calling it itself. A failed sync never
-reaches the application: it is logged (logger ``dimpledb_sa.background``), kept in
+This module owns the loop that calls a sync function (``db.sync``) every ``interval``
+seconds in one daemon thread, so that an application stays in sync without calling it
+itself. A failed sync never reaches the application: it is logged (logger
+``dimpledb_sa.sync.background``), kept in
 ``last_error``, and retried after an exponential backoff with jitter, capped at
 ``max_backoff``; transient failures (network, storage, anything unexpected) back off, while
 a sync that completed but could not read some author (a ``DecryptionError`` or
@@ -22,20 +23,22 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, DecryptionError, RemoteFormatError, SyncError
-from .signals import changes_committed
+from ..core.errors import ConfigurationError, DecryptionError, RemoteFormatError, SyncError
+from ..core.signals import changes_committed
 
 if TYPE_CHECKING:
-    from .db import DimpleDb
-    from .report import SyncReport
+    from ..core.report import SyncReport
 
 __all__ = ["BackgroundSync"]
 
-log = logging.getLogger("dimpledb_sa.background")
+logger = logging.getLogger(__name__)
 
 
 class BackgroundSync:
-    """Sync ``db`` in a daemon thread every ``interval`` seconds until :meth:`stop`.
+    """Call ``run`` (a sync) in a daemon thread every ``interval`` seconds until :meth:`stop`.
+
+    - ``sender``: the object local commits are signalled as (the ``DimpleDb``), for
+      ``sync_on_commit``.
 
     - ``interval``: seconds between the end of one successful sync and the next.
     - ``retry_delay``: the first backoff after a failure (default ``min(interval, 1.0)``);
@@ -51,8 +54,9 @@ class BackgroundSync:
 
     def __init__(
         self,
-        db: DimpleDb,
+        run: Callable[[], SyncReport],
         *,
+        sender: object | None = None,
         interval: float = 30.0,
         retry_delay: float | None = None,
         max_backoff: float = 300.0,
@@ -75,8 +79,8 @@ class BackgroundSync:
             )
         if not 0 <= jitter <= 1:
             raise ConfigurationError(f"jitter= must be between 0 and 1: {jitter!r}")
-        _ = db.storage  # ConfigurationError now, in the caller, when there is no remote
-        self.db = db
+        self.run = run
+        self.sender = sender
         self.interval = float(interval)
         self.retry_delay = float(retry_delay)
         self.max_backoff = float(max_backoff)
@@ -119,7 +123,7 @@ class BackgroundSync:
             raise RuntimeError("this BackgroundSync has already been started")
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         if self.sync_on_commit:
-            changes_committed.connect(self._on_commit, sender=self.db)
+            changes_committed.connect(self._on_commit, sender=self.sender)
         self._thread.start()
 
     def trigger(self) -> None:
@@ -134,7 +138,7 @@ class BackgroundSync:
         ``on_sync``/``on_error`` (it then does not wait for itself).
         """
         if self.sync_on_commit:
-            changes_committed.disconnect(self._on_commit, sender=self.db)
+            changes_committed.disconnect(self._on_commit, sender=self.sender)
         self._stop.set()
         self._wake.set()
         thread = self._thread
@@ -169,13 +173,13 @@ class BackgroundSync:
             delay = self._sync_once()
         if self.sync_on_stop:
             self._sync_once()
-        log.debug("background sync stopped after %d syncs", self.syncs)
+        logger.debug("background sync stopped after %d syncs", self.syncs)
 
     def _sync_once(self) -> float:
         """One sync, never raising; returns how long to wait before the next one."""
         self.syncs += 1
         try:
-            report = self.db.sync()
+            report = self.run()
         except Exception as exc:
             self.last_error = exc
             if isinstance(exc, SyncError) and exc.report is not None:
@@ -183,12 +187,12 @@ class BackgroundSync:
             if isinstance(exc, DecryptionError | RemoteFormatError):
                 # The sync completed for every readable author; retrying sooner fixes nothing.
                 self.failures = 0
-                log.warning("background sync: %s; next try in %.3gs", exc, self.interval)
+                logger.warning("background sync: %s; next try in %.3gs", exc, self.interval)
                 self._call(self.on_error, exc)
                 return self.interval
             self.failures += 1
             delay = self._backoff(self.failures)
-            log.warning("background sync failed (%d in a row): %s: %s; retrying in %.3gs",
+            logger.warning("background sync failed (%d in a row): %s: %s; retrying in %.3gs",
                         self.failures, type(exc).__name__, exc, delay)
             self._call(self.on_error, exc)
             return delay
@@ -210,4 +214,4 @@ class BackgroundSync:
         try:
             callback(arg)
         except Exception:
-            log.exception("a background sync callback raised; ignored")
+            logger.exception("a background sync callback raised; ignored")

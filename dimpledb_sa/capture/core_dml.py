@@ -1,13 +1,13 @@
 """Capture of Core DML on tracked tables: ``connection.execute(insert/update/delete(table))``.
 
 Opt-in, per engine: ``DimpleDb(create_engine(url).execution_options(dimpledb_sa_capture=True),
-Base)``. Without it only ORM writes are captured (:mod:`dimpledb_sa.capture`), and Core
+Base)``. Without it only ORM writes are captured (:mod:`.unit_of_work`), and Core
 statements and raw SQL write tracked tables without history (``db.adopt()`` records such rows
 later). With it, engine events see every statement; an ``Insert``, ``Update`` or ``Delete``
-whose table is tracked is recorded like :mod:`dimpledb_sa.bulk` records ORM-enabled ones: the
+whose table is tracked is recorded like :mod:`.statements` records ORM-enabled ones: the
 keys and old values are read before it, the new values after it, on the same connection and
 in the same transaction. Still not captured: raw SQL (``text()``, ``exec_driver_sql``),
-statements the ORM runs itself (a flush, an ORM-enabled statement: :mod:`dimpledb_sa.capture`
+statements the ORM runs itself (a flush, an ORM-enabled statement: :mod:`.unit_of_work`
 records those; the ORM compiles its flush into a cache of its own, so a statement run with a
 ``compiled_cache`` other than the engine's is taken for one), writes made with
 ``dimpledb_sa_capture=False`` on the statement or the connection, and writes made while the
@@ -19,35 +19,43 @@ written to the log at once, on the statement's connection, as a log transaction 
 own: they commit or roll back with the data. ``changes_committed`` for those is sent after
 the connection's transaction committed, when the connection goes back to the pool or begins
 its next transaction (the engine has no after-commit event); a rolled-back savepoint takes
-its changes out of the signal, as the database takes them out of the log.
+its changes out of the signal, as the database takes them out of the log. The engine's
+listeners are registered in :mod:`.listeners`, which calls the handlers here by the name
+of the event they handle.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, NestedTransaction, event, select
+from sqlalchemy import Connection, NestedTransaction, select
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
-from .bulk import _literal, _unique, row_groups
-from .capture import fetch_rows, weak_listener
-from .errors import DimpleError
-from .log import Group, PackedRow, expand_all, write_local
-from .tracking import TrackedTable
+from ..core._compat import (
+    compiled_cache,
+    owns_lock,
+    savepoint_name,
+    session_connections,
+    statement_multi_values,
+    statement_values,
+    surrounding_savepoint,
+)
+from ..core.changelog import Group, PackedRow, expand_all, write_local
+from ..core.errors import DimpleError
+from ..core.rows import fetch_rows
+from ..core.tracking import TrackedTable
+from .statements import UNKNOWN, literal_value, row_groups, unique_keys
 
 if TYPE_CHECKING:
-    from .capture import Capture
+    from .unit_of_work import Capture
 
 __all__ = ["OPTION", "CoreCapture"]
 
 OPTION = "dimpledb_sa_capture"
 """Execution option: ``True`` on the engine captures its Core DML; ``False`` on a statement or
 connection leaves its writes uncaptured."""
-
-_UNKNOWN = object()
 
 
 class _Statement:
@@ -81,30 +89,12 @@ class CoreCapture:
 
     def __init__(self, capture: Capture) -> None:
         self._capture = weakref.ref(capture)
+        self.replica = capture.replica
         self.engine = capture.engine
         self.tracked = capture.tracked
         self._key = f"dimpledb_sa.core_capture.{id(self)}"
         self._sessions: weakref.WeakKeyDictionary[Connection, weakref.ref[Session]] = (
             weakref.WeakKeyDictionary())
-        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
-
-    # -- registration ----------------------------------------------------------------------
-    def install(self) -> None:
-        if self._listeners:
-            return
-        for target, name in ((self.engine, "before_execute"), (self.engine, "after_execute"),
-                             (self.engine, "begin"), (self.engine, "commit"),
-                             (self.engine, "rollback"), (self.engine, "rollback_savepoint"),
-                             (self.engine, "checkin"),
-                             (Session, "after_begin")):
-            fn = weak_listener(self, "_on_" + name)
-            event.listen(target, name, fn)
-            self._listeners.append((target, name, fn))
-        weakref.finalize(self, _remove_all, list(self._listeners))
-
-    def remove(self) -> None:
-        _remove_all(self._listeners)
-        self._listeners.clear()
 
     # -- helpers ---------------------------------------------------------------------------
     def _state(self, conn: Connection, create: bool = True) -> _ConnState | None:
@@ -135,18 +125,13 @@ class CoreCapture:
         if any(k.startswith("_sa_orm_") for k in opts):
             return True  # an ORM-enabled statement run by a session: bulk.py records it
         cache = opts.get("compiled_cache")
-        if cache is not None and cache is not conn.engine._compiled_cache:
+        if cache is not None and cache is not compiled_cache(conn.engine):
             return True  # the ORM's flush (it compiles into its mapper's own cache)
-        cap = self._capture()
-        db = cap._db() if cap is not None else None
-        if db is None:
-            return True
-        owned = getattr(db.sync_lock, "_is_owned", None)
-        return bool(owned is not None and owned())
+        return owns_lock(self.replica.sync_lock)
 
     # -- statements ------------------------------------------------------------------------
-    def _on_before_execute(self, conn: Connection, elem: Any, multiparams: Any, params: Any,
-                           opts: Any) -> None:
+    def before_execute(self, conn: Connection, elem: Any, multiparams: Any, params: Any,
+                       opts: Any) -> None:
         found = self._tracked(elem)
         if found is None or self._skipped(conn, elem, opts):
             return
@@ -160,8 +145,7 @@ class CoreCapture:
         assert st is not None
         st.inflight.append(_Statement(elem, tt, kind, keys, before))
 
-    def _on_after_execute(self, conn: Connection, elem: Any, multiparams: Any, params: Any,
-                          opts: Any, result: Any) -> None:
+    def after_execute(self, conn: Connection, elem: Any, result: Any) -> None:
         st = self._state(conn, create=False)
         if st is None:
             return
@@ -175,7 +159,7 @@ class CoreCapture:
         keys = s.keys
         if s.kind == "insert":
             try:
-                keys = _unique(r[0] for r in result.inserted_primary_key_rows)
+                keys = unique_keys(r[0] for r in result.inserted_primary_key_rows)
             except Exception:
                 keys = s.keys
             if not keys:
@@ -200,28 +184,24 @@ class CoreCapture:
             if bind is not None:
                 cap.record(session, bind, groups)
                 return
-        db = cap._db()
-        if db is None:
-            return
-        st.written.append((conn.get_nested_transaction(), write_local(db, conn, groups)))
+        st.written.append((conn.get_nested_transaction(), write_local(self.replica, conn, groups)))
 
     # -- transactions ----------------------------------------------------------------------
-    def _on_after_begin(self, session: Session, transaction: SessionTransaction,
-                        connection: Connection) -> None:
-        if connection.engine is self.engine:
-            self._sessions[connection] = weakref.ref(session)
+    def after_begin(self, session: Session, connection: Connection) -> None:
+        """A session began using ``connection`` (of our engine)."""
+        self._sessions[connection] = weakref.ref(session)
 
-    def _on_rollback_savepoint(self, conn: Connection, name: str, context: Any) -> None:
+    def rollback_savepoint(self, conn: Connection, name: str) -> None:
         st = self._state(conn, create=False)
         if st is None or not st.written:
             return
         target = conn.get_nested_transaction()
-        while target is not None and target._savepoint != name:
-            target = target._previous_nested
+        while target is not None and savepoint_name(target) != name:
+            target = surrounding_savepoint(target)
         if target is not None:
             st.written = [w for w in st.written if not _within(w[0], target)]
 
-    def _on_commit(self, conn: Connection) -> None:
+    def commit(self, conn: Connection) -> None:
         st = self._state(conn, create=False)
         if st is not None:
             for _, rows in st.written:
@@ -229,36 +209,27 @@ class CoreCapture:
             st.written.clear()
             st.inflight.clear()
 
-    def _on_rollback(self, conn: Connection) -> None:
+    def rollback(self, conn: Connection) -> None:
         st = self._state(conn, create=False)
         if st is not None:
             st.written.clear()
             st.inflight.clear()
 
-    def _on_begin(self, conn: Connection) -> None:
-        self._announce(conn.info)
-
-    def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
-        if record is not None:
-            self._announce(record.info)
-
-    def _announce(self, info: dict[Any, Any]) -> None:
+    def announce(self, info: dict[Any, Any]) -> None:
+        """Send the signal for what committed on a connection (``info``: its ``info`` dict)
+        since; called when it begins again and when it goes back to the pool."""
         st: _ConnState | None = info.get(self._key)
         if st is None or not st.committed:
             return
         rows, st.committed = st.committed, []
-        cap = self._capture()
-        db = cap._db() if cap is not None else None
-        if db is not None:
-            db.committed(frozenset(r[2] for r in rows), lambda: db.to_changes(expand_all(rows)),
-                         "local")
+        self.replica.committed_rows(expand_all(rows))
 
 
 def _within(tx: NestedTransaction | None, ancestor: NestedTransaction) -> bool:
     while tx is not None:
         if tx is ancestor:
             return True
-        tx = tx._previous_nested
+        tx = surrounding_savepoint(tx)
     return False
 
 
@@ -266,7 +237,7 @@ def _session_bind(tx: SessionTransaction | None, conn: Connection) -> Any:
     """The bind under which the session's transaction uses ``conn``, if it does."""
     if tx is None:
         return None
-    for bind, entry in tx._connections.items():
+    for bind, entry in session_connections(tx).items():
         if entry[0] is conn:
             return bind
     return None
@@ -283,34 +254,34 @@ def _insert_keys(elem: Any, tt: TrackedTable, rows: list[dict[str, Any]]) -> lis
     has_default = default is not None and callable(getattr(default, "arg", None))
     if getattr(elem, "select", None) is not None:
         raise DimpleError(hint)
-    multi = getattr(elem, "_multi_values", None)
+    multi = statement_multi_values(elem)
     if multi:
         keys: list[Any] = []
         for row in (r for group in multi for r in group):
-            v = _UNKNOWN
+            v = UNKNOWN
             for col, val in (row.items() if isinstance(row, dict) else ()):
                 if getattr(col, "name", col) == pk.name:
-                    v = _literal(val)
-            if v is _UNKNOWN or v is None:
+                    v = literal_value(val)
+            if v is UNKNOWN or v is None:
                 raise DimpleError(hint)
             keys.append(v)
-        return _unique(keys)
-    values = getattr(elem, "_values", None) or {}
-    fixed = _UNKNOWN
+        return unique_keys(keys)
+    values = statement_values(elem) or {}
+    fixed = UNKNOWN
     for col, val in values.items():
         if getattr(col, "name", col) == pk.name:
-            fixed = _literal(val)
-            if fixed is _UNKNOWN:
+            fixed = literal_value(val)
+            if fixed is UNKNOWN:
                 raise DimpleError(hint)
-    if fixed is not _UNKNOWN and fixed is not None:
+    if fixed is not UNKNOWN and fixed is not None:
         return [str(fixed)]
     keys = [r.get(pk.key, r.get(pk.name)) for r in rows] if rows else [None]
     if any(k is None for k in keys):
         if not has_default:
             raise DimpleError(hint)
         known = [k for k in keys if k is not None]
-        return _unique(known) or None
-    return _unique(keys)
+        return unique_keys(known) or None
+    return unique_keys(keys)
 
 
 def _targets(conn: Connection, elem: Any, tt: TrackedTable,
@@ -319,14 +290,10 @@ def _targets(conn: Connection, elem: Any, tt: TrackedTable,
     where = elem.whereclause
     q = select(tt.pk) if where is None else select(tt.pk).where(where)
     if not rows:
-        return _unique(conn.execute(q).scalars())
+        return unique_keys(conn.execute(q).scalars())
     keys: list[Any] = []
     for p in rows:
         keys.extend(conn.execute(q, p).scalars())
-    return _unique(keys)
+    return unique_keys(keys)
 
 
-def _remove_all(listeners: list[tuple[Any, str, Callable[..., Any]]]) -> None:
-    for target, name, fn in listeners:
-        if event.contains(target, name, fn):
-            event.remove(target, name, fn)

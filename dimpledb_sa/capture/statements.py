@@ -18,27 +18,29 @@ from sqlalchemy import CursorResult, select
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
-from .capture import fetch_rows
-from .errors import DimpleError
-from .log import Group
-from .tracking import MapperPlan, TrackedTable
+from ..core._compat import result_returns_rows, statement_multi_values, statement_values
+from ..core.changelog import Group
+from ..core.errors import DimpleError
+from ..core.rows import fetch_rows
+from ..core.tracking import MapperPlan, TrackedTable
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from .capture import Capture
+    from .unit_of_work import Capture
 
-__all__ = ["row_groups", "run_bulk"]
+__all__ = ["UNKNOWN", "literal_value", "row_groups", "run_bulk", "unique_keys"]
 
-_UNKNOWN: Any = object()
+UNKNOWN: Any = object()
+"""What :func:`literal_value` gives for a SQL expression."""
 
 
-def _literal(value: Any) -> Any:
-    """The Python value of a ``.values()`` entry, ``_UNKNOWN`` for a SQL expression."""
+def literal_value(value: Any) -> Any:
+    """The Python value of a ``.values()`` entry, ``UNKNOWN`` for a SQL expression."""
     if isinstance(value, BindParameter):
         return value.effective_value
     if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
-        return _UNKNOWN
+        return UNKNOWN
     return value
 
 
@@ -46,11 +48,12 @@ def _default_key(plan: MapperPlan) -> Any:
     default = plan.tracked.pk.default
     arg = getattr(default, "arg", None)
     if default is None or not callable(arg) or getattr(default, "is_sequence", False):
-        return _UNKNOWN
+        return UNKNOWN
     return arg(None)
 
 
-def _unique(keys: Iterable[Any]) -> list[str]:
+def unique_keys(keys: Iterable[Any]) -> list[str]:
+    """The string forms of ``keys``, first occurrence first, ``None`` left out."""
     return list(dict.fromkeys(str(k) for k in keys if k is not None))
 
 
@@ -64,31 +67,32 @@ def _insert(state: ORMExecuteState, plan: MapperPlan) -> tuple[list[str], dict[s
     hint = (f"cannot record this INSERT into tracked table {name!r}: give every row its "
             f"key, or pass the rows as parameters (session.execute(insert(Model), "
             f"[{{...}}, ...])), or use session.add()")
-    if getattr(stmt, "select", None) is not None or getattr(stmt, "_multi_values", None):
-        multi = getattr(stmt, "_multi_values", None)
+    multi = statement_multi_values(stmt)
+    if getattr(stmt, "select", None) is not None or multi:
         if not multi or len(multi) != 1:
             raise DimpleError(hint)
         keys = []
         for row in multi[0]:
-            v = _UNKNOWN
+            v = UNKNOWN
             for col, val in (row.items() if isinstance(row, dict) else ()):
                 if getattr(col, "name", col) == pk.name or col == key:
-                    v = _literal(val)
-            if v is _UNKNOWN or v is None:
+                    v = literal_value(val)
+            if v is UNKNOWN or v is None:
                 raise DimpleError(hint)
             keys.append(v)
-        return _unique(keys), {}
-    if stmt._values:
-        v = _UNKNOWN
-        for col, val in stmt._values.items():
+        return unique_keys(keys), {}
+    values = statement_values(stmt)
+    if values:
+        v = UNKNOWN
+        for col, val in values.items():
             if getattr(col, "name", col) == pk.name or col == key:
-                v = _literal(val)
+                v = literal_value(val)
                 break
         else:
             v = _default_key(plan)
-            if v is not _UNKNOWN:
+            if v is not UNKNOWN:
                 return [str(v)], {"statement": stmt.values({pk: v})}
-        if v is _UNKNOWN or v is None:
+        if v is UNKNOWN or v is None:
             raise DimpleError(hint)
         return [str(v)], {}
     params: Any = state.parameters
@@ -102,10 +106,10 @@ def _insert(state: ORMExecuteState, plan: MapperPlan) -> tuple[list[str], dict[s
     for r in rows:
         if r.get(key) is None and r.get(pk.name) is None:
             v = _default_key(plan)
-            if v is _UNKNOWN:
+            if v is UNKNOWN:
                 raise DimpleError(hint)
             r[key] = v
-    keys = _unique(r.get(key, r.get(pk.name)) for r in rows)
+    keys = unique_keys(r.get(key, r.get(pk.name)) for r in rows)
     return keys, {"params": rows if isinstance(params, list) else rows[0]}
 
 
@@ -121,13 +125,13 @@ def _targets(conn: Connection, state: ORMExecuteState, plan: MapperPlan) -> list
     if isinstance(params, list):
         if state.is_update and all(plan.pk_key in p or tt.pk_name in p for p in params):
             # bulk UPDATE by primary key (extra WHERE criteria only narrow it)
-            return _unique(p.get(plan.pk_key, p.get(tt.pk_name)) for p in params)
+            return unique_keys(p.get(plan.pk_key, p.get(tt.pk_name)) for p in params)
         if where is None:
-            return _unique(conn.execute(select(key_attr)).scalars())
+            return unique_keys(conn.execute(select(key_attr)).scalars())
         q = select(key_attr).where(where)
-        return _unique(k for p in params for k in conn.execute(q, p).scalars())
+        return unique_keys(k for p in params for k in conn.execute(q, p).scalars())
     q = select(key_attr) if where is None else select(key_attr).where(where)
-    return _unique(conn.execute(q, params or {}).scalars())
+    return unique_keys(conn.execute(q, params or {}).scalars())
 
 
 def row_groups(tt: TrackedTable, keys: Iterable[str], before: dict[str, dict[str, Any]],
@@ -186,7 +190,7 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plans: tuple[MapperPlan, 
 
     result: Any = state.invoke_statement(**invoke)
     rows = (result.returns_rows if isinstance(result, CursorResult)
-            else getattr(result._metadata, "returns_rows", True))
+            else result_returns_rows(result))
     if rows:  # all of RETURNING's rows, before the rows are read back
         result = result.freeze()()
 

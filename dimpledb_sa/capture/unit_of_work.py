@@ -1,18 +1,19 @@
 """Change capture: ORM session events -> attribute-level change rows in the same transaction.
 
-One :class:`Capture` per ``DimpleDb`` listens on the ``Session`` class itself, so every ORM
-session that writes a tracked table through the database's engine is captured (the
-application's own sessionmakers, ``scoped_session`` and ``AsyncSession`` included).
+One :class:`Capture` per ``DimpleDb`` receives the ``Session`` class events of every ORM
+session that reaches the database's engine (the application's own sessionmakers,
+``scoped_session`` and ``AsyncSession`` included), through the process-wide listeners of
+:mod:`.listeners`. Its handlers are named after the events they handle:
 
 - ``before_flush``: old values a flush would lose are saved: those never loaded (the object
   was expired, the column deferred) are read with one ``SELECT`` per table, and those of
   attributes set to a SQL expression (which the flush expires) are kept.
 - ``after_flush``: history still shows the pre-flush state; the flushed inserts, updates and
   deletes (ORM cascades and orphans included, via the flush's own state list) become one
-  *group* per entity (see :mod:`dimpledb_sa.log`), buffered per session with the savepoint
+  *group* per entity (see :mod:`..core.changelog`), buffered per session with the savepoint
   they ran in. Values the database computed (server defaults, SQL expressions) are read back.
 - ``do_orm_execute``: ORM-enabled ``insert``/``update``/``delete`` statements, see
-  :mod:`dimpledb_sa.bulk`.
+  :mod:`.statements`.
 - ``before_commit`` (root transaction only): flush, then write every buffered group as one
   log transaction, on the session's connection, so data and log commit or roll back
   together; ``after_soft_rollback`` of a savepoint forgets its groups; the end of the root
@@ -20,45 +21,44 @@ application's own sessionmakers, ``scoped_session`` and ``AsyncSession`` include
   ``changes_committed``.
 
 Core statements (``connection.execute(insert(table))``) are captured only on an engine that
-opts in (:mod:`dimpledb_sa.core_capture`). Never captured: raw SQL, rows a database deletes
+opts in (:mod:`.core_dml`). Never captured: raw SQL, rows a database deletes
 by itself (``ON DELETE CASCADE`` with ``passive_deletes``) and in-place mutations of JSON
 values the ORM does not see (use ``MutableDict``).
 
-Per-session state lives in ``session.info``; listeners hold the ``Capture`` weakly.
+Per-session state lives in ``session.info``; the listeners' registry holds the ``Capture``
+weakly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
-import gc
 import uuid
-import weakref
-from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, select
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 
-from .errors import DimpleError
-from .log import Group, PackedRow, expand_all, json_array, write_local
-from .tracking import MapperPlan, TrackedTable, mapper_plans
+from ..core._compat import deleted_states, has_unflushed_changes, modified_states
+from ..core.changelog import Group, PackedRow, expand_all, json_array, write_local
+from ..core.errors import DimpleError
+from ..core.rows import fetch_rows, gc_paused
+from ..core.tracking import MapperPlan, mapper_plans
+from . import listeners
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.orm import Mapper
 
-    from .core_capture import CoreCapture
-    from .db import DimpleDb
+    from ..core.replica import Replica
+    from .core_dml import CoreCapture
 
-__all__ = ["Capture", "fetch_rows"]
+__all__ = ["Capture"]
 
 _MISSING: Any = object()  # a new value the flush expired: read back from the database
 
-_CHUNK = 500
 _GC_PAUSE = 256  # flushes and commits this large run with the garbage collector paused
 
 # types of attribute values that are never SQL expressions (the common case, checked first)
@@ -102,61 +102,36 @@ def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool
     return False
 
 
-def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
-
-
-def fetch_rows(conn: Connection, tt: TrackedTable, keys: Iterable[Any],
-               columns: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Current values of ``columns`` (default: all) for the rows whose key is in ``keys``
-    (key values or their string forms); keyed by the string form of the key."""
-    cols = [tt.table.c[c] for c in (columns or tt.table.c.keys())]
-    to_key = tt.codecs[tt.pk_name].from_json
-    wanted = [to_key(k) if isinstance(k, str) else k for k in keys]
-    out: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(wanted):
-        stmt = select(tt.pk, *cols).where(tt.pk.in_(chunk))
-        for row in conn.execute(stmt):
-            out[str(row[0])] = {c.name: row[i + 1] for i, c in enumerate(cols)}
-    return out
-
-
 class Capture:
     """Session listeners recording the changes of one ``DimpleDb``'s tracked tables."""
 
-    def __init__(self, db: DimpleDb) -> None:
-        self._db = weakref.ref(db)
-        self.engine = db.engine
-        self.tracked = db.tracked
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.engine = replica.engine
+        self.tracked = replica.tracked
         self._plans: dict[Mapper[Any], tuple[MapperPlan, ...]] = {}
         self._class_plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
-        self._listeners: list[tuple[str, Callable[..., Any]]] = []
         self._key = f"dimpledb_sa.capture.{id(self)}"
-        self._core: CoreCapture | None = None
+        self.core: CoreCapture | None = None
+        self._installed = False
 
     # -- registration ----------------------------------------------------------------------
     def install(self) -> None:
-        if self._listeners:
+        """Start receiving the engine's events (see :mod:`.listeners`); idempotent."""
+        if self._installed:
             return
-        for name in ("before_flush", "after_flush", "before_commit", "after_commit",
-                     "after_soft_rollback", "after_transaction_end", "do_orm_execute"):
-            fn = weak_listener(self, "_on_" + name)
-            event.listen(Session, name, fn)
-            self._listeners.append((name, fn))
-        weakref.finalize(self, _remove_all, list(self._listeners))
-        from .core_capture import OPTION, CoreCapture
+        from .core_dml import OPTION, CoreCapture
 
         if self.engine.get_execution_options().get(OPTION) is True:
-            self._core = CoreCapture(self)
-            self._core.install()
+            self.core = CoreCapture(self)
+        listeners.register(self, core=self.core is not None)
+        self._installed = True
 
     def remove(self) -> None:
-        _remove_all(self._listeners)
-        self._listeners.clear()
-        if self._core is not None:
-            self._core.remove()
-            self._core = None
+        """Stop receiving events."""
+        listeners.unregister(self)
+        self.core = None
+        self._installed = False
 
     # -- helpers ---------------------------------------------------------------------------
     def plans(self, mapper: Mapper[Any]) -> tuple[MapperPlan, ...]:
@@ -201,12 +176,11 @@ class Capture:
         return session.connection(bind_arguments={"bind": pending.bind})
 
     # -- flush -----------------------------------------------------------------------------
-    def _on_before_flush(self, session: Session, flush_context: UOWTransaction,
-                         instances: Any) -> None:
+    def before_flush(self, session: Session) -> None:
         pending: _Pending | None = session.info.get(self._key)
         if pending is not None and pending.old:
             pending.old = {}
-        modified = session.identity_map._modified
+        modified = modified_states(session)
         if not modified:
             return
         saved: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -242,7 +216,7 @@ class Capture:
                         unloaded: dict[MapperPlan, list[tuple[InstanceState[Any], list[str]]]],
                         saved: dict[InstanceState[Any], dict[str, Any]]) -> None:
         """Read the old values of attributes that were never loaded."""
-        deleted = session._deleted
+        deleted = deleted_states(session)
         for plan, entries in unloaded.items():
             mapper = entries[0][0].mapper
             bind = self.bind_for(session, mapper)
@@ -264,18 +238,15 @@ class Capture:
                 for key in keys:
                     olds[key] = None if row is None else row[by_key[key][2]]
 
-    def _on_after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+    def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         states = flush_context.states
         if not states:
             return
-        if len(states) < _GC_PAUSE or not gc.isenabled():
+        if len(states) < _GC_PAUSE:
             self._after_flush(session, states)
             return
-        gc.disable()  # many short-lived lists, no cycles: collecting mid-way is pure cost
-        try:
+        with gc_paused():
             self._after_flush(session, states)
-        finally:
-            gc.enable()
 
     def _after_flush(self, session: Session,
                      states: dict[InstanceState[Any], tuple[bool, bool]]) -> None:
@@ -421,45 +392,36 @@ class Capture:
         self._record(session, pending, groups)
 
     def _write(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
-        db = self._db()
-        if db is None:
-            return
-        pending.rows.extend(write_local(db, self._connection(session, pending), groups))
+        pending.rows.extend(write_local(self.replica, self._connection(session, pending),
+                                        groups))
 
     # -- transaction end -------------------------------------------------------------------
-    def _on_before_commit(self, session: Session) -> None:
+    def before_commit(self, session: Session) -> None:
         if session.get_nested_transaction() is not None:
             return  # a savepoint is being released: its groups stay buffered
-        if session.info.get(self._key) is not None or not session._is_clean():
+        if session.info.get(self._key) is not None or has_unflushed_changes(session):
             session.flush()  # the commit's own flush comes after this hook: do it now
         pending = self._pending(session)
         pending.committing = True
         if pending.entries:
             groups = [g for _, batch in pending.entries for g in batch]
             pending.entries.clear()
-            if len(groups) < _GC_PAUSE or not gc.isenabled():
+            if len(groups) < _GC_PAUSE:
                 self._write(session, pending, groups)
                 return
-            gc.disable()
-            try:
+            with gc_paused():
                 self._write(session, pending, groups)
-            finally:
-                gc.enable()
 
-    def _on_after_commit(self, session: Session) -> None:
+    def after_commit(self, session: Session) -> None:
         if session.get_nested_transaction() is not None:
             return  # a savepoint was released
         pending: _Pending | None = session.info.pop(self._key, None)
         if pending is None or not pending.rows:
             return
-        db = self._db()
-        if db is not None:
-            rows = pending.rows
-            db.committed(frozenset(r[2] for r in rows), lambda: db.to_changes(expand_all(rows)),
-                         "local")
+        self.replica.committed_rows(expand_all(pending.rows))
 
-    def _on_after_soft_rollback(self, session: Session,
-                                previous_transaction: SessionTransaction) -> None:
+    def after_soft_rollback(self, session: Session,
+                            previous_transaction: SessionTransaction) -> None:
         pending: _Pending | None = session.info.get(self._key)
         if pending is None:
             return
@@ -469,15 +431,13 @@ class Capture:
             pending.entries = [e for e in pending.entries
                                if not _within(e[0], previous_transaction)]
 
-    def _on_after_transaction_end(self, session: Session,
-                                  transaction: SessionTransaction) -> None:
+    def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None:  # committed, rolled back or closed: start afresh
             session.info.pop(self._key, None)
 
     # -- ORM-enabled INSERT / UPDATE / DELETE statements ------------------------------------
-    def _on_do_orm_execute(self, state: ORMExecuteState) -> Any:
-        if not (state.is_insert or state.is_update or state.is_delete):
-            return None
+    def do_orm_execute(self, state: ORMExecuteState) -> Any:
+        """An ORM-enabled INSERT/UPDATE/DELETE (the listener already checked the kind)."""
         mapper = state.bind_mapper
         if mapper is None:
             return None
@@ -487,7 +447,7 @@ class Capture:
         bind = self.bind_for(state.session, mapper)
         if bind is None:
             return None
-        from .bulk import run_bulk
+        from .statements import run_bulk
 
         return run_bulk(self, state, plans, bind)
 
@@ -518,25 +478,3 @@ def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, tuple[Group, boo
                 group[2] = plan.names_json(tuple(names[k] for k in keep))
                 group[3] = [olds[k] for k in keep]
                 group[4] = [news[k] for k in keep]
-
-
-def weak_listener(obj: object, method_name: str) -> Callable[..., Any]:
-    """An event listener calling ``obj.<method_name>`` that holds ``obj`` only weakly.
-
-    Listeners on the ``Session`` class and on engines live as long as those do; holding the
-    capture weakly lets an unclosed ``DimpleDb`` be collected (a finalizer removes them).
-    """
-    ref = weakref.ref(obj)
-    method = getattr(type(obj), method_name)
-
-    def listener(*args: Any, **kw: Any) -> Any:
-        target = ref()
-        return None if target is None else method(target, *args, **kw)
-
-    return listener
-
-
-def _remove_all(listeners: list[tuple[str, Callable[..., Any]]]) -> None:
-    for name, fn in listeners:
-        if event.contains(Session, name, fn):
-            event.remove(Session, name, fn)

@@ -3,7 +3,7 @@
 :func:`adopt` (``db.adopt()``) walks every tracked table in key order, a batch at a time,
 and for each row whose key has no change in the log records an insert (the key column
 first, then every other column, old values all null) exactly as capture would have, with
-:func:`dimpledb_sa.log.write_local`. Tables go parents first; each batch is one log
+:func:`..core.changelog.write_local`. Tables go parents first; each batch is one log
 transaction, and the whole adoption one database transaction (started by taking the write
 lock, so no concurrent writer slips a row between the check and the write). A row that has
 any history, including rows adopted before, is left alone: a second call records nothing.
@@ -15,28 +15,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row, inspect, select, update
+from sqlalchemy import Connection, Row, inspect, select
 
-from . import schema
-from .log import Group, PackedRow, expand_all, fold, write_local
-from .signals import changes_committed
+from ..core import meta, schema
+from ..core.changelog import Group, PackedRow, expand_all, fold, write_local
+from ..core.changes import changes_from_rows
+from ..core.rows import chunks
+from ..core.signals import changes_committed
+from ..core.tracking import parents_first
 
 if TYPE_CHECKING:
-    from .db import DimpleDb
-    from .tracking import TrackedTable
+    from ..core.replica import Replica
+    from ..core.tracking import TrackedTable
 
 __all__ = ["adopt"]
-
-_CHUNK = 400  # keys per "is it in the log?" query
-
-
-def _table_order(db: DimpleDb) -> list[TrackedTable]:
-    """The tracked tables, parents before children (then by name)."""
-    order: dict[str, int] = {}
-    for md in {id(t.table.metadata): t.table.metadata for t in db.tracked.values()}.values():
-        for t in md.sorted_tables:
-            order.setdefault(t.name, len(order))
-    return sorted(db.tracked.values(), key=lambda t: (order.get(t.name, len(order)), t.name))
 
 
 def _batches(conn: Connection, tt: TrackedTable, size: int) -> Iterator[Sequence[Row[Any]]]:
@@ -57,8 +49,7 @@ def _logged(conn: Connection, name: str, entity_ids: Sequence[str]) -> set[str]:
     """The ids among ``entity_ids`` that have at least one change in the log."""
     c = schema.changes
     found: set[str] = set()
-    for i in range(0, len(entity_ids), _CHUNK):
-        chunk = entity_ids[i : i + _CHUNK]
+    for chunk in chunks(entity_ids):
         found.update(conn.execute(select(c.c.entity_id).distinct().where(
             c.c.entity_type == name, c.c.entity_id.in_(chunk))).scalars())
     return found
@@ -80,7 +71,7 @@ def _groups(tt: TrackedTable, rows: Sequence[Row[Any]], logged: set[str]) -> lis
     return groups
 
 
-def adopt(db: DimpleDb, *, batch_size: int = 2000) -> int:
+def adopt(replica: Replica, *, batch_size: int = 2000) -> int:
     """Record every tracked row that has no history yet; returns how many rows.
 
     ``batch_size`` rows are read, checked and written at a time (one log transaction per
@@ -89,17 +80,16 @@ def adopt(db: DimpleDb, *, batch_size: int = 2000) -> int:
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    keep = any(True for _ in changes_committed.receivers_for(db))
+    keep = any(True for _ in changes_committed.receivers_for(replica.sender))
     written: list[PackedRow] = []
     adopted = 0
     tables: set[str] = set()
-    author = db.author_id  # created (in its own transaction) before the lock is taken
-    with db.sync_lock, db.engine.connect() as conn, conn.begin():
-        m = schema.meta  # take the write lock first (SQLite: RESERVED) with a no-op write
-        conn.execute(update(m).where(m.c.key == "author_id").values(value=author))
+    _ = replica.author_id  # created (in its own transaction) before the lock is taken
+    with replica.sync_lock, replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
         present = set(inspect(conn).get_table_names())
         fold(conn)  # pending local transactions count as logged
-        for tt in _table_order(db):
+        for tt in parents_first(replica.tracked):
             if tt.name not in present:
                 continue
             for rows in _batches(conn, tt, batch_size):
@@ -107,11 +97,12 @@ def adopt(db: DimpleDb, *, batch_size: int = 2000) -> int:
                 groups = _groups(tt, rows, _logged(conn, tt.name, ids))
                 if not groups:
                     continue
-                packed = write_local(db, conn, groups)
+                packed = write_local(replica, conn, groups)
                 adopted += len(groups)
                 tables.add(tt.name)
                 if keep:
                     written.extend(packed)
     if adopted:
-        db.committed(frozenset(tables), lambda: db.to_changes(expand_all(written)), "local")
+        replica.committed(tables, lambda: changes_from_rows(expand_all(written),
+                                                            replica.author_id), "local")
     return adopted

@@ -4,7 +4,7 @@
 daemon thread with its own connection. When the file changed, it reads the change log
 (transactions that appeared, and transactions a sync elsewhere stored with older ids) to find
 the tables other processes wrote, and asks the database's live-query registry
-(:mod:`dimpledb_sa.live`) to re-run the queries reading them. Transactions this engine wrote
+(:mod:`.registry`) to re-run the queries reading them. Transactions this engine wrote
 are recognised as they are inserted and left to ``changes_committed``; a change the log
 cannot explain re-runs every live query.
 """
@@ -22,21 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from . import schema
-from .errors import ConfigurationError, DimpleError
-from .live import _registry
+from ..core import schema
+from ..core.errors import ConfigurationError, DimpleError
+from ..core.rows import chunks
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.engine.interfaces import DBAPICursor
 
-    from .db import DimpleDb
+    from .registry import Registry
 
 __all__ = ["Watcher"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-_CHUNK = 500  # transaction ids per query
 _INSERT_TX = re.compile(
     r"^\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+[\"`\[]?" + schema.transactions.name
     + r"[\"`\]]?\s*\(([^)]*)\)", re.IGNORECASE)
@@ -52,8 +51,8 @@ class Watcher:
     database. Lives until :meth:`close` or until the ``DimpleDb`` is gone.
     """
 
-    def __init__(self, db: DimpleDb, *, interval: float = 0.5) -> None:
-        engine = db.engine
+    def __init__(self, registry: Registry, *, interval: float = 0.5) -> None:
+        engine = registry.engine
         url = engine.url
         if engine.dialect.name != "sqlite":
             raise ConfigurationError("watch_external() needs a SQLite database file")
@@ -66,7 +65,7 @@ class Watcher:
             raise ConfigurationError("watch_external(interval=...) must be positive")
         self.interval = interval
         self._engine = engine
-        self._registry = _registry(db)
+        self._registry = registry
         self._lock = threading.Lock()
         self._polled = threading.Condition(self._lock)
         self._polls = 0
@@ -212,8 +211,7 @@ class Watcher:
         with self._lock:
             external = [i for i in candidates if i not in self._local]
         tables: set[str] = set()
-        for i in range(0, len(external), _CHUNK):
-            chunk = external[i : i + _CHUNK]
+        for chunk in chunks(external):
             marks = ",".join("?" * len(chunk))
             q = f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks})"
             tables.update(r[0].lower() for r in cur.execute(q, chunk))
@@ -261,18 +259,18 @@ def _watch(ref: weakref.ref[Watcher], engine: Engine, stop: threading.Event, int
             try:
                 w._poll(cur)
             except Exception:
-                log.warning("watch_external: poll failed; retrying", exc_info=True)
+                logger.warning("watch_external: poll failed; retrying", exc_info=True)
             finally:
                 try:
                     raw.rollback()
                 except Exception:
-                    log.debug("watch_external: rollback failed", exc_info=True)
+                    logger.debug("watch_external: rollback failed", exc_info=True)
             del w
     finally:
         try:
             raw.close()
         except Exception:
-            log.debug("watch_external: closing the connection failed", exc_info=True)
+            logger.debug("watch_external: closing the connection failed", exc_info=True)
 
 
 def _remove_listeners(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]]) -> None:

@@ -1,0 +1,78 @@
+"""The :class:`Replica`: the state of one tracked database that every layer below the
+facade receives (instead of the ``DimpleDb`` itself).
+
+It holds the engine, the tracked tables, the hybrid clock, the author id (read once from
+:mod:`.meta`), the lock that serialises this process's syncs, and the object signals are
+sent as (the ``DimpleDb``, held weakly so that an unclosed ``DimpleDb`` can be collected).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from . import meta
+from .changes import Change, ChangeRow, changes_from_rows
+from .clock import HybridClock
+from .signals import send_committed
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+    from .tracking import TrackedTable
+
+__all__ = ["Replica"]
+
+
+class Replica:
+    """One tracked database as the lower layers see it."""
+
+    def __init__(self, engine: Engine, tracked: dict[str, TrackedTable],
+                 sender: object | None = None) -> None:
+        self.engine = engine
+        self.tracked = tracked
+        self.clock = HybridClock()
+        self.sync_lock = threading.RLock()
+        self._author_id: str | None = None
+        self._sender: Callable[[], object | None] = (
+            weakref.ref(sender) if sender is not None else lambda: self)
+
+    @property
+    def sender(self) -> object | None:
+        """What signals are sent as: the ``DimpleDb`` (``None`` once it is collected)."""
+        return self._sender()
+
+    @property
+    def author_id(self) -> str:
+        """This database's author id, created on first use."""
+        if self._author_id is None:
+            self._author_id = meta.read_author_id(self.engine)
+        return self._author_id
+
+    def author_on(self, conn: Connection) -> str:
+        """The author id, read (or created) on ``conn`` when not known yet: another
+        connection would wait on this transaction's write lock (SQLite)."""
+        if self._author_id is None:
+            self._author_id = meta.author_id(conn)
+        return self._author_id
+
+    def committed(self, tables: Iterable[str], make_changes: Callable[[], list[Change]],
+                  origin: str) -> None:
+        """Send ``changes_committed`` for a committed transaction (see :mod:`.signals`)."""
+        sender = self.sender
+        if sender is not None:
+            send_committed(sender, frozenset(tables), make_changes, origin)
+
+    def committed_rows(self, rows: list[ChangeRow], origin: str = "local",
+                       authors: dict[str, str] | None = None) -> None:
+        """:meth:`committed` for change rows (ours, unless ``authors`` maps their
+        transactions to authors)."""
+        self.committed({r[2] for r in rows},
+                       lambda: changes_from_rows(rows, self.author_id if authors is None
+                                                 else authors), origin)
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.engine.url!r} tables={sorted(self.tracked)}>"
+

@@ -1,0 +1,128 @@
+"""Row helpers every layer shares: fast positional inserts, reading rows by key, chunking.
+
+:func:`insert_many` and :func:`insert_values` are the capture and merge hot paths' inserts
+(one ``executemany`` straight to the DBAPI cursor where the paramstyle allows);
+:func:`fetch_rows` reads tracked rows by primary key; :data:`CHUNK` is the one bound on
+``IN (...)`` lists (below SQLite's default limit of 999 bound parameters, with room for the
+other parameters of the statement); :func:`gc_paused` holds off the cyclic garbage collector
+while a large batch of rows is built.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Column, Connection, MetaData, Table, select
+
+if TYPE_CHECKING:
+    from .tracking import TrackedTable
+
+__all__ = ["CHUNK", "chunks", "fetch_rows", "gc_paused", "insert_many", "insert_values"]
+
+T = TypeVar("T")
+
+CHUNK = 900
+"""Most values in one ``IN (...)`` list."""
+
+
+def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most :data:`CHUNK`."""
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
+def fetch_rows(conn: Connection, tt: TrackedTable, keys: Iterable[Any],
+               columns: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Current values of ``columns`` (default: all) for the rows whose key is in ``keys``
+    (key values or their string forms); keyed by the string form of the key."""
+    cols = [tt.table.c[c] for c in (columns or tt.table.c.keys())]
+    to_key = tt.codecs[tt.pk_name].from_json
+    wanted = [to_key(k) if isinstance(k, str) else k for k in keys]
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in chunks(wanted):
+        stmt = select(tt.pk, *cols).where(tt.pk.in_(chunk))
+        for row in conn.execute(stmt):
+            out[str(row[0])] = {c.name: row[i + 1] for i, c in enumerate(cols)}
+    return out
+
+
+def insert_many(conn: Connection, table: Table, rows: Sequence[Sequence[Any]],
+                *, ignore_existing: bool = False) -> None:
+    """Insert positional ``rows`` (in ``table.columns`` order) with one ``executemany``.
+
+    Goes straight to the DBAPI cursor where the dialect's paramstyle allows (the capture
+    and merge hot paths); ``ignore_existing`` skips rows whose key is already present.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    names = [c.name for c in table.columns]
+    style = dialect.paramstyle
+    if style == "qmark":
+        marks = ", ".join("?" for _ in names)
+    elif style in ("format", "pyformat"):
+        marks = ", ".join("%s" for _ in names)
+    elif style == "numeric":
+        marks = ", ".join(f":{i + 1}" for i in range(len(names)))
+    else:
+        stmt = table.insert()
+        if ignore_existing:
+            stmt = stmt.prefix_with("OR IGNORE", dialect="sqlite")
+        conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
+        return
+    cols = ", ".join(dialect.identifier_preparer.quote(n) for n in names)
+    tname = dialect.identifier_preparer.format_table(table)
+    verb = "INSERT"
+    tail = ""
+    if ignore_existing:
+        if dialect.name == "sqlite":
+            verb = "INSERT OR IGNORE"
+        elif dialect.name == "mysql":
+            verb = "INSERT IGNORE"
+        else:
+            tail = " ON CONFLICT DO NOTHING"
+    conn.exec_driver_sql(f"{verb} INTO {tname} ({cols}) VALUES ({marks}){tail}", list(rows))
+
+
+def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert Python values (dicts with the same keys) through the columns' bind processors,
+    with one ``executemany`` per key set (what ``conn.execute(table.insert(), rows)`` does,
+    without its per-row overhead)."""
+    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_keys.setdefault(tuple(r), []).append(r)
+    dialect = conn.dialect
+    for keys, batch in by_keys.items():
+        if any(c.default is not None and c.name not in keys for c in table.columns):
+            conn.execute(table.insert(), batch)  # Core fills in the Python-side defaults
+            continue
+        cols = [table.c[k] for k in keys]
+        columns: list[list[Any]] = []
+        for c in cols:
+            values = [r[c.name] for r in batch]
+            proc = c.type.bind_processor(dialect)
+            if proc is not None:
+                values = [None if v is None else proc(v) for v in values]
+            columns.append(values)
+        tuples = list(zip(*columns, strict=True))
+        sub = Table(table.name, MetaData(), *(Column(c.name, c.type) for c in cols),
+                    schema=table.schema)
+        insert_many(conn, sub, tuples)
+
+
+@contextmanager
+def gc_paused(pause: bool = True) -> Iterator[None]:
+    """Hold off the cyclic GC (when ``pause``) while a large batch is built: capture, bundle
+    decoding and merges build many short-lived acyclic tuples, lists and dicts, which trigger
+    collections that find nothing and can double the time taken."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
