@@ -4,7 +4,7 @@
 throw-away ``Replica`` over the tables that held changes wait for, as they are in the
 database *after* the migration (reflected, with the column types of ``target_metadata``'s
 models where they have the same table and column, so codecs match the application's), and
-re-derives the held entities from the change log (:func:`dimpledb_sa.merge.replay_held_in`).
+re-derives the held entities from the change log (:func:`dimpledb_sa.sync.merge.replay_held_in`).
 Changes for a column that still does not exist (dropped, or renamed) stay held; nothing
 is ever removed from the log. :func:`rename_held` lets a migration that renames a column
 re-label the logged changes of the old name, so devices that have not migrated yet do not

@@ -42,7 +42,7 @@ __all__ = ["DimpleDb"]
 
 
 class DimpleDb:
-    """Tracks the models' tables on ``engine``; see ``docs/API.md`` for the contract."""
+    """Tracks the models' tables on ``engine``; see ``docs/API.md`` for the reference."""
 
     def __init__(
         self,

@@ -141,3 +141,14 @@ def test_id_datetime_is_aware_utc() -> None:
     when = id_datetime(value)
     assert when.tzinfo is dt.UTC
     assert when == dt.datetime.fromtimestamp(T0 / 1000, tz=dt.UTC)
+
+
+def test_is_uuid7_accepts_our_ids_only_in_canonical_form() -> None:
+    from dimpledb_sa.core.clock import is_uuid7
+
+    value = new_id()
+    assert is_uuid7(value) and is_uuid7(HybridClock().next())
+    assert not is_uuid7(value.upper())
+    assert not is_uuid7(value.replace("-", ""))
+    assert not is_uuid7("00000000-0000-4000-8000-000000000000")  # a UUIDv4
+    assert not is_uuid7(None) and not is_uuid7("not an id")

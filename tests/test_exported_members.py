@@ -1,4 +1,4 @@
-"""The package's public names are exactly API.md's (plus the few documented extras)."""
+"""The package's public names are exactly those docs/API.md lists (plus a few extras)."""
 
 from __future__ import annotations
 

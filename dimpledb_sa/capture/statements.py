@@ -137,7 +137,7 @@ def _targets(conn: Connection, state: ORMExecuteState, plan: MapperPlan) -> list
 def row_groups(tt: TrackedTable, keys: Iterable[str], before: dict[str, dict[str, Any]],
                after: dict[str, dict[str, Any]], delete: bool) -> list[Group]:
     """The groups recording how the rows ``keys`` went from ``before`` to ``after`` (as
-    :func:`~dimpledb_sa.capture.fetch_rows` reads them; a row missing before was inserted,
+    :func:`~dimpledb_sa.core.rows.fetch_rows` reads them; a row missing before was inserted,
     one missing after a ``delete`` was deleted)."""
     groups: list[Group] = []
     name = tt.name

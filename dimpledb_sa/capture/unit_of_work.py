@@ -42,7 +42,16 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 
 from ..core._compat import deleted_states, has_unflushed_changes, modified_states
-from ..core.changelog import Group, PackedRow, expand_all, json_array, write_local
+from ..core.changelog import (
+    GROUP_NAMES,
+    GROUP_NEWS,
+    GROUP_OLDS,
+    Group,
+    PackedRow,
+    expand_all,
+    json_array,
+    write_local,
+)
 from ..core.errors import DimpleError
 from ..core.rows import fetch_rows, gc_paused
 from ..core.tracking import MapperPlan, mapper_plans
@@ -274,23 +283,9 @@ class Capture:
                     pk = state.key[1][0]
                 eid = str(pk)
                 if isdelete:
-                    if state.key is not None:
-                        pk = state.key[1][0]
-                        eid = str(pk)
-                    append([plan.name, eid, plan.pk_names_json, json_array([plan.pk_encode(pk)]),
-                            [None]])
+                    append(_delete_group(plan, state, pk))
                 elif state.key is None:  # an insert: every column, the key first
-                    news = [plan.pk_encode(pk)]
-                    missing = False
-                    get = dict_.get
-                    for key, enc in plan.value_encoders:
-                        v = get(key, NO_VALUE)
-                        if v is NO_VALUE:
-                            news.append(_MISSING)
-                            missing = True
-                        else:
-                            news.append(enc(v))
-                    group = [plan.name, eid, plan.insert_names_json, plan.insert_olds_json, news]
+                    group, missing = _insert_group(plan, dict_, pk, eid)
                     if missing:
                         if refetch is None:
                             refetch = {}
@@ -323,43 +318,13 @@ class Capture:
                             f"changing the primary key of a tracked {plan.name!r} row is not "
                             "supported: delete it and insert a new row instead"
                         )
-                    by_key = plan.by_key
-                    if extra is None:
-                        hits = [by_key[k] for k in committed if k in by_key]
-                    else:
-                        hits = [by_key[k] for k in {**committed, **extra} if k in by_key]
-                    if not hits:
-                        continue
-                    if len(hits) > 1:
-                        hits.sort(key=_position)
-                    names: list[str] = []
-                    olds: list[str | None] = []
-                    news = []
-                    expired = False
-                    for _, key, col, codec in hits:
-                        old = committed.get(key, NO_VALUE)
-                        if old is NO_VALUE:
-                            old = extra.get(key) if extra is not None else None
-                        new = dict_.get(key, NO_VALUE)
-                        enc_old = codec.encode(old)
-                        if new is NO_VALUE:  # expired by the flush (a SQL expression was set)
-                            enc_new = _MISSING
-                            expired = True
-                        else:
-                            enc_new = codec.encode(new)
-                            if enc_new == enc_old:
-                                continue
-                        names.append(col)
-                        olds.append(enc_old)
-                        news.append(enc_new)
-                    if names:
+                    found = _update_group(plan, dict_, eid, committed, extra)
+                    if found is not None:
+                        group, expired = found
                         if expired:
-                            group = [plan.name, eid, names, olds, news]
                             if refetch is None:
                                 refetch = {}
                             refetch.setdefault(plan, {})[eid] = (group, False)
-                        else:
-                            group = [plan.name, eid, plan.names_json(tuple(names)), olds, news]
                         append(group)
         if old_map:
             pending.old = {}
@@ -367,7 +332,7 @@ class Capture:
             return
         if refetch:
             _fill(self._connection(session, pending), refetch)
-            groups = [g for g in groups if g[4]]
+            groups = [g for g in groups if g[GROUP_NEWS]]
         self._record(session, pending, groups)
 
     def _record(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
@@ -456,6 +421,71 @@ def _position(hit: tuple[int, str, str, Any]) -> int:
     return hit[0]
 
 
+def _delete_group(plan: MapperPlan, state: InstanceState[Any], pk: Any) -> Group:
+    """The group of a deleted row: its key attribute going to null."""
+    if state.key is not None:
+        pk = state.key[1][0]
+    return [plan.name, str(pk), plan.pk_names_json, json_array([plan.pk_encode(pk)]), [None]]
+
+
+def _insert_group(plan: MapperPlan, dict_: dict[str, Any], pk: Any, eid: str
+                  ) -> tuple[Group, bool]:
+    """The group of an inserted row (every column, the key first), and whether some new
+    value was not loaded (``_MISSING``: the database computed it; read back later)."""
+    news = [plan.pk_encode(pk)]
+    missing = False
+    get = dict_.get
+    for key, enc in plan.value_encoders:
+        v = get(key, NO_VALUE)
+        if v is NO_VALUE:
+            news.append(_MISSING)
+            missing = True
+        else:
+            news.append(enc(v))
+    return [plan.name, eid, plan.insert_names_json, plan.insert_olds_json, news], missing
+
+
+def _update_group(plan: MapperPlan, dict_: dict[str, Any], eid: str,
+                  committed: dict[str, Any], extra: dict[str, Any] | None
+                  ) -> tuple[Group, bool] | None:
+    """The group of an updated row's changed columns (``None``: nothing changed), and
+    whether some new value was expired by the flush (set to a SQL expression)."""
+    by_key = plan.by_key
+    if extra is None:
+        hits = [by_key[k] for k in committed if k in by_key]
+    else:
+        hits = [by_key[k] for k in {**committed, **extra} if k in by_key]
+    if not hits:
+        return None
+    if len(hits) > 1:
+        hits.sort(key=_position)
+    names: list[str] = []
+    olds: list[str | None] = []
+    news: list[str | None] = []
+    expired = False
+    for _, key, col, codec in hits:
+        old = committed.get(key, NO_VALUE)
+        if old is NO_VALUE:
+            old = extra.get(key) if extra is not None else None
+        new = dict_.get(key, NO_VALUE)
+        enc_old = codec.encode(old)
+        if new is NO_VALUE:  # expired by the flush (a SQL expression was set)
+            enc_new = _MISSING
+            expired = True
+        else:
+            enc_new = codec.encode(new)
+            if enc_new == enc_old:
+                continue
+        names.append(col)
+        olds.append(enc_old)
+        news.append(enc_new)
+    if not names:
+        return None
+    if expired:  # the names stay a list: the read-back may drop some
+        return [plan.name, eid, names, olds, news], True
+    return [plan.name, eid, plan.names_json(tuple(names)), olds, news], False
+
+
 def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, tuple[Group, bool]]]) -> None:
     """Replace ``_MISSING`` new values with the values read back after the flush; drop
     update entries whose read-back value equals the old one."""
@@ -464,9 +494,9 @@ def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, tuple[Group, boo
         codecs = plan.tracked.codecs
         for eid, (group, is_insert) in by_id.items():
             row = found.get(eid, {})
-            names: list[str] = plan.insert_names if is_insert else group[2]
-            olds = group[3]
-            news = group[4]
+            names: list[str] = plan.insert_names if is_insert else group[GROUP_NAMES]
+            olds = group[GROUP_OLDS]
+            news = group[GROUP_NEWS]
             keep: list[int] = []
             for k, col in enumerate(names):
                 if news[k] is _MISSING:
@@ -475,6 +505,6 @@ def _fill(conn: Connection, refetch: dict[MapperPlan, dict[str, tuple[Group, boo
                         continue
                 keep.append(k)
             if not is_insert:
-                group[2] = plan.names_json(tuple(names[k] for k in keep))
-                group[3] = [olds[k] for k in keep]
-                group[4] = [news[k] for k in keep]
+                group[GROUP_NAMES] = plan.names_json(tuple(names[k] for k in keep))
+                group[GROUP_OLDS] = [olds[k] for k in keep]
+                group[GROUP_NEWS] = [news[k] for k in keep]

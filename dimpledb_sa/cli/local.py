@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, inspect, select
@@ -27,13 +27,14 @@ from ..core import changelog, schema
 from ..core.errors import ConfigurationError, DimpleError, SyncError
 from ..sync.wire import decode_manifest
 from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
-from .keys import read_keys
+from .keys import Keys, read_keys
 from .output import PROG, CliError, Progress, print_json, usage_error, when
 from .remote import is_folder, open_remote, remote_errors, storage_options
 
 if TYPE_CHECKING:
     from ..core.changes import Change
     from ..core.report import SyncReport
+    from ..db import DimpleDb
     from ..sync.storage import Storage
 
 __all__ = ["cmd_history", "cmd_status", "cmd_sync"]
@@ -113,15 +114,12 @@ def _report_doc(report: SyncReport) -> dict[str, Any]:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from ..db import DimpleDb
-
     keys = read_keys(args)
     if not keys.given:
         raise usage_error("sync needs a key: --identity-file PATH (or --identity, "
                           "$DIMPLEDB_IDENTITY_FILE, $DIMPLEDB_IDENTITY), --passphrase-env VAR, "
                           "or --no-encryption")
     keys.cipher()
-    options = storage_options(args.storage_option)
     progress = Progress(sys.stderr, enabled=not args.quiet and not args.no_progress)
 
     def notes(text: str) -> None:
@@ -130,19 +128,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     engine = open_engine(args.database, readonly=False)
     fresh = not inspect(engine).has_table(schema.meta.name)
-    if args.models:
-        models: Any = load_models(args.models)
-        exclude: list[str] = list(args.exclude or [])
-    else:
-        models, exclude = reflect(engine, args.exclude or [], notes)
-    try:
-        db = DimpleDb(engine, models, exclude=exclude, remote=args.remote,
-                      storage_options=options or None, **keys.kwargs())
-    except ConfigurationError as e:
-        if "no tables to track" in str(e):
-            raise CliError(f"nothing to sync in {args.database}: no table has a single string "
-                           "or UUID primary key (see --models)") from None
-        raise usage_error(str(e)) from None
+    db = _open_db(args, engine, keys, notes)
     try:
         storage = db.storage
         if is_folder(storage) and not storage.fs.exists(storage.root) and not args.quiet:
@@ -179,6 +165,33 @@ def cmd_sync(args: argparse.Namespace) -> int:
     finally:
         db.close()
         engine.dispose()
+    _print_report(args, report, error, keys, stats, elapsed)
+    return 0 if error is None else 1
+
+
+def _open_db(args: argparse.Namespace, engine: Engine, keys: Keys,
+             notes: Callable[[str], None]) -> DimpleDb:
+    """The ``DimpleDb`` of ``sync``: the ``--models`` or the reflected tables."""
+    from ..db import DimpleDb
+
+    if args.models:
+        models: Any = load_models(args.models)
+        exclude: list[str] = list(args.exclude or [])
+    else:
+        models, exclude = reflect(engine, args.exclude or [], notes)
+    try:
+        return DimpleDb(engine, models, exclude=exclude, remote=args.remote,
+                        storage_options=storage_options(args.storage_option) or None,
+                        **keys.kwargs())
+    except ConfigurationError as e:
+        if "no tables to track" in str(e):
+            raise CliError(f"nothing to sync in {args.database}: no table has a single string "
+                           "or UUID primary key (see --models)") from None
+        raise usage_error(str(e)) from None
+
+
+def _print_report(args: argparse.Namespace, report: SyncReport, error: SyncError | None,
+                  keys: Keys, stats: dict[str, int], elapsed: float) -> None:
     if args.json:
         print_json({**_report_doc(report), "ok": report.ok,
                     "bytes_downloaded": stats["bytes"], "bytes_uploaded": stats["pushed_bytes"]})
@@ -196,7 +209,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"{PROG}: author {who}: {message}", file=sys.stderr)
     if error is not None and not str(error).startswith("sync finished with errors"):
         print(f"{PROG}: {error}", file=sys.stderr)  # e.g. the remote could not be listed
-    return 0 if error is None else 1
 
 
 # -- status -----------------------------------------------------------------------------------

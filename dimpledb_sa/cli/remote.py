@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigurationError, DecryptionError, DimpleError
-from ..sync.wire import decode_bundle, decode_manifest, is_bundle_name, is_uuid
+from ..sync.verify import verify_remote
+from ..sync.wire import MANIFEST_NAME, decode_bundle, decode_manifest, is_bundle_name, is_uuid
 from .keys import Keys, read_keys
 from .output import CliError, print_json, usage_error, when
 
@@ -96,7 +97,7 @@ def _manifest_doc(storage: Storage, author: str) -> dict[str, Any]:
     try:
         data = storage.read_manifest(author)
         if data is None:
-            doc["error"] = "no manifest (dimple_db.json)"
+            doc["error"] = f"no manifest ({MANIFEST_NAME})"
             manifest = None
         else:
             manifest = decode_manifest(data, author)
@@ -114,7 +115,7 @@ def _manifest_doc(storage: Storage, author: str) -> dict[str, Any]:
                            "created_at": b.created_at} for b in manifest.bundles]
         listed = {b.filename for b in manifest.bundles}
     doc["unlisted_files"] = [n for n in storage.list_files(author)
-                             if n not in listed and n != "dimple_db.json"]
+                             if n not in listed and n != MANIFEST_NAME]
     return doc
 
 
@@ -197,61 +198,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
                           "PATH (or --identity, --passphrase-env VAR), or --no-encryption")
     cipher = keys.cipher()
     storage = open_remote(args.remote, args.storage_option, must_exist=True)
-    problems: list[str] = []
-    notes: list[str] = []
-    checked = transactions = 0
     with remote_errors(args.remote):
-        authors, bad = storage.list_authors()
-        problems += [f"{n!r}: not an author folder (a canonical UUID)" for n in bad]
-        for author in authors:
-            data = storage.read_manifest(author)
-            if data is None:
-                notes.append(f"{author}: no manifest (nothing published yet)")
-                continue
-            try:
-                manifest = decode_manifest(data, author)
-            except DimpleError as e:
-                problems.append(f"{author}/dimple_db.json: {e}")
-                continue
-            listed = {b.filename for b in manifest.bundles}
-            blobs = storage.read_bundles(author, sorted(listed))
-            for info in manifest.bundles:
-                where = f"{author}/{info.filename}"
-                checked += 1
-                blob = blobs.get(info.filename)
-                if not isinstance(blob, bytes):
-                    problems.append(f"{where}: listed in the manifest but cannot be read "
-                                    f"({blob or 'missing'})")
-                    continue
-                try:
-                    plain = cipher.decrypt(blob)
-                except DecryptionError as e:
-                    problems.append(f"{where}: cannot decrypt with the given {keys.what}: {e}")
-                    continue
-                try:
-                    txs = decode_bundle(plain, author, name=info.filename)
-                except DimpleError as e:
-                    problems.append(f"{where}: {e}")
-                    continue
-                ids = [t[0] for t in txs]
-                if len(txs) != info.transaction_count:
-                    problems.append(f"{where}: holds {len(txs)} transaction(s), the manifest "
-                                    f"says {info.transaction_count}")
-                elif ids[0] != info.first_transaction_id or ids[-1] != info.last_transaction_id:
-                    problems.append(f"{where}: transaction ids do not match the manifest")
-                else:
-                    transactions += len(txs)
-                    if args.verbose:
-                        print(f"ok   {where}: {len(txs)} transaction(s)")
-            for n in storage.list_files(author):
-                if n not in listed and n != "dimple_db.json":
-                    notes.append(f"{author}/{n}: not in the manifest (ignored by sync)")
-    for p in problems:
+        found = verify_remote(storage, cipher, key_name=keys.what)
+    if args.verbose:
+        for where, count in found.good:
+            print(f"ok   {where}: {count} transaction(s)")
+    for p in found.problems:
         print(f"FAIL {p}")
     if not args.quiet:
-        for n in notes:
+        for n in found.notes:
             print(f"note {n}")
-        verdict = "all good" if not problems else f"{len(problems)} problem(s)"
-        print(f"verified {checked} bundle(s) ({transactions} transaction(s)) of "
-              f"{len(authors)} author(s): {verdict}")
-    return 1 if problems else 0
+        verdict = "all good" if found.ok else f"{len(found.problems)} problem(s)"
+        print(f"verified {found.bundles} bundle(s) ({found.transactions} transaction(s)) of "
+              f"{found.authors} author(s): {verdict}")
+    return 0 if found.ok else 1

@@ -24,12 +24,24 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring_ascii as _esc
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, select
 
 from . import meta, schema
-from .changes import Change, ChangeRow, TxRecord, change_from_row
+from .changes import (
+    ROW_ATTRIBUTE,
+    ROW_ENTITY_ID,
+    ROW_ENTITY_TYPE,
+    ROW_ID,
+    ROW_NEW,
+    ROW_OLD,
+    ROW_TRANSACTION,
+    Change,
+    ChangeRow,
+    TxRecord,
+    change_from_row,
+)
 from .clock import is_next_id, offset_id
 from .rows import chunks, insert_many
 
@@ -55,10 +67,23 @@ __all__ = [
     "write_local",
 ]
 
-# (first_id, transaction_id, entity_type, entity_id, attributes, old_values, new_values)
 PackedRow = tuple[str, str, str, str, str, str, str]
-# [entity_type, entity_id, names (list or JSON text), olds (list or JSON text), news (list)]
+"""(first_id, transaction_id, entity_type, entity_id, attributes, old_values, new_values):
+the first four positions are a ChangeRow's (``ROW_ID`` ... ``ROW_ENTITY_ID``), the last
+three JSON arrays (``PACKED_ATTRIBUTES``, ``PACKED_OLDS``, ``PACKED_NEWS``)."""
+PACKED_ATTRIBUTES: Final = 4
+PACKED_OLDS: Final = 5
+PACKED_NEWS: Final = 6
+
 Group = list[Any]
+"""What capture hands the log for one entity: [entity_type, entity_id, names (a list or
+its JSON text), old values (a list of JSON texts or the array's JSON text), new values (a
+list of JSON texts)]; positions ``GROUP_TYPE`` ... ``GROUP_NEWS``."""
+GROUP_TYPE: Final = 0
+GROUP_ID: Final = 1
+GROUP_NAMES: Final = 2
+GROUP_OLDS: Final = 3
+GROUP_NEWS: Final = 4
 
 _dumps = json.dumps
 _loads = json.loads
@@ -96,7 +121,7 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     if floor:
         clock.observe(floor)
     author = replica.author_on(conn)
-    counts = [len(g[4]) for g in groups]
+    counts = [len(g[GROUP_NEWS]) for g in groups]
     firsts = clock.reserve_runs([1, *counts])
     tx_id = firsts[0]
     rows: list[PackedRow] = []
@@ -112,11 +137,11 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     assert last is not None
     meta.raise_floor(conn, floor, last)
     insert_many(conn, schema.transactions, [(tx_id, author)])
-    tables = sorted({g[0] for g in groups})
+    tables = sorted({g[GROUP_TYPE] for g in groups})
     # the body is JSON built by hand: the three arrays are JSON text already
     form = '["%s",%s,%s,%s,%s,%s]'
-    body = "[" + ",".join([form % (r[0], _esc(r[2]), _esc(r[3]), r[4], r[5], r[6])
-                           for r in rows]) + "]"
+    body = "[" + ",".join([form % (first, _esc(etype), _esc(eid), names, olds, news)
+                           for first, _, etype, eid, names, olds, news in rows]) + "]"
     p = schema.pending
     seq = conn.execute(p.insert().values(transaction_id=tx_id, tables=_dumps(tables),
                                          body=body)).inserted_primary_key
@@ -131,8 +156,8 @@ def _array(values: list[Any]) -> str:
 
 def _unpack(tx_id: str, body: str) -> list[PackedRow]:
     """The packed rows of a pending body, with the canonical text of each array."""
-    return [(r[0], tx_id, r[1], r[2], _dumps(r[3]), _array(r[4]), _array(r[5]))
-            for r in _loads(body)]
+    return [(first, tx_id, etype, eid, _dumps(names), _array(olds), _array(news))
+            for first, etype, eid, names, olds, news in _loads(body)]
 
 
 def fold(conn: Connection) -> int:
@@ -161,12 +186,14 @@ def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = No
     if transaction_ids is not None:
         stmt = stmt.where(p.c.transaction_id.in_(list(transaction_ids)))
     if entity is not None:
-        stmt = stmt.where(p.c.body.contains(entity[1], autoescape=True))
+        etype, eid = entity
+        stmt = stmt.where(p.c.body.contains(eid, autoescape=True))
     out: list[PackedRow] = []
     for tx_id, body in conn.execute(stmt):
         rows = _unpack(tx_id, body)
         if entity is not None:
-            rows = [r for r in rows if r[2] == entity[0] and r[3] == entity[1]]
+            rows = [r for r in rows
+                    if r[ROW_ENTITY_TYPE] == etype and r[ROW_ENTITY_ID] == eid]
         out.extend(rows)
     return out
 
@@ -221,15 +248,14 @@ def pack(changes: Sequence[ChangeRow],
     i, n = 0, len(changes)
     while i < n:
         first = changes[i]
-        tx, etype, eid = first[1], first[2], first[3]
-        a = first[0]
+        a, tx, etype, eid = first[:4]
         prefix, tail, digit = a[:26], a[27:], hexi.get(a[26], -2)
         j = i + 1
         while j < n:
             c = changes[j]
-            if c[3] != eid or c[2] != etype or c[1] != tx:
+            if c[ROW_ENTITY_ID] != eid or c[ROW_ENTITY_TYPE] != etype or c[ROW_TRANSACTION] != tx:
                 break
-            b = c[0]
+            b = c[ROW_ID]
             # fast path: only the last counter digit moved by one (the 9 hex digits after it
             # are the run's random bits); else the exact check
             if b[:26] == prefix and b[27:] == tail and hexi.get(b[26]) == digit + 1:
@@ -241,12 +267,12 @@ def pack(changes: Sequence[ChangeRow],
             a = b
             j += 1
         run = list(changes[i:j])
-        names = tuple([c[4] for c in run])
+        names = tuple([c[ROW_ATTRIBUTE] for c in run])
         names_json = names_cache.get(names)
         if names_json is None:
             names_json = names_cache[names] = _dumps(list(names))
-        append((first[0], tx, etype, eid, names_json,
-                json_array([c[5] for c in run]), json_array([c[6] for c in run])))
+        append((first[ROW_ID], tx, etype, eid, names_json,
+                json_array([c[ROW_OLD] for c in run]), json_array([c[ROW_NEW] for c in run])))
         if into is not None:
             got = into.get((etype, eid))
             if got is None:
@@ -267,9 +293,9 @@ def transactions_since(conn: Connection, author: str, after: str | None) -> list
     by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
     for chunk in chunks(tx_ids):
         for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
-            by_tx[row[1]].extend(expand(row))
+            by_tx[row[ROW_TRANSACTION]].extend(expand(row))
         for prow in pending_rows(conn, transaction_ids=chunk):
-            by_tx[prow[1]].extend(expand(prow))
+            by_tx[prow[ROW_TRANSACTION]].extend(expand(prow))
     out: list[TxRecord] = []
     for tx in tx_ids:
         changes = by_tx.get(tx, [])
@@ -294,7 +320,7 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
         for chunk in chunks(eids):
             stmt = select(c).where(c.c.entity_type == etype, c.c.entity_id.in_(chunk))
             for row in conn.execute(stmt):
-                out[(row[2], row[3])].extend(expand(row))
+                out[(row[ROW_ENTITY_TYPE], row[ROW_ENTITY_ID])].extend(expand(row))
     for v in out.values():
         v.sort()
     return out
@@ -313,8 +339,8 @@ def history(conn: Connection, entity_type: str, entity_id: str) -> list[Change]:
     pend = pending_rows(conn, entity=(entity_type, entity_id))
     if pend:
         authors = dict(conn.execute(select(t.c.id, t.c.author).where(
-            t.c.id.in_({r[1] for r in pend}))).all())
-        found.extend((r, authors.get(r[1], "")) for r in pend)
+            t.c.id.in_({r[ROW_TRANSACTION] for r in pend}))).all())
+        found.extend((r, authors.get(r[ROW_TRANSACTION], "")) for r in pend)
     for row, author in found:
         out.extend(change_from_row(r, author) for r in expand(row))
     out.sort(key=lambda ch: ch.id)

@@ -7,6 +7,17 @@ and as lowercase strings alike, by (milliseconds, counter, random). The clock ne
 an id below one it issued or observed: when the wall clock steps back, or a pulled id lies
 in the future, it keeps the larger millisecond value and counts up. Its state is the last id
 it issued, which the caller persists in the same transaction as the ids it used.
+
+The ``uuid6`` package reads and checks ids here (:func:`id_datetime`, :func:`is_uuid7`).
+It does not issue them: its ``uuid7()`` keeps order within a process by moving the
+millisecond field one step ahead per id issued in the same millisecond (so 10,000 ids
+made in one burst end 10 s in the future, and those times would win last-write-wins
+merges they should not), it has no counter field to pack one transaction's changes as
+consecutive ids (what :mod:`.changelog` relies on), it cannot observe pulled ids (the
+hybrid part: every id made after a pull sorts after it), and it is not thread-safe. So
+change and transaction ids come from :class:`HybridClock`, and :func:`new_id` (entity ids)
+uses the same layout with a per-process sequence that never leaves the wall clock's
+millisecond by more than one step per 4,096 ids.
 """
 
 from __future__ import annotations
@@ -17,7 +28,17 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-__all__ = ["HybridClock", "id_datetime", "is_next_id", "new_id", "offset_id", "parse_id"]
+import uuid6
+
+__all__ = [
+    "HybridClock",
+    "id_datetime",
+    "is_next_id",
+    "is_uuid7",
+    "new_id",
+    "offset_id",
+    "parse_id",
+]
 
 _COUNTER_BITS = 38
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
@@ -52,8 +73,19 @@ def parse_id(value: str) -> tuple[int, int]:
 
 def id_datetime(value: str) -> datetime:
     """The aware UTC datetime of a UUIDv7 id's millisecond field."""
-    ms = int(value[:8] + value[9:13], 16)
+    ms: int = uuid6.UUID(value).time
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def is_uuid7(value: object) -> bool:
+    """Whether ``value`` is a UUIDv7 in canonical (lowercase, hyphenated) form."""
+    if type(value) is not str or len(value) != 36:
+        return False
+    try:
+        parsed = uuid6.UUID(value)
+    except ValueError:
+        return False
+    return parsed.version == 7 and str(parsed) == value
 
 
 _id_lock = threading.Lock()

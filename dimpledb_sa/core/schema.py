@@ -4,7 +4,7 @@ All live in their own :data:`metadata` (what Alembic's ``target_metadata`` may i
 what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple_``.
 
 - ``dimple_changes``: the change log, packed: one row per run of attribute changes of one
-  entity in one transaction whose ids are consecutive (see :mod:`dimpledb_sa.log`): the
+  entity in one transaction whose ids are consecutive (see :mod:`.changelog`): the
   first change id, then JSON arrays of attribute names, old values and new values (a plain
   rowid table: packed rows are too wide for ``WITHOUT ROWID``). ``ix_dimple_changes_entity``
   (entity_type, entity_id, id) makes "the changes of one entity" (and so the latest of each
@@ -12,14 +12,15 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
 - ``dimple_pending``: local transactions not yet folded into ``dimple_changes``: one row
   per transaction, its packed rows as one JSON body (``[[first_id, entity_type, entity_id,
   attributes, old_values, new_values], ...]``) and the JSON list of its tables. A commit
-  writes one such row instead of one indexed row per entity; :func:`dimpledb_sa.log.fold`
+  writes one such row instead of one indexed row per entity; :func:`.changelog.fold`
   moves them into the indexed log before a push, a merge, a replay or an adoption, and
   when more than ``log.PENDING_LIMIT`` have gathered.
 - ``dimple_transactions``: one row per transaction (id, author).
 - ``dimple_cursors``: per remote author, the last transaction id merged from its bundles.
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
   apply yet (unknown table or column, missing parent row), with the reason.
-- ``dimple_meta``: key/value: ``author_id``, ``pushed_through`` (last transaction pushed).
+- ``dimple_meta``: key/value settings (``author_id``, ``clock``, ``pushed_through``), read and
+  written only by :mod:`.meta`.
 """
 
 from __future__ import annotations

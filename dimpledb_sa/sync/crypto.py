@@ -5,9 +5,9 @@ This module owns the ``Cipher`` protocol and its three implementations: ``X25519
 recipients), ``PassphraseCipher`` (age's scrypt mode) and ``PlaintextCipher`` (no
 encryption, chosen only with ``encryption=False``); ``make_cipher`` picks one from the
 ``DimpleDb`` keyword arguments and rejects contradictory or incomplete ones with
-:class:`~dimpledb_sa.errors.ConfigurationError`. Output is the binary age v1 format, so
+:class:`~dimpledb_sa.core.errors.ConfigurationError`. Output is the binary age v1 format, so
 every file decrypts with the standard ``age`` tool. A file that cannot be decrypted raises
-:class:`~dimpledb_sa.errors.DecryptionError` saying why; no message ever contains a secret
+:class:`~dimpledb_sa.core.errors.DecryptionError` saying why; no message ever contains a secret
 key or a passphrase.
 """
 

@@ -27,7 +27,16 @@ from sqlalchemy import Connection, bindparam, delete, select, text, update
 from sqlalchemy.exc import StatementError
 
 from ..core import changelog, schema
-from ..core.changes import ChangeRow, TxRecord
+from ..core.changes import (
+    ROW_ATTRIBUTE,
+    ROW_ENTITY_ID,
+    ROW_ENTITY_TYPE,
+    ROW_ID,
+    ROW_NEW,
+    ROW_TRANSACTION,
+    ChangeRow,
+    TxRecord,
+)
 from ..core.errors import DimpleError, RemoteFormatError
 from ..core.rows import chunks, fetch_rows, insert_many, insert_values
 from ..core.tracking import parents_first
@@ -79,15 +88,16 @@ def describe(exc: BaseException) -> str:
 
 def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]:
     t = schema.transactions
-    ids = [tx[0] for tx in transactions]
+    ids = [tx_id for tx_id, _, _ in transactions]
     known: set[str] = set()
     for chunk in chunks(ids):
         known.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
     seen: set[str] = set()
     out: list[TxRecord] = []
     for tx in transactions:
-        if tx[0] not in known and tx[0] not in seen:
-            seen.add(tx[0])
+        tx_id = tx[0]
+        if tx_id not in known and tx_id not in seen:
+            seen.add(tx_id)
             out.append(tx)
     return out
 
@@ -104,11 +114,11 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
     for tx_id, author, changes in fresh:
         result.authors[tx_id] = author
         rows.extend(changelog.pack(changes, incoming))
-        newest = max(newest, tx_id, max(c[0] for c in changes) if changes else "")
+        newest = max(newest, tx_id, max(c[ROW_ID] for c in changes) if changes else "")
     replica.clock.observe(newest)
     changelog.raise_clock_floor(conn, newest)
     before = changelog.entity_changes(conn, incoming)
-    insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx in fresh],
+    insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh],
                        ignore_existing=True)
     insert_many(conn, schema.changes, rows, ignore_existing=True)
     result.stored = len(fresh)
@@ -119,9 +129,9 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
 def _winners(changes: Iterable[ChangeRow]) -> dict[str, ChangeRow]:
     win: dict[str, ChangeRow] = {}
     for c in changes:
-        w = win.get(c[4])
-        if w is None or c[0] > w[0]:
-            win[c[4]] = c
+        w = win.get(c[ROW_ATTRIBUTE])
+        if w is None or c[ROW_ID] > w[ROW_ID]:
+            win[c[ROW_ATTRIBUTE]] = c
     return win
 
 
@@ -133,151 +143,163 @@ def _apply(replica: Replica, conn: Connection,
     for etype, eid in incoming:
         by_table[etype].append(eid)
     held: list[tuple[str, str, str, str]] = []
-    plans: list[tuple[TrackedTable, dict[str, Any]]] = []
+    plans: list[_TablePlan] = []
     for etype, eids in by_table.items():
         tt = replica.tracked.get(etype)
         if tt is None:
             for eid in eids:
                 inc = incoming[(etype, eid)]
                 result.held += len(inc)
-                held.extend((etype, eid, a, "unknown table") for a in {c[4] for c in inc})
+                held.extend((etype, eid, a, "unknown table")
+                            for a in {c[ROW_ATTRIBUTE] for c in inc})
             continue
         current = fetch_rows(conn, tt, eids)
-        plan = _plan_table(tt, eids, incoming, before, current, held, result)
-        plans.append((tt, plan))
+        plan = _TablePlan(tt, held, result)
+        for eid in eids:
+            key = (etype, eid)
+            prior = before.get(key)
+            row = current.get(eid)
+            if prior is None and row is None:
+                plan.new_entity(eid, incoming[key])
+            else:
+                plan.entity(eid, incoming[key], prior, row)
+        plans.append(plan)
     _write(replica, conn, plans, result)
     if held:
         insert_many(conn, schema.held, held, ignore_existing=True)
 
 
-def _plan_table(tt: TrackedTable, eids: list[str],
-                incoming: dict[tuple[str, str], list[ChangeRow]],
-                before: dict[tuple[str, str], list[ChangeRow]],
-                current: dict[str, dict[str, Any]],
-                held: list[tuple[str, str, str, str]], result: MergeResult) -> dict[str, Any]:
-    etype = tt.name
-    pkn = tt.pk_name
-    codecs = tt.codecs
-    inserts: list[dict[str, Any]] = []
-    updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-    deletes: list[Any] = []
-    applied = result.applied_changes
-    notnull = {c.name for c in tt.table.columns if not c.nullable and not c.primary_key}
-    required = [c.name for c in tt.table.columns if c.name in notnull
-                and c.default is None and c.server_default is None]
-    decoders = {a: c.decode for a, c in codecs.items()}
-    for eid in eids:
-        key = (etype, eid)
-        inc = incoming[key]
-        prior = before.get(key)
-        if prior is None and eid not in current:  # the common case: a new entity
-            win: dict[str, ChangeRow] = {}
-            for c in inc:
-                w = win.get(c[4])
-                if w is None or c[0] > w[0]:
-                    win[c[4]] = c
-            pkw = win.get(pkn)
-            values = {}
-            for attr, w in win.items():
-                dec = decoders.get(attr)
-                if dec is None:
-                    result.held += sum(1 for c in inc if c[4] == attr)
-                    held.append((etype, eid, attr, "unknown column"))
-                elif pkw is not None and pkw[6] is not None:
-                    values[attr] = dec(w[6])
-            if pkw is None or pkw[6] is None:
-                continue
-            if str(values[pkn]) != eid:
-                raise RemoteFormatError(
-                    f"change {pkw[0]} inserts {etype} {eid} with the key {pkw[6]:.80}")
-            missing = [c for c in required if values.get(c) is None]
-            if missing:
-                result.held += len(missing)
-                held.extend((etype, eid, c, "missing required column") for c in missing)
-                continue
-            applied.extend(w for w in win.values() if w[4] in decoders)
-            inserts.append(values)
-            continue
+class _TablePlan:
+    """What one merge writes to one table: rows to insert, update and delete.
+
+    Built entity by entity from the winning change of each attribute (see :func:`_apply`);
+    changes it cannot apply here are appended to ``held``, those it applies to
+    ``result.applied_changes``.
+    """
+
+    def __init__(self, tt: TrackedTable, held: list[tuple[str, str, str, str]],
+                 result: MergeResult) -> None:
+        self.tt = tt
+        self.held = held
+        self.result = result
+        self.inserts: list[dict[str, Any]] = []
+        self.updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        self.deletes: list[Any] = []
+        columns = tt.table.columns
+        self.notnull = {c.name for c in columns if not c.nullable and not c.primary_key}
+        self.required = [c.name for c in columns if c.name in self.notnull
+                         and c.default is None and c.server_default is None]
+        self.decoders = {a: c.decode for a, c in tt.codecs.items()}
+
+    def _hold(self, eid: str, attr: str, reason: str, count: int = 1) -> None:
+        self.result.held += count
+        self.held.append((self.tt.name, eid, attr, reason))
+
+    def _hold_unknown(self, eid: str, inc: list[ChangeRow], attrs: Iterable[str]) -> None:
+        for a in attrs:
+            self._hold(eid, a, "unknown column", sum(1 for c in inc if c[ROW_ATTRIBUTE] == a))
+
+    def _insert(self, eid: str, pkw: ChangeRow, values: dict[str, Any]) -> bool:
+        """Queue ``values`` as a new row; ``False`` when it must wait (held)."""
+        if str(values[self.tt.pk_name]) != eid:
+            raise RemoteFormatError(f"change {pkw[ROW_ID]} inserts {self.tt.name} {eid} with "
+                                    f"the key {pkw[ROW_NEW]:.80}")
+        missing = [c for c in self.required if values.get(c) is None]
+        if missing:  # e.g. a column renamed or added NOT NULL since: wait for it
+            self.result.held += len(missing)
+            self.held.extend((self.tt.name, eid, c, "missing required column")
+                             for c in missing)
+            return False
+        self.inserts.append(values)
+        return True
+
+    def new_entity(self, eid: str, inc: list[ChangeRow]) -> None:
+        """An entity neither logged nor stored here before (the common case, made short)."""
+        win: dict[str, ChangeRow] = {}
+        for c in inc:
+            w = win.get(c[ROW_ATTRIBUTE])
+            if w is None or c[ROW_ID] > w[ROW_ID]:
+                win[c[ROW_ATTRIBUTE]] = c
+        decoders = self.decoders
+        self._hold_unknown(eid, inc, [a for a in win if a not in decoders])
+        pkw = win.get(self.tt.pk_name)
+        if pkw is None or pkw[ROW_NEW] is None:
+            return
+        values = {a: decoders[a](w[ROW_NEW]) for a, w in win.items() if a in decoders}
+        if self._insert(eid, pkw, values):
+            self.result.applied_changes.extend(w for w in win.values()
+                                               if w[ROW_ATTRIBUTE] in decoders)
+
+    def entity(self, eid: str, inc: list[ChangeRow], prior: list[ChangeRow] | None,
+               row: dict[str, Any] | None) -> None:
+        """An entity with history or a row here: re-derive it from ``prior`` + ``inc``."""
         win = _winners(prior) if prior else {}
         won: set[str] | None = set() if prior else None  # attributes incoming won
         for c in inc:
-            attr = c[4]
+            attr = c[ROW_ATTRIBUTE]
             w = win.get(attr)
-            if w is None or c[0] > w[0]:
+            if w is None or c[ROW_ID] > w[ROW_ID]:
                 win[attr] = c
                 if won is not None:
                     won.add(attr)
-        unknown = [a for a in win if a not in codecs]
-        if unknown:
-            for a in unknown:
-                result.held += sum(1 for c in inc if c[4] == a)
-                held.append((etype, eid, a, "unknown column"))
-        inc_ids = {w[0] for a, w in win.items() if won is None or a in won}
+        codecs = self.tt.codecs
+        self._hold_unknown(eid, inc, [a for a in win if a not in codecs])
+        inc_ids = {w[ROW_ID] for a, w in win.items() if won is None or a in won}
+        pkn = self.tt.pk_name
         pkw = win.get(pkn)
-        row = current.get(eid)
-        if pkw is None or pkw[6] is None:  # no insert known, or deleted
+        applied = self.result.applied_changes
+        if pkw is None or pkw[ROW_NEW] is None:  # no insert known, or deleted
             if row is not None and pkw is not None:
-                deletes.append(row[pkn])
-                if pkw[0] in inc_ids:
+                self.deletes.append(row[pkn])
+                if pkw[ROW_ID] in inc_ids:
                     applied.append(pkw)
-            continue
+            return
         if row is None:
-            values = {}
-            for attr, w in win.items():
-                codec = codecs.get(attr)
-                if codec is not None:
-                    values[attr] = codec.decode(w[6])
-            if str(values[pkn]) != eid:
-                raise RemoteFormatError(
-                    f"change {pkw[0]} inserts {etype} {eid} with the key {pkw[6]:.80}")
-            missing = [c for c in required if values.get(c) is None]
-            if missing:  # e.g. a column renamed or added NOT NULL since: wait for it
-                result.held += len(missing)
-                held.extend((etype, eid, c, "missing required column") for c in missing)
-                continue
-            applied.extend(w for w in win.values() if w[0] in inc_ids and w[4] in codecs)
-            inserts.append(values)
-            continue
+            values = {a: codecs[a].decode(w[ROW_NEW]) for a, w in win.items() if a in codecs}
+            if self._insert(eid, pkw, values):
+                applied.extend(w for w in win.values()
+                               if w[ROW_ID] in inc_ids and w[ROW_ATTRIBUTE] in codecs)
+            return
         changed: dict[str, Any] = {}
         for attr, w in win.items():
             codec = codecs.get(attr)
             if codec is None or attr == pkn:
                 continue
-            if w[6] is None and attr in notnull:  # this schema cannot take the null
-                result.held += 1
-                held.append((etype, eid, attr, "null for a required column"))
+            new = w[ROW_NEW]
+            if new is None and attr in self.notnull:  # this schema cannot take the null
+                self._hold(eid, attr, "null for a required column")
                 continue
-            if codec.encode(row[attr]) != w[6]:
-                changed[attr] = codec.decode(w[6])
-                if w[0] in inc_ids:
+            if codec.encode(row[attr]) != new:
+                changed[attr] = codec.decode(new)
+                if w[ROW_ID] in inc_ids:
                     applied.append(w)
         if changed:
             changed["_dimple_pk"] = row[pkn]
-            updates[tuple(sorted(changed))].append(changed)
-    return {"inserts": inserts, "updates": updates, "deletes": deletes}
+            self.updates[tuple(sorted(changed))].append(changed)
 
 
-def _write(replica: Replica, conn: Connection, plans: list[tuple[TrackedTable, dict[str, Any]]],
+def _write(replica: Replica, conn: Connection, plans: list[_TablePlan],
            result: MergeResult) -> None:
     if not plans:
         return
     order = _table_order(replica)
-    plans.sort(key=lambda p: order.get(p[0].name, len(order)))
+    plans.sort(key=lambda p: order.get(p.tt.name, len(order)))
     fk_check = conn.dialect.name == "sqlite" and bool(
         conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
     if fk_check:
         conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
-    for tt, plan in reversed(plans):  # children first
-        deletes = plan["deletes"]
-        for chunk in chunks(deletes):
+    for plan in reversed(plans):  # children first
+        tt = plan.tt
+        for chunk in chunks(plan.deletes):
             conn.execute(delete(tt.table).where(tt.pk.in_(chunk)))
-        if deletes:
+        if plan.deletes:
             result.tables.add(tt.name)
-    for tt, plan in plans:  # parents first
-        if plan["inserts"]:
-            insert_values(conn, tt.table, plan["inserts"])
+    for plan in plans:  # parents first
+        tt = plan.tt
+        if plan.inserts:
+            insert_values(conn, tt.table, plan.inserts)
             result.tables.add(tt.name)
-        for cols, batch in plan["updates"].items():
+        for cols, batch in plan.updates.items():
             stmt = (
                 update(tt.table)
                 .where(tt.pk == bindparam("_dimple_pk"))
@@ -286,10 +308,10 @@ def _write(replica: Replica, conn: Connection, plans: list[tuple[TrackedTable, d
             conn.execute(stmt, batch)
             result.tables.add(tt.name)
     if fk_check:
-        tables = [tt for tt, _ in plans]
-        for tt, plan in plans:
-            if plan["deletes"]:
-                _add_dependents(replica, tt, tables)
+        tables = [p.tt for p in plans]
+        for plan in plans:
+            if plan.deletes:
+                _add_dependents(replica, plan.tt, tables)
         _hold_orphans(replica, conn, tables, result)
     result.applied = len(result.applied_changes)
 
@@ -323,9 +345,9 @@ def _hold_orphans(replica: Replica, conn: Connection, tables: list[TrackedTable]
         bad: dict[str, set[int]] = defaultdict(set)
         for tt in tables:
             q = f"PRAGMA foreign_key_check({conn.dialect.identifier_preparer.quote(tt.name)})"
-            for row in conn.exec_driver_sql(q):
-                if row[1] is not None:
-                    bad[row[0]].add(row[1])
+            for child_table, rowid, _parent, _fk in conn.exec_driver_sql(q):
+                if rowid is not None:
+                    bad[child_table].add(rowid)
         if not bad:
             return
         handled = False
@@ -335,8 +357,8 @@ def _hold_orphans(replica: Replica, conn: Connection, tables: list[TrackedTable]
                 continue  # an untracked table: the commit will report it
             handled = True
             marks = ",".join(str(int(r)) for r in rowids)
-            ids = [r[0] for r in conn.execute(
-                select(child.pk).where(text(f"rowid IN ({marks})")))]
+            ids = list(conn.execute(select(child.pk).where(text(f"rowid IN ({marks})")))
+                       .scalars())
             conn.execute(delete(child.table).where(child.pk.in_(ids)))
             _add_dependents(replica, child, tables)
             insert_many(conn, schema.held,
@@ -345,7 +367,8 @@ def _hold_orphans(replica: Replica, conn: Connection, tables: list[TrackedTable]
             result.held += len(ids)
             dropped = {str(i) for i in ids}
             result.applied_changes[:] = [c for c in result.applied_changes
-                                         if not (c[2] == name and c[3] in dropped)]
+                                         if not (c[ROW_ENTITY_TYPE] == name
+                                                 and c[ROW_ENTITY_ID] in dropped)]
         if not handled:
             return
 
@@ -397,7 +420,7 @@ def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
     except APPLY_ERRORS:
         result = _replay_each(replica, conn, ready, everything,
                               [tuple(e) for e in entries])
-    authors = _authors(conn, {c[1] for c in result.applied_changes})
+    authors = _authors(conn, {c[ROW_TRANSACTION] for c in result.applied_changes})
     result.authors = authors
     return result
 

@@ -5,7 +5,7 @@ layout (``root/{author}/dimple_db.json`` and ``root/{author}/{first}_{last}.json
 ``fsspec.AbstractFileSystem`` built from a URL or plain path (``memory://``, ``file://``,
 ``s3://`` with ``storage_options``) or handed in by the caller; it builds no backend registry
 of its own. Every author and file name is validated before the backend is touched, so no
-path can leave the root (:class:`~dimpledb_sa.errors.RemoteFormatError` otherwise); listings
+path can leave the root (:class:`~dimpledb_sa.core.errors.RemoteFormatError` otherwise); listings
 are always fresh (fsspec's directory cache is dropped first); and ``requests`` counts the
 calls made, by kind. Backend failures propagate as the built-in exceptions fsspec raises
 (``FileNotFoundError``, ``PermissionError``, other ``OSError``). Contents are opaque bytes:

@@ -6,7 +6,7 @@ values are canonical JSON text) and the per-author manifest ``dimple_db.json``
 (``Manifest`` / ``BundleInfo``, ``encode_manifest`` / ``decode_manifest``), plus the
 validators for remote names (``is_uuid``, ``is_bundle_name``) that keep every path inside the
 remote root. Decoding is strict: anything malformed, inconsistent or hostile raises
-:class:`~dimpledb_sa.errors.RemoteFormatError` naming the transaction, change or field at
+:class:`~dimpledb_sa.core.errors.RemoteFormatError` naming the transaction, change or field at
 fault. It knows nothing of the ORM, of encryption or of storage backends.
 """
 
@@ -168,17 +168,26 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {value!r:.80}"
 
 
-def _tx_problem(tx: object, author: str) -> str:
-    if type(tx) is not dict:
-        return f"is not an object but {_describe(tx)}"
-    missing = [k for k in _TX_KEYS if k not in tx]
+def _record_problem(record: object, keys: tuple[str, ...]) -> str | None:
+    """What is wrong with a record that must be an object with exactly ``keys``, one of them
+    an ``id`` holding a canonical UUID; ``None`` when nothing is."""
+    if type(record) is not dict:
+        return f"is not an object but {_describe(record)}"
+    missing = [k for k in keys if k not in record]
     if missing:
         return f"lacks field(s) {', '.join(missing)}"
-    extra = sorted(str(k) for k in tx if k not in _TX_KEYS)
+    extra = sorted(str(k) for k in record if k not in keys)
     if extra:
         return f"has unknown field(s) {', '.join(extra)}"
-    if not is_uuid(tx["id"]):
-        return f"has an id that is not a canonical UUID: {_describe(tx['id'])}"
+    if not is_uuid(record["id"]):
+        return f"has an id that is not a canonical UUID: {_describe(record['id'])}"
+    return None
+
+
+def _tx_problem(tx: Any, author: str) -> str:
+    problem = _record_problem(tx, _TX_KEYS)
+    if problem is not None:
+        return problem
     if tx["author"] != author:
         return f"has author {tx['author']!r:.80} but lies in the folder of author {author}"
     if type(tx["changes"]) is not list:
@@ -186,17 +195,10 @@ def _tx_problem(tx: object, author: str) -> str:
     return "is malformed"  # pragma: no cover - callers only ask when something is wrong
 
 
-def _change_problem(c: object, tid: str) -> str:
-    if type(c) is not dict:
-        return f"is not an object but {_describe(c)}"
-    missing = [k for k in _CHANGE_KEYS if k not in c]
-    if missing:
-        return f"lacks field(s) {', '.join(missing)}"
-    extra = sorted(str(k) for k in c if k not in _CHANGE_KEYS)
-    if extra:
-        return f"has unknown field(s) {', '.join(extra)}"
-    if not is_uuid(c["id"]):
-        return f"has an id that is not a canonical UUID: {_describe(c['id'])}"
+def _change_problem(c: Any, tid: str) -> str:
+    problem = _record_problem(c, _CHANGE_KEYS)
+    if problem is not None:
+        return problem
     if c["transaction_id"] != tid:
         return f"has transaction_id {c['transaction_id']!r:.80}, not its transaction's id {tid}"
     for key in _NONEMPTY_KEYS:
