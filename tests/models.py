@@ -122,6 +122,16 @@ def db_fixture(engine: Engine) -> Iterator[dimple.DimpleDb]:
     d.close()
 
 
+class Received:
+    """Collects ``changes_committed`` sends for one database."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, sender: Any, **kw: Any) -> None:
+        self.calls.append({"sender": sender, **kw})
+
+
 def changes_of(db: dimple.DimpleDb, model: Any, entity_id: Any) -> list[tuple[str, Any, Any]]:
     """(attribute, old, new) of every logged change of one entity, oldest first."""
     return [(c.attribute, c.old_value, c.new_value) for c in db.history(model, entity_id)]
