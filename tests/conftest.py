@@ -1,5 +1,11 @@
 """Shared test fixtures.
 
+A tracked database: ``engine`` is a SQLite file (``app.db`` in the test's temporary folder)
+and ``db`` a ``DimpleDb`` on it tracking ``models`` (tables created, closed afterwards, which
+also closes its live queries and watchers). ``models`` is ``models.Base``, the capture tests'
+schema; a test module that needs another set overrides the ``models`` fixture (the live-query
+and watcher tests return ``models.LiveBase``).
+
 Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` folder and
 ``s3``), each time on a fresh, empty location; ``s3_server`` is the loopback S3 endpoint
 (moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs.
@@ -19,9 +25,39 @@ from typing import Any
 
 import fsspec
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import DeclarativeBase
 
 if importlib.util.find_spec("dimpledb_sa") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import Base, make_engine  # after the path set-up above: it imports dimpledb_sa
+
+import dimpledb_sa as dimple
+
+# --------------------------------------------------------------------------- a tracked database
+
+
+@pytest.fixture
+def models() -> type[DeclarativeBase]:
+    """What ``db`` tracks: ``models.Base``, unless the test module overrides this fixture."""
+    return Base
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(tmp_path / "app.db")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def db(engine: Engine, models: type[DeclarativeBase]) -> Iterator[dimple.DimpleDb]:
+    d = dimple.DimpleDb(engine, models)
+    d.create_all()
+    yield d
+    d.close()
+
 
 # --------------------------------------------------------------------------- remote storage
 

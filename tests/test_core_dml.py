@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from models import Base, Received, Todo, changes_of, log_count, make_engine
-from models import db_fixture as db_fixture  # fixture
-from models import engine_fixture as engine_fixture  # fixture
 from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, select, text, update
 from sqlalchemy.orm import Session
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livemodels import Base, Note, Recorder, Todo, TodoList, add, make_engine
-from livemodels import db_fixture as db_fixture  # fixture
-from livemodels import engine_fixture as engine_fixture  # fixture
+from models import LiveBase as Base
+from models import LiveNote as Note
+from models import LiveTodo as Todo
+from models import Recorder, TodoList, add, make_engine
 from sqlalchemy import (
     Engine,
     bindparam,
@@ -40,6 +41,11 @@ from dimpledb_sa.core.signals import changes_committed
 from dimpledb_sa.live import LiveQuery
 
 __all__: list[str] = []
+
+
+@pytest.fixture
+def models() -> type[Base]:
+    return Base  # ``db`` tracks the live schema
 
 
 def texts(rows: list[Any]) -> list[str]:

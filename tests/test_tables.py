@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from livemodels import Note, Recorder, Todo, TodoList, add
-from livemodels import db_fixture as db_fixture  # fixture
-from livemodels import engine_fixture as engine_fixture  # fixture
+from models import LiveBase as Base
+from models import LiveNote as Note
+from models import LiveTodo as Todo
+from models import Recorder, TodoList, add
 from sqlalchemy import Engine, exists, func, select, text, union
 from sqlalchemy.orm import aliased, joinedload, selectinload
 
@@ -22,6 +23,11 @@ import dimpledb_sa as dimple
 from dimpledb_sa.live import ALL_TABLES, statement_tables
 
 __all__: list[str] = []
+
+
+@pytest.fixture
+def models() -> type[Base]:
+    return Base  # ``db`` tracks the live schema
 
 TL = aliased(TodoList)
 cte = select(Note.body).cte("bodies")

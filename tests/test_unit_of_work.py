@@ -25,8 +25,6 @@ from models import (
     make_engine,
     tx_count,
 )
-from models import db_fixture as db_fixture  # fixture
-from models import engine_fixture as engine_fixture  # fixture
 from sqlalchemy import (
     Engine,
     ForeignKey,
