@@ -8,7 +8,8 @@ and watcher tests return ``models.LiveBase``).
 
 Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` folder and
 ``s3``), each time on a fresh, empty location; ``s3_server`` is the loopback S3 endpoint
-(moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs.
+(moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs;
+``devs`` makes sync devices on ``remote``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from sqlalchemy.orm import DeclarativeBase
 if importlib.util.find_spec("dimpledb_sa") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import Base, make_engine  # after the path set-up above: it imports dimpledb_sa
+from models import Base, make_engine  # after the path set-up above: they import dimpledb_sa
+from syncworld import Devices, device_set
 
 import dimpledb_sa as dimple
 
@@ -146,3 +148,10 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
         endpoint: str = request.getfixturevalue("s3_server")
         bucket: str = request.getfixturevalue("s3_bucket")
         yield Remote(backend, f"s3://{bucket}/remote", s3_options(endpoint))
+
+
+@pytest.fixture
+def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
+    """Devices (``syncworld``) on ``remote``, closed afterwards; ``test_merge`` has its own."""
+    with device_set(tmp_path, remote.url, remote.storage_options) as d:
+        yield d

@@ -12,7 +12,12 @@ of every supported type.
 table; ``live_writer.py``, the second process of the watcher tests, writes ``LiveTodo``.
 :class:`Recorder` is a subscription callback a test can wait on.
 
-The fixtures on these models (``models``, ``engine``, ``db``) are in ``conftest.py``.
+``SyncBase``, the sync tests' schema (``test_run``, ``test_run_faults``, ``test_merge``,
+``test_convergence``; the devices that track it are in ``syncworld.py``): notes, a
+folder/item pair with a cascade, and tags; ``OldSyncBase`` is an older version of the same
+tables that lacks ``note.rank`` and the ``tag`` table (for held changes).
+
+The fixtures on these models (``models``, ``engine``, ``db``, ``devs``) are in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -210,3 +215,68 @@ def add(engine: Engine, *objs: Any) -> list[str]:
         s.add_all(objs)
         s.commit()
         return [o.id for o in objs]
+
+
+# --------------------------------------------------------------------------- sync: SyncBase
+
+
+class SyncBase(DeclarativeBase):
+    pass
+
+
+class Note(SyncBase):
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    done: Mapped[bool] = mapped_column(default=False)
+    rank: Mapped[int | None]
+
+
+class Folder(SyncBase):
+    __tablename__ = "folder"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+    items: Mapped[list[Item]] = relationship(back_populates="folder",
+                                             cascade="all, delete-orphan")
+
+
+class Item(SyncBase):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
+    label: Mapped[str]
+    folder: Mapped[Folder] = relationship(back_populates="items")
+
+
+class Tag(SyncBase):
+    __tablename__ = "tag"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    word: Mapped[str]
+
+
+class OldSyncBase(DeclarativeBase):
+    pass
+
+
+class OldNote(OldSyncBase):
+    """``note`` as an older version of the app had it: no ``rank``."""
+
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    done: Mapped[bool] = mapped_column(default=False)
+
+
+class OldFolder(OldSyncBase):
+    __tablename__ = "folder"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+
+
+class OldItem(OldSyncBase):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
+    label: Mapped[str]

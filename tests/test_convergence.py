@@ -18,8 +18,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import Folder, Item, Note
 from sqlalchemy import select
-from syncmodels import Device, Folder, Item, Note, device_set
+from syncworld import Device, device_set
 
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.clock import HybridClock

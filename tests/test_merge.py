@@ -18,19 +18,10 @@ from typing import Any
 
 import fsspec
 import pytest
+from models import Folder, Item, Note, Tag
+from models import OldSyncBase as OldBase
 from sqlalchemy import delete, func, select
-from syncmodels import (
-    Device,
-    Devices,
-    Folder,
-    Item,
-    Note,
-    OldBase,
-    Tag,
-    Ticker,
-    device_set,
-    recording,
-)
+from syncworld import Device, Devices, Ticker, device_set, recording
 
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.changelog import transactions_since
