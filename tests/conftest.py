@@ -10,6 +10,8 @@ Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` f
 ``s3``), each time on a fresh, empty location; ``s3_server`` is the loopback S3 endpoint
 (moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs;
 ``devs`` makes sync devices on ``remote``.
+
+The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from sqlalchemy.orm import DeclarativeBase
 if importlib.util.find_spec("dimpledb_sa") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import Base, make_engine  # after the path set-up above: they import dimpledb_sa
+from cliworld import World, make_world  # after the path set-up above: they import dimpledb_sa
+from models import Base, make_engine
 from syncworld import Devices, device_set
 
 import dimpledb_sa as dimple
@@ -155,3 +158,19 @@ def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
     """Devices (``syncworld``) on ``remote``, closed afterwards; ``test_merge`` has its own."""
     with device_set(tmp_path, remote.url, remote.storage_options) as d:
         yield d
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The command-line tests' world (``cliworld.make_world``), built once per test module."""
+    return make_world(tmp_path_factory.mktemp("cli"))
+
+
+@pytest.fixture
+def no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``$DIMPLEDB_IDENTITY*`` from the caller's environment."""
+    for name in ("DIMPLEDB_IDENTITY", "DIMPLEDB_IDENTITY_FILE"):
+        monkeypatch.delenv(name, raising=False)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 from cliworld import ROOT, World, call, child_env, rows, run
-from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
-from cliworld import world_fixture as world_fixture  # fixture
 from sqlalchemy import Uuid, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
 
 __all__: list[str] = []
+
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
 
 
 # ----------------------------------------------------------------------------- keygen

@@ -13,10 +13,10 @@ import sqlite3
 
 import pytest
 from cliworld import World, call, run
-from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
-from cliworld import world_fixture as world_fixture  # fixture
 
 __all__: list[str] = []
+
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
 
 
 def _bundles(world: World) -> list[str]:
