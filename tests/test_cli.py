@@ -1,9 +1,11 @@
-"""The ``dimpledb`` command line, driven as a user drives it, and the examples.
+"""Tests for ``dimpledb_sa.cli``: the ``dimpledb`` command line, driven as a user drives
+it, and the examples.
 
-Runs against the shared world (``cliworld``): ``keygen`` (``cli.keys``), ``sync``,
-``status`` and ``history`` (``cli.local``, ``cli.database``), usage errors, help and the
-installed console script (``cli.app``), then the examples. ``inspect`` and ``verify`` are
-in ``test_cli_remote``, the progress display in ``test_cli_output``.
+Runs against the shared world (``cliworld``): ``keygen`` (``dimpledb_sa.cli.keys``), ``sync``,
+``status`` and ``history`` (``dimpledb_sa.cli.local``, ``dimpledb_sa.cli.database``), usage
+errors, help and the installed console script (``dimpledb_sa.cli.app``), then the examples.
+``inspect`` and ``verify`` are in ``test_cli_remote``, the progress display in
+``test_cli_output``.
 """
 
 from __future__ import annotations

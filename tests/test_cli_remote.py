@@ -1,4 +1,5 @@
-"""``dimpledb inspect`` and ``verify``, and the remote on the command line (``cli.remote``).
+"""Tests for ``dimpledb_sa.cli.remote``: ``dimpledb inspect`` and ``verify``, and the
+remote on the command line.
 
 Runs against the shared world (``cliworld``): listing a remote and decrypting one bundle,
 wrong keys and bad arguments, verification that finds tampering, a missing remote reported

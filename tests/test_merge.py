@@ -1,6 +1,7 @@
-"""Merge: pulled transactions -> change log -> rows, last write wins per attribute.
+"""Tests for ``dimpledb_sa.sync.merge``: pulled transactions -> change log -> rows, last
+write wins per attribute.
 
-Most tests call :func:`dimpledb_sa.merge.merge` directly with transactions taken from
+Most tests call :func:`dimpledb_sa.sync.merge.merge` directly with transactions taken from
 another device's log or forged with explicit ids, on SQLite files with foreign keys on;
 a few go through ``sync`` on a memory remote to see the clock, the cursors and the signal.
 """

@@ -1,10 +1,10 @@
-"""Tests for ``dimpledb_sa.live``: live queries.
+"""Tests for ``dimpledb_sa.live.query``: live queries.
 
-Everything runs on real SQLite files in ``tmp_path``: which commits re-run which queries
-(tables found from statements and from SQLite itself, views included), coalescing and
-result comparison, rollbacks, failing callbacks, garbage collection, executors, commits
-from many threads, parameters, ``async for``, sync-applied changes, and ``close_all``. The
-external-commit watcher has its own tests (``test_watch``).
+Everything runs on real SQLite files in ``tmp_path``: result shapes, which commits re-run
+which queries, coalescing and result comparison, rollbacks, failing callbacks, garbage
+collection, executors, commits from many threads, parameters, ``async for``, sync-applied
+changes, and ``close_all``. Which tables a query reads is tested in ``test_tables``, the
+external-commit watcher in ``test_watch``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Sync scenarios between devices (SQLite files) on every backend: memory, local folder, S3.
+"""Tests for ``dimpledb_sa.sync.run``: sync scenarios between devices (SQLite files) on
+every backend: memory, local folder, S3.
 
 Each test runs once per backend through the ``remote`` fixture. Devices share one age
 identity unless the test says otherwise, and one fake wall clock (see ``syncworld``), so

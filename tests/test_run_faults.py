@@ -1,4 +1,5 @@
-"""Sync when things go wrong: hostile or broken remote data, and a failing storage backend.
+"""Tests for ``dimpledb_sa.sync.run`` when things go wrong: hostile or broken remote data,
+and a failing storage backend.
 
 Bad data from one author (wrong key, corrupt, truncated or tampered file, malformed JSON,
 transactions signed with another author, unsafe names) is written straight into the remote

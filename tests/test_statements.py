@@ -1,4 +1,5 @@
-"""Capture of ORM-enabled insert(), update() and delete() statements (``session.execute``)."""
+"""Tests for ``dimpledb_sa.capture.statements``: capture of ORM-enabled insert(), update()
+and delete() statements (``session.execute``)."""
 
 from __future__ import annotations
 

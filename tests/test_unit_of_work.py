@@ -1,5 +1,10 @@
-"""Change capture through the unit of work: inserts, updates, deletes, cascades, transactions,
-savepoints, the kinds of session that are captured, the signal, and crash safety."""
+"""Tests for ``dimpledb_sa.capture.unit_of_work``: change capture through the unit of work.
+
+Inserts, updates, deletes, cascades, transactions, savepoints, the kinds of session that are
+captured (and the engines that are not: the dispatch of ``dimpledb_sa.capture.listeners``),
+the signal, crash safety, large flushes and mapped inheritance. Core DML is tested in
+``test_core_dml``, ORM-enabled statements in ``test_statements``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for ``dimpledb_sa.watch``: commits by other processes reach live queries.
+"""Tests for ``dimpledb_sa.live.watch``: commits by other processes reach live queries.
 
 Everything runs on real SQLite files in ``tmp_path``: a second process (``live_writer.py``)
 writing with and without tracking, another engine in this process, a sync made through
