@@ -48,10 +48,6 @@ def models() -> type[Base]:
     return Base  # ``db`` tracks the live schema
 
 
-def texts(rows: list[Any]) -> list[str]:
-    return sorted(r if isinstance(r, str) else r.text for r in rows)
-
-
 # -- results ------------------------------------------------------------------------------------
 def test_rows_shape_follows_session_execute(db: dimple.DimpleDb, engine: Engine) -> None:
     add(engine, Todo(text="a"), Todo(text="b", done=True))
