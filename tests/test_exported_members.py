@@ -1,4 +1,5 @@
-"""The package's public names are exactly those docs/API.md lists (plus a few extras)."""
+"""Tests for ``dimpledb_sa`` (the package's ``__init__``): its public names are exactly
+those docs/API.md lists (plus a few documented extras)."""
 
 from __future__ import annotations
 
