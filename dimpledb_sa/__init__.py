@@ -33,6 +33,7 @@ from .core.errors import (
     DecryptionError,
     DimpleError,
     RemoteFormatError,
+    SignatureError,
     SyncError,
 )
 from .core.report import SyncReport
@@ -40,6 +41,7 @@ from .db import DimpleDb
 from .live.query import LiveQuery
 from .session import Session
 from .sync.crypto import generate_identity
+from .sync.keys import generate_device_key
 
 __all__ = [
     "Change",
@@ -50,8 +52,10 @@ __all__ = [
     "LiveQuery",
     "RemoteFormatError",
     "Session",
+    "SignatureError",
     "SyncError",
     "SyncReport",
+    "generate_device_key",
     "generate_identity",
     "new_id",
     "signals",

@@ -8,7 +8,7 @@ API = {
     "Change", "ConfigurationError", "DecryptionError", "DimpleDb", "DimpleError",
     "RemoteFormatError", "Session", "SyncError", "SyncReport", "new_id", "signals",
 }
-EXTRAS = {"generate_identity", "LiveQuery"}
+EXTRAS = {"generate_identity", "LiveQuery", "generate_device_key", "SignatureError"}
 
 
 def test_all_is_the_public_api() -> None:
