@@ -35,6 +35,7 @@ __all__ = [
     "generate_identity",
     "is_age_file",
     "make_cipher",
+    "parse_recipient",
 ]
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -276,6 +277,12 @@ def _parse_identity(text: object) -> tuple[Any, Any, str, DeviceKey | None]:
         "identity= is not a valid age X25519 secret key (expected AGE-SECRET-KEY-1..., "
         "as printed by `dimpledb keygen` or `age-keygen`) nor an OpenSSH Ed25519 private key"
     )
+
+
+def parse_recipient(text: object, i: int = 0) -> str:
+    """``recipients[i]`` (an ``age1...`` or ``ssh-ed25519 AAAA...`` public key) in canonical
+    form; ``ConfigurationError`` when it is neither."""
+    return _parse_recipient(text, i)[0]
 
 
 def _parse_recipient(text: object, i: int) -> tuple[str, Any]:
