@@ -16,6 +16,8 @@ from trusttools import Base
 import dimpledb_sa as dimple
 from dimpledb_sa.core.clock import (
     DEFAULT_MAX_DRIFT,
+    ID_EPOCH,
+    ID_FLOOR,
     MAX_ID_AHEAD,
     HybridClock,
     id_millis,
@@ -28,6 +30,7 @@ from dimpledb_sa.core.clock import (
 NOW = 1_750_000_000_000  # ms: 2025-06-15
 MAX_ID = "ffffffff-ffff-7fff-bfff-ffffffffffff"
 HOUR = timedelta(hours=1)
+ID_FLOOR_MS = int(ID_EPOCH.timestamp() * 1000)
 
 
 def at(ms: int, counter: int = 0) -> str:
@@ -59,6 +62,9 @@ def test_sane_ids() -> None:
         assert (problem is None) if why is None else (why in (problem or "")), (value, problem)
     assert id_problem(at(NOW + 10 * 60_000), NOW, max_ahead=timedelta(minutes=5))
     assert id_millis(at(NOW)) == NOW
+    # the string bounds agree with the check
+    assert is_sane_id(ID_FLOOR, NOW) and not is_sane_id(at(ID_FLOOR_MS - 1), NOW)
+    assert at(ID_FLOOR_MS) >= ID_FLOOR > at(ID_FLOOR_MS - 1)
 
 
 def test_observing_the_maximum_id_changes_nothing() -> None:

@@ -32,9 +32,9 @@ ahead by more than a bound. So the ids it issues stay canonical 36-character UUI
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -43,6 +43,7 @@ import uuid6
 __all__ = [
     "DEFAULT_MAX_DRIFT",
     "ID_EPOCH",
+    "ID_FLOOR",
     "MAX_ID_AHEAD",
     "HybridClock",
     "id_datetime",
@@ -66,6 +67,7 @@ be and still be applied at once (further ahead, it is held until local time catc
 
 _ID_EPOCH_MS = int(ID_EPOCH.timestamp() * 1000)
 _MS_MAX = (1 << 48) - 1
+_CANONICAL_V7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 _COUNTER_BITS = 38
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
@@ -88,6 +90,11 @@ def _compose(ms: int, counter: int, rand: int) -> int:
         | ((counter & _LO_MASK) << _RAND_BITS)
         | rand
     )
+
+
+ID_FLOOR = _format(_compose(_ID_EPOCH_MS, 0, 0))
+"""The smallest sane id (2020-01-01, counter and random bits 0): a sane id sorts at or
+after it."""
 
 
 def parse_id(value: str) -> tuple[int, int]:
@@ -118,10 +125,12 @@ def id_problem(value: object, now_ms: int | None = None,
     """Why ``value`` is not an id to believe, or ``None`` when it is one: a canonical UUIDv7
     (version 7, RFC 4122 variant), its time not before 2020-01-01 and at most
     ``max_ahead`` ahead of ``now_ms`` (milliseconds since the epoch; default: the wall
-    clock)."""
-    if not is_uuid7(value) or uuid.UUID(str(value)).variant != uuid.RFC_4122:
+    clock). Cheap (one regular expression and one integer), for every id of a bundle; a
+    caller checking many ids against one bound can also compare them, as strings, with
+    :data:`ID_FLOOR` and :meth:`HybridClock.horizon`."""
+    if type(value) is not str or _CANONICAL_V7.fullmatch(value) is None:
         return "not a canonical UUIDv7"
-    ms = id_millis(str(value))
+    ms = id_millis(value)
     if ms < _ID_EPOCH_MS:
         return f"its time ({_when(ms)}) is before {ID_EPOCH:%Y-%m-%d}"
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
