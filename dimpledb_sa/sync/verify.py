@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core.errors import DecryptionError, DimpleError
-from .wire import MANIFEST_NAME, decode_bundle, decode_manifest
+from .wire import MANIFEST_NAME, NOTES_NAME, decode_bundle, decode_manifest
 
 if TYPE_CHECKING:
     from .crypto import Cipher
@@ -84,6 +84,6 @@ def verify_remote(storage: Storage, cipher: Cipher, *, key_name: str = "key") ->
                 out.transactions += len(txs)
                 out.good.append((where, len(txs)))
         for n in storage.list_files(author):
-            if n not in listed and n != MANIFEST_NAME:
+            if n not in listed and n not in (MANIFEST_NAME, NOTES_NAME):
                 out.notes.append(f"{author}/{n}: not in the manifest (ignored by sync)")
     return out
