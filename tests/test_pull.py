@@ -187,6 +187,29 @@ def test_reading_stops_at_a_missing_bundle_and_its_writer_restores_it(
     assert titles(r) == ["one", "three", "two"]
 
 
+def test_a_quarantined_bundle_listed_anew_under_another_name_is_read_there(
+    devs: Devices, remote: Remote
+) -> None:
+    """The writer's manifest is written anew (it was lost): the quarantined file is no
+    longer listed, and the new bundle holding its transactions ends at the reader's cursor,
+    so only the quarantine can say it must be read."""
+    w, r = writer_with_three_bundles(devs)
+    names = bundles(remote, w)
+    write_file(remote.filesystem()[0], path_of(remote, w, names[1]), b"garbage")
+    assert try_sync(r).quarantined == 1
+    remote.filesystem()[0].rm(path_of(remote, w, "dimple_db.json"))
+    with w.db.engine.begin() as conn:
+        conn.execute(schema.meta.delete().where(schema.meta.c.key == "pushed_through"))
+    again = devs.new("writer-again", file=w.path, create=False)  # nothing cached
+    devs.close(w)
+    assert again.sync().pushed == 3
+    [name] = bundles(remote, again)
+    assert name.split("_")[1] == names[2].split("_")[1]  # ends where the cursor is
+    report = r.sync()
+    assert report.errors == {} and titles(r) == ["one", "three", "two"]
+    assert quarantined(r) == []
+
+
 def test_other_authors_merge_while_one_is_quarantined(devs: Devices, remote: Remote) -> None:
     w, r = writer_with_three_bundles(devs)
     other = devs.new("other")

@@ -40,7 +40,14 @@ from .merge import APPLY_ERRORS, MergeResult, describe, merge, replay_held_in
 from .quarantine import Entry, Problem
 from .report_errors import fail
 from .storage import TooLargeError
-from .wire import BundleInfo, Manifest, decode_bundle, decode_manifest, utc_now_iso
+from .wire import (
+    BundleInfo,
+    Manifest,
+    decode_bundle,
+    decode_manifest,
+    parse_bundle_name,
+    utc_now_iso,
+)
 
 if TYPE_CHECKING:
     from ..core.replica import Replica
@@ -134,8 +141,8 @@ def _fetch_bundles(remote: Remote, ap: AuthorPull, manifest: Manifest,
     """Retry ``ap``'s quarantined files behind its cursor, then read its bundles after the
     cursor in manifest order, up to the first that is missing or fails to download."""
     listed = {b.filename: b for b in manifest.bundles}
-    ap.cleared.update(f for f in ap.old if f not in listed)
-    retry = [listed[f] for f in quarantine.to_retry(ap.old)
+    names = quarantine.to_retry(ap.old) + _replaced(ap, manifest, listed)
+    retry = [listed[f] for f in dict.fromkeys(names)
              if f in listed and cursor is not None and listed[f].last_transaction_id <= cursor]
     wanted = [b for b in manifest.bundles if cursor is None or b.last_transaction_id > cursor]
     queue = retry + wanted
@@ -158,6 +165,21 @@ def _fetch_bundles(remote: Remote, ap: AuthorPull, manifest: Manifest,
                     return
             if not retrying:
                 ap.advanced = info.last_transaction_id
+
+
+def _replaced(ap: AuthorPull, manifest: Manifest, listed: dict[str, BundleInfo]
+              ) -> list[str]:
+    """Quarantined files that ``manifest`` no longer lists are forgotten; the listed bundles
+    that hold any of their transactions now (a manifest written anew) are read instead."""
+    out: list[str] = []
+    for name in ap.old:
+        if name in listed:
+            continue
+        ap.cleared.add(name)
+        first, last = parse_bundle_name(name)
+        out += [b.filename for b in manifest.bundles
+                if b.first_transaction_id <= last and b.last_transaction_id >= first]
+    return out
 
 
 def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
