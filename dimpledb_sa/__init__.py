@@ -32,7 +32,9 @@ from .core.errors import (
     ConfigurationError,
     DecryptionError,
     DimpleError,
+    HistoryError,
     RemoteFormatError,
+    RevertError,
     SyncError,
 )
 from .core.report import SyncReport
@@ -47,8 +49,10 @@ __all__ = [
     "DecryptionError",
     "DimpleDb",
     "DimpleError",
+    "HistoryError",
     "LiveQuery",
     "RemoteFormatError",
+    "RevertError",
     "Session",
     "SyncError",
     "SyncReport",

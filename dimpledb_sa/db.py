@@ -2,7 +2,8 @@
 
 It resolves and checks the tracked tables, builds the :class:`~.core.replica.Replica` the
 lower layers share, installs change capture, opens the remote, and hands sync, held-change
-replay, adoption, live queries and background sync to their own modules. It is the sender
+replay, adoption, undo and time travel, live queries and background sync to their own
+modules. It is the sender
 of the signals. Nothing below it imports it (see ``tests/test_layers.py``).
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, MetaData, Table, inspect
+from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.orm import sessionmaker as _sessionmaker
 
 from .capture.unit_of_work import Capture
@@ -23,6 +25,7 @@ from .core.tracking import TrackedTable, resolve_tables
 
 if TYPE_CHECKING:
     import threading
+    from datetime import datetime
 
     from sqlalchemy.sql import Executable
 
@@ -135,6 +138,50 @@ class DimpleDb:
         tt = self.tracked_table(model if isinstance(model, type | str | Table) else type(model))
         with self.engine.connect() as conn:
             return history(conn, tt.name, str(entity_id))
+
+    # -- undo and time travel --------------------------------------------------------------
+    def revert(self, transaction_id: Any) -> str | None:
+        """Undo one transaction (any author's) as a new local transaction; returns its id,
+        or ``None`` when nothing needed undoing. See :mod:`.capture.revert` for the rules."""
+        from .capture.revert import revert
+
+        return revert(self.replica, transaction_id)
+
+    def as_of(self, model: Any, entity_id: Any, when: datetime) -> dict[str, Any] | None:
+        """The entity's attribute values (Python values, as the ORM loads them) as of
+        ``when`` (an aware ``datetime``), from its history; ``None`` when it did not exist
+        then. Keys are the mapped attribute names for a mapped class, column names for a
+        ``Table`` or table name."""
+        from .core.timeline import check_not_pruned, entity_as_of, id_bound
+
+        bound = id_bound(when)
+        eid = str(entity_id)
+        out: dict[str, Any] = {}
+        with self.engine.connect() as conn:
+            check_not_pruned(conn, bound, f"as_of({eid}, {when.isoformat()})")
+            for tt, keys in self._attribute_keys(model):
+                values = entity_as_of(conn, tt, eid, bound)
+                if values is None:
+                    return None
+                out.update((keys.get(name, name), v) for name, v in values.items())
+        return out
+
+    def _attribute_keys(self, model: Any) -> list[tuple[TrackedTable, dict[str, str]]]:
+        """The tracked tables an entity of ``model`` is stored in (base table first), each
+        with its column name -> attribute key (empty for a ``Table`` or a table name)."""
+        if isinstance(model, str | Table):
+            return [(self.tracked_table(model), {})]
+        from .core.tracking import mapper_plans
+
+        try:
+            mapper = inspect(model).mapper
+        except (NoInspectionAvailable, AttributeError):
+            raise ConfigurationError(f"{model!r} is not a mapped class, a Table or a table "
+                                     "name") from None
+        plans = mapper_plans(mapper, self.tracked)
+        if not plans:
+            raise ConfigurationError(f"{model!r} is not a tracked table")
+        return [(p.tracked, {column: key for key, column, _ in p.attrs}) for p in plans]
 
     # -- sync and friends ------------------------------------------------------------------
     @property

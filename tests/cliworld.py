@@ -2,11 +2,11 @@
 
 :func:`run` runs ``python -m dimpledb_sa.cli`` in a subprocess (exit code, stdout, stderr);
 :func:`call` calls ``cli.main([...])`` in-process, the same code without the interpreter
-start-up. Fixture ``world`` (module-scoped) holds two device databases and a local folder
-remote: device A is written with the library, then both are synced by the CLI with a key
-written by ``dimpledb keygen``. Fixture ``_no_key_in_env`` (autouse) keeps the caller's
-``$DIMPLEDB_IDENTITY*`` out. Import ``world_fixture`` and ``no_key_in_env_fixture`` into a
-test module.
+start-up. :func:`make_world` builds what the ``world`` fixture (``conftest.py``, one per test
+module) holds: two device databases and a local folder remote; device A is written with the
+library, then both are synced by the CLI with a key written by ``dimpledb keygen``. The
+``no_key_in_env`` fixture (``conftest.py``), which the CLI test modules use on every test,
+keeps the caller's ``$DIMPLEDB_IDENTITY*`` out.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import dimpledb_sa as dimple
 from dimpledb_sa import cli
 
 __all__ = ["ROOT", "Base", "Counter", "Step", "Todo", "World", "call", "child_env",
-           "no_key_in_env_fixture", "rows", "run", "world_fixture"]
+           "make_world", "rows", "run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,12 +80,6 @@ def call(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]
     return code, out, err
 
 
-@pytest.fixture(autouse=True, name="_no_key_in_env")
-def no_key_in_env_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DIMPLEDB_IDENTITY", "DIMPLEDB_IDENTITY_FILE"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @dataclass
 class World:
     dir: Path
@@ -104,9 +97,8 @@ class World:
     sync_b: subprocess.CompletedProcess[str]
 
 
-@pytest.fixture(scope="module", name="world")
-def world_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    d = tmp_path_factory.mktemp("cli")
+def make_world(d: Path) -> World:
+    """The world in the empty folder ``d`` (the ``world`` fixture of ``conftest.py``)."""
     keygen = run("keygen", "-o", d / "key.txt", cwd=d)
     assert keygen.returncode == 0, keygen.stderr
     secret, _ = dimple.generate_identity()
@@ -137,8 +129,8 @@ def world_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
     sync_a = run("sync", "a.db", "remote", "--identity-file", "key.txt", cwd=d)
     sync_b = run("sync", d / "b.db", d / "remote", "-i", d / "key.txt", "-v", cwd=d)
-    yield World(d, d / "remote", d / "key.txt", d / "other.txt", d / "a.db", d / "b.db",
-                a_author, *ids, keygen, sync_a, sync_b)
+    return World(d, d / "remote", d / "key.txt", d / "other.txt", d / "a.db", d / "b.db",
+                 a_author, *ids, keygen, sync_a, sync_b)
 
 
 def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -1,8 +1,17 @@
 """Shared test fixtures.
 
+A tracked database: ``engine`` is a SQLite file (``app.db`` in the test's temporary folder)
+and ``db`` a ``DimpleDb`` on it tracking ``models`` (tables created, closed afterwards, which
+also closes its live queries and watchers). ``models`` is ``models.Base``, the capture tests'
+schema; a test module that needs another set overrides the ``models`` fixture (the live-query
+and watcher tests return ``models.LiveBase``).
+
 Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` folder and
 ``s3``), each time on a fresh, empty location; ``s3_server`` is the loopback S3 endpoint
-(moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs.
+(moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs;
+``devs`` makes sync devices on ``remote``.
+
+The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``.
 """
 
 from __future__ import annotations
@@ -19,9 +28,41 @@ from typing import Any
 
 import fsspec
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import DeclarativeBase
 
 if importlib.util.find_spec("dimpledb_sa") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cliworld import World, make_world  # after the path set-up above: they import dimpledb_sa
+from models import Base, make_engine
+from syncworld import Devices, device_set
+
+import dimpledb_sa as dimple
+
+# --------------------------------------------------------------------------- a tracked database
+
+
+@pytest.fixture
+def models() -> type[DeclarativeBase]:
+    """What ``db`` tracks: ``models.Base``, unless the test module overrides this fixture."""
+    return Base
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(tmp_path / "app.db")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def db(engine: Engine, models: type[DeclarativeBase]) -> Iterator[dimple.DimpleDb]:
+    d = dimple.DimpleDb(engine, models)
+    d.create_all()
+    yield d
+    d.close()
+
 
 # --------------------------------------------------------------------------- remote storage
 
@@ -110,3 +151,26 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
         endpoint: str = request.getfixturevalue("s3_server")
         bucket: str = request.getfixturevalue("s3_bucket")
         yield Remote(backend, f"s3://{bucket}/remote", s3_options(endpoint))
+
+
+@pytest.fixture
+def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
+    """Devices (``syncworld``) on ``remote``, closed afterwards; ``test_merge`` has its own."""
+    with device_set(tmp_path, remote.url, remote.storage_options) as d:
+        yield d
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The command-line tests' world (``cliworld.make_world``), built once per test module."""
+    return make_world(tmp_path_factory.mktemp("cli"))
+
+
+@pytest.fixture
+def no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``$DIMPLEDB_IDENTITY*`` from the caller's environment."""
+    for name in ("DIMPLEDB_IDENTITY", "DIMPLEDB_IDENTITY_FILE"):
+        monkeypatch.delenv(name, raising=False)

@@ -1,8 +1,9 @@
-"""Helper for ``test_live``: another process writing to the same SQLite file.
+"""Helper for ``test_watch``: another process writing to the same SQLite file.
 
 ``python live_writer.py DB_PATH tracked TEXT`` adds a todo through a tracked ORM session
 (so the change log says which table changed); ``... untracked TEXT`` inserts one with plain
-``sqlite3``, outside tracking. The models match ``test_live``'s ``Todo`` table.
+``sqlite3``, outside tracking. The models are the watcher tests' own (``models.LiveBase``),
+imported from this folder, which Python puts first on the path of a script.
 """
 
 from __future__ import annotations
@@ -10,24 +11,13 @@ from __future__ import annotations
 import sqlite3
 import sys
 
+from models import LiveBase, LiveTodo
 from sqlalchemy import create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 import dimpledb_sa as dimple
 
 __all__ = ["main"]
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Todo(Base):
-    __tablename__ = "todo"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    text: Mapped[str]
-    done: Mapped[bool] = mapped_column(default=False)
-    list_id: Mapped[str | None]
 
 
 def main(path: str, mode: str, text: str) -> None:
@@ -41,10 +31,10 @@ def main(path: str, mode: str, text: str) -> None:
             conn.close()
         return
     engine = create_engine(f"sqlite:///{path}")
-    db = dimple.DimpleDb(engine, Base)
+    db = dimple.DimpleDb(engine, LiveBase)
     try:
         with Session(engine) as session:
-            session.add(Todo(text=text))
+            session.add(LiveTodo(text=text))
             session.commit()
     finally:
         db.close()

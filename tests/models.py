@@ -1,10 +1,23 @@
-"""Models and helpers shared by the core tests (capture, bulk, values, tracking, clock, db).
+"""The models the tests share, one set per ``DeclarativeBase``, and small helpers on them.
 
-``Base`` holds a to-do list (Python-side and server-side defaults, a deferred column, an
-attribute whose key differs from its column name), a parent/child pair with an
-``all, delete-orphan`` cascade, and ``Kinds``, one column of every supported type.
-Fixtures ``engine`` (a SQLite file) and ``db`` (a ``DimpleDb`` tracking ``Base`` on it,
-tables created): import ``engine_fixture`` and ``db_fixture`` into a test module.
+``Base``, the capture tests' schema (``test_unit_of_work``, ``test_statements``,
+``test_core_dml``, ``test_values``, ``test_tracking``, ``test_db``): a to-do list (Python-side
+and server-side defaults, a deferred column, an attribute whose key differs from its column
+name), a parent/child pair with an ``all, delete-orphan`` cascade, and ``Kinds``, one column
+of every supported type.
+
+``LiveBase``, the live-query and watcher tests' schema (``test_query``, ``test_tables``,
+``test_watch``, which import its classes under their short names ``Base``, ``Todo`` and
+``Note``): a to-do list with its todos (a relationship both ways) and an unrelated ``Note``
+table; ``live_writer.py``, the second process of the watcher tests, writes ``LiveTodo``.
+:class:`Recorder` is a subscription callback a test can wait on.
+
+``SyncBase``, the sync tests' schema (``test_run``, ``test_run_faults``, ``test_merge``,
+``test_convergence``; the devices that track it are in ``syncworld.py``): notes, a
+folder/item pair with a cascade, and tags; ``OldSyncBase`` is an older version of the same
+tables that lacks ``note.rank`` and the ``tag`` table (for held changes).
+
+The fixtures on these models (``models``, ``engine``, ``db``, ``devs``) are in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +25,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -34,9 +47,11 @@ from sqlalchemy import (
     create_engine,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import dimpledb_sa as dimple
+
+# --------------------------------------------------------------------------- capture: Base
 
 
 class Base(DeclarativeBase):
@@ -100,26 +115,19 @@ class Kinds(Base):
     u2: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
 
 
-MODELS = (Todo, Parent, Child, Kinds)
-
 
 def make_engine(path: Path) -> Engine:
     return create_engine(f"sqlite:///{path}")
 
 
-@pytest.fixture(name="engine")
-def engine_fixture(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(tmp_path / "app.db")
-    yield eng
-    eng.dispose()
+class Received:
+    """Collects ``changes_committed`` sends for one database."""
 
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
 
-@pytest.fixture(name="db")
-def db_fixture(engine: Engine) -> Iterator[dimple.DimpleDb]:
-    d = dimple.DimpleDb(engine, Base)
-    d.create_all()
-    yield d
-    d.close()
+    def __call__(self, sender: Any, **kw: Any) -> None:
+        self.calls.append({"sender": sender, **kw})
 
 
 def changes_of(db: dimple.DimpleDb, model: Any, entity_id: Any) -> list[tuple[str, Any, Any]]:
@@ -144,3 +152,131 @@ def tx_count(db: dimple.DimpleDb) -> int:
     with db.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(schema.transactions))
                    .scalar_one())
+
+
+# --------------------------------------------------------------------------- live: LiveBase
+
+WAIT = 20.0  # generous: waiting for an event, never a speed assertion
+
+
+class LiveBase(DeclarativeBase):
+    pass
+
+
+class TodoList(LiveBase):
+    __tablename__ = "todo_list"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+    todos: Mapped[list[LiveTodo]] = relationship(back_populates="list")
+
+
+class LiveTodo(LiveBase):
+    __tablename__ = "todo"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    text: Mapped[str]
+    done: Mapped[bool] = mapped_column(default=False)
+    list_id: Mapped[str | None] = mapped_column(ForeignKey("todo_list.id"))
+    list: Mapped[TodoList | None] = relationship(back_populates="todos")
+
+
+class LiveNote(LiveBase):
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    body: Mapped[str]
+
+
+class Recorder:
+    """A callback that records what it got and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+        self.threads: list[int] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, rows: list[Any]) -> None:
+        with self._cond:
+            self.calls.append(list(rows))
+            self.threads.append(threading.get_ident())
+            self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[list[list[Any]]], bool], timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: pred(self.calls), timeout)
+
+    @property
+    def last(self) -> list[Any]:
+        with self._cond:
+            return self.calls[-1]
+
+
+def add(engine: Engine, *objs: Any) -> list[str]:
+    """Commit ``objs`` in a plain ORM session; returns their ids."""
+    with Session(engine) as s:
+        s.add_all(objs)
+        s.commit()
+        return [o.id for o in objs]
+
+
+# --------------------------------------------------------------------------- sync: SyncBase
+
+
+class SyncBase(DeclarativeBase):
+    pass
+
+
+class Note(SyncBase):
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    done: Mapped[bool] = mapped_column(default=False)
+    rank: Mapped[int | None]
+
+
+class Folder(SyncBase):
+    __tablename__ = "folder"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+    items: Mapped[list[Item]] = relationship(back_populates="folder",
+                                             cascade="all, delete-orphan")
+
+
+class Item(SyncBase):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
+    label: Mapped[str]
+    folder: Mapped[Folder] = relationship(back_populates="items")
+
+
+class Tag(SyncBase):
+    __tablename__ = "tag"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    word: Mapped[str]
+
+
+class OldSyncBase(DeclarativeBase):
+    pass
+
+
+class OldNote(OldSyncBase):
+    """``note`` as an older version of the app had it: no ``rank``."""
+
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    body: Mapped[str | None]
+    done: Mapped[bool] = mapped_column(default=False)
+
+
+class OldFolder(OldSyncBase):
+    __tablename__ = "folder"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    name: Mapped[str]
+
+
+class OldItem(OldSyncBase):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
+    label: Mapped[str]

@@ -1,4 +1,4 @@
-"""Tests for ``db.adopt()`` (:mod:`dimpledb_sa.adopt`): tracking an existing database.
+"""Tests for ``dimpledb_sa.capture.adopt`` (``db.adopt()``): tracking an existing database.
 
 A database filled with plain SQL before tracking began ("an app that has run for a year")
 is adopted: every untracked row gets an insert in the log, a second call adopts nothing,

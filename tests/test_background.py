@@ -1,4 +1,5 @@
-"""Background sync (``db.start_sync`` / ``db.stop_sync``, ``dimpledb_sa.background``).
+"""Tests for ``dimpledb_sa.sync.background``: background sync (``db.start_sync`` /
+``db.stop_sync``).
 
 Every wait is on an event the sync thread sets, with a generous timeout that only turns a
 hang into a failure; nothing asserts on elapsed time.

@@ -1,4 +1,4 @@
-"""The ``Change`` record."""
+"""Tests for ``dimpledb_sa.core.changes``: the ``Change`` record."""
 
 from __future__ import annotations
 

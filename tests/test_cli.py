@@ -1,9 +1,11 @@
-"""The ``dimpledb`` command line, driven as a user drives it, and the examples.
+"""Tests for ``dimpledb_sa.cli``: the ``dimpledb`` command line, driven as a user drives
+it, and the examples.
 
-Runs against the shared world (``cliworld``): ``keygen`` (``cli.keys``), ``sync``,
-``status`` and ``history`` (``cli.local``, ``cli.database``), usage errors, help and the
-installed console script (``cli.app``), then the examples. ``inspect`` and ``verify`` are
-in ``test_cli_remote``, the progress display in ``test_cli_output``.
+Runs against the shared world (``cliworld``): ``keygen`` (``dimpledb_sa.cli.keys``), ``sync``,
+``status`` and ``history`` (``dimpledb_sa.cli.local``, ``dimpledb_sa.cli.database``), usage
+errors, help and the installed console script (``dimpledb_sa.cli.app``), then the examples.
+``inspect`` and ``verify`` are in ``test_cli_remote``, the progress display in
+``test_cli_output``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from pathlib import Path
 
 import pytest
 from cliworld import ROOT, World, call, child_env, rows, run
-from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
-from cliworld import world_fixture as world_fixture  # fixture
 from sqlalchemy import Uuid, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
 
 __all__: list[str] = []
+
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
 
 
 # ----------------------------------------------------------------------------- keygen

@@ -1,4 +1,5 @@
-"""What the ``dimpledb`` command shows besides its results (``cli.output``): progress."""
+"""Tests for ``dimpledb_sa.cli.output``: what the ``dimpledb`` command shows besides its
+results: progress."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``dimpledb inspect`` and ``verify``, and the remote on the command line (``cli.remote``).
+"""Tests for ``dimpledb_sa.cli.remote``: ``dimpledb inspect`` and ``verify``, and the
+remote on the command line.
 
 Runs against the shared world (``cliworld``): listing a remote and decrypting one bundle,
 wrong keys and bad arguments, verification that finds tampering, a missing remote reported
@@ -13,10 +14,10 @@ import sqlite3
 
 import pytest
 from cliworld import World, call, run
-from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
-from cliworld import world_fixture as world_fixture  # fixture
 
 __all__: list[str] = []
+
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
 
 
 def _bundles(world: World) -> list[str]:

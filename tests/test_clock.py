@@ -1,4 +1,5 @@
-"""The hybrid logical clock and ``new_id``: UUIDv7 layout, order, and never going back."""
+"""Tests for ``dimpledb_sa.core.clock``: the hybrid logical clock and ``new_id``: UUIDv7
+layout, order, and never going back."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Convergence, as a property: whatever replicas do and however their syncs interleave,
-after everyone has synced twice every replica holds the same rows and the same change log,
-and those rows are what last-write-wins per attribute makes of that log.
+"""Convergence of ``dimpledb_sa.sync`` (``run`` and ``merge``), as a property: whatever
+replicas do and however their syncs interleave, after everyone has synced twice every replica
+holds the same rows and the same change log, and those rows are what last-write-wins per
+attribute makes of that log.
 
 Each example makes 3 to 5 replicas (SQLite files, foreign keys on, real clocks) in a fresh
 temporary folder on a fresh ``memory://`` remote (plaintext: encryption is tested elsewhere),
@@ -18,8 +19,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import Folder, Item, Note
 from sqlalchemy import select
-from syncmodels import Device, Folder, Item, Note, device_set
+from syncworld import Device, device_set
 
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.clock import HybridClock

@@ -1,4 +1,5 @@
-"""Encryption: round trips, failure modes, configuration, and interop with the `age` tool."""
+"""Tests for ``dimpledb_sa.sync.crypto``: encryption round trips, failure modes,
+configuration, and interop with the `age` tool."""
 
 from __future__ import annotations
 

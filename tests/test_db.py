@@ -1,4 +1,5 @@
-"""``DimpleDb`` basics: the author id, ids across restarts and clocks, timestamps."""
+"""Tests for ``dimpledb_sa.db``, the facade: ``DimpleDb`` basics: the author id, ids across
+restarts and clocks, timestamps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The package's public names are exactly those docs/API.md lists (plus a few extras)."""
+"""Tests for ``dimpledb_sa`` (the package's ``__init__``): its public names are exactly
+those docs/API.md lists (plus a few documented extras)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ API = {
     "Change", "ConfigurationError", "DecryptionError", "DimpleDb", "DimpleError",
     "RemoteFormatError", "Session", "SyncError", "SyncReport", "new_id", "signals",
 }
-EXTRAS = {"generate_identity", "LiveQuery"}
+EXTRAS = {"generate_identity", "LiveQuery", "HistoryError", "RevertError"}
 
 
 def test_all_is_the_public_api() -> None:

@@ -1,6 +1,7 @@
-"""Merge: pulled transactions -> change log -> rows, last write wins per attribute.
+"""Tests for ``dimpledb_sa.sync.merge``: pulled transactions -> change log -> rows, last
+write wins per attribute.
 
-Most tests call :func:`dimpledb_sa.merge.merge` directly with transactions taken from
+Most tests call :func:`dimpledb_sa.sync.merge.merge` directly with transactions taken from
 another device's log or forged with explicit ids, on SQLite files with foreign keys on;
 a few go through ``sync`` on a memory remote to see the clock, the cursors and the signal.
 """
@@ -18,19 +19,10 @@ from typing import Any
 
 import fsspec
 import pytest
+from models import Folder, Item, Note, Tag
+from models import OldSyncBase as OldBase
 from sqlalchemy import delete, func, select
-from syncmodels import (
-    Device,
-    Devices,
-    Folder,
-    Item,
-    Note,
-    OldBase,
-    Tag,
-    Ticker,
-    device_set,
-    recording,
-)
+from syncworld import Device, Devices, Ticker, device_set, recording
 
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.changelog import transactions_since

@@ -1,4 +1,5 @@
-"""Tests for devices on different schema versions (held changes, ``alembic_ext.replay``).
+"""Tests for devices on different schema versions: held changes (``dimpledb_sa.sync.merge``)
+and ``alembic_ext.replay``.
 
 A newer device adds a table and a column and writes to them; an older device keeps those
 changes held (counted in its sync report) while it goes on syncing everything else, and

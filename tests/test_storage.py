@@ -1,4 +1,5 @@
-"""The remote storage layer: one conformance suite run on memory, a local folder and S3."""
+"""Tests for ``dimpledb_sa.sync.storage``, the remote storage layer: one conformance suite
+run on memory, a local folder and S3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which tables are tracked: the models argument, ``exclude``, and the key checks."""
+"""Tests for ``dimpledb_sa.core.tracking``: which tables are tracked: the models argument,
+``exclude``, and the key checks."""
 
 from __future__ import annotations
 

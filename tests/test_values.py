@@ -1,4 +1,5 @@
-"""Values round trip exactly: ORM write -> change log -> ``codec_for(column).from_json``."""
+"""Tests for ``dimpledb_sa.core.values``: values round trip exactly: ORM write -> change
+log -> ``codec_for(column).from_json``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for ``dimpledb_sa.watch``: commits by other processes reach live queries.
+"""Tests for ``dimpledb_sa.live.watch``: commits by other processes reach live queries.
 
 Everything runs on real SQLite files in ``tmp_path``: a second process (``live_writer.py``)
 writing with and without tracking, another engine in this process, a sync made through
@@ -13,15 +13,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from livemodels import WAIT, Base, Note, Recorder, Todo, add, make_engine
-from livemodels import db_fixture as db_fixture  # fixture
-from livemodels import engine_fixture as engine_fixture  # fixture
+from models import WAIT, Recorder, add, make_engine
+from models import LiveBase as Base
+from models import LiveNote as Note
+from models import LiveTodo as Todo
 from sqlalchemy import Engine, create_engine, select
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core.errors import ConfigurationError
 
 __all__: list[str] = []
+
+
+@pytest.fixture
+def models() -> type[Base]:
+    return Base  # ``db`` tracks the live schema
 
 WRITER = Path(__file__).with_name("live_writer.py")
 

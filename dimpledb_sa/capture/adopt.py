@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row, inspect, select
 
 from ..core import meta, schema
-from ..core.changelog import Group, PackedRow, expand_all, fold, write_local
-from ..core.changes import changes_from_rows
+from ..core.changelog import Group, PackedRow, fold, write_local
 from ..core.rows import chunks
 from ..core.signals import changes_committed
 from ..core.tracking import parents_first
@@ -83,7 +82,6 @@ def adopt(replica: Replica, *, batch_size: int = 2000) -> int:
     keep = any(True for _ in changes_committed.receivers_for(replica.sender))
     written: list[PackedRow] = []
     adopted = 0
-    tables: set[str] = set()
     _ = replica.author_id  # created (in its own transaction) before the lock is taken
     with replica.sync_lock, replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)
@@ -99,10 +97,8 @@ def adopt(replica: Replica, *, batch_size: int = 2000) -> int:
                     continue
                 packed = write_local(replica, conn, groups)
                 adopted += len(groups)
-                tables.add(tt.name)
                 if keep:
                     written.extend(packed)
     if adopted:
-        replica.committed(tables, lambda: changes_from_rows(expand_all(written),
-                                                            replica.author_id), "local")
+        replica.committed_local(written)
     return adopted

@@ -42,7 +42,7 @@ from ..core._compat import (
     statement_values,
     surrounding_savepoint,
 )
-from ..core.changelog import Group, PackedRow, expand_all, write_local
+from ..core.changelog import Group, PackedRow, write_local
 from ..core.errors import DimpleError
 from ..core.rows import fetch_rows
 from ..core.tracking import TrackedTable
@@ -222,7 +222,7 @@ class CoreCapture:
         if st is None or not st.committed:
             return
         rows, st.committed = st.committed, []
-        self.replica.committed_rows(expand_all(rows))
+        self.replica.committed_local(rows)
 
 
 def _within(tx: NestedTransaction | None, ancestor: NestedTransaction) -> bool:

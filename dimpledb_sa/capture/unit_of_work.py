@@ -48,7 +48,6 @@ from ..core.changelog import (
     GROUP_OLDS,
     Group,
     PackedRow,
-    expand_all,
     json_array,
     write_local,
 )
@@ -383,7 +382,7 @@ class Capture:
         pending: _Pending | None = session.info.pop(self._key, None)
         if pending is None or not pending.rows:
             return
-        self.replica.committed_rows(expand_all(pending.rows))
+        self.replica.committed_local(pending.rows)
 
     def after_soft_rollback(self, session: Session,
                             previous_transaction: SessionTransaction) -> None:

@@ -26,6 +26,7 @@ from .keys import add_key_options, cmd_keygen
 from .local import cmd_history, cmd_status, cmd_sync
 from .output import PROG, CliError
 from .remote import add_remote_options, cmd_inspect, cmd_verify
+from .timeline import cmd_log, cmd_revert, cmd_show
 
 __all__ = ["build_parser", "main"]
 
@@ -111,6 +112,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID", help="the row's primary key")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("log", parents=[common], help="transactions, newest first",
+                       description="The database's transactions (its own and those pulled), "
+                                   "newest first, each with what it changed: rows created "
+                                   "and deleted, attributes changed from old to new value.")
+    p.add_argument("database", metavar="DB", help="SQLAlchemy URL or SQLite file path")
+    p.add_argument("--author", metavar="A",
+                   help="only transactions by author id A (`me`: this database)")
+    p.add_argument("--table", metavar="T", help="only transactions that changed a row of T")
+    p.add_argument("--limit", "-n", metavar="N", type=int, default=20,
+                   help="show at most N transactions (default 20; 0: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("revert", parents=[common], help="undo one transaction",
+                       description="Record a new local transaction that undoes transaction "
+                                   "TX (of any author): attributes it changed go back to "
+                                   "their values before it unless changed since, rows it "
+                                   "created are deleted, rows it deleted come back. The next "
+                                   "sync shares it. Tables are reflected unless --models.")
+    p.add_argument("database", metavar="DB", help="SQLAlchemy URL or SQLite file path")
+    p.add_argument("transaction", metavar="TX", help="the transaction id (see `log`)")
+    p.add_argument("--models", metavar="MODULE:ATTR",
+                   help="the app's models instead of reflection (see `sync --help`)")
+    p.add_argument("--exclude", action="append", metavar="TABLE",
+                   help="do not track TABLE; repeatable")
+    p.add_argument("--json", action="store_true", help="print the new transaction as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+    p.set_defaults(func=cmd_revert)
+
+    p = sub.add_parser("show", parents=[common], help="one row as it was at a time",
+                       description="One row's values as of a point in time, re-derived from "
+                                   "its history (the log's JSON values).")
+    p.add_argument("database", metavar="DB", help="SQLAlchemy URL or SQLite file path")
+    p.add_argument("table", metavar="TABLE", help="the table name (entity type)")
+    p.add_argument("id", metavar="ID", help="the row's primary key")
+    p.add_argument("--as-of", metavar="TIME", default="now",
+                   help="an ISO-8601 time, UTC unless it has an offset "
+                        "(2026-11-26T10:30:00Z, 2026-11-26 11:30+01:00), or `now` (default)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("inspect", parents=[common], help="look at a remote",
                        description="List the authors, manifests and bundles of a remote; "

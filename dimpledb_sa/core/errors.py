@@ -4,6 +4,8 @@
 
     DimpleError
     ├── ConfigurationError      the library was set up wrongly (models, keys, remote)
+    ├── HistoryError            the history asked for is not in the log (also a LookupError)
+    ├── RevertError             an undo cannot apply to the rows as they are now
     └── SyncError               a sync could not finish; ``.report`` holds what it did
         ├── DecryptionError     a remote file does not decrypt with our key
         └── RemoteFormatError   a remote file or folder is malformed, hostile or unsafe
@@ -23,7 +25,9 @@ __all__ = [
     "ConfigurationError",
     "DecryptionError",
     "DimpleError",
+    "HistoryError",
     "RemoteFormatError",
+    "RevertError",
     "SyncError",
 ]
 
@@ -34,6 +38,21 @@ class DimpleError(Exception):
 
 class ConfigurationError(DimpleError):
     """Misconfiguration: unsupported model, missing key, bad remote, wrong arguments."""
+
+
+class HistoryError(DimpleError, LookupError):
+    """The history an operation needs is not in this database's change log: a transaction
+    it never recorded (not made here, not pulled yet) or history ``prune_history`` dropped."""
+
+
+class RevertError(DimpleError):
+    """``db.revert()`` cannot apply its undo to the rows as they are now (a unique
+    constraint, a foreign key, a column this schema lacks); nothing was written.
+    ``transaction_id`` is the transaction that was to be reverted."""
+
+    def __init__(self, message: str, transaction_id: str | None = None) -> None:
+        super().__init__(message)
+        self.transaction_id = transaction_id
 
 
 class SyncError(DimpleError):

@@ -1,8 +1,10 @@
 """``dimple_meta``, the replica's key/value settings: the only module that reads or writes it.
 
 Keys: ``author_id`` (this database's author, created once), ``clock`` (the clock floor:
-every id the database holds is at or below it, see :mod:`.changelog`) and
-``pushed_through`` (the last local transaction a push uploaded). Every function works on
+every id the database holds is at or below it, see :mod:`.changelog`),
+``pushed_through`` (the last local transaction a push uploaded) and
+``history_pruned_before`` (an id: ``prune_history`` may have dropped superseded changes
+older than it, so history before it can no longer be viewed or reverted). Every function works on
 the caller's connection, inside the caller's transaction.
 """
 
@@ -17,6 +19,7 @@ from .schema import meta
 __all__ = [
     "AUTHOR_ID",
     "CLOCK",
+    "PRUNED_BEFORE",
     "PUSHED_THROUGH",
     "author_id",
     "get",
@@ -29,6 +32,7 @@ __all__ = [
 AUTHOR_ID = "author_id"
 CLOCK = "clock"
 PUSHED_THROUGH = "pushed_through"
+PRUNED_BEFORE = "history_pruned_before"
 
 
 def get(conn: Connection, key: str) -> str | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from . import meta
-from .changes import Change, ChangeRow, changes_from_rows
+from .changelog import PackedRow, expand_all
+from .changes import ROW_ENTITY_TYPE, Change, ChangeRow, changes_from_rows
 from .clock import HybridClock
 from .signals import send_committed
 
@@ -65,13 +66,17 @@ class Replica:
         if sender is not None:
             send_committed(sender, frozenset(tables), make_changes, origin)
 
-    def committed_rows(self, rows: list[ChangeRow], origin: str = "local",
-                       authors: dict[str, str] | None = None) -> None:
-        """:meth:`committed` for change rows (ours, unless ``authors`` maps their
-        transactions to authors)."""
-        self.committed({r[2] for r in rows},
-                       lambda: changes_from_rows(rows, self.author_id if authors is None
-                                                 else authors), origin)
+    def committed_local(self, packed: Sequence[PackedRow]) -> None:
+        """:meth:`committed` for a local transaction's packed log rows (expanded into
+        ``Change`` records only if a receiver reads them)."""
+        self.committed({r[ROW_ENTITY_TYPE] for r in packed},
+                       lambda: changes_from_rows(expand_all(packed), self.author_id), "local")
+
+    def committed_merged(self, rows: Sequence[ChangeRow], authors: Mapping[str, str]) -> None:
+        """:meth:`committed` (origin ``"sync"``) for the change rows a merge applied, whose
+        transactions' authors are ``authors``."""
+        self.committed({r[ROW_ENTITY_TYPE] for r in rows},
+                       lambda: changes_from_rows(sorted(rows), authors), "sync")
 
     def __repr__(self) -> str:
         return f"<Replica {self.engine.url!r} tables={sorted(self.tracked)}>"

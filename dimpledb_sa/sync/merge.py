@@ -180,6 +180,7 @@ class _TablePlan:
     def __init__(self, tt: TrackedTable, held: list[tuple[str, str, str, str]],
                  result: MergeResult) -> None:
         self.tt = tt
+        self.pkn = tt.pk_name
         self.held = held
         self.result = result
         self.inserts: list[dict[str, Any]] = []
@@ -201,7 +202,7 @@ class _TablePlan:
 
     def _insert(self, eid: str, pkw: ChangeRow, values: dict[str, Any]) -> bool:
         """Queue ``values`` as a new row; ``False`` when it must wait (held)."""
-        if str(values[self.tt.pk_name]) != eid:
+        if str(values[self.pkn]) != eid:
             raise RemoteFormatError(f"change {pkw[ROW_ID]} inserts {self.tt.name} {eid} with "
                                     f"the key {pkw[ROW_NEW]:.80}")
         missing = [c for c in self.required if values.get(c) is None]
@@ -221,8 +222,9 @@ class _TablePlan:
             if w is None or c[ROW_ID] > w[ROW_ID]:
                 win[c[ROW_ATTRIBUTE]] = c
         decoders = self.decoders
-        self._hold_unknown(eid, inc, [a for a in win if a not in decoders])
-        pkw = win.get(self.tt.pk_name)
+        if not win.keys() <= decoders.keys():
+            self._hold_unknown(eid, inc, [a for a in win if a not in decoders])
+        pkw = win.get(self.pkn)
         if pkw is None or pkw[ROW_NEW] is None:
             return
         values = {a: decoders[a](w[ROW_NEW]) for a, w in win.items() if a in decoders}
@@ -243,9 +245,10 @@ class _TablePlan:
                 if won is not None:
                     won.add(attr)
         codecs = self.tt.codecs
-        self._hold_unknown(eid, inc, [a for a in win if a not in codecs])
+        if not win.keys() <= codecs.keys():
+            self._hold_unknown(eid, inc, [a for a in win if a not in codecs])
         inc_ids = {w[ROW_ID] for a, w in win.items() if won is None or a in won}
-        pkn = self.tt.pk_name
+        pkn = self.pkn
         pkw = win.get(pkn)
         applied = self.result.applied_changes
         if pkw is None or pkw[ROW_NEW] is None:  # no insert known, or deleted
@@ -323,7 +326,7 @@ def _table_order(replica: Replica) -> dict[str, int]:
 def announce(replica: Replica, result: MergeResult) -> None:
     """Send ``changes_committed`` (origin ``"sync"``) for a committed merge's changes."""
     if result.applied_changes:
-        replica.committed_rows(sorted(result.applied_changes), "sync", result.authors)
+        replica.committed_merged(result.applied_changes, result.authors)
 
 
 def _add_dependents(replica: Replica, parent: TrackedTable, tables: list[TrackedTable]) -> None:

@@ -1,4 +1,5 @@
-"""Sync when things go wrong: hostile or broken remote data, and a failing storage backend.
+"""Tests for ``dimpledb_sa.sync.run`` when things go wrong: hostile or broken remote data,
+and a failing storage backend.
 
 Bad data from one author (wrong key, corrupt, truncated or tampered file, malformed JSON,
 transactions signed with another author, unsafe names) is written straight into the remote
@@ -21,15 +22,17 @@ import pyrage
 import pytest
 from conftest import Remote
 from fsspec.implementations.memory import MemoryFileSystem
+from models import Note
 from pyrage import x25519
 from sqlalchemy import select, update
-from syncmodels import (
+from syncworld import (
     Device,
     Devices,
-    Note,
+    assert_converged,
     device_set,
     read_manifest,
     sync_all,
+    titles,
     write_file,
 )
 
@@ -48,11 +51,6 @@ from dimpledb_sa.sync.wire import (
 )
 
 
-def titles(dev: Device) -> list[str]:
-    with dev.db.engine.connect() as conn:
-        return sorted(conn.execute(select(Note.title)).scalars())
-
-
 def try_sync(dev: Device) -> dimple.SyncReport:
     """Sync, and return the report also when the sync raises ``SyncError``."""
     try:
@@ -60,12 +58,6 @@ def try_sync(dev: Device) -> dimple.SyncReport:
     except dimple.SyncError as e:
         assert e.report is not None
         return e.report
-
-
-def assert_converged(*devices: Device) -> None:
-    for d in devices[1:]:
-        assert d.snapshot() == devices[0].snapshot(), d.name
-        assert d.log() == devices[0].log(), d.name
 
 
 # --------------------------------------------------------------------------- hostile data
@@ -233,12 +225,6 @@ SPOILERS: dict[str, tuple[Callable[[World], str], type[dimple.SyncError]]] = {
     "key-of-another-row": (spoil_key_of_another_row, dimple.RemoteFormatError),
     "unstorable-value": (spoil_unstorable_value, dimple.RemoteFormatError),
 }
-
-
-@pytest.fixture
-def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
-    with device_set(tmp_path, remote.url, remote.storage_options) as d:
-        yield d
 
 
 @pytest.mark.parametrize("case", list(SPOILERS))

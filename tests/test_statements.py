@@ -1,4 +1,5 @@
-"""Capture of ORM-enabled insert(), update() and delete() statements (``session.execute``)."""
+"""Tests for ``dimpledb_sa.capture.statements``: capture of ORM-enabled insert(), update()
+and delete() statements (``session.execute``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from typing import Any
 
 import pytest
 from models import Child, Parent, Todo, changes_of, log_count
-from models import db_fixture as db_fixture  # fixture
-from models import engine_fixture as engine_fixture  # fixture
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session

@@ -1,7 +1,8 @@
-"""Sync scenarios between devices (SQLite files) on every backend: memory, local folder, S3.
+"""Tests for ``dimpledb_sa.sync.run``: sync scenarios between devices (SQLite files) on
+every backend: memory, local folder, S3.
 
 Each test runs once per backend through the ``remote`` fixture. Devices share one age
-identity unless the test says otherwise, and one fake wall clock (see ``syncmodels``), so
+identity unless the test says otherwise, and one fake wall clock (see ``syncworld``), so
 "later in the test" means "a larger change id".
 """
 
@@ -13,59 +14,37 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
 from conftest import Remote
+from models import Folder, Item, Note, OldNote, Tag
+from models import OldSyncBase as OldBase
+from models import SyncBase as Base
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from syncmodels import (
-    Base,
+from syncworld import (
     Device,
     Devices,
-    Folder,
-    Item,
-    Note,
-    OldBase,
-    OldNote,
-    Tag,
+    assert_converged,
     device_set,
     read_manifest,
     recording,
     remote_files,
     sqlite_engine,
     sync_all,
+    titles,
 )
 
 import dimpledb_sa as dimple
 from dimpledb_sa.sync.crypto import AGE_MAGIC, generate_identity
 
-
-@pytest.fixture
-def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
-    with device_set(tmp_path, remote.url, remote.storage_options) as d:
-        yield d
-
-
-def assert_converged(*devices: Device) -> None:
-    first = devices[0]
-    for d in devices[1:]:
-        assert d.snapshot() == first.snapshot(), f"{d.name} differs from {first.name}"
-        assert d.log() == first.log(), f"{d.name}'s change log differs from {first.name}'s"
-
-
 NOTE_COLUMNS = 5  # id, title, body, done, rank: the changes of one inserted note
 
 
 MEMORY_ONLY = pytest.mark.parametrize("remote", ["memory"], indirect=True)
-
-
-def titles(dev: Device) -> list[str]:
-    with dev.db.engine.connect() as conn:
-        return sorted(conn.execute(select(Note.title)).scalars())
 
 
 # --------------------------------------------------------------------------- basics
@@ -617,7 +596,8 @@ def test_two_threads_sync_one_database(devs: Devices) -> None:
 SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from syncmodels import Devices, Note
+from models import Note
+from syncworld import Devices
 from pathlib import Path
 
 devs = Devices(Path(sys.argv[2]), sys.argv[3], identity=sys.argv[4])

@@ -1,11 +1,12 @@
-"""Models and helpers shared by the sync, merge, convergence and fault tests.
+"""The world the sync tests share: devices on a remote (``test_run``, ``test_run_faults``,
+``test_merge``, ``test_convergence``).
 
 A *device* is one SQLite file in the test's temporary folder with its own ``DimpleDb`` on a
-shared remote. :class:`Devices` makes them (same age identity by default) and closes them;
-``Base`` is the current schema, ``OldBase`` an older one of the same tables that lacks
-``note.rank`` and the ``tag`` table (for held changes). A shared :class:`Ticker` stands in for
-the wall clock of every device of a test, one millisecond per reading, so that an edit made
-later in the test always gets a larger id, whatever device makes it.
+shared remote. :class:`Devices` makes them (same age identity by default, tracking
+``models.SyncBase`` unless told otherwise) and closes them. A shared :class:`Ticker` stands in
+for the wall clock of every device of a test, one millisecond per reading, so that an edit made
+later in the test always gets a larger id, whatever device makes it. The models are in
+``models.py`` (``SyncBase``, and ``OldSyncBase``, an older version of the same tables).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from sqlalchemy import Engine, ForeignKey, MetaData, Table, create_engine, event, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from models import Note, SyncBase
+from sqlalchemy import Engine, MetaData, Table, create_engine, event, select
+from sqlalchemy.orm import sessionmaker
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core import changelog, schema
@@ -30,71 +32,6 @@ from dimpledb_sa.core.clock import HybridClock
 from dimpledb_sa.core.signals import changes_committed
 from dimpledb_sa.sync.crypto import generate_identity
 from dimpledb_sa.sync.wire import ChangeRow
-
-# --------------------------------------------------------------------------- models
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Note(Base):
-    __tablename__ = "note"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    title: Mapped[str]
-    body: Mapped[str | None]
-    done: Mapped[bool] = mapped_column(default=False)
-    rank: Mapped[int | None]
-
-
-class Folder(Base):
-    __tablename__ = "folder"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    name: Mapped[str]
-    items: Mapped[list[Item]] = relationship(back_populates="folder",
-                                             cascade="all, delete-orphan")
-
-
-class Item(Base):
-    __tablename__ = "item"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
-    label: Mapped[str]
-    folder: Mapped[Folder] = relationship(back_populates="items")
-
-
-class Tag(Base):
-    __tablename__ = "tag"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    word: Mapped[str]
-
-
-class OldBase(DeclarativeBase):
-    pass
-
-
-class OldNote(OldBase):
-    """``note`` as an older version of the app had it: no ``rank``."""
-
-    __tablename__ = "note"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    title: Mapped[str]
-    body: Mapped[str | None]
-    done: Mapped[bool] = mapped_column(default=False)
-
-
-class OldFolder(OldBase):
-    __tablename__ = "folder"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    name: Mapped[str]
-
-
-class OldItem(OldBase):
-    __tablename__ = "item"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
-    label: Mapped[str]
-
 
 # --------------------------------------------------------------------------- devices
 
@@ -218,7 +155,7 @@ class Devices:
         self.ticker = Ticker()
         self.opened: list[Device] = []
 
-    def new(self, name: str, *, models: Any = Base, file: Path | None = None,
+    def new(self, name: str, *, models: Any = SyncBase, file: Path | None = None,
             clock: HybridClock | None = None, create: bool = True, foreign_keys: bool = True,
             **kw: Any) -> Device:
         """A device on the file ``name.db`` (or ``file``) with these models and the shared
@@ -263,6 +200,20 @@ def device_set(folder: Path, remote: Any = None, storage_options: dict[str, Any]
 def sync_all(*devices: Device, rounds: int = 2) -> list[dimple.SyncReport]:
     """Sync every device in turn, ``rounds`` times; returns the reports."""
     return [d.sync() for _ in range(rounds) for d in devices]
+
+
+def assert_converged(*devices: Device) -> None:
+    """Every device holds the first one's rows and change log."""
+    first = devices[0]
+    for d in devices[1:]:
+        assert d.snapshot() == first.snapshot(), f"{d.name} differs from {first.name}"
+        assert d.log() == first.log(), f"{d.name}'s change log differs from {first.name}'s"
+
+
+def titles(dev: Device) -> list[str]:
+    """The device's note titles, sorted."""
+    with dev.db.engine.connect() as conn:
+        return sorted(conn.execute(select(Note.title)).scalars())
 
 
 # --------------------------------------------------------------------------- signals

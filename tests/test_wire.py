@@ -1,4 +1,5 @@
-"""The bundle and manifest codec: round trips, strict validation, remote-name validators."""
+"""Tests for ``dimpledb_sa.sync.wire``: the bundle and manifest codec: round trips, strict
+validation, remote-name validators."""
 
 from __future__ import annotations
 
