@@ -1,5 +1,5 @@
-"""Explicit, deterministic limits and containment (``core.values``, ``sync.wire``,
-``sync.storage``, ``sync.pull``).
+"""Tests for the limits and containment of ``dimpledb_sa.core.values``,
+``dimpledb_sa.sync.wire``, ``dimpledb_sa.sync.storage`` and ``dimpledb_sa.sync.pull``.
 
 Values nest at most ``MAX_VALUE_DEPTH`` arrays/objects deep: refused at flush locally and in
 every bundle, by an iterative walk, whatever the caller's stack. A stored file larger than
@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyrage
 import pytest
 from conftest import Remote
+from models import Note
 from pyrage import x25519
 from sqlalchemy import JSON, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from syncmodels import Device, Devices, Note, device_set, read_manifest, write_file
+from syncworld import Device, Devices, read_manifest, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core import schema
@@ -180,17 +181,6 @@ def test_a_file_larger_than_its_limit_is_refused_after_a_ranged_read(
     storage.max_manifest_bytes = 10
     with pytest.raises(TooLargeError):
         storage.read_manifest(author)
-
-
-@pytest.fixture
-def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
-    with device_set(tmp_path, remote.url, remote.storage_options) as d:
-        yield d
-
-
-def titles(dev: Device) -> list[str]:
-    with dev.db.engine.connect() as conn:
-        return sorted(conn.execute(select(Note.title)).scalars())
 
 
 def test_a_bundle_over_the_limit_fails_its_author_only_and_is_never_decrypted(

@@ -1,4 +1,5 @@
-"""Pull isolation and healing (``dimpledb_sa.sync.pull``, ``.quarantine``, ``.notes``).
+"""Tests for ``dimpledb_sa.sync.pull``, ``dimpledb_sa.sync.quarantine`` and
+``dimpledb_sa.sync.notes``: pull isolation and healing.
 
 One unreadable bundle never blocks anything: the reader sets it aside, merges the writer's
 later bundles and every other author, retries it on every sync, and tells the writer in its
@@ -9,14 +10,14 @@ deleted by hand. Runs on every backend (memory, local folder, S3).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Remote
+from models import Note
 from sqlalchemy import select
-from syncmodels import Device, Devices, Note, device_set, read_manifest, write_file
+from syncworld import Device, Devices, device_set, read_manifest, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core import schema
@@ -36,17 +37,6 @@ from dimpledb_sa.sync.wire import (
     manifest_with,
     utc_now_iso,
 )
-
-
-@pytest.fixture
-def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
-    with device_set(tmp_path, remote.url, remote.storage_options) as d:
-        yield d
-
-
-def titles(dev: Device) -> list[str]:
-    with dev.db.engine.connect() as conn:
-        return sorted(conn.execute(select(Note.title)).scalars())
 
 
 def try_sync(dev: Device) -> dimple.SyncReport:
