@@ -6,9 +6,9 @@ it aside instead of stopping at it (its author's later bundles and every other a
 merge), records it here in the same database transaction as the cursors, and retries it on
 every later sync (:func:`to_retry`: up to :data:`RETRY_LIMIT` files per author and sync,
 the least recently tried first) until it reads, or until its author's manifest no longer
-lists it (the pull then reads the listed bundles that hold its transactions now). :func:`error_for_author` turns one author's problems into the error that
-``report.errors`` names them by. The reasons that a writer can act on are published to it
-by :mod:`.notes`.
+lists it (the pull then reads the listed bundles that hold its transactions now).
+:func:`error_for_author` turns one author's problems into the error that ``report.errors``
+names them by. The reasons that a writer can act on are published to it by :mod:`.notes`.
 """
 
 from __future__ import annotations
