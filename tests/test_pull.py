@@ -310,3 +310,17 @@ def test_an_unreadable_notes_file_is_reported_and_retried(
     fs.invalidate_cache()
     assert w.sync().errors == {}
     assert w.sync().requests == {"ls": 1, "get": 1}  # read again only when it changes
+
+
+def test_a_database_from_the_first_release_gets_the_new_tables_at_its_first_sync(
+    devs: Devices
+) -> None:
+    w, r = devs.new("writer"), devs.new("reader")
+    w.add(Note(title="w"))
+    w.sync()
+    with r.db.engine.begin() as conn:
+        schema.unreadable.drop(conn)
+        schema.peers.drop(conn)
+    assert r.sync().errors == {} and titles(r) == ["w"]
+    r.add(Note(title="r"))
+    assert r.sync().pushed == 1

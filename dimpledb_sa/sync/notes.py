@@ -58,6 +58,7 @@ __all__ = [
     "Note",
     "decode_notes",
     "encode_notes",
+    "ensure_tables",
     "manifest_digest",
     "peer_digests",
     "publish",
@@ -83,6 +84,13 @@ class Note:
     filename: str
     reason: str
     since: str
+
+
+def ensure_tables(conn: Connection) -> None:
+    """Create ``dimple_unreadable`` and ``dimple_peers`` when missing (a database whose
+    bookkeeping tables an earlier release made, and no ``create_all()`` or migration since)."""
+    for table in (schema.unreadable, schema.peers):
+        table.create(conn, checkfirst=True)
 
 
 # --------------------------------------------------------------------------- the file
@@ -244,10 +252,10 @@ def resend(replica: Replica, remote: Remote, report: SyncReport) -> int:
     no database transaction is open while it talks to the remote."""
     me, mark = replica.author_id, _fingerprint(remote.cipher)
     p = schema.peers
-    with replica.engine.connect() as conn:
+    with replica.engine.begin() as conn:
+        ensure_tables(conn)
         peers = {a: (d, json.loads(t)) for a, d, t in conn.execute(
             select(p.c.author, p.c.manifest_digest, p.c.notes).where(p.c.author != me))}
-        conn.rollback()
     todo = sorted({f for _, notes in peers.values() for f, reason, _, done in notes
                    if done != mark and reason != quarantine.TOO_LARGE})
     if not todo:

@@ -280,10 +280,10 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
     for name in bad:
         fail(report, name, RemoteFormatError(
             f"folder {name!r:.80} in the remote is not an author id (a UUID)"))
-    with replica.engine.connect() as conn:
+    with replica.engine.begin() as conn:
+        notes.ensure_tables(conn)
         cursors, held_back = _cursors(conn), quarantine.load(conn)
         digests = notes.peer_digests(conn)
-        conn.rollback()
     pulls = [_fetch_author(remote, me, a, cursors.get(a), held_back.get(a, {}), digests.get(a))
              for a in authors if a != me]
     report.pulled = sum(len(txs) for ap in pulls for _, txs in ap.good)
