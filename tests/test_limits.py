@@ -310,6 +310,37 @@ def test_a_native_panic_fails_one_author_and_background_sync_goes_on(
     r.db.stop_sync()
 
 
+def test_background_sync_reports_a_huge_and_a_deep_author_and_goes_on(
+    devs: Devices, remote: Remote
+) -> None:
+    honest, huge, r = (devs.new(n, models=JBase) for n in ("honest", "huge", "reader"))
+    honest.add(Doc(data=[1]))
+    honest.sync()
+    huge.add(Doc(data="x" * 50_000))
+    huge.sync()
+    deep = _forge(devs, remote, [nested_text(MAX_VALUE_DEPTH + 1)])
+    r.db.storage.max_bundle_bytes = 20_000  # stands in for a 1 GB bundle
+    reports: list[dimple.SyncReport] = []
+    twice = threading.Event()
+
+    def on_error(exc: BaseException) -> None:
+        assert isinstance(exc, dimple.RemoteFormatError) and exc.report is not None
+        reports.append(exc.report)
+        if len(reports) == 2:
+            twice.set()
+        else:
+            r.db.start_sync().trigger()  # the running handle: sync again at once
+
+    bg = r.db.start_sync(interval=3600, on_error=on_error)
+    assert twice.wait(WAIT) and bg.running
+    for report in reports:
+        assert set(report.errors) == {huge.db.author_id, deep}
+        assert "larger than the limit" in report.errors[huge.db.author_id]
+        assert "nested too deeply" in report.errors[deep]
+    assert docs(r) == ["[1]"]
+    r.db.stop_sync()
+
+
 def test_keyboard_interrupt_is_not_contained(
     devs: Devices, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
