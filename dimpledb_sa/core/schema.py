@@ -28,6 +28,11 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   apply yet (unknown table or column, missing parent row), with the reason.
 - ``dimple_meta``: key/value settings (``author_id``, ``clock``, ``pushed_through``), read and
   written only by :mod:`.meta`.
+- ``dimple_keys``: the public keys this database encrypts to and trusts (``age1...`` and
+  ``ssh-ed25519 AAAA...`` in canonical form), when each was added and, for a revoked one,
+  when it was revoked (kept for the record); read and written only by :mod:`.keyring`.
+- ``dimple_signers``: per remote author, the public key its signatures were first seen
+  with (key pinning), and when; owned by :mod:`.keyring` too.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ __all__ = [
     "changes",
     "cursors",
     "held",
+    "keys",
     "meta",
     "metadata",
     "peers",
     "pending",
+    "signers",
     "transactions",
     "unreadable",
 ]
@@ -127,4 +134,20 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+keys = Table(
+    "dimple_keys",
+    metadata,
+    Column("public_key", String(255), primary_key=True),
+    Column("added_at", String(32), nullable=False),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+signers = Table(
+    "dimple_signers",
+    metadata,
+    Column("author", _ID, primary_key=True),
+    Column("public_key", String(255), nullable=False),
+    Column("first_seen", String(32), nullable=False),
 )

@@ -30,6 +30,23 @@ iteratively before they are serialized, so a deeper value is refused with ``Valu
 flush, whatever the call stack, exactly as every reader refuses it in a bundle.
 ``to_json``/``from_json`` take non-null values; ``encode``/``decode`` also map ``None`` to
 ``None``.
+
+**What decoding a pulled value runs.** Pulled values come from other devices, so no codec
+may run code a value chooses, and a value of the wrong JSON type fails with ``ValueError``,
+``TypeError``, ``LookupError`` or ``ArithmeticError`` (what the merge treats as a change
+that cannot be applied), never anything else. The built-in decoders only parse:
+``json.loads`` (no object hooks), ``int``/``float``/``Decimal``/``bool`` of a JSON scalar,
+``fromisoformat``, strict base64, ``uuid.UUID``, ``timedelta(seconds=...)`` and an enum
+class's member lookup by name (the application's own enum class). The exception is
+``PickleType``: ``pickle.loads`` (or the type's ``pickler``) calls whatever the bytes name,
+so a value forged by any device that can write to the remote could run code here.
+:func:`unsafe_reason` finds such types (also inside a ``TypeDecorator``, ``ARRAY``,
+``MutableDict.as_mutable(...)``), and :mod:`.tracking` refuses to track them unless the
+column opts in. Beyond that, a ``TypeDecorator``'s ``process_result_value`` (and a custom
+type's result and bind processors, run by SQLAlchemy when the merge writes the row) are the
+application's own code, run on a value the remote chose: they are as safe as that code is
+(one that unpickles or evaluates its input is as dangerous as ``PickleType``, and dimpledb
+cannot tell).
 """
 
 from __future__ import annotations
@@ -49,7 +66,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
 __all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "loads",
-           "value_depth"]
+           "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -172,7 +189,15 @@ def _b64(v: bytes) -> str:
 
 
 def _unb64(v: str) -> bytes:
+    if type(v) is not str:
+        raise TypeError(f"expected a base64 string, not {type(v).__name__}")
     return base64.b64decode(v.encode("ascii"), validate=True)
+
+
+def _to_uuid(v: Any) -> uuid.UUID:
+    if type(v) is not str:
+        raise TypeError(f"expected a UUID string, not {type(v).__name__}")
+    return uuid.UUID(v)
 
 
 def _enum_codec(t: sqltypes.Enum) -> Codec:
@@ -239,6 +264,22 @@ def _ident2(v: Any, dialect: Any) -> Any:
     return v
 
 
+def unsafe_reason(t: sqltypes.TypeEngine[Any]) -> str | None:
+    """Why decoding values of type ``t`` could run code a value chooses (``None``: it
+    cannot): a ``PickleType``, possibly wrapped in ``TypeDecorator`` impls or ``ARRAY``
+    items."""
+    for _ in range(32):  # impl chains are short; never loop on a self-referencing one
+        if isinstance(t, sqltypes.PickleType):
+            return (f"it is a {type(t).__name__}: its values are unpickled, and unpickling "
+                    "runs whatever code the pickled bytes name")
+        inner = (t.impl_instance if isinstance(t, sqltypes.TypeDecorator)
+                 else getattr(t, "item_type", None))
+        if not isinstance(inner, sqltypes.TypeEngine):
+            return None
+        t = inner
+    return None
+
+
 def codec_for(column: Column[Any]) -> Codec:
     """The codec for one column, chosen from its (decorated) type."""
     return _codec(column.type)
@@ -275,7 +316,7 @@ def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
         return Codec(_b64, _unb64)
     if isinstance(t, sqltypes.Uuid):
         if t.as_uuid:
-            return Codec(str, uuid.UUID)
+            return Codec(str, _to_uuid)
         return Codec(str, _ident)
     return Codec(check_depth, _ident)  # JSON, and types whose values pass through as-is
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from fsspec import AbstractFileSystem
 
 from ..core._compat import strip_protocol
 from ..core.errors import ConfigurationError, RemoteFormatError
+from .signing import MAX_SIGNATURE, signature_name
 from .wire import (
     MANIFEST_NAME,
     MAX_BUNDLE_BYTES,
@@ -51,6 +53,9 @@ class TooLargeError(RemoteFormatError):
         self.limit = limit
 
 
+_SIGNED_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,250}")
+
+
 def _check_author(author: str) -> str:
     if not is_uuid(author):
         raise RemoteFormatError(f"unsafe or malformed author folder name: {author!r:.80}")
@@ -60,6 +65,15 @@ def _check_author(author: str) -> str:
 def _check_bundle(name: str) -> str:
     if not is_bundle_name(name):
         raise RemoteFormatError(f"unsafe or malformed bundle file name: {name!r:.120}")
+    return name
+
+
+def _check_signed(name: str) -> str:
+    """A file name whose signature may be read or written: the manifest, a bundle or
+    another plain lowercase name (a snapshot), never a path and never a signature."""
+    if (not isinstance(name, str) or _SIGNED_NAME.fullmatch(name) is None or ".." in name
+            or name.endswith(signature_name(""))):
+        raise RemoteFormatError(f"unsafe or malformed name of a signed file: {name!r:.120}")
     return name
 
 
@@ -275,6 +289,40 @@ class Storage:
                 out[name] = bytes(value)
         return out
 
+    def read_signature(self, author: str, name: str) -> bytes | None:
+        """The signature file ``{name}.sig`` of ``author``'s file ``name`` (at most
+        ``MAX_SIGNATURE + 1`` bytes of it, so a hostile one cannot fill memory), or
+        ``None`` when it has none."""
+        path = self._join(_check_author(author), signature_name(_check_signed(name)))
+        self.requests["get"] += 1
+        try:
+            return bytes(self.fs.cat_file(path, start=0, end=MAX_SIGNATURE + 1))
+        except FileNotFoundError:
+            return None
+
+    def read_signatures(self, author: str, names: Sequence[str]
+                        ) -> dict[str, bytes | Exception | None]:
+        """The signatures of several of ``author``'s files in one backend call (bounded
+        like :meth:`read_signature`): name -> contents, ``None`` when it has none, or the
+        exception reading it raised."""
+        folder = _check_author(author)
+        unique = list(dict.fromkeys(_check_signed(n) for n in names))
+        if not unique:
+            return {}
+        paths = [self._join(folder, signature_name(n)) for n in unique]
+        self.requests["get"] += len(paths)
+        got = self.fs.cat_ranges(paths, [0] * len(paths), [MAX_SIGNATURE + 1] * len(paths),
+                                 on_error="return")
+        out: dict[str, bytes | Exception | None] = {}
+        for name, value in zip(unique, got, strict=True):
+            if isinstance(value, FileNotFoundError):
+                out[name] = None
+            elif isinstance(value, Exception):
+                out[name] = value
+            else:
+                out[name] = bytes(value)
+        return out
+
     # ----------------------------------------------------------------------- writing
 
     def _put(self, folder: str, name: str, data: bytes) -> None:
@@ -318,3 +366,7 @@ class Storage:
     def write_notes(self, author: str, data: bytes) -> None:
         """Write (or overwrite) ``author``'s notes file."""
         self._put(_check_author(author), NOTES_NAME, data)
+
+    def write_signature(self, author: str, name: str, data: bytes) -> None:
+        """Write (or overwrite) the signature ``{name}.sig`` of ``author``'s file ``name``."""
+        self._put(_check_author(author), signature_name(_check_signed(name)), data)
