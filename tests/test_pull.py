@@ -127,32 +127,32 @@ def test_a_bundle_without_the_readers_key_heals_once_the_writer_has_it(
     w_key, w_pub = generate_identity()
     with device_set(tmp_path, remote.url, remote.storage_options) as devs:
         r = devs.new("reader", identity=r_key, recipients=[w_pub])
-        w = devs.new("writer", identity=w_key, recipients=[r_pub])
+        w = devs.new("writer", identity=w_key)  # does not know the reader's key yet
         w.add(Note(title="one"))
         w.sync()
-        # the same database synced once without the reader's key (a CLI sync without -r)
-        cli = devs.new("writer-cli", file=w.path, create=False, identity=w_key)
-        cli.add(Note(title="two"))
-        cli.sync()
-        w.add(Note(title="three"))
-        w.sync()
-
         with pytest.raises(dimple.DecryptionError) as info:
             r.sync()
         assert info.value.report is not None
         assert "not encrypted to this identity" in info.value.report.errors[w.db.author_id]
-        assert titles(r) == ["one", "three"]  # later bundles are not blocked
 
-        cli.sync()  # learns of the note
-        # sends the bundle again, to its recipients: still not the reader's key
-        assert cli.sync().requests.get("put") == 1
-        assert "put" not in cli.sync().requests  # and only once for that note and those keys
+        w.sync()  # learns of the note
+        # sends the bundle again, to its recipients: still without the reader's key
+        assert w.sync().requests.get("put") == 1
+        assert "put" not in w.sync().requests  # once for that note and those recipients
         with pytest.raises(dimple.DecryptionError):
             r.sync()
-        w.sync()  # the writer with the reader's key among its recipients sends it again
+
+        # the writer gets the reader's key (as `dimpledb sync -r` gives it)
+        keyed = devs.new("writer-keyed", file=w.path, create=False, identity=w_key,
+                         recipients=[r_pub])
+        devs.close(w)
+        keyed.add(Note(title="two"))
+        report = keyed.sync()  # sends the noted bundle again, now to the reader too
+        assert report.pushed == 1 and report.errors == {}
         report = r.sync()
-        assert report.errors == {} and titles(r) == ["one", "three", "two"]
+        assert report.errors == {} and titles(r) == ["one", "two"]
         assert quarantined(r) == []
+        assert "put" not in keyed.sync().requests
 
 
 def test_reading_stops_at_a_missing_bundle_and_its_writer_restores_it(

@@ -119,6 +119,9 @@ def _read_one(cipher: Cipher, author: str, info: BundleInfo,
         return Problem(name, quarantine.MISSING, "listed in the manifest, but not there")
     if isinstance(blob, TooLargeError):
         return Problem(name, quarantine.TOO_LARGE, str(blob))
+    if isinstance(blob, SyncError):  # refused on the way in (a signature check, say)
+        reason = quarantine.DECRYPT if isinstance(blob, DecryptionError) else quarantine.FORMAT
+        return Problem(name, reason, _explain(blob))
     if isinstance(blob, BaseException):
         return Problem(name, quarantine.READ, _explain(blob))
     stage = quarantine.DECRYPT
