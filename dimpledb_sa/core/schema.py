@@ -16,7 +16,14 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   moves them into the indexed log before a push, a merge, a replay or an adoption, and
   when more than ``log.PENDING_LIMIT`` have gathered.
 - ``dimple_transactions``: one row per transaction (id, author).
-- ``dimple_cursors``: per remote author, the last transaction id merged from its bundles.
+- ``dimple_cursors``: per remote author, the last transaction id of the bundles a pull has
+  dealt with in manifest order: merged, or set aside in ``dimple_unreadable``.
+- ``dimple_unreadable``: per remote author, the bundle files a pull could not use (unreadable,
+  too large, missing, or whose changes cannot be applied here), with why, since when and how
+  often tried; each is retried on every sync until it reads (see :mod:`..sync.quarantine`).
+- ``dimple_peers``: per remote author, what its "could not read" notes say about our
+  bundles (and what we re-sent for them), with the digest of its manifest when they were
+  read; for our own author, the notes we published (see :mod:`..sync.notes`).
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
   apply yet (unknown table or column, missing parent row), with the reason.
 - ``dimple_meta``: key/value settings (``author_id``, ``clock``, ``pushed_through``), read and
@@ -40,9 +47,11 @@ __all__ = [
     "keys",
     "meta",
     "metadata",
+    "peers",
     "pending",
     "signers",
     "transactions",
+    "unreadable",
 ]
 
 BOOKKEEPING_PREFIX = "dimple_"
@@ -89,6 +98,26 @@ cursors = Table(
     Column("author", _ID, primary_key=True),
     Column("last_transaction_id", _ID, nullable=False),
     Column("synced_at", String(32), nullable=False),
+)
+
+unreadable = Table(
+    "dimple_unreadable",
+    metadata,
+    Column("author", _ID, primary_key=True),
+    Column("filename", String(80), primary_key=True),
+    Column("reason", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("first_seen", String(32), nullable=False),
+    Column("last_tried", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+
+peers = Table(
+    "dimple_peers",
+    metadata,
+    Column("author", _ID, primary_key=True),
+    Column("manifest_digest", String(64)),
+    Column("notes", Text, nullable=False),
 )
 
 held = Table(

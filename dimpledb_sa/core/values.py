@@ -24,8 +24,12 @@ PickleType         base64 of the pickle        the unpickled object
 A ``TypeDecorator``'s value is logged the way its ``impl`` stores it: ``process_bind_param``
 then the impl's codec on the way in, the impl's codec then ``process_result_value`` on the
 way out (both called with SQLAlchemy's default dialect). Other types pass values through
-``json.dumps`` unchanged, so they must already be JSON-compatible. ``to_json``/``from_json``
-take non-null values; ``encode``/``decode`` also map ``None`` to ``None``.
+``json.dumps`` unchanged, so they must already be JSON-compatible, and (like JSON columns)
+nested at most :data:`MAX_VALUE_DEPTH` arrays/objects deep: :func:`check_depth` walks them
+iteratively before they are serialized, so a deeper value is refused with ``ValueError`` at
+flush, whatever the call stack, exactly as every reader refuses it in a bundle.
+``to_json``/``from_json`` take non-null values; ``encode``/``decode`` also map ``None`` to
+``None``.
 
 **What decoding a pulled value runs.** Pulled values come from other devices, so no codec
 may run code a value chooses, and a value of the wrong JSON type fails with ``ValueError``,
@@ -61,13 +65,49 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
-__all__ = ["Codec", "codec_for", "dumps", "loads", "unsafe_reason"]
+__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "loads",
+           "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
 
 dumps: Callable[[Any], str] = json.dumps
 loads: Callable[[str], Any] = json.loads
+
+MAX_VALUE_DEPTH = 64
+"""How deeply a value may nest arrays and objects (``[]`` is 1, ``[[1]]`` 2, a scalar 0): a
+format constant, the same on every replica (``docs/FORMAT.md``, Limits)."""
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> int:
+    """How deeply ``value`` nests lists/tuples/dicts, found by an iterative walk (never by
+    recursion, so the answer does not depend on the caller's stack); the walk stops as soon
+    as the depth passes ``limit`` and returns ``limit + 1`` (so a cyclic value ends too)."""
+    if not isinstance(value, _CONTAINERS):
+        return 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if depth > limit:
+                return limit + 1
+        items = node.values() if isinstance(node, dict) else node
+        stack.extend((x, depth + 1) for x in items if isinstance(x, _CONTAINERS))
+    return deepest
+
+
+def check_depth(value: Any) -> Any:
+    """``value`` itself; ``ValueError`` when it nests deeper than :data:`MAX_VALUE_DEPTH`."""
+    if isinstance(value, _CONTAINERS) and value_depth(value) > MAX_VALUE_DEPTH:
+        raise ValueError(
+            f"a value nested more than {MAX_VALUE_DEPTH} arrays/objects deep cannot be "
+            f"recorded: every dimpledb replica refuses such values (docs/FORMAT.md, Limits)"
+        )
+    return value
 
 
 class Codec:
@@ -278,7 +318,7 @@ def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
         if t.as_uuid:
             return Codec(str, _to_uuid)
         return Codec(str, _ident)
-    return Codec(_ident, _ident)
+    return Codec(check_depth, _ident)  # JSON, and types whose values pass through as-is
 
 
 def _seconds(v: dt.timedelta) -> float:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import DecryptionError, DimpleError, SignatureError
 from .keys import ED25519, parse_public_key
 from .signing import SIGNATURE_SUFFIX, signature_name, verify
-from .wire import MANIFEST_NAME, decode_bundle, decode_manifest
+from .wire import MANIFEST_NAME, NOTES_NAME, decode_bundle, decode_manifest
 
 if TYPE_CHECKING:
     from .crypto import Cipher
@@ -175,7 +175,7 @@ def _verify_author(storage: Storage, cipher: Cipher, author: str, key_name: str,
         else:
             out.transactions += len(txs)
             out.good.append((where, len(txs)))
-    known = listed | {MANIFEST_NAME}
+    known = listed | {MANIFEST_NAME, NOTES_NAME}
     for n in storage.list_files(author):
         if n not in known and n.removesuffix(SIGNATURE_SUFFIX) not in known:
             out.notes.append(f"{author}/{n}: not in the manifest (ignored by sync)")
