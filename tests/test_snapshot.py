@@ -16,6 +16,7 @@ from sqlalchemy import select
 from syncworld import Device, device_set, sync_all
 
 from dimpledb_sa.core import meta, schema
+from dimpledb_sa.core.errors import RemoteFormatError
 from dimpledb_sa.sync import snapshot
 from dimpledb_sa.sync.wire import decode_manifest, is_bundle_name
 
@@ -229,3 +230,26 @@ def _drop(url: str) -> None:
     fs, root = fsspec.core.url_to_fs(url)
     if fs.exists(root):
         fs.rm(root, recursive=True)
+
+
+def test_snapshot_codec_reads_any_field_order_and_rejects_what_is_not_sound() -> None:
+    author = "0190aaaa-0000-7000-8000-000000000001"
+    tx = "0190aaaa-0000-7000-8000-000000000002"
+    change = (tx, tx, "note", "n", "id", None, '"n"')
+    snap = snapshot.Snapshot(author, tx, [(tx, author, [change])],
+                             [("note", "n", "rank", "unknown column")])
+    data = snapshot.encode(snap)
+    name = snapshot.snapshot_name(tx)
+    for blob in (data, json.dumps(dict(reversed(list(json.loads(data).items())))).encode()):
+        got = snapshot.decode(blob, author, name)
+        assert (got.last, got.transactions, got.held) == (tx, snap.transactions, snap.held)
+    other = "0190aaaa-0000-7000-8000-000000000003"
+    with pytest.raises(RemoteFormatError):
+        snapshot.decode(data, other, name)  # another author's folder
+    with pytest.raises(RemoteFormatError):
+        snapshot.decode(data, author, snapshot.snapshot_name(other))  # name and content differ
+    doc = json.loads(data)
+    doc["version"] = 2
+    with pytest.raises(RemoteFormatError):
+        snapshot.decode(json.dumps(doc).encode(), author, name)
+    assert snapshot.is_snapshot_name(name) and not snapshot.is_snapshot_name("snapshot_x.json")
