@@ -16,7 +16,7 @@ from sqlalchemy import select
 from syncworld import Device, device_set, sync_all
 
 from dimpledb_sa.core import meta, schema
-from dimpledb_sa.core.errors import RemoteFormatError
+from dimpledb_sa.core.errors import RemoteFormatError, SyncError
 from dimpledb_sa.sync import snapshot
 from dimpledb_sa.sync.wire import decode_manifest, is_bundle_name
 
@@ -253,3 +253,29 @@ def test_snapshot_codec_reads_any_field_order_and_rejects_what_is_not_sound() ->
     with pytest.raises(RemoteFormatError):
         snapshot.decode(json.dumps(doc).encode(), author, name)
     assert snapshot.is_snapshot_name(name) and not snapshot.is_snapshot_name("snapshot_x.json")
+
+
+def test_a_snapshot_that_cannot_be_applied_keeps_the_cursor(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from dimpledb_sa.sync import pull
+
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        _history(a, 3)
+        a.db.compact()
+        c = devs.new("c")
+        real = pull.merge
+
+        def failing(replica: object, conn: object, txs: object) -> object:
+            raise ValueError("no")
+
+        monkeypatch.setattr(pull, "merge", failing)
+        with pytest.raises(SyncError) as info:
+            c.sync()
+        assert "snapshot_" in str(info.value)
+        with c.db.engine.connect() as conn:
+            assert conn.execute(select(schema.cursors)).all() == []
+        monkeypatch.setattr(pull, "merge", real)
+        assert c.sync().errors == {}
+        assert c.snapshot() == a.snapshot()

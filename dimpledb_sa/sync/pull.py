@@ -240,6 +240,11 @@ def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
             with conn.begin_nested():
                 part = merge(replica, conn, txs)
         except _UNAPPLIABLE as exc:
+            if snapshot.is_snapshot_name(info.filename):  # hook: never step past a snapshot
+                ap.errors.append(SyncError(f"snapshot {info.filename}: its changes cannot be "
+                                           f"applied here: {describe(exc)}"))
+                ap.good, ap.advanced = [], None
+                return
             ap.problems.append(Problem(info.filename, quarantine.APPLY,
                                        f"its changes cannot be applied here: {describe(exc)}"))
             continue
