@@ -2,7 +2,9 @@
 
 Keys: ``author_id`` (this database's author, created once), ``clock`` (the clock floor:
 every id the database holds is at or below it, see :mod:`.changelog`) and
-``pushed_through`` (the last local transaction a push uploaded). Every function works on
+``pushed_through`` (the last local transaction a push uploaded) and ``settled_through`` (the
+last local transaction whose entities the merge's rules have looked at, see
+:mod:`..sync.merge`). Every function works on
 the caller's connection, inside the caller's transaction.
 """
 
@@ -18,6 +20,7 @@ __all__ = [
     "AUTHOR_ID",
     "CLOCK",
     "PUSHED_THROUGH",
+    "SETTLED_THROUGH",
     "author_id",
     "get",
     "put",
@@ -29,6 +32,7 @@ __all__ = [
 AUTHOR_ID = "author_id"
 CLOCK = "clock"
 PUSHED_THROUGH = "pushed_through"
+SETTLED_THROUGH = "settled_through"
 
 
 def get(conn: Connection, key: str) -> str | None:

@@ -17,12 +17,15 @@ class SyncReport:
 table or column, or a row they need (cumulative: still-held pairs count again). ``errors``:
     remote author id (or ``"push"``) -> message, for every author whose data could not be read.
     ``requests``: storage calls made, by kind (``"ls"``, ``"get"``, ``"put"``).
+    ``conflicts``: changes kept out of the tables by a conflict after this sync, as
+    ``db.conflicts()`` lists them (cumulative: unresolved conflicts count again).
     """
 
     pushed: int = 0
     pulled: int = 0
     applied: int = 0
     held: int = 0
+    conflicts: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     error_kinds: dict[str, str] = field(default_factory=dict, repr=False)
