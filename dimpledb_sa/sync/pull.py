@@ -4,10 +4,13 @@ One listing of the remote root, then each other author's manifest; bundles whose
 transaction is after that author's cursor are fetched, decrypted and validated. An author
 whose folder name, manifest or bundle is bad, undecryptable or inconsistent is recorded in
 ``report.errors`` and skipped from that bundle on; the others go on. Everything readable
-merges in one database transaction, with the cursors, then the held changes the schema can
-now take. Each author's transactions merge under a savepoint: an author whose changes
-cannot be applied here (a key that is not its entity's, a value no column can hold, a
-broken constraint) is rolled back and reported like an unreadable one.
+merges in one database transaction, with the cursors: first the rules look again at what
+this replica changed itself since (:func:`.merge.settle_local`), then each author's
+transactions, then the held changes the schema can now take and the rows the database
+refused before. Changes that break a constraint are kept out as conflicts, never errors.
+Each author's transactions merge under a savepoint: an author whose changes cannot be
+applied here at all (a key that is not its entity's, a value no column can hold) is rolled
+back and reported like an unreadable one.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from ..core import meta, schema
+from ..core import conflicts, meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DimpleError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
-from .merge import APPLY_ERRORS, MergeResult, describe, merge, replay_held_in
+from .merge import (
+    APPLY_ERRORS,
+    MergeResult,
+    describe,
+    merge,
+    replay_held_in,
+    retry_refused,
+    settle_local,
+)
 from .report_errors import fail
 from .wire import BundleInfo, decode_bundle, decode_manifest, utc_now_iso
 
@@ -107,7 +118,8 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
     # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
     with gc_paused(report.pulled > 1000), replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)
-        result = MergeResult()
+        conflicts.ensure_table(conn)
+        result = settle_local(replica, conn)
         for author, txs in pulled.items():
             try:
                 with conn.begin_nested():
@@ -129,8 +141,9 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
             else:
                 conn.execute(insert(c).values(author=author, last_transaction_id=last,
                                               synced_at=now))
-        replayed = replay_held_in(replica, conn)
+        result.add(replay_held_in(replica, conn))
+        result.add(retry_refused(replica, conn))
         report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
-    result.add(replayed)
+        report.conflicts = conflicts.count(conn)
     report.applied = len(result.applied_changes)
     return result
