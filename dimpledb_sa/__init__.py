@@ -28,6 +28,7 @@ from __future__ import annotations
 from . import signals
 from .core.changes import Change
 from .core.clock import new_id
+from .core.conflicts import Conflict
 from .core.errors import (
     ConfigurationError,
     DecryptionError,
@@ -44,6 +45,7 @@ from .sync.crypto import generate_identity
 __all__ = [
     "Change",
     "ConfigurationError",
+    "Conflict",
     "DecryptionError",
     "DimpleDb",
     "DimpleError",

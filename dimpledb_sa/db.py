@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .core.changes import Change
     from .core.clock import HybridClock
+    from .core.conflicts import Conflict
     from .core.report import SyncReport
     from .live.query import LiveQuery
     from .live.registry import Registry
@@ -135,6 +136,15 @@ class DimpleDb:
         tt = self.tracked_table(model if isinstance(model, type | str | Table) else type(model))
         with self.engine.connect() as conn:
             return history(conn, tt.name, str(entity_id))
+
+    def conflicts(self) -> list[Conflict]:
+        """The changes merges keep out of the tables (a unique value another row holds, a
+        missing parent row, a row the database refuses), still unresolved; see
+        ``docs/API.md``, *Conflicts*."""
+        from .core.conflicts import read
+
+        with self.engine.connect() as conn:
+            return read(conn)
 
     # -- sync and friends ------------------------------------------------------------------
     @property
