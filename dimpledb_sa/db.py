@@ -146,6 +146,28 @@ class DimpleDb:
         with self.engine.connect() as conn:
             return read(conn)
 
+    def discard(self, conflict: Conflict) -> str | None:
+        """Give up a conflict's kept-out change with a new local transaction (it syncs like
+        any other): a delete of the row kept out of its table, or, for a row that stays with
+        a value the rules chose, that value. Returns the transaction id (``None``: nothing
+        to record). The conflict is gone here at once and everywhere after their next sync.
+        """
+        from .core import meta
+        from .core.changelog import expand_all
+        from .core.changes import ROW_TRANSACTION
+        from .core.conflicts import discard
+        from .sync.merge import settle_local
+
+        with self.replica.sync_lock, self.engine.begin() as conn:
+            meta.take_write_lock(conn)
+            rows = discard(self.replica, conn, conflict)
+            if rows:
+                settle_local(self.replica, conn)
+        if not rows:
+            return None
+        self.replica.committed_rows(expand_all(rows))
+        return rows[0][ROW_TRANSACTION]
+
     # -- sync and friends ------------------------------------------------------------------
     @property
     def remote(self) -> Remote:

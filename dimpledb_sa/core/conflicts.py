@@ -7,7 +7,8 @@ The rules that decide them live in :mod:`..sync.resolve`; this module stores wha
 decided, finds entities again by what they collided on (a unique key's hash, a parent row),
 and reads the listed conflicts back as :class:`Conflict` records (``db.conflicts()``).
 Nothing here decides anything: every row is derived state, rewritten whenever the merge
-decides its entity again.
+decides its entity again. :func:`discard` (``db.discard(conflict)``) records the ordinary
+changes that give a kept-out change up, for rows the application cannot reach.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, delete, func, inspect, select
 
 from . import schema
+from .changelog import Group, PackedRow, write_local
 from .changes import Change, ChangeRow, change_from_row
-from .rows import chunks
+from .rows import chunks, fetch_rows
+
+if TYPE_CHECKING:
+    from .replica import Replica
 
 __all__ = [
     "CHECK",
@@ -30,6 +35,7 @@ __all__ = [
     "UNIQUE",
     "Conflict",
     "count",
+    "discard",
     "ensure_table",
     "entities_of_kind",
     "entities_with_keys",
@@ -70,6 +76,10 @@ def key_hash(label: str, texts: Sequence[str | None]) -> str:
     (short and of fixed length, whatever the values)."""
     raw = json.dumps([label, list(texts)], ensure_ascii=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def ensure_table(conn: Connection) -> None:
@@ -146,3 +156,31 @@ def read(conn: Connection) -> list[Conflict]:
                             r["detail"], r["other_entity_type"]))
     return out
 
+
+
+def discard(replica: Replica, conn: Connection, conflict: Conflict) -> list[PackedRow]:
+    """Record, as a new local transaction, the changes that give up ``conflict``'s kept-out
+    change: a delete of an entity kept out of its table, or, for a row that stays with a
+    value the rules chose (its previous unique value, a null for a missing parent), that
+    value. Returns the packed rows written (none when the conflict is resolved already).
+    """
+    tt = replica.tracked.get(conflict.entity_type)
+    c = schema.conflicts
+    if tt is None or conn.execute(select(c.c.id).where(
+            c.c.entity_type == conflict.entity_type, c.c.entity_id == conflict.entity_id,
+            c.c.change_id == conflict.change.id, c.c.listed).limit(1)).first() is None:
+        return []
+    key = tt.codecs[tt.pk_name]
+    row = fetch_rows(conn, tt, [conflict.entity_id]).get(conflict.entity_id)
+    eid = conflict.entity_id
+    if row is None:
+        group: Group = [tt.name, eid, [tt.pk_name], [key.encode(key.from_json(eid))], [None]]
+    elif conflict.attribute is not None and conflict.attribute in tt.codecs:
+        attr = conflict.attribute
+        current = tt.codecs[attr].encode(row[attr])
+        if current == _text(conflict.change.new_value):
+            return []
+        group = [tt.name, eid, [attr], [_text(conflict.change.new_value)], [current]]
+    else:
+        return []
+    return write_local(replica, conn, [group])

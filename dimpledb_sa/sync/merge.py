@@ -48,7 +48,7 @@ from ..core.changes import (
 from ..core.constraints import Constraints, constraints_of
 from ..core.errors import DimpleError
 from ..core.rows import chunks, fetch_rows, insert_many
-from .plan import PK, Held, TablePlan, planned_rows, winners, write, write_one
+from .plan import PK, Held, TablePlan, steps, winners, write, write_one
 from .resolve import MISSING_PARENT, Excluded, Resolver
 
 if TYPE_CHECKING:
@@ -230,27 +230,33 @@ class _Job:
         (why, whether the row must stay as it is). Rows whose parent is refused are not
         tried: the rules keep them out once it is."""
         found: dict[tuple[str, str], tuple[str, bool]] = {}
-        plans = self.sorted_plans()
-        rows = self.rows()
         with conn.begin_nested() as outer:
-            for plan in reversed(plans):
-                for pk in plan.deletes:
-                    why = _try(conn, plan, "delete", pk)
-                    if why is not None:
-                        found[(plan.tt.name, str(pk))] = (why, True)
-            for plan in plans:
+            for plan, kind, item in steps(self.sorted_plans(), self.rows(), self.cons):
                 name, pkn = plan.tt.name, plan.tt.pk_name
-                refs = self.cons.references.get(name, [])
-                for kind, item in planned_rows(plan, rows.get(name, {}), self.cons):
-                    if any(item.get(r.column) is not None
-                           and (r.parent, str(item[r.column])) in found for r in refs):
-                        continue
-                    why = _try(conn, plan, kind, item)
-                    if why is not None:
-                        eid = str(item[pkn] if kind == "insert" else item[PK])
-                        found[(name, eid)] = (why, False)
+                if kind != "delete" and any(
+                        item.get(r.column) is not None and (r.parent, str(item[r.column]))
+                        in found for r in self.cons.references.get(name, ())):
+                    continue
+                why = _try(conn, plan, kind, item)
+                if why is not None:
+                    eid = str(item if kind == "delete" else
+                              item[pkn] if kind == "insert" else item[PK])
+                    found.setdefault((name, eid), (why, kind == "delete"))
             outer.rollback()
         return found
+
+    def defer_deletes(self) -> None:
+        """Move to ``late`` the deletes of rows that rows the merge keeps still name."""
+        named: dict[str, set[str]] = defaultdict(set)
+        for name, ents in self.resolver.entities.items():
+            for r in self.cons.checked(name):
+                for e in ents.values():
+                    if e.admitted and e.row is not None and e.row.get(r.column) is not None:
+                        named[r.parent].add(str(e.row[r.column]))
+        for name, plan in self.plans.items():
+            if named.get(name) and plan.deletes:
+                plan.late = [k for k in plan.deletes if str(k) in named[name]]
+                plan.deletes = [k for k in plan.deletes if str(k) not in named[name]]
 
 
 def _try(conn: Connection, plan: TablePlan, kind: str, item: Any) -> str | None:
@@ -320,6 +326,7 @@ def _build(replica: Replica, conn: Connection, cons: Constraints,
                 plan.emit(eid, win, row)
     job.resolver.run()
     job.emit_resolved()
+    job.defer_deletes()
     return job
 
 

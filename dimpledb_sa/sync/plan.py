@@ -5,20 +5,23 @@ A :class:`TablePlan` turns each entity's winning changes (one per attribute, see
 update, a row to delete (a delete, or a row the rules keep out: an *eviction*, which
 records no change). Changes it cannot apply here (a column this schema lacks, a required
 column missing or null) are held; those that change rows are the merge's *applied*
-changes. :func:`write` runs the plans: deletes children-first, then per table parents-first
-the updates that move unique values (one at a time, each after the row that gives the
-value up), the inserts (parents before children within a self-referencing table), and the
-other updates. The rules that decide which rows may exist are in :mod:`.resolve`.
+changes. :func:`write` runs the plans: deletes children-first; then the unique values of
+*late* deletes (rows that rows the merge keeps still name through a foreign key) are freed
+with placeholders; then per table parents-first the updates that move unique values (one
+at a time, each after the row that gives the value up), the inserts (parents before
+children within a self-referencing table) and the other updates; last the late deletes,
+children-first, once nothing names them (so no database ``ON DELETE`` action fires on a row
+the merge keeps). The rules that decide which rows may exist are in :mod:`.resolve`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, delete, update
+from sqlalchemy import Connection, String, bindparam, delete, update
 
 from ..core.changes import ROW_ATTRIBUTE, ROW_ID, ROW_NEW, ChangeRow
 from ..core.errors import RemoteFormatError
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
     from ..core.tracking import TrackedTable
     from .merge import MergeResult
 
-__all__ = ["PK", "Held", "TablePlan", "winners", "write"]
+__all__ = ["PK", "Held", "TablePlan", "required_columns", "steps", "winners", "write",
+           "write_one"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class TablePlan:
         self.updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
         self.moves: list[dict[str, Any]] = []  # updates that change a unique column
         self.deletes: list[Any] = []
+        self.late: list[Any] = []  # deleted after the rows that still name them move away
         self.unique_columns: set[str] = set()
         columns = tt.table.columns
         self.notnull = {c.name for c in columns if not c.nullable and not c.primary_key}
@@ -170,8 +175,25 @@ def _update(conn: Connection, tt: TrackedTable, batch: list[dict[str, Any]]) -> 
     conn.execute(stmt, batch)
 
 
+def _placeholder(plan: TablePlan, move: dict[str, Any]) -> dict[str, Any] | None:
+    """An update that frees the unique values ``move``'s row holds: its unique columns set
+    to null (nullable) or to a text no one else holds (a string type), so that rows swapping
+    values can be written one after the other; ``None`` when a column can take neither."""
+    out: dict[str, Any] = {PK: move[PK]}
+    for c in plan.unique_columns & move.keys():
+        column = plan.tt.table.c[c]
+        if column.nullable:
+            out[c] = None
+        elif isinstance(column.type, String):
+            out[c] = f"~dimple-swap~{move[PK]}"
+        else:
+            return None
+    return out
+
+
 def _ordered_moves(plan: TablePlan, rows: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The unique-moving updates, each after the update of the row giving its value up."""
+    """The unique-moving updates, each after the update of the row giving its value up; rows
+    swapping values first give theirs up through a placeholder (see :func:`_placeholder`)."""
     uniques = plan.unique_columns
     pending = list(plan.moves)
     holders: dict[tuple[str, Any], Any] = {}  # (column, value) -> key of the row holding it
@@ -184,10 +206,17 @@ def _ordered_moves(plan: TablePlan, rows: dict[Any, dict[str, Any]]) -> list[dic
     while pending:
         ready = [u for u in pending
                  if all(holders.get((c, u[c]), u[PK]) == u[PK] for c in uniques if c in u)]
-        if not ready:  # a cycle (two rows swapping values): let the database judge
-            logger.warning("merge: rows of %s swap unique values; writing them as they come",
-                           plan.tt.name)
-            ready = pending[:1]
+        if not ready:  # a cycle: free the values of its first row, or let the database judge
+            first = min(pending, key=lambda u: str(u[PK]))
+            free = _placeholder(plan, first)
+            if free is None:
+                logger.warning("merge: rows of %s swap unique values", plan.tt.name)
+                ready = [first]
+            else:
+                out.append(free)
+                for key in [k for k, v in holders.items() if v == first[PK] and k[0] in free]:
+                    del holders[key]
+                continue
         for u in ready:
             pending.remove(u)
             for key in [k for k, v in holders.items() if v == u[PK] and k[0] in u]:
@@ -207,7 +236,6 @@ def _tree_order(plan: TablePlan, cons: Constraints) -> list[dict[str, Any]]:
     pkn = plan.tt.pk_name
     waiting = {str(v[pkn]): v for v in plan.inserts}
     out: list[dict[str, Any]] = []
-    done: set[str] = set()
     while waiting:
         ready = [k for k, v in waiting.items()
                  if all(v.get(r.column) is None or str(v[r.column]) not in waiting
@@ -216,8 +244,36 @@ def _tree_order(plan: TablePlan, cons: Constraints) -> list[dict[str, Any]]:
             ready = [next(iter(waiting))]
         for k in ready:
             out.append(waiting.pop(k))
-            done.add(k)
     return out
+
+
+def _frees(plan: TablePlan) -> list[dict[str, Any]]:
+    """Placeholder updates freeing the unique values of the rows deleted late."""
+    if not plan.unique_columns:
+        return []
+    out = []
+    for pk in plan.late:
+        free = _placeholder(plan, {PK: pk, **dict.fromkeys(plan.unique_columns)})
+        if free is not None:
+            out.append(free)
+    return out
+
+
+def steps(plans: list[TablePlan], rows: dict[str, dict[Any, dict[str, Any]]],
+          cons: Constraints) -> Iterator[tuple[TablePlan, str, Any]]:
+    """Every write of ``plans`` (parents first), one row at a time, in :func:`write`'s
+    order: (plan, ``"delete"`` | ``"insert"`` | ``"update"``, key or values)."""
+    for plan in reversed(plans):
+        yield from ((plan, "delete", pk) for pk in plan.deletes)
+    for plan in plans:
+        yield from ((plan, "update", u) for u in _frees(plan))
+    for plan in plans:
+        yield from ((plan, "update", m) for m in _ordered_moves(plan, rows.get(plan.tt.name,
+                                                                              {})))
+        yield from ((plan, "insert", v) for v in _tree_order(plan, cons))
+        yield from ((plan, "update", u) for batch in plan.updates.values() for u in batch)
+    for plan in reversed(plans):
+        yield from ((plan, "delete", pk) for pk in plan.late)
 
 
 def write(conn: Connection, plans: list[TablePlan], cons: Constraints, result: MergeResult,
@@ -225,11 +281,10 @@ def write(conn: Connection, plans: list[TablePlan], cons: Constraints, result: M
     """Run ``plans`` (parents first) in the order the module docstring gives; ``rows``: per
     table, the rows as they were, by key (for the order of unique moves)."""
     for plan in reversed(plans):  # children first
-        tt = plan.tt
-        for chunk in chunks(plan.deletes):
-            conn.execute(delete(tt.table).where(tt.pk.in_(chunk)))
-        if plan.deletes:
-            result.tables.add(tt.name)
+        _delete(conn, plan, plan.deletes)
+    for plan in plans:
+        for free in _frees(plan):
+            _update(conn, plan.tt, [free])
     for plan in plans:  # parents first
         tt = plan.tt
         for move in _ordered_moves(plan, rows.get(tt.name, {})):
@@ -240,7 +295,17 @@ def write(conn: Connection, plans: list[TablePlan], cons: Constraints, result: M
             _update(conn, tt, batch)
         if plan.inserts or plan.updates or plan.moves:
             result.tables.add(tt.name)
+    for plan in reversed(plans):
+        _delete(conn, plan, plan.late)
     result.applied = len(result.applied_changes)
+
+
+def _delete(conn: Connection, plan: TablePlan, keys: list[Any]) -> None:
+    tt = plan.tt
+    for chunk in chunks(keys):
+        conn.execute(delete(tt.table).where(tt.pk.in_(chunk)))
+    if keys:
+        plan.result.tables.add(tt.name)
 
 
 def write_one(conn: Connection, plan: TablePlan, kind: str, item: Any) -> None:
@@ -253,12 +318,3 @@ def write_one(conn: Connection, plan: TablePlan, kind: str, item: Any) -> None:
         insert_values(conn, tt.table, [item])
     else:
         _update(conn, tt, [item])
-
-
-def planned_rows(plan: TablePlan, rows: dict[Any, dict[str, Any]], cons: Constraints
-                 ) -> list[tuple[str, Any]]:
-    """Every row ``plan`` writes, as (kind, item) in :func:`write`'s order (deletes apart)."""
-    out: list[tuple[str, Any]] = [("update", m) for m in _ordered_moves(plan, rows)]
-    out.extend(("insert", v) for v in _tree_order(plan, cons))
-    out.extend(("update", u) for batch in plan.updates.values() for u in batch)
-    return out
