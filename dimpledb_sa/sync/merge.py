@@ -194,8 +194,7 @@ class _Job:
                 if e.fixed or (name, eid) in self.keep:
                     continue
                 if e.admitted:
-                    win = {**e.win, **e.over, **e.fallback} if e.over or e.fallback else e.win
-                    plan.emit(eid, win, e.row, e.quiet)
+                    plan.emit(eid, e.written(), e.row, e.quiet or ())
                 elif e.present:
                     if e.row is not None:
                         plan.evict(e.row)

@@ -64,16 +64,16 @@ MISSING_PARENT = "missing parent row"
 Excluded = dict[tuple[str, str], str]
 """(entity type, entity id) -> why the database refused the entity's row."""
 
-Key = tuple[str, tuple[str | None, ...], str]  # (unique set label, value texts, hash)
+Key = tuple[str, tuple[str | None, ...]]  # (unique set label, the values' JSON texts)
 _UNSET: Any = object()
 
 
 class Entity:
     """One entity as the rules see it: its winning changes, its row, and the decision."""
 
-    __slots__ = ("_alt", "_rank", "before", "eid", "fallback", "fixed", "fk_out", "held",
-                 "log", "lost", "notes", "out", "over", "present", "quiet", "row", "unotes",
-                 "win")
+    __slots__ = ("_alt", "_keys", "_rank", "_row_keys", "before", "eid", "fallback", "fixed",
+                 "fk_out", "held", "log", "lost", "notes", "out", "over", "present", "quiet",
+                 "row", "unotes", "win")
 
     def __init__(self, eid: str, win: dict[str, ChangeRow], row: dict[str, Any] | None,
                  log: Sequence[ChangeRow] | None, present: bool) -> None:
@@ -88,18 +88,52 @@ class Entity:
         self.before: dict[str, str | None] | None = None
         self._rank: str | None = None
         self._alt: Any = _UNSET
-        self.reset()
-
-    def reset(self) -> None:
+        self._keys: list[Key] | None = None  # as last written by the winners (cached)
+        self._row_keys: list[Key] | None = None
         self.out = False  # kept out by a foreign key or the database
         self.fk_out = False  # kept out by a parent in the same table
         self.lost = False  # kept out by a unique value
         self.held: str | None = None
-        self.over: dict[str, ChangeRow] = {}  # derived values (nulls for missing parents)
-        self.quiet: set[str] = set()
-        self.fallback: dict[str, ChangeRow] = {}
-        self.notes: list[dict[str, Any]] = []
-        self.unotes: list[dict[str, Any]] = []
+        self.over: dict[str, ChangeRow] | None = None  # derived values (nulls)
+        self.quiet: set[str] | None = None  # attributes of ``over``
+        self.fallback: dict[str, ChangeRow] | None = None  # previous unique values
+        self.notes: list[dict[str, Any]] | None = None  # conflicts (foreign keys, check)
+        self.unotes: list[dict[str, Any]] | None = None  # conflicts (unique values)
+
+    def reset(self) -> None:
+        if self.out or self.fk_out or self.lost or self.held or self.over or self.notes \
+                or self.unotes or self.fallback:
+            self.out = self.fk_out = self.lost = False
+            self.held = None
+            if self.over:
+                self._keys = None  # they were the keys with the derived values
+            self.over = self.quiet = self.fallback = None
+            self.notes = self.unotes = None
+
+    def derive(self, attr: str, change: ChangeRow) -> None:
+        """Write ``change``'s value for ``attr`` though no change sets it (a null)."""
+        if self.over is None:
+            self.over, self.quiet = {}, set()
+        assert self.quiet is not None
+        self.over[attr] = change
+        self.quiet.add(attr)
+        self._keys = None
+
+    def note(self, note: dict[str, Any]) -> None:
+        if self.notes is None:
+            self.notes = []
+        self.notes.append(note)
+
+    def unote(self, note: dict[str, Any]) -> None:
+        if self.unotes is None:
+            self.unotes = []
+        self.unotes.append(note)
+
+    def written(self) -> dict[str, ChangeRow]:
+        """The change whose value each attribute is written with."""
+        if not self.over and not self.fallback:
+            return self.win
+        return {**self.win, **(self.over or {}), **(self.fallback or {})}
 
     @property
     def admitted(self) -> bool:
@@ -127,16 +161,19 @@ class Entity:
     def latest(self) -> ChangeRow | None:
         return max(self.win.values(), default=None)
 
-    def moved(self, pk: str) -> bool:
-        """Whether the row comes or goes: it was in the table (before this merge, or before
-        this replica's own recent changes) and is not after it, or the reverse."""
-        if self.fixed:
-            return False
-        now = self.admitted
-        if (self.row is not None) != now:
-            return True
-        return self.before is not None and pk in self.before and (
-            self.before[pk] is not None) != now
+    def _was(self, pk: str) -> set[bool]:
+        """Whether the row was in the table before this merge, and (when known) before this
+        replica's own recent changes."""
+        was = {self.row is not None}
+        if self.before is not None and pk in self.before:
+            was.add(self.before[pk] is not None)
+        return was
+
+    def arrived(self, pk: str) -> bool:
+        return not self.fixed and self.admitted and False in self._was(pk)
+
+    def left(self, pk: str) -> bool:
+        return not self.fixed and not self.admitted and True in self._was(pk)
 
 
 def _note(kind: str, etype: str, e: Entity, attr: str | None, change: ChangeRow,
@@ -166,7 +203,9 @@ class Resolver:
         self.excluded = excluded
         self.entities: dict[str, dict[str, Entity]] = {}
         self._presence: dict[tuple[str, str], str] = {}
-        self._looked: set[str] = set()  # unique-key hashes looked up
+        self._looked: set[Key] = set()  # unique keys looked up
+        c = schema.conflicts
+        self.any_conflicts = conn.execute(select(c.c.id).limit(1)).first() is not None
         self._expanded: set[tuple[str, str]] = set()  # (child table, parent id) looked up
         self._required = {name: required_columns(tt) for name, tt in self.tracked.items()}
 
@@ -233,7 +272,7 @@ class Resolver:
             latest = e.latest()
             if why is not None and latest is not None:
                 e.out = True
-                e.notes.append(_note(CHECK, name, e, None, latest, None,
+                e.note(_note(CHECK, name, e, None, latest, None,
                                      f"{name} {eid} is kept out: the database refused it "
                                      f"({why})"))
                 continue
@@ -255,6 +294,8 @@ class Resolver:
         text = e.text(r.column, tt.codecs)
         if text is None:
             return None
+        if text[0] == '"' and "\\" not in text:  # a key as JSON text: a plain string
+            return text[1:-1]
         return str(json.loads(text))
 
     def _presences(self, parent: str, pids: set[str]) -> dict[str, str]:
@@ -289,17 +330,16 @@ class Resolver:
         assert change is not None
         if r.sets_null:
             w = e.win.get(r.column, change)
-            e.over[r.column] = (w[ROW_ID], w[ROW_TRANSACTION], name, e.eid, r.column,
-                                w[ROW_OLD], None)
-            e.quiet.add(r.column)
-            e.notes.append(_note(FOREIGN_KEY, name, e, r.column, change, (r.parent, pid),
+            e.derive(r.column, (w[ROW_ID], w[ROW_TRANSACTION], name, e.eid, r.column,
+                                w[ROW_OLD], None))
+            e.note(_note(FOREIGN_KEY, name, e, r.column, change, (r.parent, pid),
                                  f"{name} {e.eid} has {r.column} null: {r.parent} {pid} is "
                                  "not in its table"))
             return False
         if state == "unknown":
             e.held = MISSING_PARENT
         else:
-            e.notes.append(_note(FOREIGN_KEY, name, e, r.column, change, (r.parent, pid),
+            e.note(_note(FOREIGN_KEY, name, e, r.column, change, (r.parent, pid),
                                  f"{name} {e.eid} is kept out: its {r.column} names "
                                  f"{r.parent} {pid}, which is not in its table"))
         return True
@@ -307,17 +347,19 @@ class Resolver:
     def _check_refs(self, tt: TrackedTable, refs: list[Reference], cands: list[Entity]
                     ) -> None:
         wanted: dict[str, set[str]] = {}
+        named: list[tuple[Entity, list[tuple[Reference, str]]]] = []
         for e in cands:
+            pairs = []
             for r in refs:
                 pid = self._parent_of(tt, e, r)
                 if pid is not None:
                     wanted.setdefault(r.parent, set()).add(pid)
+                    pairs.append((r, pid))
+            if pairs:
+                named.append((e, pairs))
         states = {parent: self._presences(parent, pids) for parent, pids in wanted.items()}
-        for e in cands:
-            for r in refs:
-                pid = self._parent_of(tt, e, r)
-                if pid is None:
-                    continue
+        for e, pairs in named:
+            for r, pid in pairs:
                 state = states[r.parent][pid]
                 if state != "yes" and self._missing_parent(tt, e, r, pid, state):
                     e.out = True
@@ -330,7 +372,7 @@ class Resolver:
         for e in live:
             for r in refs:
                 pid = self._parent_of(tt, e, r)
-                if pid is None or pid == e.eid or r.column in e.over:
+                if pid is None or pid == e.eid or (e.over and r.column in e.over):
                     continue
                 parent = ents.get(pid)
                 if parent is not None:
@@ -344,23 +386,26 @@ class Resolver:
 
     def _expand_children(self, tt: TrackedTable, ents: dict[str, Entity],
                          refs: list[Reference]) -> bool:
-        """Load the children (through ``refs``) of rows that come or go."""
-        moved = [e.eid for e in ents.values() if e.moved(tt.pk_name)]
+        """Load the children (through ``refs``) of rows that come or go: those in the
+        table naming a row that leaves it, those kept out for a row that arrives."""
+        pk = tt.pk_name
+        left = [e.eid for e in ents.values() if e.left(pk)]
+        arrived = [e.eid for e in ents.values() if e.arrived(pk)] if self.any_conflicts else []
         added = False
         for r in refs:
-            pids = [p for p in moved if (r.table, p) not in self._expanded]
-            if not pids:
-                continue
-            self._expanded.update((r.table, p) for p in pids)
+            gone = [p for p in left if (r.table, p) not in self._expanded]
+            back = [p for p in arrived if (r.table, p) not in self._expanded]
+            self._expanded.update((r.table, p) for p in gone + back)
             child = self.tracked[r.table]
             col = child.table.c[r.column]
             to_value = child.codecs[r.column].from_json
             found: set[str] = set()
-            for chunk in chunks(pids):
+            for chunk in chunks(gone):
                 values = [to_value(p) for p in chunk]
                 found.update(str(k) for k in self.conn.execute(
                     select(child.pk).where(col.in_(values))).scalars())
-            found |= entities_with_parents(self.conn, r.table, tt.name, pids)
+            if back:
+                found |= entities_with_parents(self.conn, r.table, tt.name, back)
             added = self.load(r.table, found) or added
         return added
 
@@ -377,6 +422,11 @@ class Resolver:
               before: bool = False) -> list[Key]:
         """``e``'s unique keys as it is written (with ``alt``), or as its row is (``row``),
         or as it was before this replica's own recent changes (``before``)."""
+        plain = alt is None and not row and not before
+        if plain and e._keys is not None and not e.fallback:
+            return e._keys
+        if row and e._row_keys is not None:
+            return e._row_keys
         out: list[Key] = []
         for u in uniques:
             if row:
@@ -389,7 +439,11 @@ class Resolver:
             else:
                 texts = tuple(e.text(c, tt.codecs, alt) for c in u.columns)
             if None not in texts:
-                out.append((u.label, texts, key_hash(u.label, texts)))
+                out.append((u.label, texts))
+        if plain and not e.fallback:
+            e._keys = out
+        elif row:
+            e._row_keys = out
         return out
 
     def _alt(self, tt: TrackedTable, uniques: list[UniqueSet], e: Entity
@@ -423,29 +477,27 @@ class Resolver:
         """Rule 2 over ``live`` (rows without history in ``ents`` hold their values first)."""
         for e in live:
             e.lost = False
-            e.fallback = {}
-            e.unotes = []
+            e.fallback = e.unotes = None
         if not uniques:
             return
-        taken: dict[str, Entity] = {}
+        taken: dict[Key, Entity] = {}
         for e in ents.values():
             if e.fixed:
-                for k in self._keys(tt, uniques, e):
-                    taken[k[2]] = e
+                taken.update((k, e) for k in self._keys(tt, uniques, e))
         losers: list[tuple[Entity, Key, Entity]] = []
         for e in sorted(live, key=lambda e: (self._rank(tt, uniques, e), e.eid)):
             keys = self._keys(tt, uniques, e)
-            clash = next((k for k in keys if k[2] in taken), None)
+            clash = next((k for k in keys if k in taken), None)
             if clash is not None:
                 e.lost = True
-                losers.append((e, clash, taken[clash[2]]))
+                losers.append((e, clash, taken[clash]))
             else:
-                taken.update((k[2], e) for k in keys)
+                taken.update((k, e) for k in keys)
         for e, clash, holder in losers:
             self._fall_back(tt, uniques, e, clash, holder, taken)
 
     def _fall_back(self, tt: TrackedTable, uniques: list[UniqueSet], e: Entity, clash: Key,
-                   holder: Entity, taken: dict[str, Entity]) -> None:
+                   holder: Entity, taken: dict[Key, Entity]) -> None:
         name = tt.name
         cols = clash[0].split(",")
         attr = max((c for c in cols if c in e.win), key=lambda c: e.win[c][ROW_ID],
@@ -457,47 +509,51 @@ class Resolver:
         alt = self._alt(tt, uniques, e)
         if alt is not None:
             keys = self._keys(tt, uniques, e, alt)
-            clash1 = next((k for k in keys if k[2] in taken), None)
+            clash1 = next((k for k in keys if k in taken), None)
             if clash1 is None:
                 e.lost = False
                 e.fallback = alt
-                taken.update((k[2], e) for k in keys)
-                e.unotes.append(_note(UNIQUE, name, e, attr, change, other,
-                                      f"{name} {e.eid} keeps its previous {attr}: {value} "
-                                      f"belongs to {name} {holder.eid}, which set it first",
-                                      key=clash[2]))
+                taken.update((k, e) for k in keys)
+                e.unote(_note(UNIQUE, name, e, attr, change, other,
+                              f"{name} {e.eid} keeps its previous {attr}: {value} belongs "
+                              f"to {name} {holder.eid}, which set it first",
+                              key=key_hash(*clash)))
                 return
-            e.unotes.append(_note(UNIQUE, name, e, attr, change, (name, taken[clash1[2]].eid),
-                                  "its previous value is taken too", key=clash1[2],
-                                  listed=False))
-        e.unotes.append(_note(UNIQUE, name, e, attr, change, other,
-                              f"{name} {e.eid} is kept out: its {attr} {value} belongs to "
-                              f"{name} {holder.eid}, which set it first", key=clash[2]))
+            e.unote(_note(UNIQUE, name, e, attr, change, (name, taken[clash1].eid),
+                          "its previous value is taken too", key=key_hash(*clash1),
+                          listed=False))
+        e.unote(_note(UNIQUE, name, e, attr, change, other,
+                      f"{name} {e.eid} is kept out: its {attr} {value} belongs to "
+                      f"{name} {holder.eid}, which set it first", key=key_hash(*clash)))
 
     def _expand_unique(self, tt: TrackedTable, uniques: list[UniqueSet],
                        ents: dict[str, Entity]) -> bool:
         """Load the entities that hold, or wait for, a unique value one of ``ents`` has,
-        wants or falls back to."""
-        wanted: dict[str, dict[str, tuple[str | None, ...]]] = {}
+        wants or falls back to (rows hold only their own values: no need to ask for those)."""
+        ask_rows: dict[str, set[tuple[str | None, ...]]] = {}
+        ask_conflicts: list[str] = []
         for e in list(ents.values()):
-            keys = self._keys(tt, uniques, e) + self._keys(tt, uniques, e, row=True)
+            own = self._keys(tt, uniques, e, row=True)
+            keys = self._keys(tt, uniques, e) + own
             if e.before:
                 keys += self._keys(tt, uniques, e, before=True)
             if e.lost:
                 alt = self._alt(tt, uniques, e)
                 if alt is not None:
                     keys += self._keys(tt, uniques, e, alt)
-            for label, texts, h in keys:
-                if h not in self._looked:
-                    self._looked.add(h)
-                    wanted.setdefault(label, {})[h] = texts
-        if not wanted:
-            return False
+            for k in keys:
+                if k in self._looked:
+                    continue
+                self._looked.add(k)
+                if k not in own:
+                    ask_rows.setdefault(k[0], set()).add(k[1])
+                if self.any_conflicts:
+                    ask_conflicts.append(key_hash(*k))
         found: set[str] = set()
-        for label, by_hash in wanted.items():
-            found |= self._holders(tt, label.split(","), list(by_hash.values()))
-        found |= entities_with_keys(self.conn, tt.name,
-                                    [h for by_hash in wanted.values() for h in by_hash])
+        for label, texts in ask_rows.items():
+            found |= self._holders(tt, label.split(","), list(texts))
+        if ask_conflicts:
+            found |= entities_with_keys(self.conn, tt.name, ask_conflicts)
         return self.load(tt.name, found)
 
     def _holders(self, tt: TrackedTable, cols: list[str],
@@ -521,7 +577,7 @@ class Resolver:
     # -- results ----------------------------------------------------------------------------
     def notes(self) -> list[dict[str, Any]]:
         return [n for ents in self.entities.values() for e in ents.values()
-                for n in (*e.notes, *e.unotes)]
+                for n in (*(e.notes or ()), *(e.unotes or ()))]
 
 
 def _logged(conn: Connection, name: str, entity_ids: Sequence[str]) -> set[str]:
