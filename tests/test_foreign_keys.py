@@ -17,7 +17,7 @@ from pathlib import Path
 import fsspec
 import pytest
 from conflictmodels import Base, Item, Node, Note, Score, User
-from sqlalchemy import ForeignKey
+from sqlalchemy import ForeignKey, delete
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from syncmodels import Device, Devices, device_set, sync_all
 
@@ -115,6 +115,25 @@ def test_a_cascade_the_orm_also_does_is_recorded_once(
     for pet in pets:
         assert [c.new_value for c in a.db.history(Pet, pet.id)][1:] == [owner.id, None]
     assert a.rows(Pet) == []
+
+
+@FK
+def test_an_orm_delete_statement_records_the_cascade_too(
+        devs: Devices, foreign_keys: tuple[bool, bool]) -> None:
+    a, b = pair(devs, foreign_keys)
+    users = [User(email=f"{n}@x") for n in range(3)]
+    a.add(*users)
+    items = [Item(user_id=u.id, title="t") for u in users]
+    a.add(*items)
+    with a.Session() as s:
+        s.execute(delete(User).where(User.email != "2@x"))
+        s.commit()
+    assert [r[0] for r in a.rows(Item)] == [items[2].id]
+    for item in items[:2]:
+        assert a.db.history(Item, item.id)[-1].new_value is None
+    sync_all(a, b)
+    converged(a, b)
+    assert b.db.conflicts() == []
 
 
 # --------------------------------------------------------------------------- merge

@@ -370,10 +370,15 @@ class Capture:
             _fill(self._connection(session, pending), refetch)
             groups = [g for g in groups if g[GROUP_NEWS]]
         if pending.cascades:
-            effects, pending.cascades = pending.cascades, []
-            groups.extend(self.cascades.record(self._connection(session, pending), effects,
-                                               groups))
+            groups = self._with_cascades(session, pending, groups)
         self._record(session, pending, groups)
+
+    def _with_cascades(self, session: Session, pending: _Pending, groups: list[Group]
+                       ) -> list[Group]:
+        """``groups`` plus what the database did to the children of the deleted rows."""
+        effects, pending.cascades = pending.cascades, []
+        return groups + self.cascades.record(self._connection(session, pending), effects,
+                                             groups)
 
     def _record(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
         """Buffer one flush's (or statement's) groups with its savepoint."""
