@@ -237,7 +237,7 @@ def seed(replicas: list[Device]) -> None:
         dev.sync()
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_with_unique_and_foreign_keys(data: st.DataObject) -> None:
