@@ -28,6 +28,7 @@ from __future__ import annotations
 from . import signals
 from .core.changes import Change
 from .core.clock import new_id
+from .core.conflicts import Conflict
 from .core.errors import (
     ConfigurationError,
     DecryptionError,
@@ -48,6 +49,7 @@ from .sync.keys import generate_device_key
 __all__ = [
     "Change",
     "ConfigurationError",
+    "Conflict",
     "DecryptionError",
     "DimpleDb",
     "DimpleError",

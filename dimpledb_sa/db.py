@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from .core.changes import Change
     from .core.clock import HybridClock
+    from .core.conflicts import Conflict
     from .core.report import SyncReport
     from .live.query import LiveQuery
     from .live.registry import Registry
@@ -188,6 +189,37 @@ class DimpleDb:
         if not plans:
             raise ConfigurationError(f"{model!r} is not a tracked table")
         return [(p.tracked, {column: key for key, column, _ in p.attrs}) for p in plans]
+
+    # -- conflicts -------------------------------------------------------------------------
+    def conflicts(self) -> list[Conflict]:
+        """The changes merges keep out of the tables (a unique value another row holds, a
+        missing parent row, a row the database refuses), still unresolved; see
+        ``docs/API.md``, *Conflicts*."""
+        from .core.conflicts import read
+
+        with self.engine.connect() as conn:
+            return read(conn)
+
+    def discard(self, conflict: Conflict) -> str | None:
+        """Give up a conflict's kept-out change with a new local transaction (it syncs like
+        any other): a delete of the row kept out of its table, or, for a row that stays with
+        a value the rules chose, that value. Returns the transaction id (``None``: nothing
+        to record). The conflict is gone here at once and everywhere after their next sync.
+        """
+        from .core import meta
+        from .core.changes import ROW_TRANSACTION
+        from .core.conflicts import discard
+        from .sync.merge import settle_local
+
+        with self.replica.sync_lock, self.engine.begin() as conn:
+            meta.take_write_lock(conn)
+            rows = discard(self.replica, conn, conflict)
+            if rows:
+                settle_local(self.replica, conn)
+        if not rows:
+            return None
+        self.replica.committed_local(rows)
+        return rows[0][ROW_TRANSACTION]
 
     # -- sync and friends ------------------------------------------------------------------
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dimpledb_sa
 
 API = {
-    "Change", "ConfigurationError", "DecryptionError", "DimpleDb", "DimpleError",
+    "Change", "ConfigurationError", "Conflict", "DecryptionError", "DimpleDb", "DimpleError",
     "RemoteFormatError", "Session", "SyncError", "SyncReport", "new_id", "signals",
 }
 EXTRAS = {"generate_identity", "LiveQuery", "HistoryError", "RevertError", "generate_device_key",

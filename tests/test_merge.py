@@ -369,12 +369,15 @@ def test_a_local_child_of_a_parent_deleted_elsewhere_is_held(devs: Devices) -> N
     b.add(item)
     a.sync()
     report = b.sync()  # the parent goes, so its new child cannot stay (nor fail the commit)
-    assert report.errors == {} and report.held == 1
+    assert report.errors == {} and report.held == 0 and report.conflicts == 1
     assert b.rows(Folder) == [] and b.rows(Item) == []
-    assert b.held() == [("item", item.id, "id", "missing parent row")]
+    [conflict] = b.db.conflicts()  # kept out, as a foreign-key conflict
+    assert (conflict.kind, conflict.entity_id, conflict.attribute, conflict.other_entity_id
+            ) == ("foreign_key", item.id, "folder_id", folder.id)
     assert [c.attribute for c in b.db.history(Item, item.id)] == ["id", "folder_id", "label"]
     a.sync()
-    assert a.held() == b.held()
+    assert a.held() == b.held() == []
+    assert a.db.conflicts() == b.db.conflicts()
     assert a.snapshot() == b.snapshot() and a.log() == b.log()
 
     a.add(Folder(id=folder.id, name="f again"))  # the parent comes back, and the child too
@@ -383,7 +386,7 @@ def test_a_local_child_of_a_parent_deleted_elsewhere_is_held(devs: Devices) -> N
     for d in (a, b):
         assert d.get(Item, item.id) == {"id": item.id, "folder_id": folder.id,
                                         "label": "added meanwhile"}
-        assert d.held() == []
+        assert d.held() == [] and d.db.conflicts() == []
     assert a.snapshot() == b.snapshot() and a.log() == b.log()
 
 

@@ -23,6 +23,7 @@ from ..core.changelog import Group
 from ..core.errors import DimpleError
 from ..core.rows import fetch_rows
 from ..core.tracking import MapperPlan, TrackedTable
+from .cascades import Effect
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -187,6 +188,11 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plans: tuple[MapperPlan, 
     else:
         keys = _targets(conn, state, plans[0])
     befores = [fetch_rows(conn, p.tracked, keys) for p in plans]
+    cascades: list[Effect] = []
+    if state.is_delete and keys and capture.cascades:
+        tt0 = plans[0].tracked
+        cascades = capture.cascades.find(
+            conn, {tt0.name: [tt0.codecs[tt0.pk_name].from_json(k) for k in keys]})
 
     result: Any = state.invoke_statement(**invoke)
     rows = (result.returns_rows if isinstance(result, CursorResult)
@@ -202,6 +208,8 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plans: tuple[MapperPlan, 
         else:
             after = fetch_rows(conn, tt, keys)
         groups.extend(row_groups(tt, keys, before, after, state.is_delete))
+    if cascades:
+        groups.extend(capture.cascades.record(conn, cascades, groups))
     if groups:
         capture.record(session, bind, groups)
     return result

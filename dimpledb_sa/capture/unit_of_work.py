@@ -7,11 +7,15 @@ session that reaches the database's engine (the application's own sessionmakers,
 
 - ``before_flush``: old values a flush would lose are saved: those never loaded (the object
   was expired, the column deferred) are read with one ``SELECT`` per table, and those of
-  attributes set to a SQL expression (which the flush expires) are kept.
+  attributes set to a SQL expression (which the flush expires) are kept. Child rows the
+  database will delete or null by itself (``ON DELETE CASCADE`` / ``SET NULL``) when a
+  deleted tracked row goes are found now (see :mod:`.cascades`).
 - ``after_flush``: history still shows the pre-flush state; the flushed inserts, updates and
   deletes (ORM cascades and orphans included, via the flush's own state list) become one
   *group* per entity (see :mod:`..core.changelog`), buffered per session with the savepoint
-  they ran in. Values the database computed (server defaults, SQL expressions) are read back.
+  they ran in. Values the database computed (server defaults, SQL expressions) are read back,
+  and the children's cascaded deletes and nulls are recorded (and made, where the database
+  did not enforce its foreign keys).
 - ``do_orm_execute``: ORM-enabled ``insert``/``update``/``delete`` statements, see
   :mod:`.statements`.
 - ``before_commit`` (root transaction only): flush, then write every buffered group as one
@@ -21,9 +25,8 @@ session that reaches the database's engine (the application's own sessionmakers,
   ``changes_committed``.
 
 Core statements (``connection.execute(insert(table))``) are captured only on an engine that
-opts in (:mod:`.core_dml`). Never captured: raw SQL, rows a database deletes
-by itself (``ON DELETE CASCADE`` with ``passive_deletes``) and in-place mutations of JSON
-values the ORM does not see (use ``MutableDict``).
+opts in (:mod:`.core_dml`). Never captured: raw SQL and in-place mutations of JSON values
+the ORM does not see (use ``MutableDict``).
 
 Per-session state lives in ``session.info``; the listeners' registry holds the ``Capture``
 weakly.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction
@@ -55,6 +59,7 @@ from ..core.errors import DimpleError
 from ..core.rows import fetch_rows, gc_paused
 from ..core.tracking import MapperPlan, mapper_plans
 from . import listeners
+from .cascades import Cascades, Effect
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -91,7 +96,7 @@ class _Pending:
     flush (another ``before_commit`` listener's) writes its groups straight away.
     """
 
-    __slots__ = ("bind", "committing", "entries", "old", "plans", "rows")
+    __slots__ = ("bind", "cascades", "committing", "entries", "old", "plans", "rows")
 
     def __init__(self) -> None:
         self.entries: list[tuple[SessionTransaction | None, list[Group]]] = []
@@ -100,6 +105,7 @@ class _Pending:
         self.bind: Any = None
         self.rows: list[PackedRow] = []
         self.committing = False
+        self.cascades: list[Effect] = []  # what the database will do to children
 
 
 def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -121,6 +127,7 @@ class Capture:
         self._class_plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
         self._key = f"dimpledb_sa.capture.{id(self)}"
         self.core: CoreCapture | None = None
+        self.cascades = Cascades(self.tracked)
         self._installed = False
 
     # -- registration ----------------------------------------------------------------------
@@ -186,8 +193,14 @@ class Capture:
     # -- flush -----------------------------------------------------------------------------
     def before_flush(self, session: Session) -> None:
         pending: _Pending | None = session.info.get(self._key)
-        if pending is not None and pending.old:
-            pending.old = {}
+        if pending is not None:
+            if pending.old:
+                pending.old = {}
+            pending.cascades = []
+        if self.cascades:
+            deleted = deleted_states(session)
+            if deleted:
+                self._find_cascades(session, deleted)
         modified = modified_states(session)
         if not modified:
             return
@@ -219,6 +232,29 @@ class Capture:
             self._fetch_unloaded(session, unloaded, saved)
         if saved:
             self._pending(session).old = saved
+
+    def _find_cascades(self, session: Session, deleted: Iterable[InstanceState[Any]]) -> None:
+        """Find the children the database will delete or null with the deleted rows."""
+        by_table: dict[str, list[Any]] = {}
+        bind: Any = None
+        for state in deleted:
+            if state.key is None:
+                continue
+            for plan in self._class_plans_of(state):
+                if plan.name in self.cascades.by_parent:
+                    found = self.bind_for(session, state.mapper)
+                    if found is not None:
+                        bind = found
+                        by_table.setdefault(plan.name, []).append(state.key[1][0])
+        if not by_table:
+            return
+        effects = self.cascades.find(session.connection(bind_arguments={"bind": bind}),
+                                     by_table)
+        if effects:
+            pending = self._pending(session)
+            if pending.bind is None:
+                pending.bind = bind
+            pending.cascades = effects
 
     def _fetch_unloaded(self, session: Session,
                         unloaded: dict[MapperPlan, list[tuple[InstanceState[Any], list[str]]]],
@@ -332,7 +368,16 @@ class Capture:
         if refetch:
             _fill(self._connection(session, pending), refetch)
             groups = [g for g in groups if g[GROUP_NEWS]]
+        if pending.cascades:
+            groups = self._with_cascades(session, pending, groups)
         self._record(session, pending, groups)
+
+    def _with_cascades(self, session: Session, pending: _Pending, groups: list[Group]
+                       ) -> list[Group]:
+        """``groups`` plus what the database did to the children of the deleted rows."""
+        effects, pending.cascades = pending.cascades, []
+        return groups + self.cascades.record(self._connection(session, pending), effects,
+                                             groups)
 
     def _record(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
         """Buffer one flush's (or statement's) groups with its savepoint."""

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.errors import ConfigurationError, DimpleError
 from .keys import add_key_options, cmd_keygen
-from .local import cmd_history, cmd_status, cmd_sync
+from .local import cmd_conflicts, cmd_history, cmd_status, cmd_sync
 from .output import PROG, CliError
 from .recipients import cmd_recipients
 from .remote import add_remote_options, cmd_inspect, cmd_verify
@@ -161,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(2026-11-26T10:30:00Z, 2026-11-26 11:30+01:00), or `now` (default)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("conflicts", parents=[common], help="changes kept out by conflicts",
+                       description="The changes merges keep out of the tables because they "
+                                   "break a constraint (a unique value another row holds, a "
+                                   "parent row that is not there, a row the database "
+                                   "refuses), with the row each collided with. They apply by "
+                                   "themselves once an edit on any device makes room.")
+    p.add_argument("database", metavar="DB", help="SQLAlchemy URL or SQLite file path")
+    p.add_argument("--table", metavar="TABLE", help="only the conflicts of rows of TABLE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_conflicts)
 
     p = sub.add_parser("inspect", parents=[common], help="look at a remote",
                        description="List the authors, manifests and bundles of a remote; "

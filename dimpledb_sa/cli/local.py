@@ -1,4 +1,4 @@
-"""The commands about one database: sync, status and history.
+"""The commands about one database: sync, status, history and conflicts.
 
 This module owns ``sync`` (a ``DimpleDb`` over the reflected tables or ``--models``, with
 bookkeeping tables created on first use, ``--recipient`` keys added to the database's
@@ -7,8 +7,10 @@ tracking,
 push and pull progress reported by observing the ``Storage`` calls, and a report on stdout
 with per-author errors on stderr), ``status`` (the author id, what was pushed and not yet
 pushed, what was pulled from each author, held changes and, with ``--remote``, what waits
-there to be pulled) and ``history`` (every recorded change of one row, grouped by
-transaction). ``status`` and ``history`` open the database read-only and write nothing.
+there to be pulled), ``history`` (every recorded change of one row, grouped by
+transaction) and ``conflicts`` (the changes merges keep out of the tables, each with the
+row it collided with and the change kept out). ``status``, ``history`` and ``conflicts``
+open the database read-only and write nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
 
-from ..core import changelog, schema
+from ..core import changelog, conflicts, schema
 from ..core.errors import ConfigurationError, DimpleError, SyncError
 from ..sync.wire import decode_manifest
 from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from ..db import DimpleDb
     from ..sync.storage import Storage
 
-__all__ = ["cmd_history", "cmd_status", "cmd_sync"]
+__all__ = ["cmd_conflicts", "cmd_history", "cmd_status", "cmd_sync"]
 
 
 # -- sync --------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def _unpushed(engine: Engine, me: str) -> tuple[int, str | None]:
 
 def _report_doc(report: SyncReport) -> dict[str, Any]:
     return {"pushed": report.pushed, "pulled": report.pulled, "applied": report.applied,
-            "held": report.held, "errors": dict(report.errors),
+            "held": report.held, "conflicts": report.conflicts, "errors": dict(report.errors),
             "requests": dict(report.requests)}
 
 
@@ -207,6 +209,9 @@ def _print_report(args: argparse.Namespace, report: SyncReport, error: SyncError
     elif not args.quiet:
         print(f"pushed {report.pushed} transaction(s), pulled {report.pulled}, applied "
               f"{report.applied} change(s), {report.held} held, in {elapsed:.2f} s")
+        if report.conflicts:
+            print(f"{report.conflicts} conflict(s): changes kept out of the tables "
+                  f"(`{PROG} conflicts {args.database}` lists them)")
     for who, message in sorted(report.errors.items()):
         kind = report.error_kinds.get(who)
         if who == "push":
@@ -261,6 +266,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                             func.count()).group_by(
                 h.c.entity_type, h.c.attribute, h.c.reason).order_by(h.c.entity_type,
                                                                      h.c.attribute)))
+            kept_out = conflicts.count(conn)
         unpushed, oldest = _unpushed(engine, me)
     finally:
         engine.dispose()
@@ -276,6 +282,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "unpushed": unpushed,
             "held": [{"entity_type": e, "attribute": a, "reason": r, "count": n}
                      for e, a, r, n in held],
+            "conflicts": kept_out,
             "cursors": [{"author": a, "last_transaction_id": tx, "synced_at": at}
                         for a, tx, at in cursors],
             "remote": remote,
@@ -290,6 +297,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"held         {total_held} change(s)")
     for e, a, r, n in held:
         print(f"               {e}.{a}: {n} ({r})")
+    print(f"conflicts    {kept_out} change(s) kept out"
+          + (f" (`{PROG} conflicts` lists them)" if kept_out else ""))
     print(f"authors      {len(cursors)} pulled from")
     for a, tx, at in cursors:
         print(f"  {a}  through {tx} ({when(tx)}), last pulled {at}")
@@ -375,4 +384,44 @@ def cmd_history(args: argparse.Namespace) -> int:
         else:
             print(f"    {ch.attribute:<{width}}  {_value(ch.old_value)} -> "
                   f"{_value(ch.new_value)}")
+    return 0
+
+
+# -- conflicts --------------------------------------------------------------------------------
+def _conflict_doc(c: conflicts.Conflict) -> dict[str, Any]:
+    ch = c.change
+    return {"kind": c.kind, "entity_type": c.entity_type, "entity_id": c.entity_id,
+            "attribute": c.attribute, "other_entity_type": c.other_entity_type,
+            "other_entity_id": c.other_entity_id, "detail": c.detail,
+            "change": {"id": ch.id, "transaction_id": ch.transaction_id, "author": ch.author,
+                       "timestamp": ch.timestamp.isoformat(), "attribute": ch.attribute,
+                       "old_value": ch.old_value, "new_value": ch.new_value}}
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    engine = open_engine(args.database, readonly=True)
+    try:
+        require_bookkeeping(engine)
+        me = read_author(engine)
+        with engine.connect() as conn:
+            found = conflicts.read(conn)
+    finally:
+        engine.dispose()
+    if args.table:
+        found = [c for c in found if c.entity_type == args.table]
+    if args.json:
+        print_json([_conflict_doc(c) for c in found])
+        return 0
+    if not found:
+        print("no conflicts: every change merged is in the tables")
+        return 0
+    print(f"{len(found)} conflict(s): changes kept out of the tables")
+    for c in found:
+        ch = c.change
+        where = f"{c.entity_type} {c.entity_id}" + (f" .{c.attribute}" if c.attribute else "")
+        who = ch.author + (" (this database)" if ch.author == me else "")
+        print(f"{c.kind:<12} {where}")
+        print(f"    {c.detail}")
+        print(f"    kept out: {ch.attribute} -> {_value(ch.new_value)}, change {ch.id} "
+              f"({when(ch.id)}) by {who}")
     return 0

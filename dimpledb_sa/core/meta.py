@@ -2,9 +2,11 @@
 
 Keys: ``author_id`` (this database's author, created once), ``clock`` (the clock floor:
 every id the database holds is at or below it, see :mod:`.changelog`),
-``pushed_through`` (the last local transaction a push uploaded) and
-``history_pruned_before`` (an id: ``prune_history`` may have dropped superseded changes
-older than it, so history before it can no longer be viewed or reverted). Every function works on
+``pushed_through`` (the last local transaction a push uploaded), ``settled_through`` (the
+last local transaction whose entities the merge's rules have looked at, see
+:mod:`..sync.merge`) and ``history_pruned_before`` (an id: ``prune_history`` may have
+dropped superseded changes older than it, so history before it can no longer be viewed or
+reverted). Every function works on
 the caller's connection, inside the caller's transaction.
 """
 
@@ -21,6 +23,7 @@ __all__ = [
     "CLOCK",
     "PRUNED_BEFORE",
     "PUSHED_THROUGH",
+    "SETTLED_THROUGH",
     "author_id",
     "get",
     "put",
@@ -33,6 +36,7 @@ AUTHOR_ID = "author_id"
 CLOCK = "clock"
 PUSHED_THROUGH = "pushed_through"
 PRUNED_BEFORE = "history_pruned_before"
+SETTLED_THROUGH = "settled_through"
 
 
 def get(conn: Connection, key: str) -> str | None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import meta
 from .changelog import PackedRow, expand_all
-from .changes import ROW_ENTITY_TYPE, Change, ChangeRow, changes_from_rows
+from .changes import ROW_ENTITY_TYPE, Change, changes_from_rows
 from .clock import DEFAULT_MAX_DRIFT, HybridClock
 from .signals import send_committed
 
@@ -79,12 +79,6 @@ class Replica:
         ``Change`` records only if a receiver reads them)."""
         self.committed({r[ROW_ENTITY_TYPE] for r in packed},
                        lambda: changes_from_rows(expand_all(packed), self.author_id), "local")
-
-    def committed_merged(self, rows: Sequence[ChangeRow], authors: Mapping[str, str]) -> None:
-        """:meth:`committed` (origin ``"sync"``) for the change rows a merge applied, whose
-        transactions' authors are ``authors``."""
-        self.committed({r[ROW_ENTITY_TYPE] for r in rows},
-                       lambda: changes_from_rows(sorted(rows), authors), "sync")
 
     def __repr__(self) -> str:
         return f"<Replica {self.engine.url!r} tables={sorted(self.tracked)}>"

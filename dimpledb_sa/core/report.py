@@ -21,6 +21,8 @@ table or column, or a row they need (cumulative: still-held pairs count again). 
     or notes file that does not decode): each is named in ``errors`` and retried on the next
     sync, while everything else merges.
     ``requests``: storage calls made, by kind (``"ls"``, ``"get"``, ``"put"``).
+    ``conflicts``: changes kept out of the tables by a conflict after this sync, as
+    ``db.conflicts()`` lists them (cumulative: unresolved conflicts count again).
     """
 
     pushed: int = 0
@@ -28,6 +30,7 @@ table or column, or a row they need (cumulative: still-held pairs count again). 
     applied: int = 0
     held: int = 0
     quarantined: int = 0
+    conflicts: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     error_kinds: dict[str, str] = field(default_factory=dict, repr=False)

@@ -25,7 +25,13 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   bundles (and what we re-sent for them), with the digest of its manifest when they were
   read; for our own author, the notes we published (see :mod:`..sync.notes`).
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
-  apply yet (unknown table or column, missing parent row), with the reason.
+  apply yet (unknown table or column, a parent row never seen), with the reason.
+- ``dimple_conflicts``: changes the merge keeps out of the tables by a conflict (see
+  :mod:`.conflicts`): the entity, the kind, the attribute, the change kept out (id,
+  transaction, values), the row it collided with, a hash of the colliding unique key and a
+  sentence. Rows with ``listed`` false only let the merge find the entity again (a key its
+  fallback value collided on). Derived state: every merge that decides an entity rewrites
+  its rows.
 - ``dimple_meta``: key/value settings (``author_id``, ``clock``, ``pushed_through``), read and
   written only by :mod:`.meta`.
 - ``dimple_keys``: the public keys this database encrypts to and trusts (``age1...`` and
@@ -37,11 +43,12 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
     "BOOKKEEPING_PREFIX",
     "changes",
+    "conflicts",
     "cursors",
     "held",
     "keys",
@@ -127,6 +134,29 @@ held = Table(
     Column("entity_id", String(255), primary_key=True),
     Column("attribute", String(255), primary_key=True),
     Column("reason", String(255), nullable=False),
+)
+
+conflicts = Table(
+    "dimple_conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("entity_type", String(255), nullable=False),
+    Column("entity_id", String(255), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("attribute", String(255)),
+    Column("change_id", _ID, nullable=False),
+    Column("transaction_id", _ID, nullable=False),
+    Column("change_attribute", String(255), nullable=False),
+    Column("old_value", Text),
+    Column("new_value", Text),
+    Column("other_entity_type", String(255)),
+    Column("other_entity_id", String(255)),
+    Column("key", String(64)),
+    Column("listed", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_dimple_conflicts_entity", "entity_type", "entity_id"),
+    Index("ix_dimple_conflicts_key", "entity_type", "key"),
+    Index("ix_dimple_conflicts_other", "other_entity_type", "other_entity_id"),
 )
 
 meta = Table(

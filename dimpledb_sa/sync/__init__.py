@@ -5,7 +5,8 @@ Owns, in the order the data flows: the wire format of bundles and manifests
 (:mod:`.keys`, :mod:`.signing`) and what a replica trusts (:mod:`.trust`), fsspec storage
 (:mod:`.storage`), the remote those make (:mod:`.remote`), then one sync (:mod:`.run`):
 the push (:mod:`.push`), the pull (:mod:`.pull`) and the merge (:mod:`.merge`, which never
-sees files), with failures recorded per author (:mod:`.report_errors`); background sync
+sees files; its writes planned by :mod:`.plan`, its conflict rules in :mod:`.resolve`),
+with failures recorded per author (:mod:`.report_errors`); background sync
 (:mod:`.background`) and the remote checks the command line shares (:mod:`.verify`).
 
 May import: ``core`` and ``sync``. Never ``capture``, ``live`` or the facade.

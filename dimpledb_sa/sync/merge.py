@@ -5,56 +5,68 @@ transactions it has not seen (so applying a bundle twice changes nothing), moves
 past every pulled id, and re-derives each touched entity from the log: the latest change
 (by id) on the primary-key attribute decides whether the row exists (a delete is that
 attribute going to ``null``, an insert going to the id), and every other column takes the
-new value of its latest change. The result is compared with the row as it is and only the
-differences are written: inserts parents-first, deletes children-first, and on SQLite with
-``PRAGMA foreign_keys=ON`` foreign keys are checked at commit (``defer_foreign_keys``); a
-row whose parent has not arrived is kept out of the table and held until it has.
+new value of its latest change. Where those rows would break a unique constraint or a
+foreign key, the rules of :mod:`.resolve` decide which rows stay, as a function of the log
+alone, and record the changes they keep out as conflicts (``dimple_conflicts``). The
+result is compared with the rows as they are and only the differences are written (see
+:mod:`.plan`). A row the database still refuses (a ``CHECK`` constraint, a unique index the
+metadata does not declare) is found row by row and kept out too (kind ``check``), so one
+bad change never fails the others.
 
 Changes for a table or column this schema lacks stay in the log and are listed in
 ``dimple_held``; :func:`replay_held` re-derives those entities once the schema has them.
-This module never imports fsspec: it sees transactions, not files.
+:func:`settle_local` applies the rules to what this replica's own transactions changed
+(a local delete can orphan rows, a local edit can free a unique value a kept-out row
+waits for) and :func:`retry_refused` retries rows the database refused. This module never
+imports fsspec: it sees transactions, not files.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, delete, select, text, update
-from sqlalchemy.exc import StatementError
+from sqlalchemy import Connection, delete, select
+from sqlalchemy.exc import IntegrityError, StatementError
 
-from ..core import changelog, schema
+from ..core import changelog, conflicts, meta, schema
 from ..core.changes import (
     ROW_ATTRIBUTE,
     ROW_ENTITY_ID,
     ROW_ENTITY_TYPE,
     ROW_ID,
     ROW_NEW,
+    ROW_OLD,
     ROW_TRANSACTION,
     ChangeRow,
     TxRecord,
+    changes_from_rows,
 )
-from ..core.errors import DimpleError, RemoteFormatError
-from ..core.rows import chunks, fetch_rows, insert_many, insert_values
-from ..core.tracking import parents_first
+from ..core.constraints import Constraints, constraints_of
+from ..core.errors import DimpleError
+from ..core.rows import chunks, fetch_rows, insert_many
+from .plan import PK, Held, TablePlan, steps, winners, write, write_one
+from .resolve import MISSING_PARENT, Excluded, Resolver
 
 if TYPE_CHECKING:
     from ..core.replica import Replica
     from ..core.tracking import TrackedTable
 
 __all__ = ["APPLY_ERRORS", "MergeResult", "announce", "describe", "merge", "replay_held",
-           "replay_held_in"]
+           "replay_held_in", "retry_refused", "settle_local"]
 
 logger = logging.getLogger(__name__)
 
 APPLY_ERRORS = (StatementError, DimpleError, ValueError, TypeError, ArithmeticError,
                 LookupError)
 """What applying well-formed but unusable changes raises (a key that is not the entity's,
-a value no column of this type can hold, a constraint the rows break): callers undo that
-merge to a savepoint and keep the rest."""
+a value no column of this type can hold): callers undo that merge to a savepoint and keep
+the rest. A constraint the database enforces is not among them: such rows are kept out."""
+
+_ATTEMPTS = 20  # writes retried with more refused rows kept out before giving up
 
 
 @dataclass
@@ -119,261 +131,283 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
     changelog.raise_clock_floor(conn, newest)
     before = changelog.entity_changes(conn, incoming)
     insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh],
-                       ignore_existing=True)
+                ignore_existing=True)
     insert_many(conn, schema.changes, rows, ignore_existing=True)
     result.stored = len(fresh)
     _apply(replica, conn, incoming, before, result)
     return result
 
 
-def _winners(changes: Iterable[ChangeRow]) -> dict[str, ChangeRow]:
-    win: dict[str, ChangeRow] = {}
-    for c in changes:
-        w = win.get(c[ROW_ATTRIBUTE])
-        if w is None or c[ROW_ID] > w[ROW_ID]:
-            win[c[ROW_ATTRIBUTE]] = c
-    return win
+# -- applying ---------------------------------------------------------------------------------
+class _Job:
+    """One attempt at writing a merge: the plans, the rules' decisions, what to record."""
+
+    def __init__(self, replica: Replica, conn: Connection, cons: Constraints,
+                 result: MergeResult, excluded: Excluded, keep: set[tuple[str, str]]) -> None:
+        self.replica = replica
+        self.cons = cons
+        self.result = result
+        self.excluded = excluded
+        self.keep = keep  # refused entities whose row must stay as it is
+        self.resolver = Resolver(replica, conn, cons, excluded)
+        self.plans: dict[str, TablePlan] = {}
+        self.held: list[Held] = []
+        self.notes: list[dict[str, Any]] = []
+        self.decided: list[tuple[str, str]] = []
+        self.order = {name: i for i, name in enumerate(cons.order)}
+
+    def plan(self, tt: TrackedTable) -> TablePlan:
+        plan = self.plans.get(tt.name)
+        if plan is None:
+            plan = self.plans[tt.name] = TablePlan(tt, self.held, self.result)
+            plan.unique_columns = {c for u in self.cons.uniques.get(tt.name, ())
+                                   for c in u.columns}
+        return plan
+
+    def sorted_plans(self) -> list[TablePlan]:
+        return sorted(self.plans.values(),
+                      key=lambda p: (self.order.get(p.tt.name, len(self.order)), p.tt.name))
+
+    def refused(self, plan: TablePlan, eid: str, win: dict[str, ChangeRow],
+                row: dict[str, Any] | None) -> None:
+        """An entity of an unconstrained table the database refused: kept out."""
+        latest = max(win.values(), default=None)
+        if latest is not None:
+            self.notes.append(_check_note(plan.tt.name, eid, latest,
+                                          self.excluded[(plan.tt.name, eid)]))
+        if row is not None and (plan.tt.name, eid) not in self.keep:
+            plan.evict(row)
+
+    def emit_resolved(self) -> None:
+        """Plan the writes the rules decided."""
+        for name in self.cons.order:
+            ents = self.resolver.entities.get(name)
+            if not ents:
+                continue
+            tt = self.replica.tracked[name]
+            plan = self.plan(tt)
+            for eid, e in ents.items():
+                self.decided.append((name, eid))
+                if e.held:
+                    self.held.append((name, eid, tt.pk_name, e.held))
+                    self.result.held += 1
+                if e.fixed or (name, eid) in self.keep:
+                    continue
+                if e.admitted:
+                    plan.emit(eid, e.written(), e.row, e.quiet or ())
+                elif e.present:
+                    if e.row is not None:
+                        plan.evict(e.row)
+                else:
+                    plan.emit(eid, e.win, e.row)
+
+    def rows(self) -> dict[str, dict[Any, dict[str, Any]]]:
+        """Per table, the rows the rules looked at, by key (for the order of writes)."""
+        out: dict[str, dict[Any, dict[str, Any]]] = {}
+        for name, ents in self.resolver.entities.items():
+            pkn = self.replica.tracked[name].pk_name
+            out[name] = {e.row[pkn]: e.row for e in ents.values() if e.row is not None}
+        return out
+
+    def write(self, conn: Connection) -> None:
+        write(conn, self.sorted_plans(), self.cons, self.result, self.rows())
+        h = schema.held
+        resolved = [k for k in self.decided if k[0] in self.resolver.entities]
+        for etype, eids in _by_type(resolved).items():
+            for chunk in chunks(eids):
+                conn.execute(delete(h).where(h.c.entity_type == etype,
+                                             h.c.entity_id.in_(chunk),
+                                             h.c.reason == MISSING_PARENT))
+        if self.held:
+            insert_many(conn, h, self.held, ignore_existing=True)
+        notes = self.resolver.notes() + self.notes
+        if notes or conn.execute(select(schema.conflicts.c.id).limit(1)).first() is not None:
+            conflicts.replace(conn, self.decided, notes)
+
+    def culprits(self, conn: Connection) -> dict[tuple[str, str], tuple[str, bool]]:
+        """The rows the database refuses, written one at a time (then undone): key ->
+        (why, whether the row must stay as it is). Rows whose parent is refused are not
+        tried: the rules keep them out once it is."""
+        found: dict[tuple[str, str], tuple[str, bool]] = {}
+        with conn.begin_nested() as outer:
+            for plan, kind, item in steps(self.sorted_plans(), self.rows(), self.cons):
+                name, pkn = plan.tt.name, plan.tt.pk_name
+                if kind != "delete" and any(
+                        item.get(r.column) is not None and (r.parent, str(item[r.column]))
+                        in found for r in self.cons.references.get(name, ())):
+                    continue
+                why = _try(conn, plan, kind, item)
+                if why is not None:
+                    eid = str(item if kind == "delete" else
+                              item[pkn] if kind == "insert" else item[PK])
+                    found.setdefault((name, eid), (why, kind == "delete"))
+            outer.rollback()
+        return found
+
+    def defer_deletes(self) -> None:
+        """Move to ``late`` the deletes of rows that rows the merge keeps still name."""
+        named: dict[str, set[str]] = defaultdict(set)
+        for name, ents in self.resolver.entities.items():
+            for r in self.cons.checked(name):
+                for e in ents.values():
+                    if e.admitted and e.row is not None and e.row.get(r.column) is not None:
+                        named[r.parent].add(str(e.row[r.column]))
+        for name, plan in self.plans.items():
+            if named.get(name) and plan.deletes:
+                plan.late = [k for k in plan.deletes if str(k) in named[name]]
+                plan.deletes = [k for k in plan.deletes if str(k) not in named[name]]
 
 
-def _apply(replica: Replica, conn: Connection,
+def _try(conn: Connection, plan: TablePlan, kind: str, item: Any) -> str | None:
+    try:
+        with conn.begin_nested():
+            write_one(conn, plan, kind, item)
+    except IntegrityError as exc:
+        return describe(exc)
+    return None
+
+
+def _check_note(etype: str, eid: str, change: ChangeRow, why: str) -> dict[str, Any]:
+    return {"entity_type": etype, "entity_id": eid, "kind": conflicts.CHECK,
+            "attribute": None, "change_id": change[ROW_ID],
+            "transaction_id": change[ROW_TRANSACTION],
+            "change_attribute": change[ROW_ATTRIBUTE], "old_value": change[ROW_OLD],
+            "new_value": change[ROW_NEW], "other_entity_type": None, "other_entity_id": None,
+            "key": None, "listed": True,
+            "detail": f"{etype} {eid} is kept out: the database refused it ({why})"}
+
+
+def _by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for etype, eid in keys:
+        out[etype].append(eid)
+    return out
+
+
+def _build(replica: Replica, conn: Connection, cons: Constraints,
            incoming: dict[tuple[str, str], list[ChangeRow]],
-           before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult) -> None:
-    """Derive each entity in ``incoming`` from ``before`` + ``incoming`` and write the rows."""
-    by_table: dict[str, list[str]] = defaultdict(list)
-    for etype, eid in incoming:
-        by_table[etype].append(eid)
-    held: list[tuple[str, str, str, str]] = []
-    plans: list[_TablePlan] = []
-    for etype, eids in by_table.items():
+           before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult,
+           excluded: Excluded, keep: set[tuple[str, str]],
+           olds: dict[tuple[str, str], dict[str, str | None]] | None) -> _Job:
+    """Plan the writes of ``incoming`` (over ``before``), the rules deciding where needed."""
+    job = _Job(replica, conn, cons, result, excluded, keep)
+    for etype, eids in _by_type(list(incoming)).items():
         tt = replica.tracked.get(etype)
         if tt is None:
             for eid in eids:
                 inc = incoming[(etype, eid)]
                 result.held += len(inc)
-                held.extend((etype, eid, a, "unknown table")
-                            for a in {c[ROW_ATTRIBUTE] for c in inc})
+                job.held.extend((etype, eid, a, "unknown table")
+                                for a in {c[ROW_ATTRIBUTE] for c in inc})
             continue
         current = fetch_rows(conn, tt, eids)
-        plan = _TablePlan(tt, held, result)
+        plan = job.plan(tt)
+        constrained = cons.constrained(etype)
         for eid in eids:
             key = (etype, eid)
+            inc = incoming[key]
             prior = before.get(key)
             row = current.get(eid)
-            if prior is None and row is None:
-                plan.new_entity(eid, incoming[key])
+            if not constrained and key not in excluded and prior is None and row is None:
+                plan.new_entity(eid, inc)
+                continue
+            win = winners(inc, winners(prior) if prior else None)
+            plan.hold_unknown(eid, inc, win)
+            if constrained:
+                e = job.resolver.add(etype, eid, win, row, inc if prior is None
+                                     else prior + inc)
+                e.before = olds.get(key) if olds else None
+                continue
+            job.decided.append(key)
+            if key in excluded:
+                job.refused(plan, eid, win, row)
             else:
-                plan.entity(eid, incoming[key], prior, row)
-        plans.append(plan)
-    _write(replica, conn, plans, result)
-    if held:
-        insert_many(conn, schema.held, held, ignore_existing=True)
+                plan.emit(eid, win, row)
+    job.resolver.run()
+    job.emit_resolved()
+    job.defer_deletes()
+    return job
 
 
-class _TablePlan:
-    """What one merge writes to one table: rows to insert, update and delete.
-
-    Built entity by entity from the winning change of each attribute (see :func:`_apply`);
-    changes it cannot apply here are appended to ``held``, those it applies to
-    ``result.applied_changes``.
-    """
-
-    def __init__(self, tt: TrackedTable, held: list[tuple[str, str, str, str]],
-                 result: MergeResult) -> None:
-        self.tt = tt
-        self.pkn = tt.pk_name
-        self.held = held
-        self.result = result
-        self.inserts: list[dict[str, Any]] = []
-        self.updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-        self.deletes: list[Any] = []
-        columns = tt.table.columns
-        self.notnull = {c.name for c in columns if not c.nullable and not c.primary_key}
-        self.required = [c.name for c in columns if c.name in self.notnull
-                         and c.default is None and c.server_default is None]
-        self.decoders = {a: c.decode for a, c in tt.codecs.items()}
-
-    def _hold(self, eid: str, attr: str, reason: str, count: int = 1) -> None:
-        self.result.held += count
-        self.held.append((self.tt.name, eid, attr, reason))
-
-    def _hold_unknown(self, eid: str, inc: list[ChangeRow], attrs: Iterable[str]) -> None:
-        for a in attrs:
-            self._hold(eid, a, "unknown column", sum(1 for c in inc if c[ROW_ATTRIBUTE] == a))
-
-    def _insert(self, eid: str, pkw: ChangeRow, values: dict[str, Any]) -> bool:
-        """Queue ``values`` as a new row; ``False`` when it must wait (held)."""
-        if str(values[self.pkn]) != eid:
-            raise RemoteFormatError(f"change {pkw[ROW_ID]} inserts {self.tt.name} {eid} with "
-                                    f"the key {pkw[ROW_NEW]:.80}")
-        missing = [c for c in self.required if values.get(c) is None]
-        if missing:  # e.g. a column renamed or added NOT NULL since: wait for it
-            self.result.held += len(missing)
-            self.held.extend((self.tt.name, eid, c, "missing required column")
-                             for c in missing)
-            return False
-        self.inserts.append(values)
-        return True
-
-    def new_entity(self, eid: str, inc: list[ChangeRow]) -> None:
-        """An entity neither logged nor stored here before (the common case, made short)."""
-        win: dict[str, ChangeRow] = {}
-        for c in inc:
-            w = win.get(c[ROW_ATTRIBUTE])
-            if w is None or c[ROW_ID] > w[ROW_ID]:
-                win[c[ROW_ATTRIBUTE]] = c
-        decoders = self.decoders
-        if not win.keys() <= decoders.keys():
-            self._hold_unknown(eid, inc, [a for a in win if a not in decoders])
-        pkw = win.get(self.pkn)
-        if pkw is None or pkw[ROW_NEW] is None:
-            return
-        values = {a: decoders[a](w[ROW_NEW]) for a, w in win.items() if a in decoders}
-        if self._insert(eid, pkw, values):
-            self.result.applied_changes.extend(w for w in win.values()
-                                               if w[ROW_ATTRIBUTE] in decoders)
-
-    def entity(self, eid: str, inc: list[ChangeRow], prior: list[ChangeRow] | None,
-               row: dict[str, Any] | None) -> None:
-        """An entity with history or a row here: re-derive it from ``prior`` + ``inc``."""
-        win = _winners(prior) if prior else {}
-        won: set[str] | None = set() if prior else None  # attributes incoming won
-        for c in inc:
-            attr = c[ROW_ATTRIBUTE]
-            w = win.get(attr)
-            if w is None or c[ROW_ID] > w[ROW_ID]:
-                win[attr] = c
-                if won is not None:
-                    won.add(attr)
-        codecs = self.tt.codecs
-        if not win.keys() <= codecs.keys():
-            self._hold_unknown(eid, inc, [a for a in win if a not in codecs])
-        inc_ids = {w[ROW_ID] for a, w in win.items() if won is None or a in won}
-        pkn = self.pkn
-        pkw = win.get(pkn)
-        applied = self.result.applied_changes
-        if pkw is None or pkw[ROW_NEW] is None:  # no insert known, or deleted
-            if row is not None and pkw is not None:
-                self.deletes.append(row[pkn])
-                if pkw[ROW_ID] in inc_ids:
-                    applied.append(pkw)
-            return
-        if row is None:
-            values = {a: codecs[a].decode(w[ROW_NEW]) for a, w in win.items() if a in codecs}
-            if self._insert(eid, pkw, values):
-                applied.extend(w for w in win.values()
-                               if w[ROW_ID] in inc_ids and w[ROW_ATTRIBUTE] in codecs)
-            return
-        changed: dict[str, Any] = {}
-        for attr, w in win.items():
-            codec = codecs.get(attr)
-            if codec is None or attr == pkn:
-                continue
-            new = w[ROW_NEW]
-            if new is None and attr in self.notnull:  # this schema cannot take the null
-                self._hold(eid, attr, "null for a required column")
-                continue
-            if codec.encode(row[attr]) != new:
-                changed[attr] = codec.decode(new)
-                if w[ROW_ID] in inc_ids:
-                    applied.append(w)
-        if changed:
-            changed["_dimple_pk"] = row[pkn]
-            self.updates[tuple(sorted(changed))].append(changed)
-
-
-def _write(replica: Replica, conn: Connection, plans: list[_TablePlan],
-           result: MergeResult) -> None:
-    if not plans:
+def _apply(replica: Replica, conn: Connection,
+           incoming: dict[tuple[str, str], list[ChangeRow]],
+           before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult,
+           olds: dict[tuple[str, str], dict[str, str | None]] | None = None) -> None:
+    """Derive each entity in ``incoming`` from ``before`` + ``incoming`` and write the rows;
+    ``olds``: for entities this replica changed itself, their values before (see
+    :func:`settle_local`)."""
+    cons = constraints_of(replica.tracked)
+    excluded: Excluded = {}
+    keep: set[tuple[str, str]] = set()
+    for _ in range(_ATTEMPTS):
+        part = MergeResult()
+        job = _build(replica, conn, cons, incoming, before, part, excluded, keep, olds)
+        try:
+            with conn.begin_nested():
+                job.write(conn)
+        except IntegrityError as exc:
+            found = {k: v for k, v in job.culprits(conn).items() if k not in excluded}
+            if not found:
+                raise
+            logger.warning("merge: the database refuses %d row(s), kept out: %s",
+                           len(found), describe(exc))
+            for key, (why, stays) in found.items():
+                excluded[key] = why
+                if stays:
+                    keep.add(key)
+            continue
+        result.add(part)
         return
-    order = _table_order(replica)
-    plans.sort(key=lambda p: order.get(p.tt.name, len(order)))
-    fk_check = conn.dialect.name == "sqlite" and bool(
-        conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
-    if fk_check:
-        conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
-    for plan in reversed(plans):  # children first
-        tt = plan.tt
-        for chunk in chunks(plan.deletes):
-            conn.execute(delete(tt.table).where(tt.pk.in_(chunk)))
-        if plan.deletes:
-            result.tables.add(tt.name)
-    for plan in plans:  # parents first
-        tt = plan.tt
-        if plan.inserts:
-            insert_values(conn, tt.table, plan.inserts)
-            result.tables.add(tt.name)
-        for cols, batch in plan.updates.items():
-            stmt = (
-                update(tt.table)
-                .where(tt.pk == bindparam("_dimple_pk"))
-                .values({c: bindparam(c) for c in cols if c != "_dimple_pk"})
-            )
-            conn.execute(stmt, batch)
-            result.tables.add(tt.name)
-    if fk_check:
-        tables = [p.tt for p in plans]
-        for plan in plans:
-            if plan.deletes:
-                _add_dependents(replica, plan.tt, tables)
-        _hold_orphans(replica, conn, tables, result)
-    result.applied = len(result.applied_changes)
-
-
-def _table_order(replica: Replica) -> dict[str, int]:
-    return {tt.name: i for i, tt in enumerate(parents_first(replica.tracked))}
+    raise DimpleError(f"the database keeps refusing rows after {_ATTEMPTS} attempts")
 
 
 def announce(replica: Replica, result: MergeResult) -> None:
     """Send ``changes_committed`` (origin ``"sync"``) for a committed merge's changes."""
-    if result.applied_changes:
-        replica.committed_merged(result.applied_changes, result.authors)
+    if not result.applied_changes and not result.tables:
+        return
+    rows = result.applied_changes
+    tables = result.tables | {r[ROW_ENTITY_TYPE] for r in rows}
+    authors = result.authors
+    replica.committed(tables, lambda: changes_from_rows(sorted(rows), authors), "sync")
 
 
-def _add_dependents(replica: Replica, parent: TrackedTable, tables: list[TrackedTable]) -> None:
-    """Add to ``tables`` the tracked tables with a foreign key to ``parent``."""
-    for tt in replica.tracked.values():
-        if tt not in tables and any(fk.references(parent.table)
-                                    for fk in tt.table.foreign_keys):
-            tables.append(tt)
+# -- re-deriving what the log already holds ----------------------------------------------------
+def _rederive(replica: Replica, conn: Connection, keys: set[tuple[str, str]],
+              olds: dict[tuple[str, str], dict[str, str | None]] | None = None
+              ) -> MergeResult:
+    result = MergeResult()
+    if not keys:
+        return result
+    everything = changelog.entity_changes(conn, keys)
+    _apply(replica, conn, {k: everything.get(k, []) for k in keys}, {}, result, olds)
+    result.authors = _authors(conn, {c[ROW_TRANSACTION] for c in result.applied_changes})
+    return result
 
 
-def _hold_orphans(replica: Replica, conn: Connection, tables: list[TrackedTable],
-                  result: MergeResult) -> None:
-    """Take rows whose parent is missing back out of their table and hold them.
+def settle_local(replica: Replica, conn: Connection) -> MergeResult:
+    """Apply the rules to the entities this replica's own transactions (since the last
+    call) changed in a way the rules look at: keys, unique columns, foreign keys."""
+    changelog.fold(conn)
+    since = meta.get(conn, meta.SETTLED_THROUGH)
+    txs = changelog.transactions_since(conn, replica.author_on(conn), since)
+    if not txs:
+        return MergeResult()
+    cons = constraints_of(replica.tracked)
+    relevant = {name: cons.relevant(name, tt.pk_name) for name, tt in replica.tracked.items()}
+    olds: dict[tuple[str, str], dict[str, str | None]] = {}
+    for _, _, changes in txs:
+        for c in changes:
+            attrs = relevant.get(c[ROW_ENTITY_TYPE])
+            if attrs and c[ROW_ATTRIBUTE] in attrs:
+                seen = olds.setdefault((c[ROW_ENTITY_TYPE], c[ROW_ENTITY_ID]), {})
+                seen.setdefault(c[ROW_ATTRIBUTE], c[ROW_OLD])  # the first: the value before
+    meta.put(conn, meta.SETTLED_THROUGH, txs[-1][0])
+    return _rederive(replica, conn, set(olds), olds)
 
-    ``tables`` are checked, and grow by the dependents of every table rows leave: a local
-    child of a parent deleted remotely is held too, as is its own child, and so on.
-    """
-    while True:
-        bad: dict[str, set[int]] = defaultdict(set)
-        for tt in tables:
-            q = f"PRAGMA foreign_key_check({conn.dialect.identifier_preparer.quote(tt.name)})"
-            for child_table, rowid, _parent, _fk in conn.exec_driver_sql(q):
-                if rowid is not None:
-                    bad[child_table].add(rowid)
-        if not bad:
-            return
-        handled = False
-        for name, rowids in bad.items():
-            child = replica.tracked.get(name)
-            if child is None:
-                continue  # an untracked table: the commit will report it
-            handled = True
-            marks = ",".join(str(int(r)) for r in rowids)
-            ids = list(conn.execute(select(child.pk).where(text(f"rowid IN ({marks})")))
-                       .scalars())
-            conn.execute(delete(child.table).where(child.pk.in_(ids)))
-            _add_dependents(replica, child, tables)
-            insert_many(conn, schema.held,
-                               [(name, str(i), child.pk_name, "missing parent row")
-                                for i in ids], ignore_existing=True)
-            result.held += len(ids)
-            dropped = {str(i) for i in ids}
-            result.applied_changes[:] = [c for c in result.applied_changes
-                                         if not (c[ROW_ENTITY_TYPE] == name
-                                                 and c[ROW_ENTITY_ID] in dropped)]
-        if not handled:
-            return
+
+def retry_refused(replica: Replica, conn: Connection) -> MergeResult:
+    """Try again the rows the database refused before (``check`` conflicts)."""
+    return _rederive(replica, conn, conflicts.entities_of_kind(conn, conflicts.CHECK))
 
 
 def replay_held(replica: Replica, conn: Connection) -> int:
@@ -402,6 +436,7 @@ def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
     """:func:`replay_held` inside the caller's transaction."""
     h = schema.held
     result = MergeResult()
+    conflicts.ensure_table(conn)
     entries = list(conn.execute(select(h.c.entity_type, h.c.entity_id, h.c.attribute,
                                        h.c.reason)))
     ready: set[tuple[str, str]] = set()
@@ -409,7 +444,7 @@ def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
         tt = replica.tracked.get(etype)
         if tt is None:
             continue
-        if attr in tt.codecs or reason == "missing parent row":
+        if attr in tt.codecs or reason == MISSING_PARENT:
             ready.add((etype, eid))
     if not ready:
         return result
@@ -433,7 +468,7 @@ def _replay_each(replica: Replica, conn: Connection, ready: set[tuple[str, str]]
                  entries: list[tuple[Any, ...]]) -> MergeResult:
     """Replay entity by entity (parents first), so that one that cannot apply stays held
     alone."""
-    order = _table_order(replica)
+    order = {name: i for i, name in enumerate(constraints_of(replica.tracked).order)}
     result = MergeResult()
     for key in sorted(ready, key=lambda k: (order.get(k[0], len(order)), k[1])):
         part = MergeResult()
@@ -443,7 +478,7 @@ def _replay_each(replica: Replica, conn: Connection, ready: set[tuple[str, str]]
         except APPLY_ERRORS as exc:
             logger.warning("held %s %s still cannot apply: %s", key[0], key[1], describe(exc))
             insert_many(conn, schema.held, [e for e in entries if e[:2] == key],
-                               ignore_existing=True)
+                        ignore_existing=True)
             continue
         result.add(part)
     return result

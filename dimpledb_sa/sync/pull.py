@@ -16,11 +16,14 @@ each file is read, decrypted and decoded on its own, so one bad file never stops
   missing one is also recorded, so that its writer hears of it.
 
 Everything readable merges in one database transaction with the cursors, the quarantine and
-what other authors' notes say about our files, then the held changes the schema can now
-take. Each author's transactions merge under a savepoint; when they cannot be applied, they
-merge bundle by bundle, and only the bundles that still fail are set aside. Last, our notes
-file is published when it changed (:mod:`.notes`). An author whose manifest cannot be read
-is reported and skipped; the others go on.
+what other authors' notes say about our files: first the rules look again at what this
+replica changed itself since (:func:`.merge.settle_local`), then each author's transactions,
+then the held changes the schema can now take and the rows the database refused before.
+Changes that break a constraint are kept out as conflicts, never errors. Each author's
+transactions merge under a savepoint; when they cannot be applied, they merge bundle by
+bundle, and only the bundles that still fail are set aside. Last, our notes file is
+published when it changed (:mod:`.notes`). An author whose manifest cannot be read is
+reported and skipped; the others go on.
 """
 
 from __future__ import annotations
@@ -31,12 +34,20 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from ..core import meta, schema
+from ..core import conflicts, meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DecryptionError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
 from . import notes, quarantine, snapshot
-from .merge import APPLY_ERRORS, MergeResult, describe, merge, replay_held_in
+from .merge import (
+    APPLY_ERRORS,
+    MergeResult,
+    describe,
+    merge,
+    replay_held_in,
+    retry_refused,
+    settle_local,
+)
 from .quarantine import Entry, Problem
 from .report_errors import fail
 from .storage import TooLargeError
@@ -312,12 +323,15 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
     # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
     with gc_paused(report.pulled > 1000), replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)
-        result = MergeResult()
+        conflicts.ensure_table(conn)
+        result = settle_local(replica, conn)
         for ap in pulls:
             _merge_author(replica, conn, ap, result)
         _save(conn, pulls)
         replayed = replay_held_in(replica, conn)
+        replayed.add(retry_refused(replica, conn))
         report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+        report.conflicts = conflicts.count(conn)
     for ap in pulls:
         _report(report, ap)
     notes.publish(replica, remote, report)
