@@ -6,7 +6,9 @@ push and pull progress reported by observing the ``Storage`` calls, and a report
 with per-author errors on stderr), ``status`` (the author id, what was pushed and not yet
 pushed, what was pulled from each author, held changes and, with ``--remote``, what waits
 there to be pulled) and ``history`` (every recorded change of one row, grouped by
-transaction). ``status`` and ``history`` open the database read-only and write nothing.
+transaction) and ``reauthor`` (a new author id for a copied database, see
+:mod:`dimpledb_sa.sync.reauthor`). ``status`` and ``history`` open the database read-only
+(read-write only when a crash left it needing recovery) and write nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..core import changelog, schema
 from ..core.errors import ConfigurationError, DimpleError, SyncError
 from ..sync.wire import decode_manifest
-from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
+from .database import (
+    db_url,
+    load_models,
+    open_engine,
+    read_author,
+    reflect,
+    require_bookkeeping,
+    sa_message,
+)
 from .keys import Keys, read_keys
 from .output import PROG, CliError, Progress, print_json, usage_error, when
 from .remote import is_folder, open_remote, remote_errors, storage_options
@@ -37,7 +48,7 @@ if TYPE_CHECKING:
     from ..db import DimpleDb
     from ..sync.storage import Storage
 
-__all__ = ["cmd_history", "cmd_status", "cmd_sync"]
+__all__ = ["cmd_history", "cmd_reauthor", "cmd_status", "cmd_sync"]
 
 
 # -- sync --------------------------------------------------------------------------------------
@@ -110,7 +121,7 @@ def _unpushed(engine: Engine, me: str) -> tuple[int, str | None]:
 def _report_doc(report: SyncReport) -> dict[str, Any]:
     return {"pushed": report.pushed, "pulled": report.pulled, "applied": report.applied,
             "held": report.held, "errors": dict(report.errors),
-            "requests": dict(report.requests)}
+            "requests": dict(report.requests), "push_skipped": report.push_skipped}
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -159,6 +170,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 if e.report is None:
                     raise
                 error, report = e, e.report
+            except ConfigurationError as e:  # e.g. a copied database: not the command line
+                raise CliError(str(e)) from None
+            except SQLAlchemyError as e:  # the database's fault, not the remote's
+                raise CliError(f"database {args.database}: {sa_message(e)}") from None
             finally:
                 progress.finish()
         elapsed = time.perf_counter() - started
@@ -198,6 +213,10 @@ def _print_report(args: argparse.Namespace, report: SyncReport, error: SyncError
     elif not args.quiet:
         print(f"pushed {report.pushed} transaction(s), pulled {report.pulled}, applied "
               f"{report.applied} change(s), {report.held} held, in {elapsed:.2f} s")
+    if report.push_skipped and not args.quiet:
+        print(f"{PROG}: note: did not push: another sync of this database (the app, or "
+              "another dimpledb) is pushing right now; its push or the next sync takes "
+              "this database's transactions", file=sys.stderr)
     for who, message in sorted(report.errors.items()):
         kind = report.error_kinds.get(who)
         if who == "push":
@@ -366,4 +385,26 @@ def cmd_history(args: argparse.Namespace) -> int:
         else:
             print(f"    {ch.attribute:<{width}}  {_value(ch.old_value)} -> "
                   f"{_value(ch.new_value)}")
+    return 0
+
+
+# -- reauthor ---------------------------------------------------------------------------------
+def cmd_reauthor(args: argparse.Namespace) -> int:
+    from ..sync.reauthor import reauthor
+
+    engine = open_engine(args.database, readonly=False)
+    try:
+        require_bookkeeping(engine)
+        done = reauthor(engine)
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"database": make_url(db_url(args.database)).render_as_string(
+            hide_password=True), "old_author_id": done.old, "author_id": done.new,
+            "moved_transactions": done.moved})
+        return 0
+    print(f"author       {done.new} (was {done.old or 'none'})")
+    print(f"moved        {done.moved} transaction(s) not pushed yet to the new author id")
+    print("next         sync this database: it pushes them under the new id, and pulls the "
+          "old author's like another device's", file=sys.stderr)
     return 0

@@ -63,6 +63,8 @@ __all__ = [
     "pack",
     "pending_rows",
     "raise_clock_floor",
+    "transaction_ids",
+    "transactions_of",
     "transactions_since",
     "write_local",
 ]
@@ -114,13 +116,14 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     observes the floor kept in ``dimple_meta.clock`` (raised here to the last id issued, and
     by merges to the newest id pulled: every id the database holds is at or below it), so
     ids keep growing across restarts, across processes sharing the database and after pulls
-    by any of them.
+    by any of them. The author id is read in the same query, so a commit made after
+    ``dimpledb reauthor`` by a handle opened before it records the new id.
     """
     clock = replica.clock
-    floor = meta.get(conn, meta.CLOCK)
+    floor, stored_author = meta.floor_and_author(conn)
     if floor:
         clock.observe(floor)
-    author = replica.author_on(conn)
+    author = replica.author_on(conn, stored_author)
     counts = [len(g[GROUP_NEWS]) for g in groups]
     firsts = clock.reserve_runs([1, *counts])
     tx_id = firsts[0]
@@ -283,25 +286,53 @@ def pack(changes: Sequence[ChangeRow],
     return out
 
 
-def transactions_since(conn: Connection, author: str, after: str | None) -> list[TxRecord]:
-    """``author``'s transactions with an id above ``after``, oldest first, for a bundle."""
-    t, c = schema.transactions, schema.changes
+def transaction_ids(conn: Connection, author: str, after: str | None = None) -> list[str]:
+    """The ids of ``author``'s transactions above ``after`` (all when ``None``), ascending."""
+    t = schema.transactions
     stmt = select(t.c.id).where(t.c.author == author)
     if after:
         stmt = stmt.where(t.c.id > after)
-    tx_ids = list(conn.execute(stmt.order_by(t.c.id)).scalars())
+    return list(conn.execute(stmt.order_by(t.c.id)).scalars())
+
+
+def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> list[TxRecord]:
+    """The transactions ``tx_ids`` (ascending ids of ``author``'s), with their changes, for
+    a bundle.
+
+    Consistent without a snapshot (a caller may read outside any transaction, so that a
+    long read never delays a commit): the pending rows are read first, then the log, and a
+    transaction that :func:`fold` moved in between (found twice) is kept once; a fold only
+    ever moves rows from ``dimple_pending`` into the log, so none can be missed.
+    """
+    c = schema.changes
     by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
+    twice: set[str] = set()
     for chunk in chunks(tx_ids):
+        pending = {prow[ROW_TRANSACTION] for prow in
+                   _collect(by_tx, pending_rows(conn, transaction_ids=chunk))}
         for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
+            if row[ROW_TRANSACTION] in pending:
+                twice.add(row[ROW_TRANSACTION])
             by_tx[row[ROW_TRANSACTION]].extend(expand(row))
-        for prow in pending_rows(conn, transaction_ids=chunk):
-            by_tx[prow[ROW_TRANSACTION]].extend(expand(prow))
     out: list[TxRecord] = []
     for tx in tx_ids:
         changes = by_tx.get(tx, [])
+        if tx in twice:
+            changes = list(set(changes))
         changes.sort()
         out.append((tx, author, changes))
     return out
+
+
+def _collect(by_tx: dict[str, list[ChangeRow]], rows: list[PackedRow]) -> list[PackedRow]:
+    for row in rows:
+        by_tx[row[ROW_TRANSACTION]].extend(expand(row))
+    return rows
+
+
+def transactions_since(conn: Connection, author: str, after: str | None) -> list[TxRecord]:
+    """``author``'s transactions with an id above ``after``, oldest first, for a bundle."""
+    return transactions_of(conn, author, transaction_ids(conn, author, after))
 
 
 def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]

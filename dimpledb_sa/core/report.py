@@ -17,6 +17,9 @@ class SyncReport:
 table or column, or a row they need (cumulative: still-held pairs count again). ``errors``:
     remote author id (or ``"push"``) -> message, for every author whose data could not be read.
     ``requests``: storage calls made, by kind (``"ls"``, ``"get"``, ``"put"``).
+    ``push_skipped``: this sync did not push because another push of the same database
+    (another process or ``DimpleDb``) held the push lease; that push or the next one takes
+    this database's transactions (not an error).
     """
 
     pushed: int = 0
@@ -25,6 +28,7 @@ table or column, or a row they need (cumulative: still-held pairs count again). 
     held: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
+    push_skipped: bool = False
     error_kinds: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property

@@ -3,8 +3,8 @@ this handle last wrote there.
 
 :class:`Remote` joins a :class:`~.storage.Storage` (any fsspec location) and a
 :class:`~.crypto.Cipher`, made from ``DimpleDb``'s ``remote=``/key keywords by
-:meth:`Remote.open`, with the manifest this handle last wrote (so a push need not read it
-back).
+:meth:`Remote.open`, with the manifest this handle last wrote or read (so that a sync with
+nothing to push need not read it again; a push that writes reads it afresh first).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class Remote:
         self.storage = storage
         self.cipher = cipher
         self.own_manifest: Manifest | None = None
+        self.cleaned_at = float("-inf")
+        """When (``time.monotonic()``) a push through this handle last removed stale
+        temporary files from our folder."""
 
     @classmethod
     def open(cls, remote: Any, *, storage_options: Mapping[str, Any] | None = None,

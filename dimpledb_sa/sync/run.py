@@ -1,7 +1,10 @@
 """One sync: :func:`sync` pushes (:mod:`.push`), pulls and merges (:mod:`.pull`), under the
 replica's sync lock (threads of this process), then sends ``changes_committed`` (origin
-``"sync"``) for what the merge changed, and raises :class:`SyncError` (see
-:mod:`.report_errors`) carrying the report when any author failed.
+``"sync"``) for what the merge changed (and what the push healed: our own transactions a
+restored backup lacked, counted in ``pulled`` and ``applied``), and raises
+:class:`SyncError` (see :mod:`.report_errors`) carrying the report when any author failed.
+A push that finds another database writing as our author raises its ``CopyDetected``
+(a ``ConfigurationError``) at once: nothing is pulled either.
 """
 
 from __future__ import annotations
@@ -28,11 +31,16 @@ def sync(replica: Replica, remote: Remote) -> SyncReport:
     start = dict(storage.requests)
     with replica.sync_lock:
         try:
-            push(replica, remote, report)
+            healed = push(replica, remote, report)
+            if healed is not None:
+                announce(replica, healed.result)
             result = pull(replica, remote, report)
         finally:
             report.requests = {k: v - start.get(k, 0) for k, v in storage.requests.items()
                                if v - start.get(k, 0)}
+    if healed is not None:
+        report.pulled += healed.transactions
+        report.applied += healed.result.applied
     if result is not None:
         announce(replica, result)
     if report.errors:
