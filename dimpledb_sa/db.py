@@ -167,7 +167,7 @@ class DimpleDb:
             done = reauthor(self.engine)
             self.replica.forget_author()
             if self._remote is not None:
-                self._remote.own_manifest = None
+                self._remote.own_manifest, self._remote.own_known = None, False
         return done.new
 
     def replay_held(self) -> int:

@@ -104,8 +104,8 @@ def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: s
             new = changelog.transaction_ids(conn, me, pushed)
             conn.rollback()
         cached = remote.own_manifest
-        if (not new and cached is not None and cached.author_id == me
-                and cached.last_transaction_id == pushed):
+        if not new and remote.own_known and (cached is None or cached.author_id == me) and (
+                cached.last_transaction_id if cached is not None else None) == pushed:
             return None  # nothing new, and this handle knows the remote has what we pushed
         manifest = _read_manifest(replica, remote)
         if manifest is not None:
@@ -151,7 +151,7 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
     if pushed is not None and (listed is None or listed < pushed):
         logger.warning("sync: our manifest lists our transactions up to %s, not %s: "
                        "pushing the others again", listed, pushed)
-    remote.own_manifest = manifest
+    remote.own_manifest, remote.own_known = manifest, True
     if not ids:
         if listed is not None and listed != pushed and not lease.record(engine, holder, listed):
             raise _LeaseLost
@@ -184,7 +184,7 @@ def _bundles(replica: Replica, ids: Sequence[str]) -> Iterator[list[TxRecord]]:
     me, engine = replica.author_id, replica.engine
     batch: list[TxRecord] = []
     size = 0
-    step, i = 64, 0
+    step, i = 1, 0  # grows while reads stay small: a first read never reads much
     while i < len(ids):
         chunk = ids[i:i + step]
         i += len(chunk)

@@ -29,6 +29,9 @@ class Remote:
         self.storage = storage
         self.cipher = cipher
         self.own_manifest: Manifest | None = None
+        self.own_known = False
+        """True once this handle read or wrote our manifest: ``own_manifest`` is then what
+        the remote held (``None``: no manifest) as far as this handle knows."""
         self.cleaned_at = float("-inf")
         """When (``time.monotonic()``) a push through this handle last removed stale
         temporary files from our folder."""

@@ -1,0 +1,135 @@
+"""Commits during a big push: how long does the application wait?
+
+A device holds 100,000 unpushed changes (20,000 rows x 5 attributes, in 20 transactions).
+One thread syncs it (X25519, to a local folder unless ``--remote``) while the main thread
+commits one new row through the ORM every 50 ms, from before the push starts until it ends.
+Printed: the push's duration and bundles, and how long each commit took (the whole
+``session.commit()``, capture included): median, p99 and max, and how many commits ran
+during the push. For comparison, ``--baseline`` first measures the same commits with no
+push running. SQLite's default journal (``--journal delete``) is the hard case: there a
+reader also delays a commit; ``--journal wal`` is measured too.
+
+    python benchmarks/push_while_committing.py [--rows 20000] [--remote URL] [--journal delete]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import dimpledb_sa as dimple
+from dimpledb_sa.sync.crypto import generate_identity
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "item"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    title: Mapped[str]
+    done: Mapped[bool] = mapped_column(default=False)
+    priority: Mapped[int] = mapped_column(default=0)
+    note: Mapped[str | None]
+
+
+def open_db(path: Path, remote: str, key: str, journal: str) -> dimple.DimpleDb:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _journal(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA journal_mode={journal}")
+
+    db = dimple.DimpleDb(engine, Base, remote=remote, identity=key)
+    db.create_all()
+    return db
+
+
+def fill(db: dimple.DimpleDb, rows: int, per_tx: int = 1000) -> None:
+    with Session(db.engine) as s:
+        for start in range(0, rows, per_tx):
+            s.add_all(Item(title=f"item {i}", done=i % 2 == 0, priority=i % 7,
+                           note=f"note {i} " * 3)
+                      for i in range(start, min(rows, start + per_tx)))
+            s.commit()
+
+
+def commit_every(db: dimple.DimpleDb, period: float, stop: threading.Event) -> list[float]:
+    """Commit one row every ``period`` seconds until ``stop``; returns each commit's time."""
+    waits: list[float] = []
+    maker = db.sessionmaker()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        with maker() as s:
+            s.add(Item(title=f"app {len(waits)}"))
+            s.commit()
+        waits.append(time.perf_counter() - t0)
+        time.sleep(max(0.0, period - (time.perf_counter() - t0)))
+    return waits
+
+
+def describe(waits: list[float]) -> str:
+    ms = sorted(w * 1000 for w in waits)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return (f"{len(ms):4d} commits: median {statistics.median(ms):6.1f} ms, p99 {p99:6.1f} ms, "
+            f"max {ms[-1]:6.1f} ms")
+
+
+def run(folder: Path, rows: int, remote: str | None, journal: str, baseline: bool) -> None:
+    key, _ = generate_identity()
+    db = open_db(folder / f"{journal}.db", remote or str(folder / f"remote-{journal}"), key,
+                 journal)
+    fill(db, rows)
+    if baseline:
+        stop = threading.Event()
+        timer = threading.Timer(2.0, stop.set)
+        timer.start()
+        print(f"  journal={journal:6s} no push        {describe(commit_every(db, 0.05, stop))}")
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+
+    def pusher() -> None:
+        time.sleep(0.2)  # a few commits before the push starts
+        t0 = time.perf_counter()
+        result["report"] = db.sync()
+        result["seconds"] = time.perf_counter() - t0
+        time.sleep(0.2)
+        stop.set()
+
+    thread = threading.Thread(target=pusher)
+    thread.start()
+    waits = commit_every(db, 0.05, stop)
+    thread.join()
+    report = result["report"]
+    print(f"  journal={journal:6s} during push   {describe(waits)}")
+    print(f"                 push: {report.pushed} transactions, {rows * 5:,} changes in "
+          f"{result['seconds']:.2f} s, {report.requests.get('put', 0)} writes "
+          f"(bundles and manifests)")
+    db.close()
+    db.engine.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--remote", help="an fsspec URL (default: a local folder)")
+    ap.add_argument("--journal", choices=["delete", "wal", "both"], default="both")
+    ap.add_argument("--no-baseline", action="store_true")
+    args = ap.parse_args()
+    print(f"commits every 50 ms while one thread pushes {args.rows * 5:,} changes")
+    with tempfile.TemporaryDirectory() as tmp:
+        for journal in (["delete", "wal"] if args.journal == "both" else [args.journal]):
+            run(Path(tmp), args.rows, args.remote, journal, not args.no_baseline)
+
+
+if __name__ == "__main__":
+    main()
