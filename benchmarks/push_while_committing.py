@@ -1,21 +1,28 @@
 """Commits during a big push: how long does the application wait?
 
 A device holds 100,000 unpushed changes (20,000 rows x 5 attributes, in 20 transactions).
-One thread syncs it (X25519, to a local folder unless ``--remote``) while the main thread
-commits one new row through the ORM every 50 ms, from before the push starts until it ends.
+It is synced (X25519, to a local folder unless ``--remote``) by another thread of the app
+(``--pusher thread``: the two share Python's GIL) or by another process (``--pusher
+process``: as ``dimpledb sync`` would; only the database is shared), while the app's main
+thread commits one new row through the ORM every 50 ms, from before the push starts until
+it ends.
 Printed: the push's duration and bundles, and how long each commit took (the whole
 ``session.commit()``, capture included): median, p99 and max, and how many commits ran
 during the push. For comparison, ``--baseline`` first measures the same commits with no
 push running. SQLite's default journal (``--journal delete``) is the hard case: there a
 reader also delays a commit; ``--journal wal`` is measured too.
 
-    python benchmarks/push_while_committing.py [--rows 20000] [--remote URL] [--journal delete]
+    python benchmarks/push_while_committing.py [--rows 20000] [--remote URL]
+        [--journal delete|wal|both] [--pusher thread|process|both]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -84,36 +91,74 @@ def describe(waits: list[float]) -> str:
             f"max {ms[-1]:6.1f} ms")
 
 
-def run(folder: Path, rows: int, remote: str | None, journal: str, baseline: bool) -> None:
-    key, _ = generate_identity()
-    db = open_db(folder / f"{journal}.db", remote or str(folder / f"remote-{journal}"), key,
-                 journal)
-    fill(db, rows)
-    if baseline:
-        stop = threading.Event()
-        timer = threading.Timer(2.0, stop.set)
-        timer.start()
-        print(f"  journal={journal:6s} no push        {describe(commit_every(db, 0.05, stop))}")
-    stop = threading.Event()
+PUSHER = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from push_while_committing import open_db
+db = open_db(Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+time.sleep(0.2)
+t0 = time.perf_counter()
+report = db.sync()
+print(json.dumps({"seconds": time.perf_counter() - t0, "pushed": report.pushed,
+                  "puts": report.requests.get("put", 0)}))
+"""
+
+
+def push_in_thread(db: dimple.DimpleDb, stop: threading.Event) -> dict[str, Any]:
     result: dict[str, Any] = {}
 
     def pusher() -> None:
         time.sleep(0.2)  # a few commits before the push starts
         t0 = time.perf_counter()
-        result["report"] = db.sync()
-        result["seconds"] = time.perf_counter() - t0
+        report = db.sync()
+        result.update(seconds=time.perf_counter() - t0, pushed=report.pushed,
+                      puts=report.requests.get("put", 0))
         time.sleep(0.2)
         stop.set()
 
-    thread = threading.Thread(target=pusher)
-    thread.start()
+    result["thread"] = threading.Thread(target=pusher)
+    result["thread"].start()
+    return result
+
+
+def push_in_process(path: Path, remote: str, key: str, journal: str,
+                    stop: threading.Event) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, "-c", PUSHER, str(Path(__file__).parent),
+                             str(path), remote, key, journal], stdout=subprocess.PIPE)
+    result: dict[str, Any] = {}
+
+    def wait() -> None:
+        out, _ = proc.communicate()
+        result.update(json.loads(out))
+        stop.set()
+
+    result["thread"] = threading.Thread(target=wait)
+    result["thread"].start()
+    return result
+
+
+def run(folder: Path, rows: int, remote: str | None, journal: str, baseline: bool,
+        pusher: str) -> None:
+    key, _ = generate_identity()
+    path = folder / f"{journal}-{pusher}.db"
+    remote = remote or str(folder / f"remote-{journal}-{pusher}")
+    db = open_db(path, remote, key, journal)
+    fill(db, rows)
+    if baseline:
+        stop = threading.Event()
+        timer = threading.Timer(2.0, stop.set)
+        timer.start()
+        print(f"  journal={journal:6s} no push            "
+              f"{describe(commit_every(db, 0.05, stop))}")
+    stop = threading.Event()
+    result = (push_in_thread(db, stop) if pusher == "thread"
+              else push_in_process(path, remote, key, journal, stop))
     waits = commit_every(db, 0.05, stop)
-    thread.join()
-    report = result["report"]
-    print(f"  journal={journal:6s} during push   {describe(waits)}")
-    print(f"                 push: {report.pushed} transactions, {rows * 5:,} changes in "
-          f"{result['seconds']:.2f} s, {report.requests.get('put', 0)} writes "
-          f"(bundles and manifests)")
+    result["thread"].join()
+    print(f"  journal={journal:6s} push in a {pusher:7s}  {describe(waits)}")
+    print(f"                 push: {result['pushed']} transactions, {rows * 5:,} changes in "
+          f"{result['seconds']:.2f} s, {result['puts']} writes (bundles and manifests)")
     db.close()
     db.engine.dispose()
 
@@ -123,12 +168,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--remote", help="an fsspec URL (default: a local folder)")
     ap.add_argument("--journal", choices=["delete", "wal", "both"], default="both")
+    ap.add_argument("--pusher", choices=["thread", "process", "both"], default="both")
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
-    print(f"commits every 50 ms while one thread pushes {args.rows * 5:,} changes")
+    print(f"commits every 50 ms while {args.rows * 5:,} changes are pushed")
     with tempfile.TemporaryDirectory() as tmp:
         for journal in (["delete", "wal"] if args.journal == "both" else [args.journal]):
-            run(Path(tmp), args.rows, args.remote, journal, not args.no_baseline)
+            for k, pusher in enumerate(["thread", "process"] if args.pusher == "both"
+                                       else [args.pusher]):
+                run(Path(tmp), args.rows, args.remote, journal,
+                    not args.no_baseline and k == 0, pusher)
 
 
 if __name__ == "__main__":

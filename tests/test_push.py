@@ -376,6 +376,22 @@ def test_a_big_push_is_split_into_bundles(devs: Devices, monkeypatch: pytest.Mon
     assert a.snapshot() == b.snapshot()
 
 
+def test_big_values_split_bundles_by_size(devs: Devices, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setattr(push, "MAX_BUNDLE_BYTES", 30_000)
+    a, b = devs.new("a"), devs.new("b")
+    for i in range(4):
+        a.add(Note(title=f"n{i}", body="x" * 20_000))  # two would not fit in one bundle
+    a.add(Note(title="small"), Note(title="smaller"))
+    assert a.sync().pushed == 5
+    fs, root = fsspec.core.url_to_fs(devs.remote)
+    bundles = manifest(devs, a)["bundles"]
+    assert [x["transaction_count"] for x in bundles] == [1, 1, 1, 2]  # the small one joins
+    sizes = [fs.size(f"{root}/{a.db.author_id}/{x['filename']}") for x in bundles]
+    assert all(size < 30_000 for size in sizes)
+    assert b.sync().pulled == 5
+
+
 def test_stale_temporary_files_are_removed_and_readers_ignore_them(devs: Devices) -> None:
     a, b = devs.new("a"), devs.new("b")
     a.add(Note(title="one"))

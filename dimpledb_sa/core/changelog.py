@@ -13,9 +13,10 @@ starts a new row, so foreign ids are stored faithfully too).
 A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once:
 :func:`write_local` writes them as one ``dimple_pending`` row (one JSON body per
 transaction), in the same database transaction as the data, and :func:`fold` moves pending
-transactions into the indexed log before a push, a merge, a replay or an adoption, and every
-``PENDING_LIMIT`` commits. Readers that cannot write (history, push's reads, the external
-watcher, tools) also read :func:`pending_rows`.
+transactions into the indexed log before a merge, a replay or an adoption, every
+``PENDING_LIMIT`` commits, and at the start of a push (``fold(conn, limit=...)``, a few
+transactions per short write transaction). Readers that cannot write (history, a push's
+reads, the external watcher, tools) also read :func:`pending_rows`.
 """
 
 from __future__ import annotations
@@ -163,14 +164,16 @@ def _unpack(tx_id: str, body: str) -> list[PackedRow]:
             for first, etype, eid, names, olds, news in _loads(body)]
 
 
-def fold(conn: Connection) -> int:
-    """Move every pending local transaction into the indexed log; returns rows moved.
+def fold(conn: Connection, limit: int | None = None) -> int:
+    """Move every pending local transaction (or the ``limit`` oldest) into the indexed log;
+    returns rows moved.
 
     Runs inside the caller's (write) transaction; readers that cannot write use
     :func:`pending_rows` instead.
     """
     p = schema.pending
-    found = conn.execute(select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq)).all()
+    stmt = select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq)
+    found = conn.execute(stmt if limit is None else stmt.limit(limit)).all()
     if not found:
         return 0
     packed: list[PackedRow] = []

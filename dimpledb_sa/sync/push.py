@@ -4,15 +4,19 @@ ever holding a database transaction open while talking to the remote.
 Steps, each database access its own short transaction:
 
 1. Take the push lease (:mod:`.lease`); when another push of this database holds it, skip
-   (``report.push_skipped``) instead of waiting.
+   (``report.push_skipped``) instead of waiting. Fold the pending log into the indexed one
+   in short write transactions, paused between large ones (so that no commit of the app
+   has a large backlog to fold, and a push reads the indexed log), then, in SQLite's WAL
+   mode, checkpoint passively.
 2. Read our manifest afresh (a cached one only answers "nothing to do" when nothing is
    new); a missing or unreadable manifest lists nothing, so the whole history goes (a new,
    empty remote gets everything on the first sync). Bundles this database did not make
    mean a copy or a restored backup (:mod:`.own`): heal, or stop with ``CopyDetected``.
 3. Upload our transactions after the manifest's last one, in bundles of at most
-   :data:`MAX_BUNDLE_CHANGES` changes (a transaction is never split), read in short read
-   transactions. For each bundle: renew the lease, write the bundle, renew, write the
-   manifest, then advance ``pushed_through`` if the lease is still ours.
+   :data:`MAX_BUNDLE_CHANGES` changes and about :data:`MAX_BUNDLE_BYTES` (a transaction is
+   never split), read in short read transactions. For each bundle: renew the lease, write
+   the bundle, renew, write the manifest, then advance ``pushed_through`` if the lease is
+   still ours.
 4. Remove stale temporary files of dead writes from our folder (folder backends), release
    the lease.
 
@@ -29,7 +33,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from ..core import changelog, meta
+from sqlalchemy import select
+
+from ..core import changelog, meta, schema
 from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
 from . import lease
 from .own import Healed, foreign_bundles, resolve
@@ -58,11 +64,24 @@ __all__ = ["MAX_BUNDLE_CHANGES", "push"]
 logger = logging.getLogger(__name__)
 
 MAX_BUNDLE_CHANGES = 50_000
-"""A push starts a new bundle before one would hold more changes than this (a single larger
-transaction gets a bundle of its own)."""
+"""A push starts a new bundle before one would hold more changes than this, or about
+:data:`MAX_BUNDLE_BYTES` of JSON (a single larger transaction gets a bundle of its own)."""
+
+MAX_BUNDLE_BYTES = 8 << 20
+"""About how many bytes of bundle JSON (before encryption) a push puts in one bundle."""
+
+_CHANGE_OVERHEAD = 190
+"""The bytes of one change's JSON besides its entity type, id, attribute and values."""
 
 _READ_CHANGES = 10_000
 """About how many changes one read transaction of a push reads."""
+
+_FOLD_ROWS = 2_000
+"""About how many packed rows one of a push's fold transactions moves."""
+
+_FOLD_PAUSE = 0.15
+"""Seconds between two of a push's fold transactions that moved many rows (SQLite's busy
+handler retries a waiting writer every 100 ms at most)."""
 
 CLEAN_EVERY = 3600.0
 """Seconds between two clean-ups of stale temporary files by the same handle."""
@@ -92,6 +111,7 @@ def push(replica: Replica, remote: Remote, report: SyncReport) -> Healed | None:
 def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: str
                  ) -> Healed | None:
     healed: Healed | None = None
+    _fold(replica.engine)
     try:
         with replica.engine.connect() as conn:
             stored = meta.get(conn, meta.AUTHOR_ID)
@@ -183,7 +203,7 @@ def _bundles(replica: Replica, ids: Sequence[str]) -> Iterator[list[TxRecord]]:
     a few at a time, each read on its own (no transaction is held between reads)."""
     me, engine = replica.author_id, replica.engine
     batch: list[TxRecord] = []
-    size = 0
+    size = volume = 0
     step, i = 1, 0  # grows while reads stay small: a first read never reads much
     while i < len(ids):
         chunk = ids[i:i + step]
@@ -197,13 +217,58 @@ def _bundles(replica: Replica, ids: Sequence[str]) -> Iterator[list[TxRecord]]:
         elif read < _READ_CHANGES // 2:
             step = min(4096, step * 2)
         for tx in txs:
-            if batch and size + len(tx[2]) > MAX_BUNDLE_CHANGES:
+            n, nbytes = len(tx[2]), _json_size(tx)
+            if batch and (size + n > MAX_BUNDLE_CHANGES or volume + nbytes > MAX_BUNDLE_BYTES):
                 yield batch
-                batch, size = [], 0
+                batch, size, volume = [], 0, 0
             batch.append(tx)
-            size += len(tx[2])
+            size += n
+            volume += nbytes
     if batch:
         yield batch
+
+
+def _json_size(tx: TxRecord) -> int:
+    """About how many bytes ``tx`` takes in a bundle's JSON."""
+    return 100 + sum(len(c[2]) + len(c[3]) + len(c[4]) + len(c[5] or "null")
+                     + len(c[6] or "null") + _CHANGE_OVERHEAD for c in tx[2])
+
+
+def _fold(engine: Engine) -> None:
+    """Fold the pending log into the indexed one in short write transactions (a few
+    transactions each), so that no later commit has a large backlog to fold; between two,
+    a pause longer than SQLite's busy-handler retry period lets a waiting commit in (back to
+    back, they could starve it)."""
+    with engine.connect() as conn:
+        pending = conn.execute(select(schema.pending.c.seq).limit(1)).first()
+        conn.rollback()
+    if pending is None:
+        return  # nothing to fold: no write transaction at all
+    step, folded = 1, False
+    while True:
+        with engine.begin() as conn:
+            meta.take_write_lock(conn)
+            moved = changelog.fold(conn, limit=step)
+        if not moved:
+            if folded:
+                _checkpoint(engine)
+            return
+        folded = True
+        if moved < _FOLD_ROWS // 2:
+            step = min(256, step * 2)  # a short transaction: the next one may follow at once
+            continue
+        if moved > _FOLD_ROWS:
+            step = max(1, step // 2)
+        time.sleep(_FOLD_PAUSE)
+
+
+def _checkpoint(engine: Engine) -> None:
+    """SQLite in WAL mode: copy what the fold wrote into the database file now (a passive
+    checkpoint, which blocks no one), so that the app's next commit does not."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.rollback()
 
 
 def _clean(remote: Remote, me: str) -> None:
