@@ -6,11 +6,16 @@ It is synced (X25519, to a local folder unless ``--remote``) by another thread o
 process``: as ``dimpledb sync`` would; only the database is shared), while the app's main
 thread commits one new row through the ORM every 50 ms, from before the push starts until
 it ends.
+
 Printed: the push's duration and bundles, and how long each commit took (the whole
 ``session.commit()``, capture included): median, p99 and max, and how many commits ran
-during the push. For comparison, ``--baseline`` first measures the same commits with no
-push running. SQLite's default journal (``--journal delete``) is the hard case: there a
-reader also delays a commit; ``--journal wal`` is measured too.
+during the push; with the pusher in another process, also how long its longest write
+transaction held SQLite's write lock (from its first statement to its commit: what bounds
+a commit's wait for that lock; the push's reads run statement by statement, each fetched
+at once; the rest of a wait is CPU shared with the push, and the GIL in the thread case).
+For comparison, the same commits are first measured with no push running
+(``--no-baseline`` skips it). SQLite's default journal (``--journal delete``) is the hard
+case: there a reader also delays a commit; ``--journal wal`` is measured too.
 
     python benchmarks/push_while_committing.py [--rows 20000] [--remote URL]
         [--journal delete|wal|both] [--pusher thread|process|both]
@@ -95,13 +100,29 @@ PUSHER = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
+from sqlalchemy import event
 from push_while_committing import open_db
 db = open_db(Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+longest = {"read": 0.0, "write": 0.0}  # the push's transactions: first statement to end
+
+@event.listens_for(db.engine, "after_cursor_execute")
+def _first(conn, *args):
+    conn.info.setdefault("t0", time.perf_counter())
+
+def _end(kind):
+    def end(conn):
+        t0 = conn.info.pop("t0", None)
+        if t0 is not None:
+            longest[kind] = max(longest[kind], time.perf_counter() - t0)
+    return end
+
+event.listen(db.engine, "commit", _end("write"))
+event.listen(db.engine, "rollback", _end("read"))
 time.sleep(0.2)
 t0 = time.perf_counter()
 report = db.sync()
 print(json.dumps({"seconds": time.perf_counter() - t0, "pushed": report.pushed,
-                  "puts": report.requests.get("put", 0)}))
+                  "puts": report.requests.get("put", 0), "longest": longest}))
 """
 
 
@@ -159,6 +180,9 @@ def run(folder: Path, rows: int, remote: str | None, journal: str, baseline: boo
     print(f"  journal={journal:6s} push in a {pusher:7s}  {describe(waits)}")
     print(f"                 push: {result['pushed']} transactions, {rows * 5:,} changes in "
           f"{result['seconds']:.2f} s, {result['puts']} writes (bundles and manifests)")
+    if "longest" in result:
+        print(f"                 its longest write transaction held the lock "
+              f"{result['longest']['write'] * 1000:.1f} ms")
     db.close()
     db.engine.dispose()
 

@@ -195,7 +195,7 @@ def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = No
         etype, eid = entity
         stmt = stmt.where(p.c.body.contains(eid, autoescape=True))
     out: list[PackedRow] = []
-    for tx_id, body in conn.execute(stmt):
+    for tx_id, body in conn.execute(stmt).all():  # fetched first: the statement ends at once
         rows = _unpack(tx_id, body)
         if entity is not None:
             rows = [r for r in rows
@@ -313,7 +313,8 @@ def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> lis
     for chunk in chunks(tx_ids):
         pending = {prow[ROW_TRANSACTION] for prow in
                    _collect(by_tx, pending_rows(conn, transaction_ids=chunk))}
-        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
+        # fetched before expanding: the statement (and SQLite's shared lock) ends at once
+        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))).all():
             if row[ROW_TRANSACTION] in pending:
                 twice.add(row[ROW_TRANSACTION])
             by_tx[row[ROW_TRANSACTION]].extend(expand(row))

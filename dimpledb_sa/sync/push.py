@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from ..core.report import SyncReport
     from .remote import Remote
 
-__all__ = ["MAX_BUNDLE_CHANGES", "push"]
+__all__ = ["MAX_BUNDLE_BYTES", "MAX_BUNDLE_CHANGES", "push"]
 
 logger = logging.getLogger(__name__)
 

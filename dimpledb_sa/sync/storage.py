@@ -7,7 +7,10 @@ layout (``root/{author}/dimple_db.json`` and ``root/{author}/{first}_{last}.json
 of its own. Every author and file name is validated before the backend is touched, so no
 path can leave the root (:class:`~dimpledb_sa.core.errors.RemoteFormatError` otherwise); listings
 are always fresh (fsspec's directory cache is dropped first); and ``requests`` counts the
-calls made, by kind. Backend failures propagate as the built-in exceptions fsspec raises
+calls made, by kind. On folder backends a write goes through a hidden temporary file
+named with the time it began (:func:`temporary_name`), and
+:meth:`Storage.remove_stale_temporaries` removes those of writes that died. Backend
+failures propagate as the built-in exceptions fsspec raises
 (``FileNotFoundError``, ``PermissionError``, other ``OSError``). Contents are opaque bytes:
 encoding and encryption happen elsewhere.
 """
@@ -31,7 +34,7 @@ from ..core._compat import strip_protocol
 from ..core.errors import ConfigurationError, RemoteFormatError
 from .wire import MANIFEST_NAME, is_bundle_name, is_uuid
 
-__all__ = ["Storage"]
+__all__ = ["STALE_TEMPORARY_SECONDS", "Storage", "temporary_name"]
 
 
 def _check_author(author: str) -> str:
