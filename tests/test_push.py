@@ -437,3 +437,21 @@ def test_a_handle_opened_before_reauthor_uses_the_new_id(devs: Devices) -> None:
     b.sync()
     assert titles(b) == ["after", "pushed"]
     assert json.loads(json.dumps(manifest(devs, a)))["author_id"] == new
+
+
+def test_the_push_fold_skips_what_another_fold_moved_meanwhile(devs: Devices) -> None:
+    from dimpledb_sa.core import changelog
+
+    a = devs.new("a")
+    a.add(Note(title="one"))
+    a.add(Note(title="two"))
+    with a.db.engine.connect() as conn:
+        unpacked = changelog.unpacked_pending(conn, 10)
+    assert len(unpacked) == 2
+    with a.db.engine.begin() as conn:
+        assert changelog.fold(conn, limit=1) == 1  # a commit's fold got there first
+    with a.db.engine.begin() as conn:
+        assert changelog.fold_unpacked(conn, unpacked) == 1  # only "two" is left to move
+        assert changelog.last_pending(conn) is None
+    assert len(a.log()) == 10  # every change once (change_log checks for duplicates)
+    assert a.sync().pushed == 2

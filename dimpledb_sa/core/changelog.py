@@ -14,8 +14,9 @@ A local commit does not insert its packed rows into the indexed ``dimple_changes
 :func:`write_local` writes them as one ``dimple_pending`` row (one JSON body per
 transaction), in the same database transaction as the data, and :func:`fold` moves pending
 transactions into the indexed log before a merge, a replay or an adoption, every
-``PENDING_LIMIT`` commits, and at the start of a push (``fold(conn, limit=...)``, a few
-transactions per short write transaction). Readers that cannot write (history, a push's
+``PENDING_LIMIT`` commits, and at the start of a push (:func:`unpacked_pending` read
+without a lock, then :func:`fold_unpacked`, a few transactions per short write
+transaction). Readers that cannot write (history, a push's
 reads, the external watcher, tools) also read :func:`pending_rows`.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring_ascii as _esc
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from . import meta, schema
 from .changes import (
@@ -59,14 +60,17 @@ __all__ = [
     "expand",
     "expand_all",
     "fold",
+    "fold_unpacked",
     "history",
     "json_array",
+    "last_pending",
     "pack",
     "pending_rows",
     "raise_clock_floor",
     "transaction_ids",
     "transactions_of",
     "transactions_since",
+    "unpacked_pending",
     "write_local",
 ]
 
@@ -182,6 +186,39 @@ def fold(conn: Connection, limit: int | None = None) -> int:
     insert_many(conn, schema.changes, packed)
     conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
     return len(packed)
+
+
+def unpacked_pending(conn: Connection, limit: int, through: int | None = None
+                     ) -> list[tuple[int, list[PackedRow]]]:
+    """The ``limit`` oldest pending transactions (at or below seq ``through``) as (seq,
+    packed rows), read without a write lock, for :func:`fold_unpacked`."""
+    p = schema.pending
+    stmt = select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq).limit(limit)
+    if through is not None:
+        stmt = stmt.where(p.c.seq <= through)
+    found = conn.execute(stmt).all()
+    return [(seq, _unpack(tx_id, body)) for seq, tx_id, body in found]
+
+
+def fold_unpacked(conn: Connection, unpacked: Sequence[tuple[int, list[PackedRow]]]) -> int:
+    """Fold the transactions :func:`unpacked_pending` read that are still pending (another
+    fold may have moved some since), inside the caller's write transaction; returns rows
+    moved. The unpacking was done before the write lock was taken."""
+    p = schema.pending
+    seqs = [seq for seq, _ in unpacked]
+    still = set(conn.execute(select(p.c.seq).where(p.c.seq.in_(seqs))).scalars())
+    packed = [row for seq, rows in unpacked if seq in still for row in rows]
+    if not still:
+        return 0
+    insert_many(conn, schema.changes, packed)
+    conn.execute(p.delete().where(p.c.seq.in_(sorted(still))))
+    return len(packed)
+
+
+def last_pending(conn: Connection) -> int | None:
+    """The seq of the newest pending transaction (``None`` when none is pending)."""
+    seq: int | None = conn.execute(select(func.max(schema.pending.c.seq))).scalar()
+    return seq
 
 
 def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = None,

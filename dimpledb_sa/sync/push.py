@@ -33,9 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
-from ..core import changelog, meta, schema
+from ..core import changelog, meta
 from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
 from . import lease
 from .own import Healed, foreign_bundles, resolve
@@ -235,24 +233,28 @@ def _json_size(tx: TxRecord) -> int:
 
 
 def _fold(engine: Engine) -> None:
-    """Fold the pending log into the indexed one in short write transactions (a few
-    transactions each), so that no later commit has a large backlog to fold; between two,
+    """Fold what is pending into the indexed log in short write transactions (a few
+    transactions each, unpacked before the lock is taken), so that no later commit has a
+    large backlog to fold; between two,
     a pause longer than SQLite's busy-handler retry period lets a waiting commit in (back to
     back, they could starve it)."""
     with engine.connect() as conn:
-        pending = conn.execute(select(schema.pending.c.seq).limit(1)).first()
+        through = changelog.last_pending(conn)  # what was pending when the push began
         conn.rollback()
-    if pending is None:
-        return  # nothing to fold: no write transaction at all
+    if through is None:
+        return  # nothing pending: no write transaction at all
     step, folded = 1, False
     while True:
-        with engine.begin() as conn:
-            meta.take_write_lock(conn)
-            moved = changelog.fold(conn, limit=step)
-        if not moved:
+        with engine.connect() as conn:  # unpacked with no lock held
+            unpacked = changelog.unpacked_pending(conn, step, through)
+            conn.rollback()
+        if not unpacked:
             if folded:
                 _checkpoint(engine)
             return
+        with engine.begin() as conn:
+            meta.take_write_lock(conn)
+            moved = changelog.fold_unpacked(conn, unpacked)
         folded = True
         if moved < _FOLD_ROWS // 2:
             step = min(256, step * 2)  # a short transaction: the next one may follow at once
