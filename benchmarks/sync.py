@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import create_engine, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import dimpledb_sa as dimple
@@ -111,10 +111,10 @@ def fill_log(db: dimple.DimpleDb, changes: int) -> None:
                                [enc[c].encode(x) for c, x in v.items()]])
             conn.execute(tt.table.insert(), values)
             changelog.write_local(db.replica, conn, groups)
-        changelog.fold(conn)  # a long-lived log is folded (every 256 commits and at each push)
-        # as if already pushed: this database's sync must only pull
-        last = conn.execute(select(func.max(schema.transactions.c.id))).scalar_one()
-        conn.execute(insert(schema.meta).values(key="pushed_through", value=last))
+        changelog.fold(conn)  # a long-lived log is folded (every 256 commits)
+        # as if pulled from another device: this database's sync must only pull (a log of
+        # its own that its remote does not list yet would be pushed in full)
+        conn.execute(update(schema.transactions).values(author=dimple.new_id()))
 
 
 def timed_sync(db: dimple.DimpleDb) -> tuple[float, dimple.SyncReport]:

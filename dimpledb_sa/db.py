@@ -264,6 +264,18 @@ class DimpleDb:
         with self.replica.sync_lock:
             return prune_history(self.replica, older_than)
 
+    def reauthor(self) -> str:
+        """Give this database a new author id, moving its unpushed transactions to it (a
+        copied database file; see :mod:`.sync.reauthor`); returns the new id."""
+        from .sync.reauthor import reauthor
+
+        with self.replica.sync_lock:
+            done = reauthor(self.engine)
+            self.replica.forget_author()
+            if self._remote is not None:
+                self._remote.own_manifest, self._remote.own_known = None, False
+        return done.new
+
     def replay_held(self) -> int:
         """Apply held changes the schema can take now; returns how many were applied."""
         from .sync.merge import replay_held

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.errors import ConfigurationError, DimpleError
 from .keys import add_key_options, cmd_keygen
-from .local import cmd_conflicts, cmd_history, cmd_status, cmd_sync
+from .local import cmd_conflicts, cmd_history, cmd_reauthor, cmd_status, cmd_sync
 from .output import PROG, CliError
 from .recipients import cmd_recipients
 from .remote import add_remote_options, cmd_inspect, cmd_verify
@@ -172,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", metavar="TABLE", help="only the conflicts of rows of TABLE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_conflicts)
+
+    p = sub.add_parser("reauthor", parents=[common],
+                       help="give a copied database its own author id",
+                       description="Give the database a new author id: for a database file "
+                                   "copied to another device (or a restored backup with "
+                                   "changes of its own) that sync reports as writing with "
+                                   "another database's author id. Its transactions not "
+                                   "pushed yet move to the new id (nothing is lost); pushed "
+                                   "ones stay with the old author. Close the application "
+                                   "using the database first.")
+    p.add_argument("database", metavar="DB", help="SQLAlchemy URL or SQLite file path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_reauthor)
 
     p = sub.add_parser("inspect", parents=[common], help="look at a remote",
                        description="List the authors, manifests and bundles of a remote; "

@@ -2,7 +2,8 @@
 
 This module owns turning the ``DB`` argument (a SQLAlchemy URL or a SQLite file path) into
 an engine, with clear errors for a missing file or driver and SQLite files opened read-only
-for the commands that only look (``status``, ``history``); checking that a database has the
+for the commands that only look (``status``, ``history``), read-write when a crash left
+them needing recovery; the database's name for messages; checking that a database has the
 dimpledb bookkeeping tables and reading its author id; and, for ``sync``, the models: the
 database's tables reflected (every table the library can track, a single string or UUID
 primary key, and ``CHAR(32)`` columns read as UUIDs) or the application's own models loaded
@@ -12,6 +13,7 @@ from ``--models module:attribute``.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import CHAR, Engine, MetaData, Uuid, create_engine, inspect, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ..core import schema
 from ..core.errors import ConfigurationError
 from .output import CliError, usage_error
 
-__all__ = ["db_url", "load_models", "open_engine", "read_author", "reflect",
-           "require_bookkeeping"]
+__all__ = ["db_url", "display_name", "load_models", "open_engine", "read_author", "reflect",
+           "require_bookkeeping", "sa_message"]
+
+logger = logging.getLogger(__name__)
 
 _NOT_TRACKED = ("alembic_version",)
 
@@ -38,12 +42,20 @@ def db_url(text: str) -> str:
 
 
 def open_engine(text: str, *, readonly: bool) -> Engine:
-    """An engine for a database that must exist; ``readonly`` opens SQLite files read-only."""
+    """An engine for a database that must exist; ``readonly`` opens SQLite files read-only.
+
+    A SQLite file left by a crash can need a write before anyone may read it (a hot rollback
+    journal to roll back, a write-ahead log to recover): when a read-only connection cannot
+    read it, it is opened read-write instead (``mode=rw``: never created), and SQLite
+    recovers it on the first read. The commands that only look still write nothing
+    themselves.
+    """
     try:
         url = make_url(db_url(text))
     except ArgumentError as e:
         raise usage_error(f"not a database URL or SQLite file path: {text!r} ({e})") from None
-    shown = url.render_as_string(hide_password=True)
+    shown = display_name(url)
+    fallback = None
     if url.get_backend_name() == "sqlite":
         db = url.database or ""
         if db in ("", ":memory:") or db.startswith("file:") or url.query.get("uri"):
@@ -54,20 +66,59 @@ def open_engine(text: str, *, readonly: bool) -> Engine:
                 what = "is a folder, not" if path.is_dir() else "does not exist: no such"
                 raise CliError(f"cannot open database {shown}: {path} {what} SQLite file")
             if readonly:
-                url = url.set(database=f"file:{path.resolve().as_posix()}?mode=ro",
-                              query={**url.query, "uri": "true"})
+                fallback = _sqlite_uri(url, path, "rw")
+                url = _sqlite_uri(url, path, "ro")
+    try:
+        return _probe(url)
+    except SQLAlchemyError as e:
+        if fallback is None:
+            raise CliError(f"cannot open database {shown}: {sa_message(e)}") from None
+        logger.info("%s cannot be read read-only (%s): opening it read-write to recover it",
+                    shown, sa_message(e))
+    try:
+        return _probe(fallback)
+    except SQLAlchemyError as e:
+        raise CliError(f"cannot open database {shown}: {sa_message(e)} (it needs recovery "
+                       "after a crash, which needs write access to the file and its "
+                       "folder)") from None
+
+
+def _sqlite_uri(url: URL, path: Path, mode: str) -> URL:
+    return url.set(database=f"file:{path.resolve().as_posix()}?mode={mode}",
+                   query={**url.query, "uri": "true"})
+
+
+def _probe(url: URL) -> Engine:
+    """An engine on ``url`` that has read the database's table names once."""
     try:
         engine = create_engine(url)
+    except (NoSuchModuleError, ImportError) as e:
+        raise CliError(f"cannot open database {display_name(url)}: no driver for it ({e})"
+                       ) from None
+    try:
         with engine.connect() as conn:
             inspect(conn).get_table_names()
     except (NoSuchModuleError, ImportError) as e:
-        raise CliError(f"cannot open database {shown}: no driver for it ({e})") from None
-    except SQLAlchemyError as e:
-        raise CliError(f"cannot open database {shown}: {_sa_message(e)}") from None
+        engine.dispose()
+        raise CliError(f"cannot open database {display_name(url)}: no driver for it ({e})"
+                       ) from None
+    except SQLAlchemyError:
+        engine.dispose()
+        raise
     return engine
 
 
-def _sa_message(e: SQLAlchemyError) -> str:
+def display_name(url: URL) -> str:
+    """A database URL for messages: without its password, and for a SQLite file opened
+    through a ``file:`` URI (read-only), the file's path."""
+    db = url.database or ""
+    if url.get_backend_name() == "sqlite" and db.startswith("file:") and url.query.get("uri"):
+        return db[len("file:"):].split("?", 1)[0]
+    return url.render_as_string(hide_password=True)
+
+
+def sa_message(e: SQLAlchemyError) -> str:
+    """A database error's message, without SQLAlchemy's SQL and parameters."""
     orig = getattr(e, "orig", None)
     return str(orig) if orig is not None else str(e).splitlines()[0]
 
@@ -75,7 +126,7 @@ def _sa_message(e: SQLAlchemyError) -> str:
 def require_bookkeeping(engine: Engine) -> None:
     """Make sure ``engine``'s database is tracked (has ``dimple_meta``); read-only."""
     if not inspect(engine).has_table(schema.meta.name):
-        raise CliError(f"{engine.url.render_as_string(hide_password=True)} is not a dimpledb "
+        raise CliError(f"{display_name(engine.url)} is not a dimpledb "
                        "database (it has no dimple_meta table): sync it once, or open it "
                        "with dimpledb_sa.DimpleDb and call create_all()")
 
@@ -103,7 +154,7 @@ def reflect(engine: Engine, exclude: Sequence[str],
     try:
         metadata.reflect(engine)
     except SQLAlchemyError as e:
-        raise CliError(f"cannot read the database's tables: {_sa_message(e)}") from None
+        raise CliError(f"cannot read the database's tables: {sa_message(e)}") from None
     skip = []
     for name, table in metadata.tables.items():
         if name.startswith(schema.BOOKKEEPING_PREFIX):

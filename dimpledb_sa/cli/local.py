@@ -8,9 +8,11 @@ push and pull progress reported by observing the ``Storage`` calls, and a report
 with per-author errors on stderr), ``status`` (the author id, what was pushed and not yet
 pushed, what was pulled from each author, held changes and, with ``--remote``, what waits
 there to be pulled), ``history`` (every recorded change of one row, grouped by
-transaction) and ``conflicts`` (the changes merges keep out of the tables, each with the
-row it collided with and the change kept out). ``status``, ``history`` and ``conflicts``
-open the database read-only and write nothing.
+transaction), ``conflicts`` (the changes merges keep out of the tables, each with the row
+it collided with and the change kept out) and ``reauthor`` (a new author id for a copied
+database, see :mod:`dimpledb_sa.sync.reauthor`). ``status``, ``history`` and ``conflicts``
+open the database read-only (read-write only when a crash left it needing recovery) and
+write nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..core import changelog, conflicts, schema
 from ..core.errors import ConfigurationError, DimpleError, SyncError
 from ..sync.wire import decode_manifest
-from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
+from .database import (
+    db_url,
+    load_models,
+    open_engine,
+    read_author,
+    reflect,
+    require_bookkeeping,
+    sa_message,
+)
 from .keys import Keys, read_keys
 from .output import PROG, CliError, Progress, print_json, usage_error, when
 from .recipients import persist_recipients
@@ -42,7 +53,7 @@ if TYPE_CHECKING:
     from ..db import DimpleDb
     from ..sync.storage import Storage
 
-__all__ = ["cmd_conflicts", "cmd_history", "cmd_status", "cmd_sync"]
+__all__ = ["cmd_conflicts", "cmd_history", "cmd_reauthor", "cmd_status", "cmd_sync"]
 
 
 # -- sync --------------------------------------------------------------------------------------
@@ -115,7 +126,7 @@ def _unpushed(engine: Engine, me: str) -> tuple[int, str | None]:
 def _report_doc(report: SyncReport) -> dict[str, Any]:
     return {"pushed": report.pushed, "pulled": report.pulled, "applied": report.applied,
             "held": report.held, "conflicts": report.conflicts, "errors": dict(report.errors),
-            "requests": dict(report.requests)}
+            "requests": dict(report.requests), "push_skipped": report.push_skipped}
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -168,6 +179,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 if e.report is None:
                     raise
                 error, report = e, e.report
+            except ConfigurationError as e:  # e.g. a copied database: not the command line
+                raise CliError(str(e)) from None
+            except SQLAlchemyError as e:  # the database's fault, not the remote's
+                raise CliError(f"database {args.database}: {sa_message(e)}") from None
             finally:
                 progress.finish()
         elapsed = time.perf_counter() - started
@@ -212,6 +227,10 @@ def _print_report(args: argparse.Namespace, report: SyncReport, error: SyncError
         if report.conflicts:
             print(f"{report.conflicts} conflict(s): changes kept out of the tables "
                   f"(`{PROG} conflicts {args.database}` lists them)")
+    if report.push_skipped and not args.quiet:
+        print(f"{PROG}: note: did not push: another sync of this database (the app, or "
+              "another dimpledb) is pushing right now; its push or the next sync takes "
+              "this database's transactions", file=sys.stderr)
     for who, message in sorted(report.errors.items()):
         kind = report.error_kinds.get(who)
         if who == "push":
@@ -424,4 +443,26 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
         print(f"    {c.detail}")
         print(f"    kept out: {ch.attribute} -> {_value(ch.new_value)}, change {ch.id} "
               f"({when(ch.id)}) by {who}")
+    return 0
+
+
+# -- reauthor ---------------------------------------------------------------------------------
+def cmd_reauthor(args: argparse.Namespace) -> int:
+    from ..sync.reauthor import reauthor
+
+    engine = open_engine(args.database, readonly=False)
+    try:
+        require_bookkeeping(engine)
+        done = reauthor(engine)
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"database": make_url(db_url(args.database)).render_as_string(
+            hide_password=True), "old_author_id": done.old, "author_id": done.new,
+            "moved_transactions": done.moved})
+        return 0
+    print(f"author       {done.new} (was {done.old or 'none'})")
+    print(f"moved        {done.moved} transaction(s) not pushed yet to the new author id")
+    print("next         sync this database: it pushes them under the new id, and pulls the "
+          "old author's like another device's", file=sys.stderr)
     return 0

@@ -13,9 +13,11 @@ starts a new row, so foreign ids are stored faithfully too).
 A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once:
 :func:`write_local` writes them as one ``dimple_pending`` row (one JSON body per
 transaction), in the same database transaction as the data, and :func:`fold` moves pending
-transactions into the indexed log before a push, a merge, a replay or an adoption, and every
-``PENDING_LIMIT`` commits. Readers that cannot write (history, push's reads, the external
-watcher, tools) also read :func:`pending_rows`.
+transactions into the indexed log before a merge, a replay or an adoption, every
+``PENDING_LIMIT`` commits, and at the start of a push (:func:`unpacked_pending` read
+without a lock, then :func:`fold_unpacked`, a few transactions per short write
+transaction). Readers that cannot write (history, a push's
+reads, the external watcher, tools) also read :func:`pending_rows`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring_ascii as _esc
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from . import meta, schema
 from .changes import (
@@ -58,12 +60,17 @@ __all__ = [
     "expand",
     "expand_all",
     "fold",
+    "fold_unpacked",
     "history",
     "json_array",
+    "last_pending",
     "pack",
     "pending_rows",
     "raise_clock_floor",
+    "transaction_ids",
+    "transactions_of",
     "transactions_since",
+    "unpacked_pending",
     "write_local",
 ]
 
@@ -114,13 +121,14 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     observes the floor kept in ``dimple_meta.clock`` (raised here to the last id issued, and
     by merges to the newest id pulled: every id the database holds is at or below it), so
     ids keep growing across restarts, across processes sharing the database and after pulls
-    by any of them.
+    by any of them. The author id is read in the same query, so a commit made after
+    ``dimpledb reauthor`` by a handle opened before it records the new id.
     """
     clock = replica.clock
-    floor = meta.get(conn, meta.CLOCK)
+    floor, stored_author = meta.floor_and_author(conn)
     if floor:
         clock.observe(floor)
-    author = replica.author_on(conn)
+    author = replica.author_on(conn, stored_author)
     counts = [len(g[GROUP_NEWS]) for g in groups]
     firsts = clock.reserve_runs([1, *counts])
     tx_id = firsts[0]
@@ -160,14 +168,16 @@ def _unpack(tx_id: str, body: str) -> list[PackedRow]:
             for first, etype, eid, names, olds, news in _loads(body)]
 
 
-def fold(conn: Connection) -> int:
-    """Move every pending local transaction into the indexed log; returns rows moved.
+def fold(conn: Connection, limit: int | None = None) -> int:
+    """Move every pending local transaction (or the ``limit`` oldest) into the indexed log;
+    returns rows moved.
 
     Runs inside the caller's (write) transaction; readers that cannot write use
     :func:`pending_rows` instead.
     """
     p = schema.pending
-    found = conn.execute(select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq)).all()
+    stmt = select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq)
+    found = conn.execute(stmt if limit is None else stmt.limit(limit)).all()
     if not found:
         return 0
     packed: list[PackedRow] = []
@@ -176,6 +186,39 @@ def fold(conn: Connection) -> int:
     insert_many(conn, schema.changes, packed)
     conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
     return len(packed)
+
+
+def unpacked_pending(conn: Connection, limit: int, through: int | None = None
+                     ) -> list[tuple[int, list[PackedRow]]]:
+    """The ``limit`` oldest pending transactions (at or below seq ``through``) as (seq,
+    packed rows), read without a write lock, for :func:`fold_unpacked`."""
+    p = schema.pending
+    stmt = select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq).limit(limit)
+    if through is not None:
+        stmt = stmt.where(p.c.seq <= through)
+    found = conn.execute(stmt).all()
+    return [(seq, _unpack(tx_id, body)) for seq, tx_id, body in found]
+
+
+def fold_unpacked(conn: Connection, unpacked: Sequence[tuple[int, list[PackedRow]]]) -> int:
+    """Fold the transactions :func:`unpacked_pending` read that are still pending (another
+    fold may have moved some since), inside the caller's write transaction; returns rows
+    moved. The unpacking was done before the write lock was taken."""
+    p = schema.pending
+    seqs = [seq for seq, _ in unpacked]
+    still = set(conn.execute(select(p.c.seq).where(p.c.seq.in_(seqs))).scalars())
+    packed = [row for seq, rows in unpacked if seq in still for row in rows]
+    if not still:
+        return 0
+    insert_many(conn, schema.changes, packed)
+    conn.execute(p.delete().where(p.c.seq.in_(sorted(still))))
+    return len(packed)
+
+
+def last_pending(conn: Connection) -> int | None:
+    """The seq of the newest pending transaction (``None`` when none is pending)."""
+    seq: int | None = conn.execute(select(func.max(schema.pending.c.seq))).scalar()
+    return seq
 
 
 def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = None,
@@ -189,7 +232,7 @@ def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = No
         etype, eid = entity
         stmt = stmt.where(p.c.body.contains(eid, autoescape=True))
     out: list[PackedRow] = []
-    for tx_id, body in conn.execute(stmt):
+    for tx_id, body in conn.execute(stmt).all():  # fetched first: the statement ends at once
         rows = _unpack(tx_id, body)
         if entity is not None:
             rows = [r for r in rows
@@ -283,31 +326,59 @@ def pack(changes: Sequence[ChangeRow],
     return out
 
 
+def transaction_ids(conn: Connection, author: str, after: str | None = None) -> list[str]:
+    """The ids of ``author``'s transactions above ``after`` (all when ``None``), ascending."""
+    t = schema.transactions
+    stmt = select(t.c.id).where(t.c.author == author)
+    if after:
+        stmt = stmt.where(t.c.id > after)
+    return list(conn.execute(stmt.order_by(t.c.id)).scalars())
+
+
+def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> list[TxRecord]:
+    """The transactions ``tx_ids`` (ascending ids of ``author``'s), with their changes, for
+    a bundle.
+
+    Consistent without a snapshot (a caller may read outside any transaction, so that a
+    long read never delays a commit): the pending rows are read first, then the log, and a
+    transaction that :func:`fold` moved in between (found twice) is kept once; a fold only
+    ever moves rows from ``dimple_pending`` into the log, so none can be missed.
+    """
+    c = schema.changes
+    by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
+    twice: set[str] = set()
+    for chunk in chunks(tx_ids):
+        pending = {prow[ROW_TRANSACTION] for prow in
+                   _collect(by_tx, pending_rows(conn, transaction_ids=chunk))}
+        # fetched before expanding: the statement (and SQLite's shared lock) ends at once
+        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))).all():
+            if row[ROW_TRANSACTION] in pending:
+                twice.add(row[ROW_TRANSACTION])
+            by_tx[row[ROW_TRANSACTION]].extend(expand(row))
+    out: list[TxRecord] = []
+    for tx in tx_ids:
+        changes = by_tx.get(tx, [])
+        if tx in twice:
+            changes = list(set(changes))
+        changes.sort()
+        out.append((tx, author, changes))
+    return out
+
+
+def _collect(by_tx: dict[str, list[ChangeRow]], rows: list[PackedRow]) -> list[PackedRow]:
+    for row in rows:
+        by_tx[row[ROW_TRANSACTION]].extend(expand(row))
+    return rows
+
+
 def transactions_since(conn: Connection, author: str, after: str | None, *,
                        first: str | None = None, last: str | None = None) -> list[TxRecord]:
     """``author``'s transactions with an id above ``after`` (and, when given, from ``first``
     through ``last``), oldest first, for a bundle."""
-    t, c = schema.transactions, schema.changes
-    stmt = select(t.c.id).where(t.c.author == author)
-    if after:
-        stmt = stmt.where(t.c.id > after)
-    if first is not None:
-        stmt = stmt.where(t.c.id >= first)
-    if last is not None:
-        stmt = stmt.where(t.c.id <= last)
-    tx_ids = list(conn.execute(stmt.order_by(t.c.id)).scalars())
-    by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
-    for chunk in chunks(tx_ids):
-        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
-            by_tx[row[ROW_TRANSACTION]].extend(expand(row))
-        for prow in pending_rows(conn, transaction_ids=chunk):
-            by_tx[prow[ROW_TRANSACTION]].extend(expand(prow))
-    out: list[TxRecord] = []
-    for tx in tx_ids:
-        changes = by_tx.get(tx, [])
-        changes.sort()
-        out.append((tx, author, changes))
-    return out
+    ids = transaction_ids(conn, author, after)
+    if first is not None or last is not None:
+        ids = [i for i in ids if (first is None or i >= first) and (last is None or i <= last)]
+    return transactions_of(conn, author, ids)
 
 
 def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]

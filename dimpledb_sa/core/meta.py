@@ -1,18 +1,20 @@
 """``dimple_meta``, the replica's key/value settings: the only module that reads or writes it.
 
-Keys: ``author_id`` (this database's author, created once), ``clock`` (the clock floor:
-every id the database holds is at or below it, see :mod:`.changelog`),
-``pushed_through`` (the last local transaction a push uploaded), ``settled_through`` (the
-last local transaction whose entities the merge's rules have looked at, see
-:mod:`..sync.merge`) and ``history_pruned_before`` (an id: ``prune_history`` may have
-dropped superseded changes older than it, so history before it can no longer be viewed or
-reverted). Every function works on
-the caller's connection, inside the caller's transaction.
+Keys: ``author_id`` (this database's author, created once; changed only by
+:func:`set_author_id`, for ``dimpledb reauthor``), ``clock`` (the clock floor: every id the
+database holds is at or below it, see :mod:`.changelog`), ``pushed_through`` (the last local
+transaction a push uploaded and saw listed in its manifest), ``push_lease`` (which push may
+talk to the remote now, and until when: see :mod:`dimpledb_sa.sync.lease`),
+``settled_through`` (the last local transaction whose entities the merge's rules have looked
+at, see :mod:`..sync.merge`) and ``history_pruned_before`` (an id: ``prune_history`` may
+have dropped superseded changes older than it, so history before it can no longer be viewed
+or reverted). Every function works on the caller's connection, inside the caller's
+transaction.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, delete, select, update
 
 from .clock import new_id
 from .rows import insert_many
@@ -23,12 +25,16 @@ __all__ = [
     "CLOCK",
     "PRUNED_BEFORE",
     "PUSHED_THROUGH",
+    "PUSH_LEASE",
     "SETTLED_THROUGH",
     "author_id",
+    "floor_and_author",
     "get",
     "put",
     "raise_floor",
     "read_author_id",
+    "remove",
+    "set_author_id",
     "take_write_lock",
 ]
 
@@ -37,6 +43,7 @@ CLOCK = "clock"
 PUSHED_THROUGH = "pushed_through"
 PRUNED_BEFORE = "history_pruned_before"
 SETTLED_THROUGH = "settled_through"
+PUSH_LEASE = "push_lease"
 
 
 def get(conn: Connection, key: str) -> str | None:
@@ -49,6 +56,25 @@ def put(conn: Connection, key: str, value: str) -> None:
     """Set ``key`` to ``value``."""
     if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
         insert_many(conn, meta, [(key, value)])
+
+
+def remove(conn: Connection, key: str) -> None:
+    """Remove ``key`` (nothing happens when it is not set)."""
+    conn.execute(delete(meta).where(meta.c.key == key))
+
+
+def floor_and_author(conn: Connection) -> tuple[str | None, str | None]:
+    """The clock floor and the author id, in one query (each ``None`` when not set): what
+    every local commit reads, so that a commit never records a stale author id."""
+    found = dict(conn.execute(select(meta.c.key, meta.c.value)
+                              .where(meta.c.key.in_((CLOCK, AUTHOR_ID)))).all())
+    return found.get(CLOCK), found.get(AUTHOR_ID)
+
+
+def set_author_id(conn: Connection, value: str) -> None:
+    """Give the database a new author id (``dimpledb reauthor``; see
+    :mod:`dimpledb_sa.sync.reauthor`)."""
+    put(conn, AUTHOR_ID, value)
 
 
 def author_id(conn: Connection) -> str:

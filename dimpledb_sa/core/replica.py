@@ -60,12 +60,20 @@ class Replica:
             self._author_id = meta.read_author_id(self.engine)
         return self._author_id
 
-    def author_on(self, conn: Connection) -> str:
-        """The author id, read (or created) on ``conn`` when not known yet: another
-        connection would wait on this transaction's write lock (SQLite)."""
-        if self._author_id is None:
+    def author_on(self, conn: Connection, stored: str | None = None) -> str:
+        """The author id as ``conn``'s transaction sees it: ``stored`` (the value the caller
+        just read from ``dimple_meta``) when given, else the one known, else read (or
+        created) on ``conn``: another connection would wait on this transaction's write
+        lock (SQLite)."""
+        if stored is not None:
+            self._author_id = stored
+        elif self._author_id is None:
             self._author_id = meta.author_id(conn)
         return self._author_id
+
+    def forget_author(self) -> None:
+        """Read the author id again at next use (after ``reauthor``)."""
+        self._author_id = None
 
     def committed(self, tables: Iterable[str], make_changes: Callable[[], list[Change]],
                   origin: str) -> None:

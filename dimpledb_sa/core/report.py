@@ -23,6 +23,9 @@ table or column, or a row they need (cumulative: still-held pairs count again). 
     ``requests``: storage calls made, by kind (``"ls"``, ``"get"``, ``"put"``).
     ``conflicts``: changes kept out of the tables by a conflict after this sync, as
     ``db.conflicts()`` lists them (cumulative: unresolved conflicts count again).
+    ``push_skipped``: this sync did not push because another push of the same database
+    (another process or ``DimpleDb``) held the push lease; that push or the next one takes
+    this database's transactions (not an error).
     """
 
     pushed: int = 0
@@ -33,6 +36,7 @@ table or column, or a row they need (cumulative: still-held pairs count again). 
     conflicts: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
+    push_skipped: bool = False
     error_kinds: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property

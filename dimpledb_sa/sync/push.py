@@ -1,21 +1,43 @@
-"""Push: upload this replica's transactions not pushed yet as a bundle, then its manifest.
+"""Push: upload this replica's transactions that our manifest does not list yet, without
+ever holding a database transaction open while talking to the remote.
 
-Our transactions after ``pushed_through`` (kept in ``dimple_meta``) go into one bundle,
-encrypted and written *before* our manifest; ``pushed_through`` advances only after both
-writes, in the database transaction that took the write lock. A crash in between leaves
-an unlisted bundle (harmless) and the next push sends the same transactions again. When
-our manifest is missing, unreadable or lists less than ``pushed_through``, the bundle holds
-every transaction it does not list, and the manifest is written anew.
+Steps, each database access its own short transaction:
+
+1. Take the push lease (:mod:`.lease`); when another push of this database holds it, skip
+   (``report.push_skipped``) instead of waiting. Fold the pending log into the indexed one
+   in short write transactions, paused between large ones (so that no commit of the app
+   has a large backlog to fold, and a push reads the indexed log), then, in SQLite's WAL
+   mode, checkpoint passively.
+2. Read our manifest afresh (a cached one only answers "nothing to do" when nothing is
+   new); a missing or unreadable manifest lists nothing, so the whole history goes (a new,
+   empty remote gets everything on the first sync). Bundles this database did not make
+   mean a copy or a restored backup (:mod:`.own`): heal, or stop with ``CopyDetected``.
+3. Upload our transactions after the manifest's last one, in bundles of at most
+   :data:`MAX_BUNDLE_CHANGES` changes and about :data:`MAX_BUNDLE_BYTES` (a transaction is
+   never split), read in short read transactions. For each bundle: renew the lease, write
+   the bundle, renew, write the manifest, then advance ``pushed_through`` if the lease is
+   still ours.
+4. Remove stale temporary files of dead writes from our folder (folder backends), release
+   the lease.
+
+A crash leaves an expired lease, at worst an unlisted bundle, or a listed bundle that
+``pushed_through`` does not know about: the next push starts after the manifest's last
+transaction, so nothing is lost and nothing is sent twice. Two pushers of one database take
+turns by the lease, so each transaction is uploaded once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..core import changelog, meta
-from ..core.errors import DimpleError, RemoteFormatError
+from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
+from . import lease
 from .notes import resend
+from .own import Healed, foreign_bundles, resolve
 from .report_errors import fail
 from .wire import (
     BundleInfo,
@@ -29,62 +51,241 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ..core.changes import TxRecord
     from ..core.replica import Replica
     from ..core.report import SyncReport
     from .remote import Remote
 
-__all__ = ["push"]
+__all__ = ["MAX_BUNDLE_BYTES", "MAX_BUNDLE_CHANGES", "push"]
 
 logger = logging.getLogger(__name__)
 
+MAX_BUNDLE_CHANGES = 50_000
+"""A push starts a new bundle before one would hold more changes than this, or about
+:data:`MAX_BUNDLE_BYTES` of JSON (a single larger transaction gets a bundle of its own)."""
 
-def push(replica: Replica, remote: Remote, report: SyncReport) -> None:
-    """Upload our transactions not pushed yet as one bundle, then the manifest."""
+MAX_BUNDLE_BYTES = 8 << 20
+"""About how many bytes of bundle JSON (before encryption) a push puts in one bundle."""
+
+_CHANGE_OVERHEAD = 190
+"""The bytes of one change's JSON besides its entity type, id, attribute and values."""
+
+_READ_CHANGES = 10_000
+"""About how many changes one read transaction of a push reads."""
+
+_FOLD_ROWS = 2_000
+"""About how many packed rows one of a push's fold transactions moves."""
+
+_FOLD_PAUSE = 0.15
+"""Seconds between two of a push's fold transactions that moved many rows (SQLite's busy
+handler retries a waiting writer every 100 ms at most)."""
+
+CLEAN_EVERY = 3600.0
+"""Seconds between two clean-ups of stale temporary files by the same handle."""
+
+
+class _LeaseLost(Exception):
+    """Another push took the lease over (ours outlived ``LEASE_SECONDS`` between steps)."""
+
+
+def push(replica: Replica, remote: Remote, report: SyncReport) -> Healed | None:
+    """Upload what our manifest does not list yet; see the module docstring. Returns what
+    healing merged (a restored backup), if anything."""
     # Bundles of ours that other authors noted as unreadable: uploaded again (see .notes).
     resend(replica, remote, report)
-
-    storage, cipher, me = remote.storage, remote.cipher, replica.author_id
-    with replica.engine.connect() as conn, conn.begin():
-        meta.take_write_lock(conn)
-        changelog.fold(conn)
-        since = meta.get(conn, meta.PUSHED_THROUGH)
-        txs = changelog.transactions_since(conn, me, since)
-        if not txs:
-            return
-        try:
-            manifest = _own_manifest(replica, remote, since)
-            listed = manifest.last_transaction_id if manifest is not None else None
-            if since is not None and (listed is None or listed < since):
-                logger.warning("sync: our manifest lists our transactions up to %s, not %s: "
-                             "pushing the others again", listed, since)
-                txs = changelog.transactions_since(conn, me, listed)
-            data = cipher.encrypt(encode_bundle(txs))
-            name = bundle_name(txs[0][0], txs[-1][0])
-            storage.write_bundle(me, name, data)
-            info = BundleInfo(name, txs[0][0], txs[-1][0], len(txs), utc_now_iso())
-            manifest = manifest_with(manifest, me, info)
-            storage.write_manifest(me, encode_manifest(manifest))
-        except (OSError, DimpleError, ValueError) as exc:
-            fail(report, "push", exc)
-            return
-        remote.own_manifest = manifest
-        meta.put(conn, meta.PUSHED_THROUGH, txs[-1][0])
-        report.pushed = len(txs)
+    engine = replica.engine
+    holder = lease.new_holder()
+    other = lease.take(engine, holder)
+    if other is not None:
+        report.push_skipped = True
+        logger.info("sync: another push of this database holds the lease (%s): not pushing "
+                    "now; its push or the next one takes our transactions", other.describe())
+        return None
+    try:
+        return _push_leased(replica, remote, report, holder)
+    finally:
+        lease.release(engine, holder)
 
 
-def _own_manifest(replica: Replica, remote: Remote, pushed_through: str | None
-                  ) -> Manifest | None:
-    """Our manifest: the one this handle last wrote while it still ends at
-    ``pushed_through``, else read afresh (another handle on this database pushed since);
-    ``None`` when there is none or it is unreadable (the push then writes it anew)."""
-    cached = remote.own_manifest
-    if cached is not None and cached.last_transaction_id == pushed_through:
-        return cached
-    data = remote.storage.read_manifest(replica.author_id)
+def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: str
+                 ) -> Healed | None:
+    healed: Healed | None = None
+    _fold(replica.engine)
+    try:
+        with replica.engine.connect() as conn:
+            stored = meta.get(conn, meta.AUTHOR_ID)
+            if stored is not None:
+                replica.author_on(conn, stored)  # the id as stored now (after a reauthor)
+            pushed = meta.get(conn, meta.PUSHED_THROUGH)
+            conn.rollback()
+        me = replica.author_id  # created, in a transaction of its own, when not stored yet
+        with replica.engine.connect() as conn:
+            new = changelog.transaction_ids(conn, me, pushed)
+            conn.rollback()
+        cached = remote.own_manifest
+        if not new and remote.own_known and (cached is None or cached.author_id == me) and (
+                cached.last_transaction_id if cached is not None else None) == pushed:
+            return None  # nothing new, and this handle knows the remote has what we pushed
+        manifest = _read_manifest(replica, remote)
+        if manifest is not None:
+            with replica.engine.connect() as conn:
+                foreign = foreign_bundles(conn, me, manifest)
+                conn.rollback()
+            if foreign:
+                healed = resolve(replica, remote, manifest, foreign, report)
+        _upload(replica, remote, manifest, pushed, holder, report)
+    except ConfigurationError:
+        raise
+    except _LeaseLost:
+        report.push_skipped = True
+        logger.warning("sync: this push outlived its lease and another push took it over; "
+                       "that push takes the rest")
+    except (OSError, DimpleError, ValueError) as exc:
+        fail(report, "push", exc)
+    return healed
+
+
+def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
+    """Our manifest as the remote has it now; ``None`` when there is none or it is
+    unreadable (the push then lists every transaction of ours anew)."""
+    me = replica.author_id
+    data = remote.storage.read_manifest(me)
     if data is None:
         return None
     try:
-        return decode_manifest(data, replica.author_id)
+        return decode_manifest(data, me)
     except RemoteFormatError as exc:
         logger.warning("sync: our own manifest is unreadable (%s): writing it anew", exc)
         return None
+
+
+def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
+            pushed: str | None, holder: str, report: SyncReport) -> None:
+    """Upload our transactions after ``manifest``'s last one, bundle by bundle."""
+    engine, storage, me = replica.engine, remote.storage, replica.author_id
+    listed = manifest.last_transaction_id if manifest is not None else None
+    with engine.connect() as conn:
+        ids = changelog.transaction_ids(conn, me, listed)
+        conn.rollback()
+    if pushed is not None and (listed is None or listed < pushed):
+        logger.warning("sync: our manifest lists our transactions up to %s, not %s: "
+                       "pushing the others again", listed, pushed)
+    remote.own_manifest, remote.own_known = manifest, True
+    if not ids:
+        if listed is not None and listed != pushed and not lease.record(engine, holder, listed):
+            raise _LeaseLost
+        return
+    for txs in _bundles(replica, ids):
+        first, last = txs[0][0], txs[-1][0]
+        data = remote.cipher.encrypt(encode_bundle(txs))
+        name = bundle_name(first, last)
+        _renew(engine, holder)
+        storage.write_bundle(me, name, data)
+        manifest = manifest_with(manifest, me, BundleInfo(name, first, last, len(txs),
+                                                          utc_now_iso()))
+        _renew(engine, holder)
+        storage.write_manifest(me, encode_manifest(manifest))
+        remote.own_manifest = manifest
+        if not lease.record(engine, holder, last):
+            raise _LeaseLost
+        report.pushed += len(txs)
+    _clean(remote, me)
+
+
+def _renew(engine: Engine, holder: str) -> None:
+    if not lease.renew(engine, holder):
+        raise _LeaseLost
+
+
+def _bundles(replica: Replica, ids: Sequence[str]) -> Iterator[list[TxRecord]]:
+    """The transactions ``ids`` as bundles of at most ``MAX_BUNDLE_CHANGES`` changes, read
+    a few at a time, each read on its own (no transaction is held between reads)."""
+    me, engine = replica.author_id, replica.engine
+    batch: list[TxRecord] = []
+    size = volume = 0
+    step, i = 1, 0  # grows while reads stay small: a first read never reads much
+    while i < len(ids):
+        chunk = ids[i:i + step]
+        i += len(chunk)
+        with engine.connect() as conn:
+            txs = changelog.transactions_of(conn, me, chunk)
+            conn.rollback()
+        read = sum(len(t[2]) for t in txs)
+        if read > 2 * _READ_CHANGES:
+            step = max(1, step // 2)
+        elif read < _READ_CHANGES // 2:
+            step = min(4096, step * 2)
+        for tx in txs:
+            n, nbytes = len(tx[2]), _json_size(tx)
+            if batch and (size + n > MAX_BUNDLE_CHANGES or volume + nbytes > MAX_BUNDLE_BYTES):
+                yield batch
+                batch, size, volume = [], 0, 0
+            batch.append(tx)
+            size += n
+            volume += nbytes
+    if batch:
+        yield batch
+
+
+def _json_size(tx: TxRecord) -> int:
+    """About how many bytes ``tx`` takes in a bundle's JSON."""
+    return 100 + sum(len(c[2]) + len(c[3]) + len(c[4]) + len(c[5] or "null")
+                     + len(c[6] or "null") + _CHANGE_OVERHEAD for c in tx[2])
+
+
+def _fold(engine: Engine) -> None:
+    """Fold what is pending into the indexed log in short write transactions (a few
+    transactions each, unpacked before the lock is taken), so that no later commit has a
+    large backlog to fold; between two,
+    a pause longer than SQLite's busy-handler retry period lets a waiting commit in (back to
+    back, they could starve it)."""
+    with engine.connect() as conn:
+        through = changelog.last_pending(conn)  # what was pending when the push began
+        conn.rollback()
+    if through is None:
+        return  # nothing pending: no write transaction at all
+    step, folded = 1, False
+    while True:
+        with engine.connect() as conn:  # unpacked with no lock held
+            unpacked = changelog.unpacked_pending(conn, step, through)
+            conn.rollback()
+        if not unpacked:
+            if folded:
+                _checkpoint(engine)
+            return
+        with engine.begin() as conn:
+            meta.take_write_lock(conn)
+            moved = changelog.fold_unpacked(conn, unpacked)
+        folded = True
+        if moved < _FOLD_ROWS // 2:
+            step = min(256, step * 2)  # a short transaction: the next one may follow at once
+            continue
+        if moved > _FOLD_ROWS:
+            step = max(1, step // 2)
+        time.sleep(_FOLD_PAUSE)
+
+
+def _checkpoint(engine: Engine) -> None:
+    """SQLite in WAL mode: copy what the fold wrote into the database file now (a passive
+    checkpoint, which blocks no one), so that the app's next commit does not."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.rollback()
+
+
+def _clean(remote: Remote, me: str) -> None:
+    """Remove stale temporary files from our folder, at most every ``CLEAN_EVERY`` s."""
+    now = time.monotonic()
+    if remote.storage.uses_temporaries and now - remote.cleaned_at >= CLEAN_EVERY:
+        remote.cleaned_at = now
+        try:
+            removed = remote.storage.remove_stale_temporaries(me)
+        except OSError as exc:
+            logger.info("sync: could not remove stale temporary files: %s", exc)
+            return
+        if removed:
+            logger.info("sync: removed %d stale temporary file(s) of writes that died: %s",
+                        len(removed), ", ".join(removed))

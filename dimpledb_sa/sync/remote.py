@@ -6,7 +6,9 @@ and what this handle last wrote there.
 ``remote=``/key keywords by :meth:`Remote.open`, with the manifest this handle last wrote
 (so a push need not read it back). :meth:`Remote.prepare` runs at the start of every sync:
 it applies the keywords to the replica's keyring and reads it, so that the sync encrypts
-to the persisted recipients and checks signatures against the current keys and pins.
+to the persisted recipients and checks signatures against the current keys and pins. The
+manifest this handle last wrote or read is kept, so that a sync with nothing to push need
+not read it again (a push that writes reads it afresh first).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class Remote:
         self.trust: Trust = Trust.from_cipher(cipher, self.settings)
         """Signing and acceptance of files for this sync (refreshed by :meth:`prepare`)."""
         self.own_manifest: Manifest | None = None
+        self.own_known = False
+        """True once this handle read or wrote our manifest: ``own_manifest`` is then what
+        the remote held (``None``: no manifest) as far as this handle knows."""
+        self.cleaned_at = float("-inf")
+        """When (``time.monotonic()``) a push through this handle last removed stale
+        temporary files from our folder."""
 
     @classmethod
     def open(cls, remote: Any, *, storage_options: Mapping[str, Any] | None = None,

@@ -1,8 +1,11 @@
 """One sync: :func:`sync` reads the keyring (:meth:`.remote.Remote.prepare`), pushes
 (:mod:`.push`), pulls and merges (:mod:`.pull`), under the replica's sync lock (threads of
 this process), then sends ``changes_committed`` (origin ``"sync"``) for what the merge
-changed, and raises :class:`SyncError` (see
-:mod:`.report_errors`) carrying the report when any author failed.
+changed (and what the push healed: our own transactions a restored backup lacked, counted
+in ``pulled`` and ``applied``), and raises :class:`SyncError` (see :mod:`.report_errors`)
+carrying the report when any author failed. A push that finds another database writing as
+our author raises its ``CopyDetected`` (a ``ConfigurationError``) at once: nothing is
+pulled either.
 """
 
 from __future__ import annotations
@@ -30,11 +33,16 @@ def sync(replica: Replica, remote: Remote) -> SyncReport:
     with replica.sync_lock:
         remote.prepare(replica)  # the persisted recipients, keys and pins for this sync
         try:
-            push(replica, remote, report)
+            healed = push(replica, remote, report)
+            if healed is not None:
+                announce(replica, healed.result)
             result = pull(replica, remote, report)
         finally:
             report.requests = {k: v - start.get(k, 0) for k, v in storage.requests.items()
                                if v - start.get(k, 0)}
+    if healed is not None:
+        report.pulled += healed.transactions
+        report.applied += healed.result.applied
     if result is not None:
         announce(replica, result)
     if report.errors:

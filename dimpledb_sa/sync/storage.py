@@ -7,11 +7,14 @@ layout (``root/{author}/dimple_db.json`` and ``root/{author}/{first}_{last}.json
 of its own. Every author and file name is validated before the backend is touched, so no
 path can leave the root (:class:`~dimpledb_sa.core.errors.RemoteFormatError` otherwise); listings
 are always fresh (fsspec's directory cache is dropped first); and ``requests`` counts the
-calls made, by kind. Backend failures propagate as the built-in exceptions fsspec raises
-(``FileNotFoundError``, ``PermissionError``, other ``OSError``). Every read is bounded:
-a file larger than its limit (``max_bundle_bytes``, ``max_manifest_bytes``,
-``max_notes_bytes``) is refused with :class:`TooLargeError` after reading at most one byte
-more than the limit (a ranged read: the rest is never downloaded). Contents are opaque bytes:
+calls made, by kind. On folder backends a write goes through a hidden temporary file
+named with the time it began (:func:`temporary_name`), and
+:meth:`Storage.remove_stale_temporaries` removes those of writes that died. Backend
+failures propagate as the built-in exceptions fsspec raises (``FileNotFoundError``,
+``PermissionError``, other ``OSError``). Every read is bounded: a file larger than its
+limit (``max_bundle_bytes``, ``max_manifest_bytes``, ``max_notes_bytes``) is refused with
+:class:`TooLargeError` after reading at most one byte more than the limit (a ranged read:
+the rest is never downloaded). Contents are opaque bytes:
 encoding and encryption happen elsewhere.
 """
 
@@ -21,9 +24,11 @@ import contextlib
 import errno
 import os
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -42,7 +47,7 @@ from .wire import (
     is_uuid,
 )
 
-__all__ = ["Storage", "TooLargeError"]
+__all__ = ["STALE_TEMPORARY_SECONDS", "Storage", "TooLargeError", "temporary_name"]
 
 
 class TooLargeError(RemoteFormatError):
@@ -75,6 +80,34 @@ def _check_signed(name: str) -> str:
             or name.endswith(signature_name(""))):
         raise RemoteFormatError(f"unsafe or malformed name of a signed file: {name!r:.120}")
     return name
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.(\d{13})\.[0-9a-f]{16}\.tmp")
+_OLD_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{32}\.tmp")  # before the time was in the name
+
+STALE_TEMPORARY_SECONDS = 3600.0
+"""A temporary file older than this (by the time in its name) belongs to a write that
+died: a push removes it from its own folder."""
+
+
+def temporary_name(name: str, now: float | None = None) -> str:
+    """The hidden temporary file a write of ``name`` goes through on folder backends:
+    ``.{name}.{unix time in ms, 13 digits}.{16 random hex digits}.tmp``."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f".{name}.{ms:013d}.{uuid.uuid4().hex[:16]}.tmp"
+
+
+def _temporary_age(entry: Mapping[str, Any], name: str, now: float) -> float | None:
+    """How old a temporary file is, or ``None`` when ``name`` is not one of ours."""
+    m = _TEMPORARY.fullmatch(name)
+    if m is not None:
+        return now - int(m.group(2)) / 1000
+    if _OLD_TEMPORARY.fullmatch(name) is None:
+        return None
+    stamp = entry.get("mtime", entry.get("created"))
+    if isinstance(stamp, datetime):
+        stamp = stamp.timestamp()
+    return now - float(stamp) if isinstance(stamp, int | float) else None
 
 
 def _basename(path: str) -> str:
@@ -328,7 +361,7 @@ class Storage:
     def _put(self, folder: str, name: str, data: bytes) -> None:
         path = self._join(folder, name)
         self.requests["put"] += 1
-        if getattr(self.fs, "split_path", None) is not None:
+        if not self.uses_temporaries:
             # An object store: a PUT replaces the object atomically; buckets are not created.
             try:
                 self.fs.pipe_file(path, bytes(data))
@@ -342,7 +375,7 @@ class Storage:
         # creating the folders on first use, then rename it, so that readers never see a
         # partly written manifest or bundle.
         parent = self._join(folder)
-        tmp = self._join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        tmp = self._join(folder, temporary_name(name))
         try:
             self.fs.pipe_file(tmp, bytes(data))
         except FileNotFoundError:
@@ -354,6 +387,35 @@ class Storage:
             with contextlib.suppress(OSError):
                 self.fs.rm_file(tmp)
             raise
+
+    @property
+    def uses_temporaries(self) -> bool:
+        """True on folder-like backends (local, memory), where writes go through a
+        temporary file; object stores (with buckets) replace objects atomically."""
+        return getattr(self.fs, "split_path", None) is None
+
+    def remove_stale_temporaries(self, author: str,
+                                 older_than: float = STALE_TEMPORARY_SECONDS) -> list[str]:
+        """Remove the temporary files of writes that died (older than ``older_than``
+        seconds) from ``author``'s folder; returns their names. One listing; nothing on
+        object stores (they have none)."""
+        if not self.uses_temporaries:
+            return []
+        try:
+            entries = self._ls(self._join(_check_author(author)))
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        removed = []
+        for entry in entries:
+            name = _basename(str(entry["name"]))
+            age = _temporary_age(entry, name, now)
+            if entry.get("type") == "directory" or age is None or age < older_than:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another push removed it first
+                self.fs.rm_file(self._join(author, name))
+                removed.append(name)
+        return removed
 
     def write_bundle(self, author: str, name: str, data: bytes) -> None:
         """Write (or overwrite) a bundle file in ``author``'s folder."""
