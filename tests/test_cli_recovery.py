@@ -37,6 +37,8 @@ def devs(tmp_path: Path) -> Iterator[Devices]:
 
 CRASH = """
 import os, sqlite3, sys
+
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
 con = sqlite3.connect(sys.argv[1], isolation_level=None)
 con.execute("PRAGMA cache_size=1")  # spill: the file is changed before the commit
 con.execute("BEGIN")
