@@ -114,10 +114,11 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     observes the floor kept in ``dimple_meta.clock`` (raised here to the last id issued, and
     by merges to the newest id pulled: every id the database holds is at or below it), so
     ids keep growing across restarts, across processes sharing the database and after pulls
-    by any of them.
+    by any of them. The floor's row stays locked until the commit (PostgreSQL; SQLite's
+    write lock does the same), so ids are issued in commit order across processes.
     """
     clock = replica.clock
-    floor = meta.get(conn, meta.CLOCK)
+    floor = meta.get(conn, meta.CLOCK, for_update=True)
     if floor:
         clock.observe(floor)
     author = replica.author_on(conn)
@@ -173,7 +174,7 @@ def fold(conn: Connection) -> int:
     packed: list[PackedRow] = []
     for _, tx_id, body in found:
         packed.extend(_unpack(tx_id, body))
-    insert_many(conn, schema.changes, packed)
+    insert_many(conn, schema.changes, packed, ignore_existing=True)  # a concurrent fold
     conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
     return len(packed)
 
