@@ -1,27 +1,26 @@
 """Shared test fixtures.
 
-The database: ``database`` is the kind a test runs on, ``"sqlite"`` or ``"postgresql"``
-(marked ``postgresql``: ``pytest -m postgresql`` runs only those); every test that uses it
-(through ``engine``, ``db``, ``devs`` or ``databases``) runs on both, the PostgreSQL run with
-the memory remote only (``pytest_generate_tests``). ``pg_server`` is the PostgreSQL server
+The database: ``database`` is the kind a test runs on, ``"sqlite"`` or ``"postgresql"`` (marked
+``postgresql``: ``pytest -m postgresql`` runs only those); every test that uses it (through
+``engine``, ``db``, ``devs`` or ``databases``) runs on both, the PostgreSQL run with the memory
+remote only (``pytest_generate_tests``). ``pg_server`` is the PostgreSQL server
 (``pgserver.py``), started once per session when a PostgreSQL test first needs it; when it
 cannot start, those tests are skipped with the reason, or fail when ``$CI`` is set.
 ``databases`` makes engines of either kind (``databases.py``). A test marked
 ``@pytest.mark.sqlite_only("reason")`` skips its PostgreSQL run with that reason.
 
 A tracked database: ``engine`` is a SQLite file (``app.db`` in the test's temporary folder) or
-a fresh PostgreSQL schema, and ``db`` a ``DimpleDb`` on it tracking ``models`` (tables created, closed afterwards, which
-also closes its live queries and watchers). ``models`` is ``models.Base``, the capture tests'
-schema; a test module that needs another set overrides the ``models`` fixture (the live-query
-and watcher tests return ``models.LiveBase``).
+a fresh PostgreSQL schema, and ``db`` a ``DimpleDb`` on it tracking ``models`` (tables created,
+closed afterwards, which also closes its live queries and watchers). ``models`` is
+``models.Base``, the capture tests' schema; a test module that needs another set overrides the
+``models`` fixture (the live-query and watcher tests return ``models.LiveBase``).
 
 Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` folder and
 ``s3``), each time on a fresh, empty location; ``s3_server`` is the loopback S3 endpoint
 (moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs;
 ``devs`` makes sync devices on ``remote``.
 
-The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``.
-"""
+The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ the ``search_path`` of its engine (:meth:`PgServer.schema_url`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import itertools
 import os
@@ -138,10 +139,8 @@ class PgServer:
     def stop(self) -> None:
         """Stop the server and remove its folder; idempotent."""
         if self._admin is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._admin.close()
-            except Exception:
-                pass
             self._admin = None
         if self.running:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop",
@@ -186,11 +185,9 @@ class PgServer:
         """Drop a schema and everything in it (give up after a few seconds if a connection
         still holds a lock on it: the server is thrown away at the end anyway)."""
         admin = self.admin()
-        try:
+        with contextlib.suppress(Exception):
             admin.execute("SET lock_timeout = '3s'")
             admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        except Exception:
-            pass
 
     def schema_url(self, schema: str) -> str:
         """The URL of an engine living in ``schema`` of the ``postgres`` database (its

@@ -2,20 +2,18 @@
 
 :class:`LiveQuery` (``db.live(statement)``) holds the current result of a ``select()`` or
 ``text()`` statement and re-runs it after each committed transaction that wrote a table it
-reads. The replica's :class:`~.registry.Registry` receives ``changes_committed`` and
-dispatches by table name, so a commit re-runs only the queries reading what it wrote.
-The tables a query
-reads come from the statement (every ``Table`` in its element tree, relationship joins,
-and the mappers of the objects it loaded) and from the database itself: on SQLite the first
-run is executed under an authorizer that collects every table read, on PostgreSQL the first
-run of a ``text()`` statement is followed by its ``EXPLAIN`` plan (views resolve to their
-base tables either way; results for ``text()`` are cached per SQL string). A query whose tables cannot
-be known re-runs after every commit. Runs of one query are serialized with a dirty flag, so
+reads. The replica's :class:`~.registry.Registry` receives ``changes_committed`` and dispatches
+by table name, so a commit re-runs only the queries reading what it wrote. The tables a query
+reads come from the statement (every ``Table`` in its element tree, relationship joins, and the
+mappers of the objects it loaded) and from the database itself: on SQLite the first run is
+executed under an authorizer that collects every table read, on PostgreSQL the first run of a
+``text()`` statement is followed by its ``EXPLAIN`` plan (views resolve to their base tables
+either way; results for ``text()`` are cached per SQL string). A query whose tables cannot be
+known re-runs after every commit. Runs of one query are serialized with a dirty flag, so
 concurrent commits coalesce and the final state is always delivered; subscribers are called
 only when the result changed. Commits made by other processes reach the registry through
-:class:`~.watch.Watcher` (``db.watch_external()``). Finding tables and pictures of results
-is :mod:`.tables`' job.
-"""
+:class:`~.watch.Watcher` (``db.watch_external()``). Finding tables and pictures of results is
+:mod:`.tables`' job."""
 
 from __future__ import annotations
 
