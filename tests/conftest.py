@@ -20,7 +20,8 @@ Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` f
 (moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs;
 ``devs`` makes sync devices on ``remote``.
 
-The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``."""
+The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``.
+"""
 
 from __future__ import annotations
 

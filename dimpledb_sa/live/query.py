@@ -13,7 +13,8 @@ known re-runs after every commit. Runs of one query are serialized with a dirty 
 concurrent commits coalesce and the final state is always delivered; subscribers are called
 only when the result changed. Commits made by other processes reach the registry through
 :class:`~.watch.Watcher` (``db.watch_external()``). Finding tables and pictures of results is
-:mod:`.tables`' job."""
+:mod:`.tables`' job.
+"""
 
 from __future__ import annotations
 
