@@ -82,6 +82,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("remote", BACKENDS, indirect=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the PostgreSQL runs of tests that name other remotes than memory themselves."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        p = params.params if params is not None else {}
+        if p.get("database") == "postgresql" and p.get("remote", "memory") != "memory":
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[pgserver.PgServer]:
     """The session's PostgreSQL server (see ``pgserver.py``)."""

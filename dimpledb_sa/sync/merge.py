@@ -8,7 +8,9 @@ attribute going to ``null``, an insert going to the id), and every other column 
 new value of its latest change. The result is compared with the row as it is and only the
 differences are written: inserts parents-first, deletes children-first, and on SQLite with
 ``PRAGMA foreign_keys=ON`` foreign keys are checked at commit (``defer_foreign_keys``); a
-row whose parent has not arrived is kept out of the table and held until it has.
+row whose parent has not arrived is kept out of the table and held until it has. Databases
+that check foreign keys statement by statement (PostgreSQL) find those rows before writing
+(:mod:`.orphans`).
 
 Changes for a table or column this schema lacks stay in the log and are listed in
 ``dimple_held``; :func:`replay_held` re-derives those entities once the schema has them.
@@ -40,6 +42,7 @@ from ..core.changes import (
 from ..core.errors import DimpleError, RemoteFormatError
 from ..core.rows import chunks, fetch_rows, insert_many, insert_values
 from ..core.tracking import parents_first
+from .orphans import hold_orphans_first
 
 if TYPE_CHECKING:
     from ..core.replica import Replica
@@ -284,10 +287,14 @@ def _write(replica: Replica, conn: Connection, plans: list[_TablePlan],
         return
     order = _table_order(replica)
     plans.sort(key=lambda p: order.get(p.tt.name, len(order)))
-    fk_check = conn.dialect.name == "sqlite" and bool(
-        conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
+    sqlite = conn.dialect.name == "sqlite"
+    fk_check = sqlite and bool(conn.exec_driver_sql("PRAGMA foreign_keys").scalar())
     if fk_check:
         conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+    elif not sqlite:  # foreign keys checked statement by statement: find the orphans first
+        hold_orphans_first(replica, conn, plans, result,  # type: ignore[arg-type]
+                           lambda tt: _TablePlan(tt, [], result))
+        plans.sort(key=lambda p: order.get(p.tt.name, len(order)))
     for plan in reversed(plans):  # children first
         tt = plan.tt
         for chunk in chunks(plan.deletes):
