@@ -17,6 +17,7 @@ from sqlalchemy.orm import sessionmaker as _sessionmaker
 from .capture.unit_of_work import Capture
 from .core import schema
 from .core.changelog import history
+from .core.datetimes import use_utc_datetimes
 from .core.errors import ConfigurationError
 from .core.replica import Replica
 from .core.tracking import TrackedTable, resolve_tables
@@ -61,6 +62,7 @@ class DimpleDb:
         if not isinstance(engine, Engine):
             raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}")
         self.engine = engine
+        use_utc_datetimes(engine)  # SQLite: DateTime(timezone=True) aware, as elsewhere
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
         self.metadata: MetaData = schema.metadata
         self.replica = Replica(engine, self.tracked, sender=self)

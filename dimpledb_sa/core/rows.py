@@ -103,7 +103,7 @@ def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
         columns: list[list[Any]] = []
         for c in cols:
             values = [r[c.name] for r in batch]
-            proc = c.type.bind_processor(dialect)
+            proc = c.type.dialect_impl(dialect).bind_processor(dialect)  # e.g. sqlite.TIME
             if proc is not None:
                 values = [None if v is None else proc(v) for v in values]
             columns.append(values)
