@@ -206,7 +206,8 @@ class DimpleDb:
         return LiveQuery(self.live_registry, statement, **kw)
 
     def watch_external(self, interval: float = 0.5) -> Watcher:
-        """Notice commits by other processes to the same SQLite file (opt-in)."""
+        """Notice commits by other processes to the same SQLite file or PostgreSQL database
+        (opt-in; see :mod:`.live.watch`)."""
         from .live.watch import Watcher
 
         return Watcher(self.live_registry, interval=interval)
