@@ -42,18 +42,19 @@ class PgUnavailable(RuntimeError):
 
 def find_bin_dir() -> Path | None:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``, or ``None``."""
-    candidates: list[str] = []
-    if os.environ.get("DIMPLEDB_PG_BIN"):
-        candidates.append(os.environ["DIMPLEDB_PG_BIN"])
-    found = shutil.which("pg_ctl")
-    if found:
-        candidates.append(str(Path(found).resolve().parent))
+    explicit = os.environ.get("DIMPLEDB_PG_BIN")
+    if explicit:  # that folder only
+        candidates = [explicit]
+    else:
+        found = shutil.which("pg_ctl")
+        candidates = [str(Path(found).resolve().parent)] if found else []
 
-    def version(path: str) -> tuple[int, ...]:
-        part = Path(path).parent.name
-        return tuple(int(x) for x in part.split(".") if x.isdigit()) or (0,)
+        def version(path: str) -> tuple[int, ...]:
+            part = Path(path).parent.name
+            return tuple(int(x) for x in part.split(".") if x.isdigit()) or (0,)
 
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+        candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version,
+                             reverse=True)
     for folder in candidates:
         if all(os.access(Path(folder) / p, os.X_OK) for p in _PROGRAMS):
             return Path(folder)
