@@ -77,13 +77,13 @@ def main(argv: list[str]) -> int:
         return run(PY, "-m", "pytest", *rest, check=False)
     if task == "bench":
         ensure_venv()
-        names = rest or ["capture", "sync", "live"]
+        names = rest or ["capture", "sync", "live", "postgresql"]
         for name in names:
             if run(PY, ROOT / "benchmarks" / f"{name}.py", check=False):
                 return 1
         return 0
     print(__doc__)
-    print("tasks: demo | test [pytest args] | bench [capture|sync|live ...]")
+    print("tasks: demo | test [pytest args] | bench [capture|sync|live|postgresql ...]")
     return 0 if task == "help" else 2
 
 
