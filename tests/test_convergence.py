@@ -152,7 +152,7 @@ def test_replicas_converge(data: st.DataObject) -> None:
 
 
 @pytest.mark.postgresql
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_sqlite_and_postgresql_replicas_converge(pg_server: PgServer,
