@@ -3,12 +3,16 @@
 
 Needs only a Python >= 3.11 on the machine. Each task first makes `.venv/` (if missing),
 installs the project into it in editable mode with its test extra, then runs in it.
-`test` also installs the `age` command-line tool (Debian package `age`) when it is missing
-and the machine allows it (root with apt-get): the encryption interop tests use it.
+`test` also installs the `age` command-line tool (Debian package `age`) and the PostgreSQL
+server binaries (Debian package `postgresql`) when they are missing and the machine allows it
+(root with apt-get): the encryption interop tests use the first, the PostgreSQL runs of the
+suites start a throw-away server from the second (`python3 dev.py test -m postgresql` runs
+only those; without the binaries they are skipped, or fail when $CI is set).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -37,15 +41,24 @@ def ensure_venv() -> None:
         STAMP.write_text(pyproject.read_text())
 
 
-def ensure_age() -> None:
-    if shutil.which("age"):
-        return
+def apt_install(package: str, why: str) -> None:
     if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
         run("apt-get", "update", "-q")
-        run("apt-get", "install", "-y", "-q", "age")
+        run("apt-get", "install", "-y", "-q", package)
     else:
-        print("note: the `age` tool is missing; install it (e.g. `sudo apt-get install age`)"
-              " or the interop tests fail", flush=True)
+        print(f"note: install the `{package}` package (e.g. `sudo apt-get install {package}`)"
+              f" {why}", flush=True)
+
+
+def ensure_age() -> None:
+    if not shutil.which("age"):
+        apt_install("age", "or the interop tests fail")
+
+
+def ensure_postgresql() -> None:
+    if shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        return
+    apt_install("postgresql", "or the PostgreSQL runs of the tests are skipped")
 
 
 def main(argv: list[str]) -> int:
@@ -57,19 +70,21 @@ def main(argv: list[str]) -> int:
     if task == "test":
         ensure_venv()
         ensure_age()
+        ensure_postgresql()
         for check in (["-m", "ruff", "check", "."], ["-m", "mypy"]):
             if run(PY, *check, check=False):
                 return 1
         return run(PY, "-m", "pytest", *rest, check=False)
     if task == "bench":
         ensure_venv()
-        names = rest or ["capture", "sync", "live", "push_while_committing"]
+        names = rest or ["capture", "sync", "live", "push_while_committing", "postgresql"]
         for name in names:
             if run(PY, ROOT / "benchmarks" / f"{name}.py", check=False):
                 return 1
         return 0
     print(__doc__)
-    print("tasks: demo | test [pytest args] | bench [capture|sync|live|push_while_committing ...]")
+    print("tasks: demo | test [pytest args] | bench [capture|sync|live|push_while_committing|"
+          "postgresql ...]")
     return 0 if task == "help" else 2
 
 

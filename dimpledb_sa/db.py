@@ -21,6 +21,7 @@ from .capture.unit_of_work import Capture
 from .core import schema
 from .core.changelog import history
 from .core.clock import DEFAULT_MAX_DRIFT, MAX_ID_AHEAD
+from .core.datetimes import use_utc_datetimes
 from .core.errors import ConfigurationError
 from .core.replica import Replica
 from .core.tracking import TrackedTable, resolve_tables
@@ -70,6 +71,7 @@ class DimpleDb:
             raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}")
         _check_drift(max_drift)
         self.engine = engine
+        use_utc_datetimes(engine)  # SQLite: DateTime(timezone=True) aware, as elsewhere
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
         self.metadata: MetaData = schema.metadata
         self.replica = Replica(engine, self.tracked, sender=self, max_drift=max_drift)
@@ -322,7 +324,8 @@ class DimpleDb:
         return LiveQuery(self.live_registry, statement, **kw)
 
     def watch_external(self, interval: float = 0.5) -> Watcher:
-        """Notice commits by other processes to the same SQLite file (opt-in)."""
+        """Notice commits by other processes to the same SQLite file or PostgreSQL database
+        (opt-in; see :mod:`.live.watch`)."""
         from .live.watch import Watcher
 
         return Watcher(self.live_registry, interval=interval)

@@ -1,10 +1,19 @@
 """Shared test fixtures.
 
-A tracked database: ``engine`` is a SQLite file (``app.db`` in the test's temporary folder)
-and ``db`` a ``DimpleDb`` on it tracking ``models`` (tables created, closed afterwards, which
-also closes its live queries and watchers). ``models`` is ``models.Base``, the capture tests'
-schema; a test module that needs another set overrides the ``models`` fixture (the live-query
-and watcher tests return ``models.LiveBase``).
+The database: ``database`` is the kind a test runs on, ``"sqlite"`` or ``"postgresql"`` (marked
+``postgresql``: ``pytest -m postgresql`` runs only those); every test that uses it (through
+``engine``, ``db``, ``devs`` or ``databases``) runs on both, the PostgreSQL run with the memory
+remote only (``pytest_generate_tests``). ``pg_server`` is the PostgreSQL server
+(``pgserver.py``), started once per session when a PostgreSQL test first needs it; when it
+cannot start, those tests are skipped with the reason, or fail when ``$CI`` is set.
+``databases`` makes engines of either kind (``databases.py``). A test marked
+``@pytest.mark.sqlite_only("reason")`` skips its PostgreSQL run with that reason.
+
+A tracked database: ``engine`` is a SQLite file (``app.db`` in the test's temporary folder) or
+a fresh PostgreSQL schema, and ``db`` a ``DimpleDb`` on it tracking ``models`` (tables created,
+closed afterwards, which also closes its live queries and watchers). ``models`` is
+``models.Base``, the capture tests' schema; a test module that needs another set overrides the
+``models`` fixture (the live-query and watcher tests return ``models.LiveBase``).
 
 Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` folder and
 ``s3``), each time on a fresh, empty location; ``s3_server`` is the loopback S3 endpoint
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 import urllib.request
 import uuid
@@ -34,11 +44,94 @@ from sqlalchemy.orm import DeclarativeBase
 if importlib.util.find_spec("dimpledb_sa") is None:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pgserver
 from cliworld import World, make_world  # after the path set-up above: they import dimpledb_sa
+from databases import Databases
 from models import Base, make_engine
 from syncworld import Devices, device_set
 
 import dimpledb_sa as dimple
+
+# --------------------------------------------------------------------------- the database kind
+
+BACKENDS = ("memory", "local", "s3")
+PG = pytest.mark.postgresql
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run tests on every database kind and remote backend: SQLite with each backend,
+    PostgreSQL with the memory one (the backends do not depend on the database)."""
+    names = metafunc.fixturenames
+    direct: set[str] = set()
+    for m in metafunc.definition.iter_markers("parametrize"):
+        arg = m.args[0]
+        direct.update(x.strip() for x in arg.split(",")) if isinstance(arg, str) else (
+            direct.update(arg))
+    db_here = "database" in names and "database" not in direct
+    remote_here = "remote" in names and "remote" not in direct
+    if db_here and remote_here:
+        metafunc.parametrize(
+            ("database", "remote"),
+            [*[("sqlite", b) for b in BACKENDS],
+             pytest.param("postgresql", "memory", marks=PG)],
+            indirect=True, ids=[*BACKENDS, "postgresql-memory"])
+    elif db_here:
+        metafunc.parametrize("database", ["sqlite", pytest.param("postgresql", marks=PG)],
+                             indirect=True)
+    elif remote_here:
+        metafunc.parametrize("remote", BACKENDS, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the PostgreSQL runs of tests that name other remotes than memory themselves."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        p = params.params if params is not None else {}
+        if p.get("database") == "postgresql" and p.get("remote", "memory") != "memory":
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    """The session's PostgreSQL server (see ``pgserver.py``)."""
+    try:
+        server = pgserver.start()
+    except pgserver.PgUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"PostgreSQL is required in CI and could not start: {exc}",
+                        pytrace=False)
+        pytest.skip(f"PostgreSQL is not available here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest) -> str:
+    """The kind of database this run of the test uses: ``"sqlite"`` or ``"postgresql"``."""
+    kind: str = getattr(request, "param", "sqlite")
+    if kind == "postgresql":
+        marker = request.node.get_closest_marker("sqlite_only")
+        if marker is not None:
+            pytest.skip(f"SQLite only: {marker.args[0] if marker.args else 'by nature'}")
+        request.getfixturevalue("pg_server")
+    return kind
+
+
+@pytest.fixture
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databases]:
+    """Engines of either kind (``databases.Databases``), disposed afterwards."""
+    made = Databases(tmp_path, lambda: request.getfixturevalue("pg_server"))
+    yield made
+    made.close()
+
 
 # --------------------------------------------------------------------------- a tracked database
 
@@ -50,8 +143,9 @@ def models() -> type[DeclarativeBase]:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(tmp_path / "app.db")
+def engine(tmp_path: Path, database: str, databases: Databases) -> Iterator[Engine]:
+    eng = (make_engine(tmp_path / "app.db") if database == "sqlite"
+           else databases.engine(database, "app"))
     yield eng
     eng.dispose()
 
@@ -135,7 +229,7 @@ def s3_bucket(s3_server: str) -> str:
     return bucket
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
+@pytest.fixture
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
     """A fresh, empty remote location on each backend in turn."""
     backend: str = request.param
@@ -154,9 +248,12 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
 
 
 @pytest.fixture
-def devs(tmp_path: Path, remote: Remote) -> Iterator[Devices]:
-    """Devices (``syncworld``) on ``remote``, closed afterwards; ``test_merge`` has its own."""
-    with device_set(tmp_path, remote.url, remote.storage_options) as d:
+def devs(tmp_path: Path, remote: Remote, database: str,
+         databases: Databases) -> Iterator[Devices]:
+    """Devices (``syncworld``) on ``remote`` and ``database``, closed afterwards;
+    ``test_merge`` has its own."""
+    with device_set(tmp_path, remote.url, remote.storage_options, database=database,
+                    databases=databases) as d:
         yield d
 
 

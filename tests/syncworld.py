@@ -1,7 +1,8 @@
 """The world the sync tests share: devices on a remote (``test_run``, ``test_run_faults``,
 ``test_merge``, ``test_convergence``).
 
-A *device* is one SQLite file in the test's temporary folder with its own ``DimpleDb`` on a
+A *device* is one database (a SQLite file in the test's temporary folder, or a schema on the
+test session's PostgreSQL server, see ``databases.py``) with its own ``DimpleDb`` on a
 shared remote. :class:`Devices` makes them (same age identity by default, tracking
 ``models.SyncBase`` unless told otherwise) and closes them. A shared :class:`Ticker` stands in
 for the wall clock of every device of a test, one millisecond per reading, so that an edit made
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from databases import Databases, sqlite_engine
 from models import Note, SyncBase
-from sqlalchemy import Engine, MetaData, Table, create_engine, event, select
+from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.orm import sessionmaker
 
 import dimpledb_sa as dimple
@@ -47,22 +49,6 @@ class Ticker:
         with self._lock:
             self._ns += 1_000_000
             return self._ns
-
-
-def sqlite_engine(path: Path, *, foreign_keys: bool = True) -> Engine:
-    """An engine on the SQLite file ``path``, with ``PRAGMA foreign_keys=ON`` set on connect
-    (and ``synchronous=OFF``: these tests crash no machine, and fsync is slow here)."""
-    engine = create_engine(f"sqlite:///{path}")
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA synchronous=OFF")
-        if foreign_keys:
-            cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    return engine
 
 
 @dataclass
@@ -139,12 +125,20 @@ def change_log(engine: Engine) -> set[ChangeRow]:
 
 
 class Devices:
-    """Makes devices in ``folder`` on one remote; ``close()`` closes them all."""
+    """Makes devices in ``folder`` on one remote; ``close()`` closes them all.
+
+    ``database`` is the kind of database devices get by default (``"sqlite"``: a file in
+    ``folder``; ``"postgresql"``: a schema made by ``databases``); ``new(..., database=...)``
+    picks the kind of one device (mixed replicas).
+    """
 
     def __init__(self, folder: Path, remote: Any = None, storage_options: dict[str, Any] | None
                  = None, *, identity: str | None = None, encryption: bool = True,
-                 path: str | None = None) -> None:
+                 path: str | None = None, database: str = "sqlite",
+                 databases: Databases | None = None) -> None:
         self.folder = folder
+        self.database = database
+        self.databases = databases
         self.remote = remote
         self.storage_options = storage_options
         self.path = path
@@ -155,12 +149,25 @@ class Devices:
         self.ticker = Ticker()
         self.opened: list[Device] = []
 
+    def engine(self, name: str, *, file: Path | None = None, foreign_keys: bool = True,
+               database: str | None = None) -> Engine:
+        """An engine on the device database ``name`` (or ``file``): the same name or file
+        gives the same database."""
+        kind = database or self.database
+        path = file or self.folder / f"{name}.db"
+        if kind == "sqlite":
+            return sqlite_engine(path, foreign_keys=foreign_keys)
+        if self.databases is None:
+            raise ValueError(f"Devices(databases=...) is needed for {kind} devices")
+        return self.databases.engine(kind, str(path))
+
     def new(self, name: str, *, models: Any = SyncBase, file: Path | None = None,
             clock: HybridClock | None = None, create: bool = True, foreign_keys: bool = True,
-            **kw: Any) -> Device:
-        """A device on the file ``name.db`` (or ``file``) with these models and the shared
-        identity; ``kw`` overrides the ``DimpleDb`` keyword arguments."""
-        engine = sqlite_engine(file or self.folder / f"{name}.db", foreign_keys=foreign_keys)
+            database: str | None = None, **kw: Any) -> Device:
+        """A device on the database ``name`` (a file ``name.db``, or ``file``; or a schema
+        on PostgreSQL) with these models and the shared identity; ``kw`` overrides the
+        ``DimpleDb`` keyword arguments."""
+        engine = self.engine(name, file=file, foreign_keys=foreign_keys, database=database)
         args: dict[str, Any] = {"remote": self.remote}
         if self.storage_options:
             args["storage_options"] = self.storage_options

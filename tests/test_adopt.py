@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import Databases
 from sqlalchemy import (
     Engine,
     ForeignKey,
@@ -118,10 +119,11 @@ def _log_size(engine: Engine) -> tuple[int, int]:
 
 
 @pytest.fixture
-def dbs(tmp_path: Path) -> Iterator[tuple[dimple.DimpleDb, dimple.DimpleDb]]:
+def dbs(tmp_path: Path, database: str, databases: Databases
+        ) -> Iterator[tuple[dimple.DimpleDb, dimple.DimpleDb]]:
     """A pre-filled device ``old`` (tracking just added) and an empty device ``new``."""
     remote = tmp_path / "remote"
-    old_engine, new_engine = _engine(tmp_path / "old.db"), _engine(tmp_path / "new.db")
+    old_engine, new_engine = (databases.engine(database, n) for n in ("old", "new"))
     _prefill(old_engine, projects=6, tasks_each=9)
     old = dimple.DimpleDb(old_engine, Base, remote=str(remote), encryption=False)
     old.create_all()  # the bookkeeping tables; the app's tables exist already

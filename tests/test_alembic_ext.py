@@ -30,6 +30,7 @@ from alembic.autogenerate import compare_metadata, render_python_code
 from alembic.config import Config
 from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
+from databases import Databases
 from sqlalchemy import (
     Column,
     Engine,
@@ -153,12 +154,15 @@ def _held(engine: Engine) -> int:
 
 
 @pytest.mark.skipif(not ALEMBIC.exists(), reason="the alembic command is not installed")
-def test_alembic_command_line_end_to_end(tmp_path: Path) -> None:
+def test_alembic_command_line_end_to_end(tmp_path: Path, database: str,
+                                        databases: Databases) -> None:
     project = Project(tmp_path / "project")
     project.root.mkdir()
     project.alembic("init", "migrations")
     ini = project.root / "alembic.ini"
-    ini.write_text(re.sub(r"(?m)^sqlalchemy\.url = .*$", "sqlalchemy.url = sqlite:///app.db",
+    url = "sqlite:///app.db" if database == "sqlite" else databases.url(database, "app")
+    ini.write_text(re.sub(r"(?m)^sqlalchemy\.url = .*$",
+                          lambda _: "sqlalchemy.url = " + url.replace("%", "%%"),
                           ini.read_text()))
     env_py = project.root / "migrations" / "env.py"
     env_py.write_text(_patch_env(env_py.read_text()))
@@ -176,7 +180,8 @@ def test_alembic_command_line_end_to_end(tmp_path: Path) -> None:
     assert "op.create_dimpledb_tables()" in script and "op.drop_dimpledb_tables()" in script
     first.write_text(script)
     project.alembic("upgrade", "head")
-    app_engine = create_engine(f"sqlite:///{project.root / 'app.db'}")
+    app_engine = (create_engine(f"sqlite:///{project.root / 'app.db'}") if database == "sqlite"
+                  else databases.engine(database, "app"))
     insp = inspect(app_engine)
     assert set(schema.metadata.tables) <= set(insp.get_table_names())
     assert "todo" not in insp.get_table_names()
@@ -455,18 +460,19 @@ class NewTodo(NewBase):
 
 
 @pytest.fixture
-def inproc(tmp_path: Path) -> Iterator[tuple[Config, Engine]]:
-    """An in-process Alembic project (revisions 0001, 0002) on ``app.db``."""
+def inproc(tmp_path: Path, database: str, databases: Databases
+           ) -> Iterator[tuple[Config, Engine]]:
+    """An in-process Alembic project (revisions 0001, 0002) on the database ``app``."""
     root = tmp_path / "inproc"
     (root / "versions").mkdir(parents=True)
     (root / "env.py").write_text(ENV_PY)
     (root / "script.py.mako").write_text("")
     (root / "versions" / "0001_dimpledb.py").write_text(textwrap.dedent(REV_1))
     (root / "versions" / "0002_priority.py").write_text(textwrap.dedent(REV_2))
-    url = f"sqlite:///{tmp_path / 'app.db'}"
+    url = databases.url(database, "app")
     cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", str(root))
-    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser escapes
     engine = create_engine(url)
     yield cfg, engine
     engine.dispose()
@@ -568,6 +574,7 @@ def test_replay_held_outside_alembic(tmp_path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.sqlite_only("SQLite's lock wait (a second writer on one file)")
 def test_first_write_after_tables_made_by_a_migration(inproc: tuple[Config, Engine],
                                                       tmp_path: Path) -> None:
     """No ``create_all()``: the author id is made on the writing connection (SQLite would

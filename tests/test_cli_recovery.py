@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from cliworld import call
-from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
 from models import Note
 from syncworld import (
     Devices,

@@ -3,7 +3,8 @@ replicas do and however their syncs interleave, after everyone has synced twice 
 holds the same rows and the same change log, and those rows are what last-write-wins per
 attribute makes of that log.
 
-Each example makes 3 to 5 replicas (SQLite files, foreign keys on, real clocks) in a fresh
+Each example makes 3 to 5 replicas (SQLite files, foreign keys on, real clocks; in the
+PostgreSQL run each replica is a SQLite file or a PostgreSQL schema, drawn) in a fresh
 temporary folder on a fresh ``memory://`` remote (plaintext: encryption is tested elsewhere),
 then runs random inserts, updates, deletes, re-inserts (an insert of an id that was deleted)
 and syncs on random replicas, over a small pool of ids so that they collide.
@@ -17,9 +18,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+from databases import KINDS, Databases
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import Folder, Item, Note
+from pgserver import PgServer
 from sqlalchemy import select
 from syncworld import Device, device_set
 
@@ -144,21 +148,50 @@ def held_entities(dev: Device) -> set[tuple[str, str]]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge(data: st.DataObject) -> None:
+    converge(data, st.just("sqlite"))
+
+
+@pytest.mark.postgresql
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_sqlite_and_postgresql_replicas_converge(pg_server: PgServer,
+                                                 data: st.DataObject) -> None:
+    """The same property with each replica on SQLite or on PostgreSQL (at least one), fewer
+    examples: PostgreSQL replicas cost more to set up."""
+    converge(data, st.sampled_from(KINDS), pg_server)
+
+
+def converge(data: st.DataObject, kinds: st.SearchStrategy[str],
+             server: PgServer | None = None) -> None:
     n = data.draw(st.integers(3, 5), label="replicas")
+    on = data.draw(st.lists(kinds, min_size=n, max_size=n), label="databases")
+    if server is not None and "postgresql" not in on:
+        on[0] = "postgresql"
     steps = data.draw(st.lists(ops(n), min_size=1, max_size=40), label="steps")
     url = f"memory://convergence-{uuid.uuid4().hex}/remote"
-    with tempfile.TemporaryDirectory() as tmp, \
-            device_set(Path(tmp), url, encryption=False) as devs:
-        replicas = [devs.new(f"r{i}", clock=HybridClock()) for i in range(n)]
-        for op in steps:
-            run(replicas[op[1]], op)
-        order = data.draw(st.permutations(range(n)), label="final sync order")
-        for _ in range(2):
-            for i in order:
-                report = replicas[i].sync()
-                assert report.errors == {}
-        check(replicas)
+    with tempfile.TemporaryDirectory() as tmp:
+        made = Databases(Path(tmp), lambda: _need(server))
+        try:
+            with device_set(Path(tmp), url, encryption=False, databases=made) as devs:
+                replicas = [devs.new(f"r{i}", clock=HybridClock(), database=on[i])
+                            for i in range(n)]
+                for op in steps:
+                    run(replicas[op[1]], op)
+                order = data.draw(st.permutations(range(n)), label="final sync order")
+                for _ in range(2):
+                    for i in order:
+                        report = replicas[i].sync()
+                        assert report.errors == {}
+                check(replicas)
+        finally:
+            made.close()
     _drop_remote(url)
+
+
+def _need(server: PgServer | None) -> PgServer:
+    assert server is not None
+    return server
 
 
 def check(replicas: list[Device]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from databases import Databases
 from models import Base, Received, Todo, changes_of, log_count, make_engine
 from sqlalchemy import Column, Engine, MetaData, String, Table, delete, insert, select, text, update
 from sqlalchemy.orm import Session
@@ -34,8 +35,11 @@ def test_core_statements_are_not_captured_by_default(db: dimple.DimpleDb,
 
 
 @pytest.fixture(name="core_db")
-def core_db_fixture(tmp_path: Path) -> Iterator[dimple.DimpleDb]:
-    engine = make_engine(tmp_path / "core.db").execution_options(dimpledb_sa_capture=True)
+def core_db_fixture(tmp_path: Path, database: str,
+                    databases: Databases) -> Iterator[dimple.DimpleDb]:
+    engine = (make_engine(tmp_path / "core.db") if database == "sqlite"
+              else databases.engine(database, "core")).execution_options(
+                  dimpledb_sa_capture=True)
     db = dimple.DimpleDb(engine, Base)
     db.create_all()
     yield db
@@ -117,7 +121,7 @@ def test_core_writes_can_opt_out_and_raw_sql_is_not_captured(
                      .execution_options(dimpledb_sa_capture=False))
         quiet = conn.execution_options(dimpledb_sa_capture=False)
         quiet.execute(update(todo).values(text="y"))
-        conn.execute(text("INSERT INTO todo (id, text, done, count) VALUES ('raw', 'r', 0, 0)"))
+        conn.execute(text("INSERT INTO todo (id, text, done, count) VALUES ('raw', 'r', false, 0)"))
         conn.exec_driver_sql("UPDATE todo SET text = 'z'")
     assert log_count(core_db) == 0
 

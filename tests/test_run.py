@@ -14,12 +14,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import pytest
 from conftest import Remote
+from databases import Databases
 from models import Folder, Item, Note, OldNote, Tag
 from models import OldSyncBase as OldBase
 from models import SyncBase as Base
@@ -76,6 +78,36 @@ def test_two_devices_add_rows_and_converge(devs: Devices) -> None:
 
     report = a.sync()  # nothing new anywhere
     assert (report.pushed, report.pulled, report.applied) == (0, 0, 0)
+
+
+@pytest.mark.postgresql
+def test_sqlite_and_postgresql_devices_converge(tmp_path: Path, pg_server: Any,
+                                                databases: Databases) -> None:
+    """Mixed replicas: devices on SQLite and on PostgreSQL edit, delete, cascade and
+    re-insert the same rows and end with the same rows and log."""
+    url = f"memory://mixed-{uuid.uuid4().hex}/remote"
+    with device_set(tmp_path, url, databases=databases) as devs:
+        a = devs.new("a", database="sqlite")
+        b = devs.new("b", database="postgresql")
+        c = devs.new("c", database="postgresql")
+        folder = Folder(name="f", items=[Item(label="x"), Item(label="y")])
+        note = Note(title="n", rank=1)
+        a.add(folder, note)
+        sync_all(a, b, c)
+        b.edit(Note, note.id, title="from pg", done=True)
+        c.add(Item(folder_id=folder.id, label="z"))
+        a.edit(Note, note.id, body="from sqlite")
+        sync_all(a, b, c)
+        assert b.get(Note, note.id) == {"id": note.id, "title": "from pg", "body": "from sqlite",
+                                        "done": True, "rank": 1}
+        a.delete(Folder, folder.id)  # the ORM cascade deletes its items
+        b.delete(Note, note.id)
+        sync_all(a, b, c)
+        c.add(Note(id=note.id, title="back", rank=2))
+        sync_all(a, b, c)
+        assert a.rows(Folder) == [] and a.rows(Item) == []
+        assert [r[0] for r in a.rows(Note)] == [note.id]
+        assert_converged(a, b, c)
 
 
 @MEMORY_ONLY
@@ -186,8 +218,10 @@ def test_newer_local_edit_beats_older_remote_one(devs: Devices) -> None:
 
 def test_parent_and_child_rows_arrive_together(devs: Devices) -> None:
     a, b = devs.new("a"), devs.new("b")
-    with a.db.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    sqlite = devs.database == "sqlite"  # PostgreSQL always enforces foreign keys
+    if sqlite:
+        with a.db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     folder = Folder(name="groceries", items=[Item(label="milk"), Item(label="eggs")])
     a.add(folder)
     a.add(Item(folder_id=folder.id, label="bread"))  # a second transaction, same bundle
@@ -214,7 +248,7 @@ def test_parent_and_child_rows_arrive_together(devs: Devices) -> None:
     assert report.errors == {} and report.held == 0
     assert {r[0] for r in a.rows(Folder)} == {other.id, third.id}
     assert [r[2] for r in a.rows(Item)] == ["report"]
-    for d in (a, b):
+    for d in (a, b) if sqlite else ():
         with d.db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
     assert_converged(a, b)
@@ -487,7 +521,7 @@ def test_older_schema_holds_changes_until_it_has_the_column(devs: Devices, how: 
     # the app upgrades: new column and table, the newer models on the same file
     path = old.path
     devs.close(old)
-    eng = sqlite_engine(path)
+    eng = devs.engine(old.name, file=path)
     with eng.begin() as conn:
         conn.execute(text("ALTER TABLE note ADD COLUMN rank INTEGER"))
     eng.dispose()
@@ -599,28 +633,35 @@ def test_two_threads_sync_one_database(devs: Devices) -> None:
 SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from models import Note
-from syncworld import Devices
-from pathlib import Path
+from models import Note, SyncBase
+from sqlalchemy import create_engine
+import dimpledb_sa as dimple
 
-devs = Devices(Path(sys.argv[2]), sys.argv[3], identity=sys.argv[4])
-dev = devs.new("process", file=Path(sys.argv[5]), create=False)
+engine = create_engine(sys.argv[4])
+db = dimple.DimpleDb(engine, SyncBase, remote=sys.argv[2], identity=sys.argv[3])
+Session = db.sessionmaker()
 for i in range(5):
-    dev.add(Note(title=f"process{i}"))
-    dev.sync()
-devs.close()
+    with Session() as s:
+        s.add(Note(title=f"process{i}"))
+        s.commit()
+    db.sync()
+db.close()
+engine.dispose()
 """
 
 
-def test_two_processes_sync_one_file(tmp_path: Path) -> None:
+def test_two_processes_sync_one_file(tmp_path: Path, database: str,
+                                     databases: Databases) -> None:
+    """Two processes write to one database and sync it at once (a SQLite file, or a
+    PostgreSQL database with two worker processes)."""
     url = str(tmp_path / "remote")  # a folder: the one backend two processes share here
-    with device_set(tmp_path, url) as devs:
+    with device_set(tmp_path, url, database=database, databases=databases) as devs:
         a, b = devs.new("a"), devs.new("b")
         script = tmp_path / "other.py"
         script.write_text(SCRIPT)
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(Path(__file__).parent), str(tmp_path),
-             url, devs.identity, str(a.path)],
+            [sys.executable, str(script), str(Path(__file__).parent), url, devs.identity,
+             a.db.engine.url.render_as_string(hide_password=False)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         for i in range(5):

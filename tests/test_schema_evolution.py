@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
+from databases import Databases
 from sqlalchemy import (
     Column,
     Engine,
@@ -27,8 +28,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
-    event,
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -81,12 +80,11 @@ class TodoV3(V3):
 
 
 class Device:
-    """One SQLite file (foreign keys on) with a ``DimpleDb`` on the shared remote."""
+    """One database (a SQLite file with foreign keys on, or a PostgreSQL schema) with a
+    ``DimpleDb`` on the shared remote."""
 
-    def __init__(self, path: Path, remote: Path, models: type[DeclarativeBase]) -> None:
-        self.engine: Engine = create_engine(f"sqlite:///{path}")
-        event.listen(self.engine, "connect",
-                     lambda dbapi_conn, _: dbapi_conn.execute("PRAGMA foreign_keys=ON"))
+    def __init__(self, engine: Engine, remote: Path, models: type[DeclarativeBase]) -> None:
+        self.engine = engine
         self.remote = remote
         self.db = self.open(models)
         self.db.create_all()
@@ -142,11 +140,11 @@ class Device:
 
 
 @pytest.fixture
-def devices(tmp_path: Path) -> Iterator[Any]:
+def devices(tmp_path: Path, database: str, databases: Databases) -> Iterator[Any]:
     made: list[Device] = []
 
     def make(name: str, models: type[DeclarativeBase]) -> Device:
-        d = Device(tmp_path / f"{name}.db", tmp_path / "remote", models)
+        d = Device(databases.engine(database, name), tmp_path / "remote", models)
         made.append(d)
         return d
 

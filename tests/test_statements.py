@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from models import Child, Parent, Todo, changes_of, log_count
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -83,7 +84,8 @@ def test_insert_from_select_is_refused(db: dimple.DimpleDb, engine: Engine) -> N
 def test_upsert_records_the_update(db: dimple.DimpleDb, engine: Engine) -> None:
     [tid] = seed(engine, 1)
     with Session(engine) as session:
-        stmt = sqlite_insert(Todo).values([{"id": tid, "text": "up"}, {"id": "new", "text": "n"}])
+        upsert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = upsert(Todo).values([{"id": tid, "text": "up"}, {"id": "new", "text": "n"}])
         stmt = stmt.on_conflict_do_update(index_elements=[Todo.id],
                                           set_={"text": stmt.excluded.text})
         session.execute(stmt)

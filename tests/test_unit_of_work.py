@@ -658,9 +658,10 @@ def test_killed_process_leaves_neither_data_nor_log(db: dimple.DimpleDb, engine:
         from sqlalchemy import event
         from sqlalchemy.orm import Session
         import dimpledb_sa as dimple
-        from models import Base, Todo, make_engine
+        from sqlalchemy import create_engine
+        from models import Base, Todo
 
-        engine = make_engine({str(tmp_path / "app.db")!r})
+        engine = create_engine({engine.url.render_as_string(hide_password=False)!r})
         db = dimple.DimpleDb(engine, Base)
         stage = sys.argv[1]
 

@@ -1,10 +1,9 @@
 """Tests for ``dimpledb_sa.live.watch``: commits by other processes reach live queries.
 
-Everything runs on real SQLite files in ``tmp_path``: a second process (``live_writer.py``)
-writing with and without tracking, another engine in this process, a sync made through
-another engine, local commits that must not be delivered twice, an in-memory database
-refused, and closing the watcher.
-"""
+Everything runs on real SQLite files in ``tmp_path`` and on PostgreSQL: a second process
+(``live_writer.py``) writing with and without tracking, another engine in this process, a sync
+made through another engine, local commits that must not be delivered twice, an in-memory
+database refused, and closing the watcher."""
 
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from models import WAIT, Recorder, add, make_engine
+from databases import Databases
+from models import WAIT, Recorder, add
 from models import LiveBase as Base
 from models import LiveNote as Note
 from models import LiveTodo as Todo
@@ -32,24 +32,26 @@ def models() -> type[Base]:
 WRITER = Path(__file__).with_name("live_writer.py")
 
 
-def run_writer(path: Path, mode: str, value: str) -> None:
-    subprocess.run([sys.executable, str(WRITER), str(path), mode, value], check=True,
+def run_writer(engine: Engine, mode: str, value: str) -> None:
+    """Write from another process to ``engine``'s database."""
+    where = (str(engine.url.database) if engine.dialect.name == "sqlite"
+             else engine.url.render_as_string(hide_password=False))
+    subprocess.run([sys.executable, str(WRITER), where, mode, value], check=True,
                    timeout=120)
 
 
-def test_watch_external_two_processes(db: dimple.DimpleDb, engine: Engine,
-                                      tmp_path: Path) -> None:
+def test_watch_external_two_processes(db: dimple.DimpleDb, engine: Engine) -> None:
     rec, notes = Recorder(), Recorder()
     with db.watch_external(interval=0.05) as watcher, \
             db.live(select(Todo.text).order_by(Todo.text)) as live, \
             db.live(select(Note.body)) as note_live:
         live.subscribe(rec)
         note_live.subscribe(notes)
-        run_writer(tmp_path / "app.db", "tracked", "from elsewhere")
+        run_writer(engine, "tracked", "from elsewhere")
         assert rec.wait_for(lambda calls: calls[-1] == ["from elsewhere"])
         assert watcher.wait_polls(2, timeout=WAIT)
         assert note_live.run_count == 1  # the other process wrote only "todo"
-        run_writer(tmp_path / "app.db", "untracked", "raw sql")
+        run_writer(engine, "untracked", "raw sql")
         assert rec.wait_for(lambda calls: calls[-1] == ["from elsewhere", "raw sql"])
 
 
@@ -63,9 +65,8 @@ def test_watch_external_ignores_local_commits(db: dimple.DimpleDb, engine: Engin
         assert len(live.rows) == 5
 
 
-def test_watch_external_sees_another_engine(db: dimple.DimpleDb, engine: Engine,
-                                            tmp_path: Path) -> None:
-    other_engine = make_engine(tmp_path / "app.db")
+def test_watch_external_sees_another_engine(db: dimple.DimpleDb, engine: Engine) -> None:
+    other_engine = create_engine(engine.url)
     other = dimple.DimpleDb(other_engine, Base)
     rec = Recorder()
     try:
@@ -78,10 +79,10 @@ def test_watch_external_sees_another_engine(db: dimple.DimpleDb, engine: Engine,
         other_engine.dispose()
 
 
-def test_watch_external_sees_a_sync_made_elsewhere(tmp_path: Path) -> None:
+def test_watch_external_sees_a_sync_made_elsewhere(tmp_path: Path, database: str,
+                                                   databases: Databases) -> None:
     remote = str(tmp_path / "remote")
-    engines = [make_engine(tmp_path / "a.db"), make_engine(tmp_path / "b.db"),
-               make_engine(tmp_path / "b.db")]
+    engines = [databases.engine(database, n, plain=True) for n in ("a", "b", "b")]
     a, b, watching = (dimple.DimpleDb(engines[0], Base, remote=remote, encryption=False),
                       dimple.DimpleDb(engines[1], Base, remote=remote, encryption=False),
                       dimple.DimpleDb(engines[2], Base))

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "compiled_cache",
     "deleted_states",
+    "forget_type_impls",
     "has_unflushed_changes",
     "modified_states",
     "owns_lock",
@@ -118,3 +119,12 @@ def session_binds(session: Session) -> dict[Any, Any]:
     if found is None:
         found = session.__dict__.get("_Session__binds")
     return dict(found) if found else {}
+
+
+def forget_type_impls(dialect: Any) -> None:
+    """Drop the dialect's cache of per-type implementations (``dialect._type_memos``), so
+    that a changed ``dialect.colspecs`` applies to types it adapted before. There is no
+    public way to reset it."""
+    memos = getattr(dialect, "_type_memos", None)
+    if memos is not None:
+        memos.clear()

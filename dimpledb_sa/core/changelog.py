@@ -122,7 +122,9 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     by merges to the newest id pulled: every id the database holds is at or below it), so
     ids keep growing across restarts, across processes sharing the database and after pulls
     by any of them. The author id is read in the same query, so a commit made after
-    ``dimpledb reauthor`` by a handle opened before it records the new id.
+    ``dimpledb reauthor`` by a handle opened before it records the new id. Both rows stay
+    locked until the commit (PostgreSQL; SQLite's write lock does the same), so ids are
+    issued in commit order across processes.
     """
     clock = replica.clock
     floor, stored_author = meta.floor_and_author(conn)
@@ -183,7 +185,7 @@ def fold(conn: Connection, limit: int | None = None) -> int:
     packed: list[PackedRow] = []
     for _, tx_id, body in found:
         packed.extend(_unpack(tx_id, body))
-    insert_many(conn, schema.changes, packed)
+    insert_many(conn, schema.changes, packed, ignore_existing=True)  # a concurrent fold
     conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
     return len(packed)
 

@@ -46,9 +46,14 @@ SETTLED_THROUGH = "settled_through"
 PUSH_LEASE = "push_lease"
 
 
-def get(conn: Connection, key: str) -> str | None:
-    """The value of ``key``, or ``None``."""
-    value: str | None = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+def get(conn: Connection, key: str, *, for_update: bool = False) -> str | None:
+    """The value of ``key``, or ``None``; ``for_update`` locks its row until the end of the
+    transaction where the database has row locks (PostgreSQL; SQLite's write lock already
+    covers the whole database)."""
+    stmt = select(meta.c.value).where(meta.c.key == key)
+    if for_update:
+        stmt = stmt.with_for_update()
+    value: str | None = conn.execute(stmt).scalar()
     return value
 
 
@@ -67,7 +72,8 @@ def floor_and_author(conn: Connection) -> tuple[str | None, str | None]:
     """The clock floor and the author id, in one query (each ``None`` when not set): what
     every local commit reads, so that a commit never records a stale author id."""
     found = dict(conn.execute(select(meta.c.key, meta.c.value)
-                              .where(meta.c.key.in_((CLOCK, AUTHOR_ID)))).all())
+                              .where(meta.c.key.in_((CLOCK, AUTHOR_ID)))
+                              .with_for_update()).all())
     return found.get(CLOCK), found.get(AUTHOR_ID)
 
 
@@ -81,9 +87,10 @@ def author_id(conn: Connection) -> str:
     """This database's author id, created (a new UUIDv7) on first use in ``conn``'s
     transaction."""
     found = get(conn, AUTHOR_ID)
-    if found is None:
-        found = new_id()
-        insert_many(conn, meta, [(AUTHOR_ID, found)])
+    if found is None:  # another connection may be creating it too (PostgreSQL): its wins
+        insert_many(conn, meta, [(AUTHOR_ID, new_id())], ignore_existing=True)
+        found = get(conn, AUTHOR_ID)
+        assert found is not None
     return found
 
 
@@ -95,14 +102,27 @@ def read_author_id(engine: Engine) -> str:
 
 def raise_floor(conn: Connection, floor: str | None, newest: str) -> None:
     """Raise the clock floor from ``floor`` (as read in this transaction with
-    ``get(conn, CLOCK)``) to ``newest`` when that is higher."""
+    ``get(conn, CLOCK)``) to ``newest`` when that is higher.
+
+    Never lowers it, even when another transaction raised it since ``floor`` was read
+    (PostgreSQL lets commits run side by side; SQLite's write lock serialises them)."""
     if floor is None:
-        insert_many(conn, meta, [(CLOCK, newest)])
-    elif newest > floor:
-        conn.execute(update(meta).where(meta.c.key == CLOCK).values(value=newest))
+        insert_many(conn, meta, [(CLOCK, newest)], ignore_existing=True)
+        floor = ""
+    if newest > floor:
+        conn.execute(update(meta).where(meta.c.key == CLOCK, meta.c.value < newest)
+                     .values(value=newest))
 
 
 def take_write_lock(conn: Connection) -> None:
     """Take the database's write lock now (SQLite: RESERVED) with a write that changes
-    nothing, so that what the transaction reads next no other writer can change."""
-    conn.execute(update(meta).where(meta.c.key == AUTHOR_ID).values(value=meta.c.value))
+    nothing, so that what the transaction reads next no other writer can change.
+
+    On PostgreSQL the write locks the ``author_id`` and ``clock`` rows: other pushes and
+    merges wait for it, and so does the log write of every local commit (it reads the clock
+    floor ``for_update``), so that no transaction commits with an id below what a push reads
+    and no change enters the log while a merge derives rows from it. (A local transaction
+    that wrote a row the merge then writes too ends in a deadlock PostgreSQL breaks by
+    aborting one of them, never in rows that disagree with the log.)"""
+    conn.execute(update(meta).where(meta.c.key.in_([AUTHOR_ID, CLOCK]))
+                 .values(value=meta.c.value))

@@ -66,7 +66,8 @@ BOOKKEEPING_PREFIX = "dimple_"
 
 metadata = MetaData()
 
-_ID = String(36)
+_ID = String(36).with_variant(String(36, collation="C"), "postgresql")
+"""Ids compare as strings in SQL: byte order on PostgreSQL too, whatever its collation."""
 
 changes = Table(
     "dimple_changes",

@@ -12,7 +12,8 @@ Integer family     number                      int
 Float              number                      float
 Numeric(decimal)   string ``"12.50"``          Decimal
 Boolean            true / false                bool
-Date/DateTime/Time ISO-8601 string             date / datetime (naive or aware) / time
+Date/DateTime/Time ISO-8601 string             date / naive datetime / time
+DateTime(tz=True)  ISO-8601, UTC ``+00:00``    aware datetime in UTC
 LargeBinary        base64 string               bytes
 JSON               the JSON value itself       the same
 Enum (enum class)  the member's name           the member
@@ -184,6 +185,28 @@ def _iso(v: Any) -> str:
     return str(v.isoformat())
 
 
+_UTC = dt.UTC
+
+
+def _iso_utc(v: dt.datetime) -> str:
+    """``DateTime(timezone=True)``: the instant in UTC (a naive value is taken as UTC; one
+    that UTC cannot hold, within hours of ``datetime.min``/``max``, keeps its offset)."""
+    return _in_utc(v).isoformat()
+
+
+def _aware_utc(v: str) -> dt.datetime:
+    return _in_utc(dt.datetime.fromisoformat(v))
+
+
+def _in_utc(d: dt.datetime) -> dt.datetime:
+    if d.tzinfo is None:
+        return d.replace(tzinfo=_UTC)
+    try:
+        return d.astimezone(_UTC)
+    except OverflowError:
+        return d
+
+
 def _b64(v: bytes) -> str:
     return base64.b64encode(v).decode("ascii")
 
@@ -307,6 +330,8 @@ def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
             return Codec(str, decimal.Decimal)
         return Codec(float, float)
     if isinstance(t, sqltypes.DateTime):
+        if t.timezone:
+            return Codec(_iso_utc, _aware_utc)
         return Codec(_iso, dt.datetime.fromisoformat)
     if isinstance(t, sqltypes.Date):
         return Codec(_iso, dt.date.fromisoformat)

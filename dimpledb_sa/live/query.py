@@ -2,18 +2,18 @@
 
 :class:`LiveQuery` (``db.live(statement)``) holds the current result of a ``select()`` or
 ``text()`` statement and re-runs it after each committed transaction that wrote a table it
-reads. The replica's :class:`~.registry.Registry` receives ``changes_committed`` and
-dispatches by table name, so a commit re-runs only the queries reading what it wrote.
-The tables a query
-reads come from the statement (every ``Table`` in its element tree, relationship joins,
-and the mappers of the objects it loaded) and, on SQLite, from SQLite itself: the first
-run is executed under an authorizer that collects every table read (views resolve to their
-base tables; results for ``text()`` are cached per SQL string). A query whose tables cannot
-be known re-runs after every commit. Runs of one query are serialized with a dirty flag, so
+reads. The replica's :class:`~.registry.Registry` receives ``changes_committed`` and dispatches
+by table name, so a commit re-runs only the queries reading what it wrote. The tables a query
+reads come from the statement (every ``Table`` in its element tree, relationship joins, and the
+mappers of the objects it loaded) and from the database itself: on SQLite the first run is
+executed under an authorizer that collects every table read, on PostgreSQL the first run of a
+``text()`` statement is followed by its ``EXPLAIN`` plan (views resolve to their base tables
+either way; results for ``text()`` are cached per SQL string). A query whose tables cannot be
+known re-runs after every commit. Runs of one query are serialized with a dirty flag, so
 concurrent commits coalesce and the final state is always delivered; subscribers are called
 only when the result changed. Commits made by other processes reach the registry through
-:class:`~.watch.Watcher` (``db.watch_external()``). Finding tables and pictures of results
-is :mod:`.tables`' job.
+:class:`~.watch.Watcher` (``db.watch_external()``). Finding tables and pictures of results is
+:mod:`.tables`' job.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .tables import (
     ALL_TABLES,
     NOT_LOADED,
     authorizer,
+    explain_tables,
     fingerprint,
     found_tables,
     statement_tables,
@@ -168,7 +169,7 @@ class LiveQuery:
         self._found: set[Any] = set()  # mappers and relationships loaded so far
         self._mapper_tables: set[str] = set()
         self._text_key: str | None = None
-        self._learn = False  # ask SQLite on the next run
+        self._learn = False  # ask the database on the next run
         self._static: frozenset[str] | None
         self._learned: frozenset[str] | None = None
         if tables is not None:
@@ -179,7 +180,9 @@ class LiveQuery:
         else:
             self._fixed = False
             self._static = statement_tables(statement)
-            if self._engine.dialect.name == "sqlite":
+            dialect = self._engine.dialect.name
+            if dialect == "sqlite" or (dialect == "postgresql"
+                                       and isinstance(statement, TextClause)):
                 if isinstance(statement, TextClause):
                     self._text_key = statement.text
                     self._learned = self._registry.text_tables.get(statement.text)
@@ -367,6 +370,12 @@ class LiveQuery:
             finally:
                 if target is not None:
                     target.set_authorizer(None)
+            if learn and target is None and isinstance(self.statement, TextClause):
+                planned = explain_tables(session, self.statement, params)
+                if planned is None:
+                    self._learn = False  # the plan cannot tell: re-run after every commit
+                else:
+                    reads = set(planned)
             known = len(self._found)
             fp = fingerprint(session, rows, self._found)
             if len(self._found) != known:

@@ -3,18 +3,21 @@
 :func:`statement_tables` reads the table names out of a statement's element tree
 (relationship joins included); :func:`fingerprint` pictures an ORM result by identity and
 loaded values and notes the mappers and relationships it loaded, whose tables
-:func:`found_tables` names; :func:`authorizer` is the SQLite authorizer that collects every
-table a statement run reads (views resolve to their base tables), for statements whose
-tables only the database can tell (``text()``).
+:func:`found_tables` names; for statements whose tables only the database can tell
+(``text()``), :func:`authorizer` is the SQLite authorizer that collects every table a
+statement run reads and :func:`explain_tables` reads them off PostgreSQL's plan (views
+resolve to their base tables either way).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, text
 from sqlalchemy.orm import RelationshipProperty, Session
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ColumnClause, TextClause
@@ -23,11 +26,16 @@ from sqlalchemy.sql.expression import TableClause
 if TYPE_CHECKING:
     from sqlalchemy.orm import Mapper
 
-__all__ = ["ALL_TABLES", "NOT_LOADED", "authorizer", "fingerprint", "found_tables",
-           "statement_tables"]
+__all__ = ["ALL_TABLES", "NOT_LOADED", "authorizer", "explain_tables", "fingerprint",
+           "found_tables", "statement_tables"]
+
+logger = logging.getLogger(__name__)
 
 ALL_TABLES = "*"
 """``tables=ALL_TABLES``: re-run the live query after every commit."""
+
+_HARMLESS = frozenset({"*", "1"})
+"""Literal columns that name no table (``exists()`` selects ``*``)."""
 
 NOT_LOADED: Any = object()
 """An attribute that was not loaded (in a fingerprint), or no result yet."""
@@ -42,7 +50,8 @@ def statement_tables(statement: Any) -> frozenset[str] | None:
     raw SQL (``text()``, literal columns) whose tables only the database can tell."""
     found: set[str] = set()
     for el in visitors.iterate(statement):
-        if isinstance(el, TextClause) or (isinstance(el, ColumnClause) and el.is_literal):
+        if isinstance(el, TextClause) or (isinstance(el, ColumnClause) and el.is_literal
+                                          and el.name not in _HARMLESS):
             return None
         if isinstance(el, TableClause):
             found.add(el.name.lower())
@@ -115,6 +124,36 @@ def _related_keys(value: Any, uselist: bool) -> Any:
     items = value.values() if isinstance(value, Mapping) else value
     keys = [_key_of(v) for v in items]
     return frozenset(keys) if isinstance(value, set | frozenset) else tuple(keys)
+
+
+def explain_tables(session: Session, statement: TextClause, params: Mapping[str, Any]
+                   ) -> frozenset[str] | None:
+    """The tables PostgreSQL's plan of ``statement`` scans (views are planned as their base
+    tables); ``None`` when the plan cannot tell (it calls a set-returning function, which may
+    read any table, or ``EXPLAIN`` failed)."""
+    try:
+        with session.begin_nested():
+            plan = session.execute(text("EXPLAIN (FORMAT JSON) " + statement.text),
+                                   dict(params) or None).scalar()
+    except Exception:
+        logger.debug("EXPLAIN of a live text() query failed", exc_info=True)
+        return None
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    found: set[str] = set()
+    todo: list[Any] = [plan]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            if node.get("Node Type") in ("Function Scan", "Table Function Scan"):
+                return None
+            name = node.get("Relation Name")
+            if isinstance(name, str):
+                found.add(name.lower())
+            todo.extend(v for v in node.values() if isinstance(v, list | dict))
+    return frozenset(found)
 
 
 def authorizer(reads: set[str]) -> Callable[[int, str | None, str | None, str | None,

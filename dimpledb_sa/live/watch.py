@@ -1,12 +1,14 @@
 """The external-commit watcher: live queries notice commits made by other processes.
 
-:class:`Watcher` (``db.watch_external()``) polls SQLite's ``PRAGMA data_version`` from a
-daemon thread with its own connection. When the file changed, it reads the change log
-(transactions that appeared, and transactions a sync elsewhere stored with older ids) to find
-the tables other processes wrote, and asks the database's live-query registry
-(:mod:`.registry`) to re-run the queries reading them. Transactions this engine wrote
-are recognised as they are inserted and left to ``changes_committed``; a change the log
-cannot explain re-runs every live query.
+On PostgreSQL, :class:`Watcher` (``db.watch_external()``) listens to the notifications that
+triggers on the tracked tables send as writers commit (:mod:`.notify`) and re-runs the live
+queries reading the tables other server processes than this engine's wrote. On SQLite it polls
+``PRAGMA data_version`` from a daemon thread with its own connection. When the file changed, it
+reads the change log (transactions that appeared, and transactions a sync elsewhere stored with
+older ids) to find the tables other processes wrote, and asks the database's live-query
+registry (:mod:`.registry`) to re-run the queries reading them. Transactions this engine wrote
+are recognised as they are inserted and left to ``changes_committed``; a change the log cannot
+explain re-runs every live query.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy import event
 from ..core import schema
 from ..core.errors import ConfigurationError, DimpleError
 from ..core.rows import chunks
+from .notify import LocalBackends, channel_for, install, listen
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -42,8 +45,9 @@ _INSERT_TX = re.compile(
 
 
 class Watcher:
-    """Polls ``PRAGMA data_version`` of a SQLite file in a daemon thread (``db.watch_external``)
-    and re-runs the live queries reading the tables that other processes' commits wrote.
+    """Polls ``PRAGMA data_version`` of a SQLite file (or listens to PostgreSQL's
+    notifications) in a daemon thread (``db.watch_external``) and re-runs the live queries
+    reading the tables that other processes' commits wrote.
 
     Transactions this engine wrote are recognised (their ids are noted as they are inserted)
     and left to ``changes_committed``, so a local commit is never delivered twice. A change
@@ -54,9 +58,12 @@ class Watcher:
     def __init__(self, registry: Registry, *, interval: float = 0.5) -> None:
         engine = registry.engine
         url = engine.url
-        if engine.dialect.name != "sqlite":
-            raise ConfigurationError("watch_external() needs a SQLite database file")
-        if (url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        kind = engine.dialect.name
+        if kind not in ("sqlite", "postgresql"):
+            raise ConfigurationError("watch_external() needs a SQLite database file or "
+                                     f"PostgreSQL, not {kind}")
+        if kind == "sqlite" and (
+                url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
                 or str(url.database).startswith("file::memory:")):
             raise ConfigurationError(
                 "watch_external() needs a SQLite database file: an in-memory database is "
@@ -76,7 +83,11 @@ class Watcher:
         self._watermark: str | None = None
         self._cursors: dict[str, str] = {}
         self._log_ok = True
+        self._backends: LocalBackends | None = None
         ref = weakref.ref(self)
+        if kind == "postgresql":
+            self._start_listening(ref)
+            return
 
         def on_cursor(conn: Any, cursor: Any, statement: str, parameters: Any,
                       context: Any, executemany: bool) -> None:
@@ -110,6 +121,42 @@ class Watcher:
             raise DimpleError("watch_external(): the watcher thread did not start")
         self._registry.watchers.add(self)
 
+    def _start_listening(self, ref: weakref.ref[Watcher]) -> None:
+        """PostgreSQL: install the notifying triggers and start the listening thread."""
+        registry, engine = self._registry, self._engine
+        channel = channel_for(registry.replica.author_id)
+        with engine.begin() as conn:
+            install(conn, list(registry.replica.tracked), channel)
+        backends = self._backends = LocalBackends(engine)
+        self._listeners = []
+        self._stop = threading.Event()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def wake(tables: frozenset[str] | None) -> bool:
+            w = ref()
+            if w is None:
+                return False
+            if tables is None or tables:
+                w._registry.notify(tables)
+            with w._polled:
+                w._polls += 1
+                w._polled.notify_all()
+            return True
+
+        self._thread = threading.Thread(
+            target=listen, args=(engine, channel, self._stop, self.interval,
+                                 lambda: set(backends.pids), wake, ready, failure),
+            name="dimpledb-watch-external", daemon=True)
+        weakref.finalize(self, _stop_listening, backends, self._stop)
+        self._thread.start()
+        if not ready.wait(60) or failure:
+            self.close()
+            if failure:
+                raise failure[0]
+            raise DimpleError("watch_external(): the listening thread did not start")
+        self._registry.watchers.add(self)
+
     @property
     def polls(self) -> int:
         """How many polls have completed."""
@@ -130,6 +177,8 @@ class Watcher:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         _remove_listeners(self._engine, self._listeners)
+        if self._backends is not None:
+            self._backends.remove()
         self._registry.watchers.discard(self)
 
     def __enter__(self) -> Watcher:
@@ -277,6 +326,11 @@ def _remove_listeners(engine: Engine, listeners: list[tuple[str, Callable[..., A
     for name, fn in listeners:
         if event.contains(engine, name, fn):
             event.remove(engine, name, fn)
+
+
+def _stop_listening(backends: LocalBackends, stop: threading.Event) -> None:
+    stop.set()
+    backends.remove()
 
 
 def _stop_watching(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]],
