@@ -62,7 +62,9 @@ class DimpleDb:
         path: str | None = None,
     ) -> None:
         if not isinstance(engine, Engine):
-            raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}")
+            hint = (": for an AsyncEngine use dimple.AsyncDimpleDb(async_engine, models)"
+                    if type(engine).__name__ == "AsyncEngine" else "")
+            raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}{hint}")
         self.engine = engine
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
         self.metadata: MetaData = schema.metadata

@@ -8,20 +8,24 @@ those libraries.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, CursorResult, Engine, NestedTransaction
+    from sqlalchemy import Connection, CursorResult, Engine, NestedTransaction, Table
     from sqlalchemy.orm import Session, SessionTransaction
     from sqlalchemy.orm.state import InstanceState
     from sqlalchemy.sql.dml import ValuesBase
 
 __all__ = [
+    "call_in_worker_greenlet",
     "compiled_cache",
     "deleted_states",
     "has_unflushed_changes",
+    "mapped_classes",
     "modified_states",
     "owns_lock",
     "result_returns_rows",
@@ -118,3 +122,88 @@ def session_binds(session: Session) -> dict[Any, Any]:
     if found is None:
         found = session.__dict__.get("_Session__binds")
     return dict(found) if found else {}
+
+
+def mapped_classes(table: Table) -> list[type[Any]]:
+    """The classes mapped to ``table`` in any registry (for error messages in the user's own
+    style). SQLAlchemy lists its registries only privately (``mapperlib._all_registries``);
+    a ``MetaData`` does not know the classes mapped to its tables."""
+    from sqlalchemy.orm.mapper import _all_registries
+
+    found: list[type[Any]] = []
+    for registry in _all_registries():
+        found.extend(m.class_ for m in list(registry.mappers) if m.local_table is table)
+    return found
+
+
+# -- running sync SQLAlchemy code on an async engine, off the event loop -----------------------
+_T = TypeVar("_T")
+_bridge_greenlet: Any = None
+
+
+def _greenlet_class() -> Any:
+    """A greenlet class SQLAlchemy's ``await_()`` accepts: it checks for the marker
+    attribute ``__sqlalchemy_greenlet_provider__`` (its own ``_AsyncIoGreenlet`` is private
+    and made lazily), then switches to the greenlet's parent with the awaitable."""
+    global _bridge_greenlet
+    if _bridge_greenlet is None:
+        from greenlet import greenlet
+
+        class _Bridge(greenlet):  # type: ignore[misc]
+            __sqlalchemy_greenlet_provider__ = True
+
+        _bridge_greenlet = _Bridge
+    return _bridge_greenlet
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]) -> Any:
+    """Run ``awaitable`` on ``loop`` from another thread and wait for its result; raises
+    ``RuntimeError`` if the loop is closed or stops running meanwhile (a worker must never
+    wait forever for a loop that is gone)."""
+    if loop.is_closed():
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        raise RuntimeError("the event loop of this async engine is closed")
+    future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+    idle = 0
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except TimeoutError:
+            idle = 0 if loop.is_running() else idle + 1
+            if loop.is_closed() or idle >= 2:
+                future.cancel()
+                raise RuntimeError("the event loop of this async engine stopped while a "
+                                   "database call was waiting for it") from None
+
+
+def call_in_worker_greenlet(loop: asyncio.AbstractEventLoop, fn: Callable[..., _T],
+                            *args: Any, **kw: Any) -> _T:
+    """Call ``fn`` (sync code using an async engine's ``sync_engine``) in *this* thread,
+    which must not be ``loop``'s, and return its result.
+
+    SQLAlchemy's ``greenlet_spawn`` runs such code in a greenlet on the event loop itself,
+    so everything it does besides waiting for the driver (file and network I/O, encryption,
+    decoding) blocks the loop. This is the same protocol run from a worker thread: ``fn``
+    runs in a greenlet marked as SQLAlchemy's, each awaitable its driver hands back through
+    ``await_()`` runs on ``loop``, and this thread waits for it, then resumes ``fn`` with its
+    result or exception. The driver's connections are thus only ever used on their own
+    loop, one awaitable at a time.
+    """
+    from greenlet import getcurrent
+
+    context = _greenlet_class()(fn, getcurrent())
+    result = context.switch(*args, **kw)
+    while not context.dead:
+        try:
+            value = _run_on(loop, result)
+        except BaseException:
+            result = context.throw(*sys.exc_info())
+        else:
+            result = context.switch(value)
+    out: _T = result
+    return out
