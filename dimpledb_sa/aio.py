@@ -131,10 +131,11 @@ class AsyncDimpleDb:
 
     def sessionmaker(self, **kw: Any) -> async_sessionmaker[AsyncSession]:
         """An ``async_sessionmaker`` bound to the engine whose sessions are
-        :class:`AsyncSession`, with ``info["dimpledb"] = adb``."""
+        :class:`AsyncSession` (for SQLModel models, :class:`dimpledb_sa.sqlmodel.AsyncSession`,
+        which also has ``exec()``), with ``info["dimpledb"] = adb``."""
         info = dict(kw.pop("info", None) or {})
         info["dimpledb"] = self
-        kw.setdefault("class_", AsyncSession)
+        kw.setdefault("class_", _default_async_session(self.sync_db))
         maker: async_sessionmaker[AsyncSession] = async_sessionmaker(
             bind=self.engine, info=info, **kw)
         return maker
@@ -254,3 +255,10 @@ class AsyncSession(_AsyncSession):
         finally:
             self.expire_all()
 
+
+def _default_async_session(db: DimpleDb) -> type[_AsyncSession]:
+    if db.uses_sqlmodel:
+        from .sqlmodel import AsyncSession as SQLModelAsyncSession
+
+        return SQLModelAsyncSession
+    return AsyncSession

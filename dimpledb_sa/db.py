@@ -21,7 +21,7 @@ from .core import schema
 from .core.changelog import history
 from .core.errors import ConfigurationError
 from .core.replica import Replica
-from .core.tracking import TrackedTable, resolve_tables
+from .core.tracking import TrackedTable, declared_with_sqlmodel, resolve_tables
 
 if TYPE_CHECKING:
     import threading
@@ -67,6 +67,9 @@ class DimpleDb:
             raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}{hint}")
         self.engine = engine
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
+        self.uses_sqlmodel = declared_with_sqlmodel(self.tracked)
+        """Whether SQLModel classes map the tracked tables (then :meth:`sessionmaker` makes
+        sessions of :class:`dimpledb_sa.sqlmodel.Session`, which have ``exec()``)."""
         self.metadata: MetaData = schema.metadata
         self.replica = Replica(engine, self.tracked, sender=self)
         self._remote: Remote | None = None
@@ -107,12 +110,20 @@ class DimpleDb:
         return self.replica.sync_lock
 
     def sessionmaker(self, **kw: Any) -> _sessionmaker[Session]:
-        """A ``sessionmaker`` bound to the engine whose sessions are ``dimple.Session``."""
-        from .session import Session
+        """A ``sessionmaker`` bound to the engine whose sessions are ``dimple.Session`` (for
+        SQLModel models :class:`dimpledb_sa.sqlmodel.Session`, which also has ``exec()``);
+        ``class_=`` picks another ``Session`` subclass (e.g. ``sqlmodel.Session``)."""
+        if "class_" not in kw:
+            if self.uses_sqlmodel:
+                from .sqlmodel import Session as SQLModelSession
 
+                kw["class_"] = SQLModelSession
+            else:
+                from .session import Session
+
+                kw["class_"] = Session
         info = dict(kw.pop("info", None) or {})
         info["dimpledb"] = self
-        kw.setdefault("class_", Session)
         return _sessionmaker(bind=self.engine, info=info, **kw)
 
     def tracked_table(self, model: Any) -> TrackedTable:
