@@ -22,11 +22,13 @@ re-run in the same pool (their first run too, so ``adb.live()`` returns at once)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from sqlalchemy import Table, inspect
 from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import AsyncSession as _AsyncSession
@@ -100,10 +102,13 @@ class AsyncDimpleDb:
         return await self._offload(functools.partial(fn, self.sync_db, *args, **kwargs))
 
     def _offload(self, fn: Callable[[], _T]) -> Awaitable[_T]:
+        """``fn()`` in a worker thread under the greenlet bridge, with the caller's
+        contextvars (as ``asyncio.to_thread``)."""
         if self._closed:
             raise DimpleError("this AsyncDimpleDb is closed")
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pool, call_in_worker_greenlet, loop, fn)
+        context = contextvars.copy_context()
+        return loop.run_in_executor(self._pool, context.run, call_in_worker_greenlet, loop, fn)
 
     # -- set-up ----------------------------------------------------------------------------
     async def create_all(self, *, models: bool = True) -> None:
@@ -143,6 +148,10 @@ class AsyncDimpleDb:
     # -- history, undo, time travel -------------------------------------------------------
     async def history(self, model: Any, entity_id: Any = None) -> list[Change]:
         """Changes of one entity, oldest first: ``history(Model, id)`` or ``history(obj)``."""
+        if entity_id is None and not isinstance(model, type | str | Table):
+            key = inspect(model).key  # a persistent object's id, read here: no lazy load
+            if key is not None:       # in the worker, through a session the app is using
+                model, entity_id = type(model), key[1][0]
         return await self.run_sync(DimpleDb.history, model, entity_id)
 
     async def revert(self, transaction_id: Any) -> str | None:
@@ -202,7 +211,8 @@ class AsyncDimpleDb:
         """A live query (``rows``, ``subscribe``, ``async for``), made in the running event
         loop. Its runs happen in the worker threads, the first one too: ``rows`` is ``[]``
         until it has run; ``live = await adb.live(stmt)`` waits for it (and raises its
-        error). ``executor=`` runs them in another executor's threads instead."""
+        error). Subscribers are called in the worker threads (``async for`` gets its rows
+        on the loop). ``executor=`` runs them in another executor's threads instead."""
         from .live.query import LiveQuery
 
         loop = asyncio.get_running_loop()

@@ -53,6 +53,18 @@ def test_engines_of_the_wrong_kind_are_refused_with_the_fix(tmp_path: Path) -> N
 
 
 @async_test
+async def test_the_author_id_is_known_once_read(tmp_path: Path, devs: Devices) -> None:
+    engine = aiosqlite_engine(tmp_path / "a.db")
+    async with async_device(devs, engine, create=False) as adb:
+        with pytest.raises(dimple.DimpleError, match="create_all"):
+            _ = adb.author_id
+        await adb.create_all()
+        author = adb.author_id
+    async with async_device(devs, aiosqlite_engine(tmp_path / "a.db")) as again:
+        assert again.author_id == author
+
+
+@async_test
 async def test_create_all_capture_and_history(tmp_path: Path, devs: Devices) -> None:
     engine = aiosqlite_engine(tmp_path / "a.db")
     async with async_device(devs, engine) as adb:

@@ -196,7 +196,9 @@ def call_in_worker_greenlet(loop: asyncio.AbstractEventLoop, fn: Callable[..., _
     """
     from greenlet import getcurrent
 
-    context = _greenlet_class()(fn, getcurrent())
+    driver = getcurrent()
+    context = _greenlet_class()(fn, driver)
+    context.gr_context = driver.gr_context  # fn sees this thread's contextvars (as SQLAlchemy)
     result = context.switch(*args, **kw)
     while not context.dead:
         try:
