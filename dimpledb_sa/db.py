@@ -236,6 +236,10 @@ class DimpleDb:
         :mod:`.sync.background`)."""
         from .sync.background import BackgroundSync
 
+        if self.engine.dialect.is_async:
+            raise ConfigurationError(
+                "this DimpleDb is on an async engine's sync_engine, which a thread cannot use: "
+                "use dimple.AsyncDimpleDb(async_engine, ...).start_sync() (a task of the loop)")
         if self._background is None:
             _ = self.remote  # ConfigurationError now, in the caller, when there is no remote
             self._background = BackgroundSync(self.sync, sender=self, interval=interval, **kw)
@@ -267,6 +271,9 @@ class DimpleDb:
         """Notice commits by other processes to the same SQLite file (opt-in)."""
         from .live.watch import Watcher
 
+        if self.engine.dialect.is_async:
+            raise ConfigurationError("watch_external() needs a sync Engine: it is not available "
+                                     "on an async engine (AsyncDimpleDb) yet")
         return Watcher(self.live_registry, interval=interval)
 
     def close(self) -> None:

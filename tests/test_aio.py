@@ -49,6 +49,13 @@ def test_engines_of_the_wrong_kind_are_refused_with_the_fix(tmp_path: Path) -> N
     with pytest.raises(dimple.ConfigurationError, match="AsyncEngine"):
         dimple.AsyncDimpleDb(plain, SyncBase)  # type: ignore[arg-type]
     plain.dispose()
+    on_sync_engine = dimple.DimpleDb(aeng.sync_engine, SyncBase, remote=str(tmp_path / "r"),
+                                     encryption=False)  # capture works; threads cannot
+    with pytest.raises(dimple.ConfigurationError, match=r"AsyncDimpleDb\(async_engine"):
+        on_sync_engine.start_sync()
+    with pytest.raises(dimple.ConfigurationError, match="async engine"):
+        on_sync_engine.watch_external()
+    on_sync_engine.close()
     asyncio.run(aeng.dispose())
 
 
