@@ -165,7 +165,9 @@ class AsyncDimpleDb:
     # -- sync and friends ------------------------------------------------------------------
     async def sync(self, **kw: Any) -> SyncReport:
         """Push, pull and merge (:meth:`DimpleDb.sync <.db.DimpleDb.sync>`, keywords passed
-        on); never blocks the event loop. Raises ``SyncError`` as the sync version does."""
+        on); never blocks the event loop. Raises ``SyncError`` as the sync version does.
+        Cancelling the await does not stop a sync that has started: it finishes in its
+        worker (so its commits and cursors stay consistent)."""
         return await self.run_sync(DimpleDb.sync, **kw)
 
     async def replay_held(self) -> int:
@@ -227,9 +229,9 @@ class AsyncDimpleDb:
         if self._closed:
             return
         await self.stop_sync()
+        self._closed = True  # no new calls; those running finish (their database calls need
+        await asyncio.to_thread(self._pool.shutdown, wait=True)  # this loop: not blocked here)
         self.sync_db.close()
-        self._closed = True
-        await asyncio.to_thread(self._pool.shutdown, wait=True)
 
     async def __aenter__(self) -> AsyncDimpleDb:
         return self
