@@ -37,6 +37,7 @@ from .core.errors import (
     HistoryError,
     RemoteFormatError,
     RevertError,
+    SignatureError,
     SyncError,
 )
 from .core.report import SyncReport
@@ -44,6 +45,7 @@ from .db import DimpleDb
 from .live.query import LiveQuery
 from .session import Session
 from .sync.crypto import generate_identity
+from .sync.keys import generate_device_key
 
 __all__ = [
     "AsyncDimpleDb",
@@ -58,8 +60,10 @@ __all__ = [
     "RemoteFormatError",
     "RevertError",
     "Session",
+    "SignatureError",
     "SyncError",
     "SyncReport",
+    "generate_device_key",
     "generate_identity",
     "new_id",
     "signals",

@@ -98,7 +98,7 @@ class AsyncDimpleDb:
                        **kwargs: _P.kwargs) -> _T:
         """``fn(adb.sync_db, *args, **kwargs)`` in a worker thread, its database calls on
         this event loop (``AsyncConnection.run_sync`` for the ``DimpleDb``): e.g.
-        ``await adb.run_sync(dimple.DimpleDb.prune_history, timedelta(days=90))``."""
+        ``await adb.run_sync(lambda db: db.history(Todo, todo_id)[-1])``."""
         return await self._offload(functools.partial(fn, self.sync_db, *args, **kwargs))
 
     def _offload(self, fn: Callable[[], _T]) -> Awaitable[_T]:

@@ -10,6 +10,7 @@ of the signals. Nothing below it imports it (see ``tests/test_layers.py``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, MetaData, Table, inspect
@@ -19,6 +20,7 @@ from sqlalchemy.orm import sessionmaker as _sessionmaker
 from .capture.unit_of_work import Capture
 from .core import schema
 from .core.changelog import history
+from .core.clock import DEFAULT_MAX_DRIFT, MAX_ID_AHEAD
 from .core.errors import ConfigurationError
 from .core.replica import Replica
 from .core.tracking import TrackedTable, declared_with_sqlmodel, resolve_tables
@@ -60,25 +62,29 @@ class DimpleDb:
         passphrase: str | None = None,
         encryption: bool = True,
         path: str | None = None,
+        require_signatures: bool | None = None,
+        max_drift: timedelta = DEFAULT_MAX_DRIFT,
     ) -> None:
         if not isinstance(engine, Engine):
             hint = (": for an AsyncEngine use dimple.AsyncDimpleDb(async_engine, models)"
                     if type(engine).__name__ == "AsyncEngine" else "")
             raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}{hint}")
+        _check_drift(max_drift)
         self.engine = engine
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
         self.uses_sqlmodel = declared_with_sqlmodel(self.tracked)
         """Whether SQLModel classes map the tracked tables (then :meth:`sessionmaker` makes
         sessions of :class:`dimpledb_sa.sqlmodel.Session`, which have ``exec()``)."""
         self.metadata: MetaData = schema.metadata
-        self.replica = Replica(engine, self.tracked, sender=self)
+        self.replica = Replica(engine, self.tracked, sender=self, max_drift=max_drift)
         self._remote: Remote | None = None
         if remote is not None:
             from .sync.remote import Remote
 
             self._remote = Remote.open(remote, storage_options=storage_options, path=path,
                                        identity=identity, recipients=recipients,
-                                       passphrase=passphrase, encryption=encryption)
+                                       passphrase=passphrase, encryption=encryption,
+                                       require_signatures=require_signatures)
         self._background: BackgroundSync | None = None
         self._live: Registry | None = None
         self._capture = Capture(self.replica)
@@ -285,3 +291,11 @@ class DimpleDb:
 
     def __repr__(self) -> str:
         return f"<DimpleDb {self.engine.url!r} tables={sorted(self.tracked)}>"
+
+
+def _check_drift(max_drift: object) -> None:
+    if not isinstance(max_drift, timedelta) or not (
+            timedelta(0) <= max_drift <= MAX_ID_AHEAD):
+        raise ConfigurationError(
+            f"max_drift= must be a datetime.timedelta from 0 to {MAX_ID_AHEAD.days} days "
+            f"(default {DEFAULT_MAX_DRIFT}), not {max_drift!r:.60}")

@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from models import Note
 from sqlalchemy import JSON, ForeignKey, LargeBinary, Numeric, String, Uuid, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from syncmodels import Device, Devices, Note, device_set, sync_all
+from syncworld import (
+    Device,
+    Devices,
+    device_set,
+    sync_all,
+)
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core import meta

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 from cliworld import Base, Counter, Step, Todo, call
-from cliworld import no_key_in_env_fixture as no_key_in_env_fixture  # fixture
 from sqlalchemy import create_engine, select
 
 import dimpledb_sa as dimple
+
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
 
 __all__: list[str] = []
 

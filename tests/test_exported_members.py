@@ -10,7 +10,8 @@ API = {
     "DimpleDb", "DimpleError",
     "RemoteFormatError", "Session", "SyncError", "SyncReport", "new_id", "signals",
 }
-EXTRAS = {"generate_identity", "LiveQuery", "HistoryError", "RevertError"}
+EXTRAS = {"generate_identity", "LiveQuery", "HistoryError", "RevertError", "generate_device_key",
+          "SignatureError"}
 
 
 def test_all_is_the_public_api() -> None:

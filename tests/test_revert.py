@@ -1,6 +1,6 @@
 """Tests for ``db.revert()`` (:mod:`dimpledb_sa.capture.revert`): undo as a new transaction.
 
-Real SQLite files with foreign keys on (``syncmodels``): reverting an insert, an update and
+Real SQLite files with foreign keys on (``syncworld``): reverting an insert, an update and
 a delete; attributes changed later are left alone; redo (a revert of a revert); parent and
 child rows; clean failures that write nothing (unknown or pruned transaction, a unique
 collision, a row left pointing at a deleted one); another author's transaction reverted
@@ -20,14 +20,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import Folder, Item, Note
 from sqlalchemy import func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from syncmodels import (
+from syncworld import (
     Device,
     Devices,
-    Folder,
-    Item,
-    Note,
     device_set,
     recording,
     sync_all,

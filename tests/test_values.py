@@ -200,7 +200,8 @@ class Plain(TypeDecorator[str]):
 
 extra = Table("extra", MetaData(), Column("id", String, primary_key=True),
               Column("tagged", Tagged), Column("when", UTCDateTime), Column("plain", Plain),
-              Column("span", Interval), Column("pickled", PickleType),
+              Column("span", Interval),
+              Column("pickled", PickleType, info={"dimpledb_allow_pickle": True}),
               Column("js", JSON), Column("i", Integer))
 
 

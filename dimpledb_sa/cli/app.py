@@ -25,6 +25,7 @@ from ..core.errors import ConfigurationError, DimpleError
 from .keys import add_key_options, cmd_keygen
 from .local import cmd_history, cmd_status, cmd_sync
 from .output import PROG, CliError
+from .recipients import cmd_recipients
 from .remote import add_remote_options, cmd_inspect, cmd_verify
 from .timeline import cmd_log, cmd_revert, cmd_show
 
@@ -56,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
 
-    p = sub.add_parser("keygen", parents=[common], help="make a new age identity",
+    p = sub.add_parser("keygen", parents=[common], help="make a new age identity or device key",
                        description="Write a new age X25519 identity (secret key) in the "
-                                   "age-keygen format, and print its public key (recipient) "
-                                   "on stderr. With -y, print the public key of an existing "
-                                   "identity file.")
+                                   "age-keygen format, or with --device a device key (an "
+                                   "unencrypted OpenSSH Ed25519 private key, which also signs "
+                                   "what the device uploads), and print its public key "
+                                   "(recipient) on stderr. With -y, print the public key of "
+                                   "an existing identity file.")
+    p.add_argument("--device", action="store_true",
+                   help="make a device key (OpenSSH Ed25519; with -o also writes FILE.pub)")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="write the identity to FILE (mode 0600) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite an existing FILE")
@@ -84,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "SQLite, custom TypeDecorators)")
     p.add_argument("--exclude", action="append", metavar="TABLE",
                    help="do not track TABLE; repeatable")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="with a device key: also accept other authors' unsigned files "
+                        "(require_signatures=False)")
     p.add_argument("--adopt", action="store_true",
                    help="first record existing rows that have no history (a database used "
                         "before tracking) so that they sync")
@@ -168,14 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="check every bundle of a remote",
                        description="Check that every bundle listed in every manifest exists, "
                                    "decrypts with the key, parses, and matches its manifest "
-                                   "entry. Exit code 0 when all is well, 1 otherwise, with a "
-                                   "FAIL line per problem.")
+                                   "entry, and that every signature (FILE.sig) verifies, each "
+                                   "author's files by one key. Exit code 0 when all is well, "
+                                   "1 otherwise, with a FAIL line per problem.")
     p.add_argument("remote", metavar="REMOTE", help="folder path or fsspec URL")
     add_key_options(p)
     add_remote_options(p)
+    p.add_argument("--require-signatures", action="store_true",
+                   help="an unsigned manifest or bundle is a problem (not just counted)")
+    p.add_argument("--allowed-signers", metavar="FILE",
+                   help="an OpenSSH allowed_signers file ('AUTHOR_ID ssh-ed25519 AAAA...' "
+                        "lines, '*' for any author): a file signed by a key it does not "
+                        "list for its author is a problem")
     p.add_argument("--quiet", "-q", action="store_true", help="print only problems")
     p.add_argument("--verbose", "-v", action="store_true", help="also list good bundles")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("recipients", parents=[common], help="the keys a database trusts",
+                       description="List, add or remove (revoke) the public keys a database "
+                                   "encrypts to and accepts signatures from; every later "
+                                   "sync uses them. Removed keys stay listed as revoked.")
+    p.add_argument("action", choices=["list", "add", "remove", "unpin"],
+                   help="list: keys and pinned signers; add/remove KEY...: list or revoke "
+                        "keys; unpin AUTHOR: forget an author's pinned signing key")
+    p.add_argument("database", metavar="DB", help="SQLAlchemy URL or SQLite file path")
+    p.add_argument("keys", metavar="KEY", nargs="*",
+                   help="age1... or 'ssh-ed25519 AAAA...' keys, or files of them (for unpin: "
+                        "the author id)")
+    p.add_argument("--restore", action="store_true", help="add: trust a revoked key again")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=cmd_recipients)
     return parser
 
 

@@ -1,11 +1,13 @@
 """Keys on the command line: the key options, reading identity files, and ``keygen``.
 
 This module owns the key options every command that reads or writes bundles takes
-(``--identity-file`` as written by ``keygen`` or ``age-keygen``, ``--identity``,
-``--passphrase-env VAR``, ``--no-encryption``, and for ``sync`` ``--recipient`` and
-``--recipients-file``), their fallbacks ``$DIMPLEDB_IDENTITY_FILE`` and
-``$DIMPLEDB_IDENTITY``, :class:`Keys` (the result, in the form ``DimpleDb`` takes it), and
-the ``keygen`` command, which writes a new age identity or prints the public key of one.
+(``--identity-file`` as written by ``keygen``, ``age-keygen`` or ``ssh-keygen -t ed25519``,
+``--identity``, ``--passphrase-env VAR``, ``--no-encryption``, and for ``sync`` and
+``verify`` ``--recipient`` and ``--recipients-file``), their fallbacks
+``$DIMPLEDB_IDENTITY_FILE`` and ``$DIMPLEDB_IDENTITY``, :class:`Keys` (the result, in the
+form ``DimpleDb`` takes it; recipients in canonical form), and the ``keygen`` command,
+which writes a new age identity (the default) or, with ``--device``, a device key (an
+OpenSSH Ed25519 key pair, ``FILE`` and ``FILE.pub``), or prints the public key of either.
 A key that cannot be read or parsed is a command-line error (exit code 2).
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigurationError
+from ..sync.keys import PRIVATE_KEY_BEGIN
 from .output import CliError, usage_error
 
 if TYPE_CHECKING:
@@ -42,6 +45,8 @@ class Keys:
     """How to name the key in messages: "identity", "passphrase"."""
     recipient: str | None = None
     """The identity's public key."""
+    device: bool = False
+    """Whether the identity is a device key (an OpenSSH Ed25519 key, which signs)."""
 
     @property
     def given(self) -> bool:
@@ -67,10 +72,13 @@ def _read_identity_file(path: str) -> str:
         raise usage_error(f"cannot read identity file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise usage_error(f"identity file {path} is not a text file") from None
+    if PRIVATE_KEY_BEGIN in text:
+        return text.strip() + "\n"  # an OpenSSH private key: the whole file
     keys = [ln.strip() for ln in text.splitlines()
             if ln.strip().upper().startswith(_SECRET_PREFIX)]
     if not keys:
-        raise usage_error(f"identity file {path} holds no secret key line ({_SECRET_PREFIX}...)")
+        raise usage_error(f"identity file {path} holds no secret key line ({_SECRET_PREFIX}...)"
+                          " nor an OpenSSH private key")
     if len(keys) > 1:
         raise usage_error(f"identity file {path} holds {len(keys)} secret keys; "
                           "dimpledb uses exactly one")
@@ -87,7 +95,7 @@ def _read_recipients_file(path: str) -> list[str]:
 
 def read_keys(args: argparse.Namespace) -> Keys:
     """The key options, then ``$DIMPLEDB_IDENTITY_FILE`` / ``$DIMPLEDB_IDENTITY``."""
-    from ..sync.crypto import X25519Cipher
+    from ..sync.crypto import KeyCipher
 
     keys = Keys()
     chosen = [name for name, on in (
@@ -122,12 +130,14 @@ def read_keys(args: argparse.Namespace) -> Keys:
         keys.recipients.extend(_read_recipients_file(path))
     if identity is not None:
         try:
-            cipher = X25519Cipher(identity, keys.recipients)
+            cipher = KeyCipher(identity, keys.recipients)
         except ConfigurationError as e:
             raise usage_error(f"bad key: {e}") from None
         keys.identity = identity
         keys.what = "identity"
         keys.recipient = cipher.recipient
+        keys.recipients = list(cipher.recipients[1:])
+        keys.device = cipher.device_key is not None
     elif keys.recipients:
         raise usage_error("--recipient needs an identity (--identity-file or --identity) too")
     return keys
@@ -136,7 +146,9 @@ def read_keys(args: argparse.Namespace) -> Keys:
 def add_key_options(p: argparse.ArgumentParser, *, recipients: bool = False) -> None:
     g = p.add_argument_group("keys (default: $DIMPLEDB_IDENTITY_FILE, then $DIMPLEDB_IDENTITY)")
     g.add_argument("--identity-file", "-i", metavar="PATH",
-                   help="an age identity file, as written by `dimpledb keygen` or `age-keygen`")
+                   help="an age identity file, as written by `dimpledb keygen` or "
+                        "`age-keygen`, or a device key (an unencrypted OpenSSH Ed25519 "
+                        "private key, from `dimpledb keygen --device` or `ssh-keygen`)")
     g.add_argument("--identity", metavar="AGE-SECRET-KEY-1...",
                    help="the secret key itself (visible to other users in the process list: "
                         "prefer --identity-file or $DIMPLEDB_IDENTITY)")
@@ -145,46 +157,73 @@ def add_key_options(p: argparse.ArgumentParser, *, recipients: bool = False) -> 
     g.add_argument("--no-encryption", action="store_true",
                    help="the remote holds plaintext (no key)")
     if recipients:
-        g.add_argument("--recipient", "-r", action="append", metavar="age1...",
-                       help="also encrypt to this public key (another device); repeatable")
+        g.add_argument("--recipient", "-r", action="append", metavar="KEY",
+                       help="another device's public key (age1... or 'ssh-ed25519 AAAA...'); "
+                            "repeatable. sync adds it to the database's recipients, which "
+                            "later syncs keep using (see `dimpledb recipients`)")
         g.add_argument("--recipients-file", "-R", action="append", metavar="PATH",
-                       help="also encrypt to the public keys in PATH, one a line; repeatable")
+                       help="the public keys in PATH, one a line (an ssh .pub file works); "
+                            "repeatable")
     else:
         p.set_defaults(recipient=None, recipients_file=None)
 
 
+def _public_of(text: str, where: str) -> str:
+    from ..sync.crypto import KeyCipher
+
+    if PRIVATE_KEY_BEGIN in text:
+        secret = text
+    else:
+        keys = [ln.strip() for ln in text.splitlines()
+                if ln.strip().upper().startswith(_SECRET_PREFIX)]
+        if len(keys) != 1:
+            raise usage_error(f"{where} holds no single secret key line nor an OpenSSH "
+                              "private key")
+        secret = keys[0]
+    try:
+        return KeyCipher(secret).recipient
+    except ConfigurationError as e:
+        raise usage_error(f"bad key: {e}") from None
+
+
+def _write_private(path: Path, text: str, force: bool) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL),
+                     0o600)
+    except FileExistsError:
+        raise CliError(f"{path} exists; not overwriting a key (use --force)") from None
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from ..sync.crypto import X25519Cipher, generate_identity
+    from ..sync.crypto import generate_identity
+    from ..sync.keys import generate_device_key
 
     if args.convert is not None:
-        text = sys.stdin.read() if args.convert == "-" else None
-        if text is None:
-            secret = _read_identity_file(args.convert)
+        if args.convert == "-":
+            text, where = sys.stdin.read(), "standard input"
         else:
-            keys = [ln.strip() for ln in text.splitlines()
-                    if ln.strip().upper().startswith(_SECRET_PREFIX)]
-            if len(keys) != 1:
-                raise usage_error("standard input holds no single secret key line")
-            secret = keys[0]
-        try:
-            print(X25519Cipher(secret).recipient)
-        except ConfigurationError as e:
-            raise usage_error(f"bad key: {e}") from None
+            text, where = _read_identity_file(args.convert), f"identity file {args.convert}"
+        print(_public_of(text, where))
         return 0
-    secret, public = generate_identity()
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = f"# created: {created}\n# public key: {public}\n{secret}\n"
+    if args.device:
+        text, public = generate_device_key()
+        public_file: str | None = f"{public} dimpledb-{created}\n"
+    else:
+        secret, public = generate_identity()
+        text, public_file = f"# created: {created}\n# public key: {public}\n{secret}\n", None
     if args.output:
         path = Path(args.output)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force
-                                                           else os.O_EXCL), 0o600)
-        except FileExistsError:
-            raise CliError(f"{path} exists; not overwriting a key (use --force)") from None
-        except OSError as e:
-            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        _write_private(path, text, args.force)
+        if public_file is not None:
+            try:
+                Path(f"{path}.pub").write_text(public_file, encoding="utf-8")
+            except OSError as e:
+                raise CliError(f"cannot write {path}.pub: {e.strerror or e}") from None
     else:
         sys.stdout.write(text)
     if not args.quiet:

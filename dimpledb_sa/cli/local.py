@@ -1,7 +1,9 @@
 """The commands about one database: sync, status and history.
 
 This module owns ``sync`` (a ``DimpleDb`` over the reflected tables or ``--models``, with
-bookkeeping tables created on first use, optional adoption of rows written before tracking,
+bookkeeping tables created on first use, ``--recipient`` keys added to the database's
+persisted recipients (which every later sync uses), optional adoption of rows written before
+tracking,
 push and pull progress reported by observing the ``Storage`` calls, and a report on stdout
 with per-author errors on stderr), ``status`` (the author id, what was pushed and not yet
 pushed, what was pulled from each author, held changes and, with ``--remote``, what waits
@@ -29,6 +31,7 @@ from ..sync.wire import decode_manifest
 from .database import db_url, load_models, open_engine, read_author, reflect, require_bookkeeping
 from .keys import Keys, read_keys
 from .output import PROG, CliError, Progress, print_json, usage_error, when
+from .recipients import persist_recipients
 from .remote import is_folder, open_remote, remote_errors, storage_options
 
 if TYPE_CHECKING:
@@ -135,6 +138,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(f"note: remote folder {storage.root} does not exist yet; it is created "
                   "on the first push", file=sys.stderr)
         db.create_all(models=False)
+        added = persist_recipients(engine, keys.recipients, args.database)
+        if added and not args.quiet:
+            print(f"note: added {len(added)} recipient(s) to {args.database}; later syncs "
+                  "use them without -r (see `dimpledb recipients`)", file=sys.stderr)
         if fresh and not args.quiet:
             print(f"note: {args.database} had no dimpledb bookkeeping tables; created them "
                   f"(author {db.author_id})" + ("" if args.adopt else
@@ -180,9 +187,11 @@ def _open_db(args: argparse.Namespace, engine: Engine, keys: Keys,
     else:
         models, exclude = reflect(engine, args.exclude or [], notes)
     try:
+        # recipients= is not passed: the database's persisted list (which -r adds to) is used
         return DimpleDb(engine, models, exclude=exclude, remote=args.remote,
                         storage_options=storage_options(args.storage_option) or None,
-                        **keys.kwargs())
+                        **{**keys.kwargs(), "recipients": None},
+                        require_signatures=False if args.allow_unsigned else None)
     except ConfigurationError as e:
         if "no tables to track" in str(e):
             raise CliError(f"nothing to sync in {args.database}: no table has a single string "

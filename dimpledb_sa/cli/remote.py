@@ -4,9 +4,10 @@ This module owns the ``REMOTE`` argument and its ``--storage-option KEY=VALUE`` 
 (values parsed as JSON, dots nesting keys) turned into a ``Storage``, a missing local
 folder reported instead of created, and backend failures (network, permissions, a missing
 bucket) turned into one line with exit code 1. ``inspect`` lists the authors, manifests and
-bundles of a remote, or decrypts and prints one bundle; ``verify`` checks that every bundle
-listed in every manifest exists, decrypts, parses and matches its manifest entry. Neither
-changes the remote.
+bundles of a remote (and which are signed), or decrypts and prints one bundle; ``verify``
+checks that every bundle listed in every manifest exists, decrypts, parses and matches its
+manifest entry, and that every signature verifies (``--require-signatures``,
+``--allowed-signers FILE``). Neither changes the remote.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigurationError, DecryptionError, DimpleError
-from ..sync.verify import verify_remote
+from ..sync.signing import SIGNATURE_SUFFIX
+from ..sync.verify import parse_allowed_signers, verify_remote
 from ..sync.wire import MANIFEST_NAME, decode_bundle, decode_manifest, is_bundle_name, is_uuid
 from .keys import Keys, read_keys
 from .output import CliError, print_json, usage_error, when
@@ -114,8 +117,13 @@ def _manifest_doc(storage: Storage, author: str) -> dict[str, Any]:
                            "last_transaction_id": b.last_transaction_id,
                            "created_at": b.created_at} for b in manifest.bundles]
         listed = {b.filename for b in manifest.bundles}
-    doc["unlisted_files"] = [n for n in storage.list_files(author)
-                             if n not in listed and n != MANIFEST_NAME]
+    files = storage.list_files(author)
+    known = listed | {MANIFEST_NAME}
+    doc["signed_files"] = sorted(n.removesuffix(SIGNATURE_SUFFIX) for n in files
+                                 if n.removesuffix(SIGNATURE_SUFFIX) in known
+                                 and n.endswith(SIGNATURE_SUFFIX))
+    doc["unlisted_files"] = [n for n in files if n not in known
+                             and n.removesuffix(SIGNATURE_SUFFIX) not in known]
     return doc
 
 
@@ -180,9 +188,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                   f"last transaction {doc['last_transaction_id'] or '-'} "
                   f"({when(doc['last_transaction_id'])}), manifest written "
                   f"{doc['last_sync_timestamp']}")
+            signed = set(doc["signed_files"])
+            if MANIFEST_NAME in signed:
+                print(f"  {MANIFEST_NAME}  signed")
             for b in doc["bundles"]:
                 print(f"  {b['filename']}  {b['transaction_count']:>6} tx  "
-                      f"created {b['created_at']}")
+                      f"created {b['created_at']}"
+                      + ("  signed" if b["filename"] in signed else ""))
         for n in doc["unlisted_files"]:
             print(f"  {n}  (not in the manifest: ignored by sync)")
     for name in bad:
@@ -197,12 +209,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise usage_error("verify needs the key the bundles were encrypted to: --identity-file "
                           "PATH (or --identity, --passphrase-env VAR), or --no-encryption")
     cipher = keys.cipher()
+    allowed = None
+    if args.allowed_signers:
+        try:
+            text = Path(args.allowed_signers).read_text(encoding="utf-8")
+            allowed = parse_allowed_signers(text)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise usage_error(f"--allowed-signers {args.allowed_signers}: {e}") from None
     storage = open_remote(args.remote, args.storage_option, must_exist=True)
     with remote_errors(args.remote):
-        found = verify_remote(storage, cipher, key_name=keys.what)
+        found = verify_remote(storage, cipher, key_name=keys.what,
+                              require_signatures=args.require_signatures,
+                              allowed_signers=allowed)
     if args.verbose:
         for where, count in found.good:
             print(f"ok   {where}: {count} transaction(s)")
+        for author, key in sorted(found.signers.items()):
+            print(f"ok   {author}: signed by {key}")
     for p in found.problems:
         print(f"FAIL {p}")
     if not args.quiet:
@@ -210,5 +233,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"note {n}")
         verdict = "all good" if found.ok else f"{len(found.problems)} problem(s)"
         print(f"verified {found.bundles} bundle(s) ({found.transactions} transaction(s)) of "
-              f"{found.authors} author(s): {verdict}")
+              f"{found.authors} author(s): {verdict}; {found.signed} file(s) signed, "
+              f"{found.unsigned} unsigned")
     return 0 if found.ok else 1

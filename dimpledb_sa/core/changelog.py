@@ -283,12 +283,18 @@ def pack(changes: Sequence[ChangeRow],
     return out
 
 
-def transactions_since(conn: Connection, author: str, after: str | None) -> list[TxRecord]:
-    """``author``'s transactions with an id above ``after``, oldest first, for a bundle."""
+def transactions_since(conn: Connection, author: str, after: str | None, *,
+                       first: str | None = None, last: str | None = None) -> list[TxRecord]:
+    """``author``'s transactions with an id above ``after`` (and, when given, from ``first``
+    through ``last``), oldest first, for a bundle."""
     t, c = schema.transactions, schema.changes
     stmt = select(t.c.id).where(t.c.author == author)
     if after:
         stmt = stmt.where(t.c.id > after)
+    if first is not None:
+        stmt = stmt.where(t.c.id >= first)
+    if last is not None:
+        stmt = stmt.where(t.c.id <= last)
     tx_ids = list(conn.execute(stmt.order_by(t.c.id)).scalars())
     by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
     for chunk in chunks(tx_ids):

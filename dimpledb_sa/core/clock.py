@@ -18,27 +18,56 @@ hybrid part: every id made after a pull sorts after it), and it is not thread-sa
 change and transaction ids come from :class:`HybridClock`, and :func:`new_id` (entity ids)
 uses the same layout with a per-process sequence that never leaves the wall clock's
 millisecond by more than one step per 4,096 ids.
+
+Ids from elsewhere are checked before they are believed (:func:`id_problem`,
+:func:`is_sane_id`): a canonical UUIDv7 (version 7, RFC 4122 variant) whose time is not
+before 2020-01-01 and not more than :data:`MAX_ID_AHEAD` ahead of the wall clock (so the
+maximum id ``ffffffff-ffff-7fff-bfff-ffffffffffff`` is refused). The clock never believes
+an absurd id either: :meth:`HybridClock.observe` ignores one, and with ``max_ahead`` it moves
+at most that far past the wall clock (a pull's bound, ``max_drift``, default
+:data:`DEFAULT_MAX_DRIFT`); :meth:`HybridClock.horizon` is the largest id that is not
+ahead by more than a bound. So the ids it issues stay canonical 36-character UUIDv7s.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import uuid6
 
 __all__ = [
+    "DEFAULT_MAX_DRIFT",
+    "ID_EPOCH",
+    "ID_FLOOR",
+    "MAX_ID_AHEAD",
     "HybridClock",
     "id_datetime",
+    "id_millis",
+    "id_problem",
     "is_next_id",
+    "is_sane_id",
     "is_uuid7",
     "new_id",
     "offset_id",
     "parse_id",
 ]
+
+ID_EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+"""No id from elsewhere is older than this (dimpledb did not exist before)."""
+MAX_ID_AHEAD = timedelta(days=366)
+"""No id from elsewhere is believed when it is further ahead of the wall clock than this."""
+DEFAULT_MAX_DRIFT = timedelta(minutes=5)
+"""``DimpleDb(max_drift=...)``'s default: how far ahead of local time a pulled change may
+be and still be applied at once (further ahead, it is held until local time catches up)."""
+
+_ID_EPOCH_MS = int(ID_EPOCH.timestamp() * 1000)
+_MS_MAX = (1 << 48) - 1
+_CANONICAL_V7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 _COUNTER_BITS = 38
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
@@ -63,6 +92,11 @@ def _compose(ms: int, counter: int, rand: int) -> int:
     )
 
 
+ID_FLOOR = _format(_compose(_ID_EPOCH_MS, 0, 0))
+"""The smallest sane id (2020-01-01, counter and random bits 0): a sane id sorts at or
+after it."""
+
+
 def parse_id(value: str) -> tuple[int, int]:
     """Return the (milliseconds, counter) of a UUIDv7 id string (any UUIDv7 parses)."""
     n = int(value.replace("-", ""), 16)
@@ -75,6 +109,48 @@ def id_datetime(value: str) -> datetime:
     """The aware UTC datetime of a UUIDv7 id's millisecond field."""
     ms: int = uuid6.UUID(value).time
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _millis(delta: timedelta) -> int:
+    return delta // timedelta(milliseconds=1)
+
+
+def id_millis(value: str) -> int:
+    """The 48-bit millisecond field of a (canonical) id."""
+    return int(value[:8] + value[9:13], 16)
+
+
+def id_problem(value: object, now_ms: int | None = None,
+               max_ahead: timedelta = MAX_ID_AHEAD) -> str | None:
+    """Why ``value`` is not an id to believe, or ``None`` when it is one: a canonical UUIDv7
+    (version 7, RFC 4122 variant), its time not before 2020-01-01 and at most
+    ``max_ahead`` ahead of ``now_ms`` (milliseconds since the epoch; default: the wall
+    clock). Cheap (one regular expression and one integer), for every id of a bundle; a
+    caller checking many ids against one bound can also compare them, as strings, with
+    :data:`ID_FLOOR` and :meth:`HybridClock.horizon`."""
+    if type(value) is not str or _CANONICAL_V7.fullmatch(value) is None:
+        return "not a canonical UUIDv7"
+    ms = id_millis(value)
+    if ms < _ID_EPOCH_MS:
+        return f"its time ({_when(ms)}) is before {ID_EPOCH:%Y-%m-%d}"
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if ms > now + _millis(max_ahead):
+        return (f"its time ({_when(ms)}) is more than {max_ahead} ahead of this "
+                f"device's clock ({_when(now)})")
+    return None
+
+
+def _when(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms"
+
+
+def is_sane_id(value: object, now_ms: int | None = None,
+               max_ahead: timedelta = MAX_ID_AHEAD) -> bool:
+    """Whether ``value`` is an id to believe (see :func:`id_problem`)."""
+    return id_problem(value, now_ms, max_ahead) is None
 
 
 def is_uuid7(value: object) -> bool:
@@ -117,7 +193,9 @@ class HybridClock:
     def __init__(self, last: str | None = None, *, now_ns: Callable[[], int] = time.time_ns):
         self._now_ns = now_ns
         self._lock = threading.Lock()
-        self._ms, self._counter = parse_id(last) if last else (0, -1)
+        self._ms, self._counter = 0, -1
+        if last:
+            self.observe(last)
 
     @property
     def last(self) -> str | None:
@@ -125,12 +203,31 @@ class HybridClock:
             return None
         return _format(_compose(self._ms, self._counter, (1 << _RAND_BITS) - 1))
 
-    def observe(self, value: str) -> None:
-        """Move the clock past ``value`` (an id pulled from elsewhere or read from storage)."""
+    def observe(self, value: str, max_ahead: timedelta | None = None) -> bool:
+        """Move the clock past ``value`` (an id pulled from elsewhere or read from storage);
+        returns whether it moved.
+
+        An id further ahead of the wall clock than :data:`MAX_ID_AHEAD` is ignored. With
+        ``max_ahead`` the clock moves at most to that far past the wall clock, whatever
+        ``value`` says (a pull passes ``max_drift``).
+        """
         ms, counter = parse_id(value)
+        now = self._now_ns() // 1_000_000
+        if ms > now + _millis(MAX_ID_AHEAD) or ms > _MS_MAX:
+            return False
+        if max_ahead is not None and ms > now + _millis(max_ahead):
+            ms, counter = now + _millis(max(max_ahead, timedelta(0))), 0
         with self._lock:
             if (ms, counter) > (self._ms, self._counter):
                 self._ms, self._counter = ms, counter
+                return True
+        return False
+
+    def horizon(self, max_ahead: timedelta) -> str:
+        """The largest id whose time is at most ``max_ahead`` past the wall clock: a pulled
+        id that sorts after it is further ahead than that."""
+        ms = min(self._now_ns() // 1_000_000 + _millis(max_ahead), _MS_MAX)
+        return _format(_compose(ms, _COUNTER_MAX, (1 << _RAND_BITS) - 1))
 
     def reserve(self, n: int) -> list[str]:
         """Issue ``n`` consecutive ids, each greater than every id issued or observed."""
@@ -155,6 +252,8 @@ class HybridClock:
                 ms, start = self._ms, self._counter + 1
             if start + total - 1 > _COUNTER_MAX:
                 ms, start = ms + 1, 0
+            if ms > _MS_MAX:  # not before the year 10889: observe() ignores absurd ids
+                raise OverflowError("the clock reached the end of UUIDv7 time")
             self._ms, self._counter = ms, start + total - 1
         return _run_ids(ms, start, counts)
 

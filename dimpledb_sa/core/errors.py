@@ -9,6 +9,7 @@
     └── SyncError               a sync could not finish; ``.report`` holds what it did
         ├── DecryptionError     a remote file does not decrypt with our key
         └── RemoteFormatError   a remote file or folder is malformed, hostile or unsafe
+            └── SignatureError  a remote file's signature is missing, bad or untrusted
 
 ``SyncError`` and its subclasses carry the partial :class:`~dimpledb_sa.SyncReport` of
 the sync that raised them (``None`` when raised below the sync layer, e.g. by the codec).
@@ -28,6 +29,7 @@ __all__ = [
     "HistoryError",
     "RemoteFormatError",
     "RevertError",
+    "SignatureError",
     "SyncError",
 ]
 
@@ -69,3 +71,8 @@ class DecryptionError(SyncError):
 
 class RemoteFormatError(SyncError):
     """A remote manifest, bundle, file name or folder name is malformed or unsafe."""
+
+
+class SignatureError(RemoteFormatError):
+    """A remote file is unsigned where signatures are required, its signature does not
+    verify, or it is signed by a key this replica does not trust."""

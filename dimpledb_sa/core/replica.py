@@ -2,8 +2,10 @@
 facade receives (instead of the ``DimpleDb`` itself).
 
 It holds the engine, the tracked tables, the hybrid clock, the author id (read once from
-:mod:`.meta`), the lock that serialises this process's syncs, and the object signals are
-sent as (the ``DimpleDb``, held weakly so that an unclosed ``DimpleDb`` can be collected).
+:mod:`.meta`), the lock that serialises this process's syncs, ``max_drift`` (how far ahead
+of the wall clock a pulled change may be and still be applied now), and the object signals
+are sent as (the ``DimpleDb``, held weakly so that an unclosed ``DimpleDb`` can be
+collected).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import meta
 from .changelog import PackedRow, expand_all
 from .changes import ROW_ENTITY_TYPE, Change, ChangeRow, changes_from_rows
-from .clock import HybridClock
+from .clock import DEFAULT_MAX_DRIFT, HybridClock
 from .signals import send_committed
 
 if TYPE_CHECKING:
@@ -31,10 +34,15 @@ class Replica:
     """One tracked database as the lower layers see it."""
 
     def __init__(self, engine: Engine, tracked: dict[str, TrackedTable],
-                 sender: object | None = None) -> None:
+                 sender: object | None = None, *,
+                 max_drift: timedelta = DEFAULT_MAX_DRIFT) -> None:
         self.engine = engine
         self.tracked = tracked
         self.clock = HybridClock()
+        self.max_drift = max_drift
+        """Pulled changes whose id time is further ahead of the wall clock than this are
+        held, and a pull moves the clock at most this far ahead
+        (``clock.observe(id, max_ahead=max_drift)``, ``clock.horizon(max_drift)``)."""
         self.sync_lock = threading.RLock()
         self._author_id: str | None = None
         self._sender: Callable[[], object | None] = (

@@ -103,7 +103,9 @@ def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
         columns: list[list[Any]] = []
         for c in cols:
             values = [r[c.name] for r in batch]
-            proc = c.type.bind_processor(dialect)
+            # the dialect's implementation of the type has the processor (SQLite's TIME,
+            # DATETIME, DATE turn values into strings; the generic types have none)
+            proc = c.type.dialect_impl(dialect).bind_processor(dialect)
             if proc is not None:
                 values = [None if v is None else proc(v) for v in values]
             columns.append(values)

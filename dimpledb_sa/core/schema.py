@@ -16,11 +16,23 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   moves them into the indexed log before a push, a merge, a replay or an adoption, and
   when more than ``log.PENDING_LIMIT`` have gathered.
 - ``dimple_transactions``: one row per transaction (id, author).
-- ``dimple_cursors``: per remote author, the last transaction id merged from its bundles.
+- ``dimple_cursors``: per remote author, the last transaction id of the bundles a pull has
+  dealt with in manifest order: merged, or set aside in ``dimple_unreadable``.
+- ``dimple_unreadable``: per remote author, the bundle files a pull could not use (unreadable,
+  too large, missing, or whose changes cannot be applied here), with why, since when and how
+  often tried; each is retried on every sync until it reads (see :mod:`..sync.quarantine`).
+- ``dimple_peers``: per remote author, what its "could not read" notes say about our
+  bundles (and what we re-sent for them), with the digest of its manifest when they were
+  read; for our own author, the notes we published (see :mod:`..sync.notes`).
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
   apply yet (unknown table or column, missing parent row), with the reason.
 - ``dimple_meta``: key/value settings (``author_id``, ``clock``, ``pushed_through``), read and
   written only by :mod:`.meta`.
+- ``dimple_keys``: the public keys this database encrypts to and trusts (``age1...`` and
+  ``ssh-ed25519 AAAA...`` in canonical form), when each was added and, for a revoked one,
+  when it was revoked (kept for the record); read and written only by :mod:`.keyring`.
+- ``dimple_signers``: per remote author, the public key its signatures were first seen
+  with (key pinning), and when; owned by :mod:`.keyring` too.
 """
 
 from __future__ import annotations
@@ -32,10 +44,14 @@ __all__ = [
     "changes",
     "cursors",
     "held",
+    "keys",
     "meta",
     "metadata",
+    "peers",
     "pending",
+    "signers",
     "transactions",
+    "unreadable",
 ]
 
 BOOKKEEPING_PREFIX = "dimple_"
@@ -84,6 +100,26 @@ cursors = Table(
     Column("synced_at", String(32), nullable=False),
 )
 
+unreadable = Table(
+    "dimple_unreadable",
+    metadata,
+    Column("author", _ID, primary_key=True),
+    Column("filename", String(80), primary_key=True),
+    Column("reason", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("first_seen", String(32), nullable=False),
+    Column("last_tried", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+
+peers = Table(
+    "dimple_peers",
+    metadata,
+    Column("author", _ID, primary_key=True),
+    Column("manifest_digest", String(64)),
+    Column("notes", Text, nullable=False),
+)
+
 held = Table(
     "dimple_held",
     metadata,
@@ -98,4 +134,20 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+keys = Table(
+    "dimple_keys",
+    metadata,
+    Column("public_key", String(255), primary_key=True),
+    Column("added_at", String(32), nullable=False),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+signers = Table(
+    "dimple_signers",
+    metadata,
+    Column("author", _ID, primary_key=True),
+    Column("public_key", String(255), nullable=False),
+    Column("first_seen", String(32), nullable=False),
 )

@@ -4,9 +4,11 @@
 subclass, ``SQLModel`` or any class with a ``metadata``, a ``MetaData``, or an iterable of
 mapped classes and ``Table`` objects) into :class:`TrackedTable` records, raising
 :class:`ConfigurationError` for a table whose primary key cannot identify a row across
-devices, with the fix written the way the table was declared (SQLModel ``Field``,
-``Mapped``, declarative or Core ``Column``). :func:`mapper_plans` precomputes, per ORM mapper and
-tracked table, the column attributes capture reads.
+devices (with the fix written the way the table was declared: SQLModel ``Field``,
+``Mapped``, declarative or Core ``Column``), or with a column whose pulled values would be
+unpickled (``PickleType``, unless the column opts in with :data:`ALLOW_PICKLE`).
+:func:`mapper_plans` precomputes, per ORM mapper and tracked table, the column attributes
+capture reads.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from sqlalchemy.schema import Column
 from ._compat import mapped_classes
 from .errors import ConfigurationError
 from .schema import BOOKKEEPING_PREFIX
-from .values import Codec, codec_for
+from .values import Codec, codec_for, unsafe_reason
 
 __all__ = [
+    "ALLOW_PICKLE",
     "MapperPlan",
     "TrackedTable",
     "declared_with_sqlmodel",
@@ -38,6 +41,13 @@ __all__ = [
     "parents_first",
     "resolve_tables",
 ]
+
+
+ALLOW_PICKLE = "dimpledb_allow_pickle"
+"""The ``Column.info`` key that lets a ``PickleType`` column be tracked anyway:
+``mapped_column(PickleType, info={"dimpledb_allow_pickle": True})``. Every device that can
+write to the remote (anyone holding a key this database trusts, or any writer when
+signatures are not required) can then run code on this device: see ``docs/API.md``."""
 
 
 @dataclass(eq=False)
@@ -176,6 +186,16 @@ def _check_table(table: Table) -> TrackedTable:
             f"identify a row across devices (an autoincrement integer repeats on every "
             f"device): {_fix_hint(table)}"
         )
+    for column in table.columns:
+        why = unsafe_reason(column.type)
+        if why is not None and column.info.get(ALLOW_PICKLE) is not True:
+            raise ConfigurationError(
+                f"column {table.name}.{column.name} cannot be tracked safely: {why}, so a "
+                "value pulled from another device could run code on this one. Store it as "
+                "JSON or LargeBinary instead, leave the table untracked with "
+                f"DimpleDb(..., exclude=[{table.name!r}]), or, if you trust every device "
+                f"that can write to the remote, opt in with info={{{ALLOW_PICKLE!r}: True}} "
+                "on the column")
     return TrackedTable(table, pk, {c.name: codec_for(c) for c in table.columns})
 
 

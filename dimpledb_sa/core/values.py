@@ -24,8 +24,29 @@ PickleType         base64 of the pickle        the unpickled object
 A ``TypeDecorator``'s value is logged the way its ``impl`` stores it: ``process_bind_param``
 then the impl's codec on the way in, the impl's codec then ``process_result_value`` on the
 way out (both called with SQLAlchemy's default dialect). Other types pass values through
-``json.dumps`` unchanged, so they must already be JSON-compatible. ``to_json``/``from_json``
-take non-null values; ``encode``/``decode`` also map ``None`` to ``None``.
+``json.dumps`` unchanged, so they must already be JSON-compatible, and (like JSON columns)
+nested at most :data:`MAX_VALUE_DEPTH` arrays/objects deep: :func:`check_depth` walks them
+iteratively before they are serialized, so a deeper value is refused with ``ValueError`` at
+flush, whatever the call stack, exactly as every reader refuses it in a bundle.
+``to_json``/``from_json`` take non-null values; ``encode``/``decode`` also map ``None`` to
+``None``.
+
+**What decoding a pulled value runs.** Pulled values come from other devices, so no codec
+may run code a value chooses, and a value of the wrong JSON type fails with ``ValueError``,
+``TypeError``, ``LookupError`` or ``ArithmeticError`` (what the merge treats as a change
+that cannot be applied), never anything else. The built-in decoders only parse:
+``json.loads`` (no object hooks), ``int``/``float``/``Decimal``/``bool`` of a JSON scalar,
+``fromisoformat``, strict base64, ``uuid.UUID``, ``timedelta(seconds=...)`` and an enum
+class's member lookup by name (the application's own enum class). The exception is
+``PickleType``: ``pickle.loads`` (or the type's ``pickler``) calls whatever the bytes name,
+so a value forged by any device that can write to the remote could run code here.
+:func:`unsafe_reason` finds such types (also inside a ``TypeDecorator``, ``ARRAY``,
+``MutableDict.as_mutable(...)``), and :mod:`.tracking` refuses to track them unless the
+column opts in. Beyond that, a ``TypeDecorator``'s ``process_result_value`` (and a custom
+type's result and bind processors, run by SQLAlchemy when the merge writes the row) are the
+application's own code, run on a value the remote chose: they are as safe as that code is
+(one that unpickles or evaluates its input is as dangerous as ``PickleType``, and dimpledb
+cannot tell).
 """
 
 from __future__ import annotations
@@ -44,13 +65,49 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
-__all__ = ["Codec", "codec_for", "dumps", "loads"]
+__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "loads",
+           "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
 
 dumps: Callable[[Any], str] = json.dumps
 loads: Callable[[str], Any] = json.loads
+
+MAX_VALUE_DEPTH = 64
+"""How deeply a value may nest arrays and objects (``[]`` is 1, ``[[1]]`` 2, a scalar 0): a
+format constant, the same on every replica (``docs/FORMAT.md``, Limits)."""
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> int:
+    """How deeply ``value`` nests lists/tuples/dicts, found by an iterative walk (never by
+    recursion, so the answer does not depend on the caller's stack); the walk stops as soon
+    as the depth passes ``limit`` and returns ``limit + 1`` (so a cyclic value ends too)."""
+    if not isinstance(value, _CONTAINERS):
+        return 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if depth > limit:
+                return limit + 1
+        items = node.values() if isinstance(node, dict) else node
+        stack.extend((x, depth + 1) for x in items if isinstance(x, _CONTAINERS))
+    return deepest
+
+
+def check_depth(value: Any) -> Any:
+    """``value`` itself; ``ValueError`` when it nests deeper than :data:`MAX_VALUE_DEPTH`."""
+    if isinstance(value, _CONTAINERS) and value_depth(value) > MAX_VALUE_DEPTH:
+        raise ValueError(
+            f"a value nested more than {MAX_VALUE_DEPTH} arrays/objects deep cannot be "
+            f"recorded: every dimpledb replica refuses such values (docs/FORMAT.md, Limits)"
+        )
+    return value
 
 
 class Codec:
@@ -132,7 +189,15 @@ def _b64(v: bytes) -> str:
 
 
 def _unb64(v: str) -> bytes:
+    if type(v) is not str:
+        raise TypeError(f"expected a base64 string, not {type(v).__name__}")
     return base64.b64decode(v.encode("ascii"), validate=True)
+
+
+def _to_uuid(v: Any) -> uuid.UUID:
+    if type(v) is not str:
+        raise TypeError(f"expected a UUID string, not {type(v).__name__}")
+    return uuid.UUID(v)
 
 
 def _enum_codec(t: sqltypes.Enum) -> Codec:
@@ -199,6 +264,22 @@ def _ident2(v: Any, dialect: Any) -> Any:
     return v
 
 
+def unsafe_reason(t: sqltypes.TypeEngine[Any]) -> str | None:
+    """Why decoding values of type ``t`` could run code a value chooses (``None``: it
+    cannot): a ``PickleType``, possibly wrapped in ``TypeDecorator`` impls or ``ARRAY``
+    items."""
+    for _ in range(32):  # impl chains are short; never loop on a self-referencing one
+        if isinstance(t, sqltypes.PickleType):
+            return (f"it is a {type(t).__name__}: its values are unpickled, and unpickling "
+                    "runs whatever code the pickled bytes name")
+        inner = (t.impl_instance if isinstance(t, sqltypes.TypeDecorator)
+                 else getattr(t, "item_type", None))
+        if not isinstance(inner, sqltypes.TypeEngine):
+            return None
+        t = inner
+    return None
+
+
 def codec_for(column: Column[Any]) -> Codec:
     """The codec for one column, chosen from its (decorated) type."""
     return _codec(column.type)
@@ -235,9 +316,9 @@ def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
         return Codec(_b64, _unb64)
     if isinstance(t, sqltypes.Uuid):
         if t.as_uuid:
-            return Codec(str, uuid.UUID)
+            return Codec(str, _to_uuid)
         return Codec(str, _ident)
-    return Codec(_ident, _ident)
+    return Codec(check_depth, _ident)  # JSON, and types whose values pass through as-is
 
 
 def _seconds(v: dt.timedelta) -> float:

@@ -1,9 +1,11 @@
 """Encryption of remote bundles with age (through pyrage): the ciphers and their set-up.
 
-This module owns the ``Cipher`` protocol and its three implementations: ``X25519Cipher``
-(an age secret key that decrypts, encrypting to its own public key plus any extra
-recipients), ``PassphraseCipher`` (age's scrypt mode) and ``PlaintextCipher`` (no
-encryption, chosen only with ``encryption=False``); ``make_cipher`` picks one from the
+This module owns the ``Cipher`` protocol and its three implementations: ``KeyCipher``
+(an identity that decrypts, an age X25519 secret key or an OpenSSH Ed25519 device key,
+encrypting to its own public key plus any extra recipients, ``age1...`` and
+``ssh-ed25519`` keys mixed; ``X25519Cipher`` is its old name), ``PassphraseCipher``
+(age's scrypt mode) and ``PlaintextCipher`` (no encryption, chosen only with
+``encryption=False``); ``make_cipher`` picks one from the
 ``DimpleDb`` keyword arguments and rejects contradictory or incomplete ones with
 :class:`~dimpledb_sa.core.errors.ConfigurationError`. Output is the binary age v1 format, so
 every file decrypts with the standard ``age`` tool. A file that cannot be decrypted raises
@@ -18,19 +20,22 @@ from typing import Any, Protocol
 
 import pyrage
 from pyrage import passphrase as _scrypt
-from pyrage import x25519
+from pyrage import ssh, x25519
 
 from ..core.errors import ConfigurationError, DecryptionError
+from .keys import DeviceKey, is_device_key, is_ssh_public_key, parse_device_key, parse_public_key
 
 __all__ = [
     "AGE_MAGIC",
     "Cipher",
+    "KeyCipher",
     "PassphraseCipher",
     "PlaintextCipher",
     "X25519Cipher",
     "generate_identity",
     "is_age_file",
     "make_cipher",
+    "parse_recipient",
 ]
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -41,8 +46,9 @@ _SECRET_PREFIX = "AGE-SECRET-KEY-1"
 _PUBLIC_PREFIX = "age1"
 _MAX_SCRYPT_WORK_FACTOR = 22  # what the age tool accepts; higher would take minutes to try
 _FIX = (
-    "give identity= (an age secret key, e.g. from `dimpledb keygen` or `age-keygen`), "
-    "or passphrase=, or encryption=False to sync in plaintext"
+    "give identity= (an age secret key, e.g. from `dimpledb keygen` or `age-keygen`, or a "
+    "device key from `dimpledb keygen --device`), or passphrase=, or encryption=False to "
+    "sync in plaintext"
 )
 
 
@@ -91,35 +97,48 @@ def _check_age_file(data: bytes) -> None:
         )
 
 
-class X25519Cipher:
-    """Decrypts with an age X25519 identity; encrypts to it and to ``recipients``.
+class KeyCipher:
+    """Decrypts with an identity; encrypts to it and to ``recipients``.
 
-    ``identity`` is the secret key ``AGE-SECRET-KEY-1...`` (or the text of an ``age-keygen``
-    key file); ``recipients`` are public keys ``age1...``. The identity's own public key is
-    always a recipient, so this device can read what it wrote.
+    ``identity`` is an age X25519 secret key ``AGE-SECRET-KEY-1...`` (or the text of an
+    ``age-keygen`` key file), or a device key: the text of an unencrypted OpenSSH Ed25519
+    private key (see :mod:`.keys`). ``recipients`` are public keys, ``age1...`` and
+    ``ssh-ed25519 AAAA...`` lines mixed (age encrypts to both natively). The identity's
+    own public key is always a recipient, so this device can read what it wrote.
     """
 
     encrypted: bool = True
 
     def __init__(self, identity: str, recipients: Sequence[str] = ()) -> None:
-        self._identity = _parse_identity(identity)
-        own = self._identity.to_public()
-        self.recipient: str = str(own)
-        """This identity's public key, to give to the other devices' ``recipients=``."""
-        keys: dict[str, Any] = {self.recipient: own}
+        self._identity, own, self.recipient, self.device_key = _parse_identity(identity)
+        self._own = own
+        self._set_recipients(recipients)
+
+    def _set_recipients(self, recipients: Sequence[str]) -> None:
         if isinstance(recipients, str | bytes):
             raise ConfigurationError(
-                "recipients= must be a list of age public keys, not one string"
+                "recipients= must be a list of public keys, not one string"
             )
+        keys: dict[str, Any] = {self.recipient: self._own}
         for i, text in enumerate(recipients):
-            r = _parse_recipient(text, i)
-            keys.setdefault(str(r), r)
+            name, r = _parse_recipient(text, i)
+            keys.setdefault(name, r)
         self.recipients: tuple[str, ...] = tuple(keys)
-        """Every public key that files are encrypted to, own key first, without duplicates."""
+        """Every public key that files are encrypted to, own key first, without duplicates,
+        in canonical form (``age1...``, or ``ssh-ed25519 AAAA...`` without a comment)."""
         self._recipients = list(keys.values())
 
+    def with_recipients(self, recipients: Sequence[str]) -> KeyCipher:
+        """The same identity encrypting to its own key and ``recipients`` (instead of the
+        recipients this cipher was made with)."""
+        other = object.__new__(type(self))
+        other._identity, other._own = self._identity, self._own
+        other.recipient, other.device_key = self.recipient, self.device_key
+        other._set_recipients(recipients)
+        return other
+
     def __repr__(self) -> str:
-        return f"X25519Cipher(recipient={self.recipient!r}, recipients={len(self.recipients)})"
+        return f"KeyCipher(recipient={self.recipient!r}, recipients={len(self.recipients)})"
 
     def encrypt(self, data: bytes) -> bytes:
         return bytes(pyrage.encrypt(bytes(data), self._recipients))
@@ -142,6 +161,10 @@ class X25519Cipher:
             raise DecryptionError(
                 f"the file is corrupt, truncated or has been tampered with (age: {e})"
             ) from None
+
+
+X25519Cipher = KeyCipher
+"""The name :class:`KeyCipher` had when identities could only be age X25519 keys."""
 
 
 class PassphraseCipher:
@@ -216,48 +239,78 @@ def generate_identity() -> tuple[str, str]:
     return str(identity), str(identity.to_public())
 
 
-def _parse_identity(text: object) -> Any:
+def _parse_identity(text: object) -> tuple[Any, Any, str, DeviceKey | None]:
+    """(pyrage identity, its own recipient, that recipient as text, the device key or
+    ``None``) of an age secret key or an OpenSSH Ed25519 private key."""
     if not isinstance(text, str):
         raise ConfigurationError(
-            f"identity= must be a string (an age secret key), not {type(text).__name__}"
+            f"identity= must be a string (an age secret key or an OpenSSH Ed25519 private "
+            f"key), not {type(text).__name__}"
         )
+    if is_device_key(text):
+        device = parse_device_key(text)
+        try:
+            identity = ssh.Identity.from_buffer(text.strip().encode("ascii") + b"\n")
+            own = ssh.Recipient.from_str(device.public)
+        except (pyrage.IdentityError, pyrage.RecipientError, UnicodeEncodeError):
+            raise ConfigurationError("identity= is an OpenSSH key age cannot use") from None
+        return identity, own, device.public, device
     # Accept the key itself or the whole text of an age-keygen key file (with # comments).
     lines = [ln.strip() for ln in text.splitlines()]
     keys = [ln for ln in lines if ln and not ln.startswith("#")]
     if len(keys) == 1 and keys[0].upper().startswith(_SECRET_PREFIX):
         try:
-            return x25519.Identity.from_str(keys[0])
+            age_identity = x25519.Identity.from_str(keys[0])
         except pyrage.IdentityError:
             pass
-    if len(keys) == 1 and keys[0].startswith(_PUBLIC_PREFIX):
+        else:
+            age_own = age_identity.to_public()
+            return age_identity, age_own, str(age_own), None
+    if len(keys) == 1 and (keys[0].startswith(_PUBLIC_PREFIX) or is_ssh_public_key(keys[0])):
         raise ConfigurationError(
-            "identity= holds a public key (age1...); it needs the secret key "
-            "(AGE-SECRET-KEY-1...), and public keys go in recipients="
+            "identity= holds a public key; it needs the secret key (AGE-SECRET-KEY-1..., or "
+            "an OpenSSH private key file's text), and public keys go in recipients="
         )
     if len(keys) > 1:
         raise ConfigurationError(f"identity= holds {len(keys)} keys; give exactly one secret key")
     raise ConfigurationError(
         "identity= is not a valid age X25519 secret key (expected AGE-SECRET-KEY-1..., "
-        "as printed by `dimpledb keygen` or `age-keygen`)"
+        "as printed by `dimpledb keygen` or `age-keygen`) nor an OpenSSH Ed25519 private key"
     )
 
 
-def _parse_recipient(text: object, i: int) -> Any:
+def parse_recipient(text: object, i: int = 0) -> str:
+    """``recipients[i]`` (an ``age1...`` or ``ssh-ed25519 AAAA...`` public key) in canonical
+    form; ``ConfigurationError`` when it is neither."""
+    return _parse_recipient(text, i)[0]
+
+
+def _parse_recipient(text: object, i: int) -> tuple[str, Any]:
+    """(canonical text, pyrage recipient) of ``recipients[i]``."""
     if not isinstance(text, str):
         raise ConfigurationError(f"recipients[{i}] must be a string, not {type(text).__name__}")
     key = text.strip()
-    if key.upper().startswith(_SECRET_PREFIX):
+    if key.upper().startswith(_SECRET_PREFIX) or is_device_key(key):
         raise ConfigurationError(
-            f"recipients[{i}] is a secret key; recipients= takes public keys (age1...), "
-            "and a secret key belongs only in identity= on its own device"
+            f"recipients[{i}] is a secret key; recipients= takes public keys (age1... or "
+            "ssh-ed25519 AAAA...), and a secret key belongs only in identity= on its own device"
         )
+    if is_ssh_public_key(key):
+        line = parse_public_key(key, what=f"recipients[{i}]")
+        try:
+            return line, ssh.Recipient.from_str(line)
+        except pyrage.RecipientError:
+            raise ConfigurationError(f"recipients[{i}] is an ssh key age cannot use") from None
     if key.startswith(_PUBLIC_PREFIX):
         try:
-            return x25519.Recipient.from_str(key)
+            r = x25519.Recipient.from_str(key)
         except pyrage.RecipientError:
             pass
+        else:
+            return str(r), r
     raise ConfigurationError(
-        f"recipients[{i}] is not a valid age X25519 public key (age1...): {key[:80]!r}"
+        f"recipients[{i}] is not a valid age X25519 public key (age1...) nor an ssh-ed25519 "
+        f"public key: {key[:80]!r}"
     )
 
 
@@ -298,7 +351,7 @@ def make_cipher(
             "its own data (a passphrase cannot be combined with recipients)"
         )
     if identity is not None:
-        return X25519Cipher(identity, recipients or ())
+        return KeyCipher(identity, recipients or ())
     if passphrase is not None:
         return PassphraseCipher(passphrase)
     raise ConfigurationError(f"a remote needs encryption settings: {_FIX}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..core import changelog, meta
 from ..core.errors import DimpleError, RemoteFormatError
+from .notes import resend
 from .report_errors import fail
 from .wire import (
     BundleInfo,
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 def push(replica: Replica, remote: Remote, report: SyncReport) -> None:
     """Upload our transactions not pushed yet as one bundle, then the manifest."""
+    # Bundles of ours that other authors noted as unreadable: uploaded again (see .notes).
+    resend(replica, remote, report)
+
     storage, cipher, me = remote.storage, remote.cipher, replica.author_id
     with replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)

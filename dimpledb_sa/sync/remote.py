@@ -1,10 +1,12 @@
-"""The remote a replica syncs with: where its files are, how they are encrypted, and what
-this handle last wrote there.
+"""The remote a replica syncs with: where its files are, how they are encrypted and signed,
+and what this handle last wrote there.
 
-:class:`Remote` joins a :class:`~.storage.Storage` (any fsspec location) and a
-:class:`~.crypto.Cipher`, made from ``DimpleDb``'s ``remote=``/key keywords by
-:meth:`Remote.open`, with the manifest this handle last wrote (so a push need not read it
-back).
+:class:`Remote` joins a :class:`~.storage.Storage` (any fsspec location), a
+:class:`~.crypto.Cipher` and a :class:`~.trust.Trust`, made from ``DimpleDb``'s
+``remote=``/key keywords by :meth:`Remote.open`, with the manifest this handle last wrote
+(so a push need not read it back). :meth:`Remote.prepare` runs at the start of every sync:
+it applies the keywords to the replica's keyring and reads it, so that the sync encrypts
+to the persisted recipients and checks signatures against the current keys and pins.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .crypto import make_cipher
+from ..core.errors import ConfigurationError
+from .crypto import KeyCipher, make_cipher
 from .storage import Storage
+from .trust import Trust, TrustSettings
 
 if TYPE_CHECKING:
+    from ..core.replica import Replica
     from .crypto import Cipher
     from .wire import Manifest
 
@@ -23,23 +28,48 @@ __all__ = ["Remote"]
 
 
 class Remote:
-    """Storage plus cipher, and our manifest as last written through this handle."""
+    """Storage, cipher and trust, and our manifest as last written through this handle."""
 
-    def __init__(self, storage: Storage, cipher: Cipher) -> None:
+    def __init__(self, storage: Storage, cipher: Cipher,
+                 settings: TrustSettings | None = None) -> None:
         self.storage = storage
         self.cipher = cipher
+        """The cipher of this sync: encrypts to the recipients read by :meth:`prepare`."""
+        self.settings = settings or TrustSettings()
+        self._keyword_cipher = cipher
+        self.trust: Trust = Trust.from_cipher(cipher, self.settings)
+        """Signing and acceptance of files for this sync (refreshed by :meth:`prepare`)."""
         self.own_manifest: Manifest | None = None
 
     @classmethod
     def open(cls, remote: Any, *, storage_options: Mapping[str, Any] | None = None,
              path: str | None = None, identity: str | None = None,
              recipients: Sequence[str] | None = None, passphrase: str | None = None,
-             encryption: bool = True) -> Remote:
+             encryption: bool = True, require_signatures: bool | None = None) -> Remote:
         """A remote from ``DimpleDb``'s keywords (keys are checked first: no I/O for a bad
         configuration)."""
+        if require_signatures is not None and not isinstance(require_signatures, bool):
+            raise ConfigurationError("require_signatures= must be True, False or None")
         cipher = make_cipher(identity=identity, recipients=recipients, passphrase=passphrase,
                              encryption=encryption)
-        return cls(Storage.from_remote(remote, storage_options, path=path), cipher)
+        given: tuple[str, ...] | None = None
+        if recipients is not None and isinstance(cipher, KeyCipher):
+            given = cipher.recipients[1:]  # canonical, own key first, then the keywords
+        settings = TrustSettings(recipients=given, require_signatures=require_signatures)
+        return cls(Storage.from_remote(remote, storage_options, path=path), cipher, settings)
+
+    def prepare(self, replica: Replica) -> Trust:
+        """Read the keyring for one sync (after applying ``recipients=`` to it): the cipher
+        then encrypts to the active recipients, and :attr:`trust` knows the current keys
+        and pins. ``ConfigurationError`` when ``recipients=`` lists a revoked key."""
+        with replica.engine.begin() as conn:
+            trust = Trust.load(conn, self._keyword_cipher, self.settings)
+        base, current = self._keyword_cipher, self.cipher
+        if isinstance(base, KeyCipher) and isinstance(current, KeyCipher) and (
+                trust.recipients != current.recipients[1:]):
+            self.cipher = base.with_recipients(trust.recipients)
+        self.trust = trust
+        return trust
 
     def __repr__(self) -> str:
         return f"<Remote {self.storage!r} {self.cipher!r}>"

@@ -1,6 +1,7 @@
-"""One sync: :func:`sync` pushes (:mod:`.push`), pulls and merges (:mod:`.pull`), under the
-replica's sync lock (threads of this process), then sends ``changes_committed`` (origin
-``"sync"``) for what the merge changed, and raises :class:`SyncError` (see
+"""One sync: :func:`sync` reads the keyring (:meth:`.remote.Remote.prepare`), pushes
+(:mod:`.push`), pulls and merges (:mod:`.pull`), under the replica's sync lock (threads of
+this process), then sends ``changes_committed`` (origin ``"sync"``) for what the merge
+changed, and raises :class:`SyncError` (see
 :mod:`.report_errors`) carrying the report when any author failed.
 """
 
@@ -27,6 +28,7 @@ def sync(replica: Replica, remote: Remote) -> SyncReport:
     report = SyncReport()
     start = dict(storage.requests)
     with replica.sync_lock:
+        remote.prepare(replica)  # the persisted recipients, keys and pins for this sync
         try:
             push(replica, remote, report)
             result = pull(replica, remote, report)

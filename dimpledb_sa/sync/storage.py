@@ -8,14 +8,19 @@ of its own. Every author and file name is validated before the backend is touche
 path can leave the root (:class:`~dimpledb_sa.core.errors.RemoteFormatError` otherwise); listings
 are always fresh (fsspec's directory cache is dropped first); and ``requests`` counts the
 calls made, by kind. Backend failures propagate as the built-in exceptions fsspec raises
-(``FileNotFoundError``, ``PermissionError``, other ``OSError``). Contents are opaque bytes:
+(``FileNotFoundError``, ``PermissionError``, other ``OSError``). Every read is bounded:
+a file larger than its limit (``max_bundle_bytes``, ``max_manifest_bytes``,
+``max_notes_bytes``) is refused with :class:`TooLargeError` after reading at most one byte
+more than the limit (a ranged read: the rest is never downloaded). Contents are opaque bytes:
 encoding and encryption happen elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,9 +31,29 @@ from fsspec import AbstractFileSystem
 
 from ..core._compat import strip_protocol
 from ..core.errors import ConfigurationError, RemoteFormatError
-from .wire import MANIFEST_NAME, is_bundle_name, is_uuid
+from .signing import MAX_SIGNATURE, signature_name
+from .wire import (
+    MANIFEST_NAME,
+    MAX_BUNDLE_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_NOTES_BYTES,
+    NOTES_NAME,
+    is_bundle_name,
+    is_uuid,
+)
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "TooLargeError"]
+
+
+class TooLargeError(RemoteFormatError):
+    """A remote file is larger than the limit for its kind; it was not downloaded whole."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} is larger than the limit of {limit} bytes: not read")
+        self.limit = limit
+
+
+_SIGNED_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,250}")
 
 
 def _check_author(author: str) -> str:
@@ -40,6 +65,15 @@ def _check_author(author: str) -> str:
 def _check_bundle(name: str) -> str:
     if not is_bundle_name(name):
         raise RemoteFormatError(f"unsafe or malformed bundle file name: {name!r:.120}")
+    return name
+
+
+def _check_signed(name: str) -> str:
+    """A file name whose signature may be read or written: the manifest, a bundle or
+    another plain lowercase name (a snapshot), never a path and never a signature."""
+    if (not isinstance(name, str) or _SIGNED_NAME.fullmatch(name) is None or ".." in name
+            or name.endswith(signature_name(""))):
+        raise RemoteFormatError(f"unsafe or malformed name of a signed file: {name!r:.120}")
     return name
 
 
@@ -61,6 +95,12 @@ class Storage:
         self.root: str = root
         self.requests: Counter[str] = Counter()
         """Calls made to the backend, by kind: ``"ls"``, ``"get"``, ``"put"``."""
+        self.max_bundle_bytes: int = MAX_BUNDLE_BYTES
+        """The largest bundle file read; a larger one is refused, never decrypted."""
+        self.max_manifest_bytes: int = MAX_MANIFEST_BYTES
+        """The largest manifest read."""
+        self.max_notes_bytes: int = MAX_NOTES_BYTES
+        """The largest notes file (``dimple_unreadable.json``) read."""
 
     @classmethod
     def from_remote(
@@ -169,42 +209,116 @@ class Storage:
 
     # ----------------------------------------------------------------------- reading
 
-    def read_manifest(self, author: str) -> bytes | None:
-        """``author``'s manifest, or ``None`` when it has none."""
-        path = self._join(_check_author(author), MANIFEST_NAME)
+    def _get(self, path: str, limit: int, what: str) -> bytes:
+        """The file at ``path``, read with one ranged GET of at most ``limit + 1`` bytes."""
         self.requests["get"] += 1
         try:
-            return bytes(self.fs.cat_file(path))
+            data = bytes(self.fs.cat_file(path, start=0, end=limit + 1))
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            data = self._empty_or_raise(path, e)
+        if len(data) > limit:
+            raise TooLargeError(what, limit)
+        return data
+
+    def _empty_or_raise(self, path: str, e: OSError) -> bytes:
+        """An S3 ranged GET of an empty object fails with "range not satisfiable": that file
+        reads as empty; any other failure is raised."""
+        if e.errno != errno.EINVAL or "range" not in str(e).lower():
+            raise e
+        self.requests["get"] += 1
+        if self.fs.size(path) != 0:
+            raise e
+        return b""
+
+    def read_manifest(self, author: str) -> bytes | None:
+        """``author``'s manifest, or ``None`` when it has none; :class:`TooLargeError` when it
+        is larger than ``max_manifest_bytes``."""
+        path = self._join(_check_author(author), MANIFEST_NAME)
+        try:
+            return self._get(path, self.max_manifest_bytes, f"{author}/{MANIFEST_NAME}")
+        except FileNotFoundError:
+            return None
+
+    def read_notes(self, author: str) -> bytes | None:
+        """``author``'s notes file (``dimple_unreadable.json``), or ``None`` when it has
+        none; :class:`TooLargeError` when it is larger than ``max_notes_bytes``."""
+        path = self._join(_check_author(author), NOTES_NAME)
+        try:
+            return self._get(path, self.max_notes_bytes, f"{author}/{NOTES_NAME}")
         except FileNotFoundError:
             return None
 
     def read_bundle(self, author: str, name: str) -> bytes:
-        """One bundle file; ``FileNotFoundError`` when it is missing."""
+        """One bundle file; ``FileNotFoundError`` when it is missing, :class:`TooLargeError`
+        when it is larger than ``max_bundle_bytes``."""
         path = self._join(_check_author(author), _check_bundle(name))
-        self.requests["get"] += 1
-        return bytes(self.fs.cat_file(path))
+        return self._get(path, self.max_bundle_bytes, f"bundle {name}")
 
     def read_bundles(self, author: str, names: Sequence[str]) -> dict[str, bytes | Exception]:
-        """Several bundles of one author in one backend call (concurrent on S3).
+        """Several bundles of one author in one backend call (concurrent on S3), each read
+        with a ranged GET of at most ``max_bundle_bytes + 1`` bytes.
 
         Returns name -> contents, or the exception that reading that file raised
-        (``FileNotFoundError`` for a missing one).
+        (``FileNotFoundError`` for a missing one, :class:`TooLargeError` for one larger than
+        ``max_bundle_bytes``).
         """
         folder = _check_author(author)
         unique = list(dict.fromkeys(_check_bundle(n) for n in names))
         if not unique:
             return {}
         paths = [self._join(folder, n) for n in unique]
+        limit = self.max_bundle_bytes
         self.requests["get"] += len(paths)
-        got = self.fs.cat(paths, on_error="return")
-        by_name = {_basename(str(p)): v for p, v in got.items()}
+        got = self.fs.cat_ranges(paths, 0, limit + 1, on_error="return")
         out: dict[str, bytes | Exception] = {}
-        for name in unique:
-            value = by_name.get(name)
+        for name, path, value in zip(unique, paths, got, strict=True):
+            if isinstance(value, OSError) and not isinstance(value, FileNotFoundError):
+                try:
+                    value = self._empty_or_raise(path, value)
+                except OSError as e:
+                    value = e
             if isinstance(value, Exception):
                 out[name] = value
             elif value is None:
-                out[name] = FileNotFoundError(self._join(folder, name))
+                out[name] = FileNotFoundError(path)
+            elif len(value) > limit:
+                out[name] = TooLargeError(f"bundle {name}", limit)
+            else:
+                out[name] = bytes(value)
+        return out
+
+    def read_signature(self, author: str, name: str) -> bytes | None:
+        """The signature file ``{name}.sig`` of ``author``'s file ``name`` (at most
+        ``MAX_SIGNATURE + 1`` bytes of it, so a hostile one cannot fill memory), or
+        ``None`` when it has none."""
+        path = self._join(_check_author(author), signature_name(_check_signed(name)))
+        self.requests["get"] += 1
+        try:
+            return bytes(self.fs.cat_file(path, start=0, end=MAX_SIGNATURE + 1))
+        except FileNotFoundError:
+            return None
+
+    def read_signatures(self, author: str, names: Sequence[str]
+                        ) -> dict[str, bytes | Exception | None]:
+        """The signatures of several of ``author``'s files in one backend call (bounded
+        like :meth:`read_signature`): name -> contents, ``None`` when it has none, or the
+        exception reading it raised."""
+        folder = _check_author(author)
+        unique = list(dict.fromkeys(_check_signed(n) for n in names))
+        if not unique:
+            return {}
+        paths = [self._join(folder, signature_name(n)) for n in unique]
+        self.requests["get"] += len(paths)
+        got = self.fs.cat_ranges(paths, [0] * len(paths), [MAX_SIGNATURE + 1] * len(paths),
+                                 on_error="return")
+        out: dict[str, bytes | Exception | None] = {}
+        for name, value in zip(unique, got, strict=True):
+            if isinstance(value, FileNotFoundError):
+                out[name] = None
+            elif isinstance(value, Exception):
+                out[name] = value
             else:
                 out[name] = bytes(value)
         return out
@@ -248,3 +362,11 @@ class Storage:
     def write_manifest(self, author: str, data: bytes) -> None:
         """Write (or overwrite) ``author``'s manifest."""
         self._put(_check_author(author), MANIFEST_NAME, data)
+
+    def write_notes(self, author: str, data: bytes) -> None:
+        """Write (or overwrite) ``author``'s notes file."""
+        self._put(_check_author(author), NOTES_NAME, data)
+
+    def write_signature(self, author: str, name: str, data: bytes) -> None:
+        """Write (or overwrite) the signature ``{name}.sig`` of ``author``'s file ``name``."""
+        self._put(_check_author(author), signature_name(_check_signed(name)), data)

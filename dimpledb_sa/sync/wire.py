@@ -5,15 +5,21 @@ transaction bundles (``encode_bundle`` / ``decode_bundle``, change rows as plain
 values are canonical JSON text) and the per-author manifest ``dimple_db.json``
 (``Manifest`` / ``BundleInfo``, ``encode_manifest`` / ``decode_manifest``), plus the
 validators for remote names (``is_uuid``, ``is_bundle_name``) that keep every path inside the
-remote root. Decoding is strict: anything malformed, inconsistent or hostile raises
+remote root, and the read limits (``MAX_BUNDLE_BYTES``, ``MAX_MANIFEST_BYTES``,
+``MAX_NOTES_BYTES``; values nest at most ``MAX_VALUE_DEPTH`` deep). Decoding is strict:
+anything malformed, inconsistent or hostile raises
 :class:`~dimpledb_sa.core.errors.RemoteFormatError` naming the transaction, change or field at
-fault. It knows nothing of the ORM, of encryption or of storage backends.
+fault, and the same bytes get the same verdict on every replica, whatever the call stack
+(nesting is measured by an iterative walk; Python's recursion guard in ``json.loads`` only
+ever turns a rejection into another rejection). It knows nothing of the ORM, of encryption
+or of storage backends.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +31,15 @@ from typing import Any
 from ..core.changes import ChangeRow, TxRecord
 from ..core.errors import RemoteFormatError
 from ..core.rows import gc_paused
+from ..core.values import MAX_VALUE_DEPTH, value_depth
 
 __all__ = [
     "MANIFEST_NAME",
+    "MAX_BUNDLE_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_NOTES_BYTES",
+    "MAX_VALUE_DEPTH",
+    "NOTES_NAME",
     "BundleInfo",
     "ChangeRow",
     "Manifest",
@@ -40,6 +52,7 @@ __all__ = [
     "is_bundle_name",
     "is_timestamp",
     "is_uuid",
+    "load_json",
     "manifest_with",
     "parse_bundle_name",
     "utc_now_iso",
@@ -47,6 +60,19 @@ __all__ = [
 
 MANIFEST_NAME = "dimple_db.json"
 """File name of an author's manifest, next to its bundles."""
+
+NOTES_NAME = "dimple_unreadable.json"
+"""File name of an author's notes on the other authors' files it could not read."""
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+"""The largest stored bundle file a reader downloads (the default of
+``Storage.max_bundle_bytes``): a larger one is refused before it is decrypted or parsed."""
+
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""The largest manifest a reader downloads (``Storage.max_manifest_bytes``)."""
+
+MAX_NOTES_BYTES = 1024 * 1024
+"""The largest notes file a reader downloads (``Storage.max_notes_bytes``)."""
 
 _UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID = re.compile(_UUID_RE)
@@ -91,7 +117,7 @@ def parse_bundle_name(name: str) -> tuple[str, str]:
     """``(first_tx, last_tx)`` of a bundle file name; ``RemoteFormatError`` if unsafe."""
     m = _BUNDLE_NAME.fullmatch(name) if type(name) is str else None
     if m is None:
-        raise RemoteFormatError(f"not a bundle file name ({{uuid}}_{{uuid}}.json): {name!r:.120}")
+        raise RemoteFormatError(f"not a bundle file name ({{uuid}}_{{uuid}}.json): {_short(name)}")
     return m.group(1), m.group(2)
 
 
@@ -151,21 +177,40 @@ def encode_bundle(transactions: Sequence[TxRecord]) -> bytes:
     return ("[" + ",\n".join(out) + "]").encode("utf-8")
 
 
-def _load_json(data: bytes, what: str) -> Any:
+def load_json(data: bytes, what: str) -> Any:
+    """``data`` parsed as UTF-8 JSON; ``RemoteFormatError`` (naming ``what``) otherwise."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as e:
         raise RemoteFormatError(f"{what} is not UTF-8 text (bad byte at offset {e.start})") from e
     try:
         return json.loads(text)
-    except RecursionError as e:
-        raise RemoteFormatError(f"{what} is not usable JSON: nested too deeply") from e
+    except RecursionError as e:  # far deeper than any value may nest: rejected either way
+        raise RemoteFormatError(
+            f"{what} is not usable JSON: nested too deeply (more than {MAX_VALUE_DEPTH} "
+            "arrays/objects)"
+        ) from e
     except ValueError as e:  # JSONDecodeError, and int() digit limits
         raise RemoteFormatError(f"{what} is not valid JSON: {e}") from e
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+
+
+def _short(value: object) -> str:
+    """A short repr (reprlib: bounded depth, so a hostile deeply nested value cannot exhaust
+    the stack)."""
+    return _SHORT.repr(value)[:120]
+
+
 def _describe(value: object) -> str:
-    return f"{type(value).__name__} {value!r:.80}"
+    return f"{type(value).__name__} {_short(value):.80}"
+
+
+def _too_deep(values: Sequence[Any]) -> bool:
+    """Whether any of ``values`` nests arrays/objects deeper than ``MAX_VALUE_DEPTH``."""
+    return any(value_depth(v) > MAX_VALUE_DEPTH for v in values if type(v) in (list, dict))
 
 
 def _record_problem(record: object, keys: tuple[str, ...]) -> str | None:
@@ -189,7 +234,7 @@ def _tx_problem(tx: Any, author: str) -> str:
     if problem is not None:
         return problem
     if tx["author"] != author:
-        return f"has author {tx['author']!r:.80} but lies in the folder of author {author}"
+        return f"has author {_short(tx['author'])} but lies in the folder of author {author}"
     if type(tx["changes"]) is not list:
         return f"has changes that are not a list but {_describe(tx['changes'])}"
     return "is malformed"  # pragma: no cover - callers only ask when something is wrong
@@ -200,7 +245,7 @@ def _change_problem(c: Any, tid: str) -> str:
     if problem is not None:
         return problem
     if c["transaction_id"] != tid:
-        return f"has transaction_id {c['transaction_id']!r:.80}, not its transaction's id {tid}"
+        return f"has transaction_id {_short(c['transaction_id'])}, not its transaction's id {tid}"
     for key in _NONEMPTY_KEYS:
         v = c[key]
         if type(v) is not str:
@@ -222,7 +267,7 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
         raise RemoteFormatError(f"not a canonical author id: {author!r:.80}")
     where = f"bundle {name}" if name else "bundle"
     with gc_paused(len(data) > _GC_PAUSE_BYTES):
-        doc = _load_json(data, where)
+        doc = load_json(data, where)
         out = _decode_fast(doc, author)
         if out is None:
             out = _decode_checked(doc, author, where)
@@ -318,6 +363,8 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
                 return None
     except (KeyError, TypeError):
         return None
+    if _too_deep(olds) or _too_deep(news):
+        return None
     old_json = [None if v is None else to_json(type(v), dumps)(v) for v in olds]
     new_json = [None if v is None else to_json(type(v), dumps)(v) for v in news]
     rows = list(zip(ids, ctids, etypes, eids, attrs, old_json, new_json, strict=True))
@@ -367,6 +414,11 @@ def _decode_checked(doc: Any, author: str, where: str) -> list[TxRecord]:
                 raise RemoteFormatError(f"{where}: change id {cid} appears more than once")
             seen.add(cid)
             old, new = c["old_value"], c["new_value"]
+            if _too_deep((old, new)):
+                raise RemoteFormatError(
+                    f"{where}: transaction {tid}, change {cid} has a value nested too deeply "
+                    f"(more than {MAX_VALUE_DEPTH} arrays/objects)"
+                )
             rows.append(
                 (
                     cid,
@@ -444,10 +496,10 @@ def _decode_info(obj: object, i: int) -> BundleInfo:
     filename, first, last = d["filename"], d["first_transaction_id"], d["last_transaction_id"]
     count, created = d["transaction_count"], d["created_at"]
     if not is_bundle_name(filename):
-        raise RemoteFormatError(f"{what} has an unsafe or malformed filename: {filename!r:.120}")
+        raise RemoteFormatError(f"{what} has an unsafe or malformed filename: {_short(filename)}")
     for key, v in (("first_transaction_id", first), ("last_transaction_id", last)):
         if not is_uuid(v):
-            raise RemoteFormatError(f"{what} has a {key} that is not a canonical UUID: {v!r:.80}")
+            raise RemoteFormatError(f"{what} has a {key} that is not a canonical UUID: {_short(v)}")
     if filename != f"{first}_{last}.json":
         raise RemoteFormatError(f"{what}: filename {filename} does not match its first/last ids")
     if first > last:
@@ -465,10 +517,10 @@ def decode_manifest(data: bytes, author: str) -> Manifest:
     """Parse and validate ``author``'s manifest; ``RemoteFormatError`` when it is not sound."""
     if not is_uuid(author):
         raise RemoteFormatError(f"not a canonical author id: {author!r:.80}")
-    d = _check_keys(_load_json(data, "manifest"), _MANIFEST_KEYS, "manifest")
+    d = _check_keys(load_json(data, "manifest"), _MANIFEST_KEYS, "manifest")
     if d["author_id"] != author:
         raise RemoteFormatError(
-            f"manifest has author_id {d['author_id']!r:.80} but lies in the folder of {author}"
+            f"manifest has author_id {_short(d['author_id'])} but lies in the folder of {author}"
         )
     if not is_timestamp(d["last_sync_timestamp"]):
         raise RemoteFormatError("manifest has a last_sync_timestamp that is not ISO-8601 UTC")
@@ -485,7 +537,7 @@ def decode_manifest(data: bytes, author: str) -> Manifest:
     expected = bundles[-1].last_transaction_id if bundles else None
     if last != expected:
         raise RemoteFormatError(
-            f"manifest last_transaction_id {last!r:.80} is not the last bundle's ({expected})"
+            f"manifest last_transaction_id {_short(last)} is not the last bundle's ({expected})"
         )
     return Manifest(author, last, d["last_sync_timestamp"], bundles)
 
