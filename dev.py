@@ -51,14 +51,15 @@ def ensure_venv() -> None:
     started = time.monotonic()
     if not PY.exists():
         say("first run: setting up .venv/ with the project and its test tools; this takes "
-            "a few minutes on a fresh machine (mostly downloads), later runs start at once")
+            "2 to 10 minutes on a fresh machine (downloads, and pip trying versions of boto3 "
+            "and aiobotocore until they match), later runs start at once")
         say("1/3 creating the virtual environment .venv/ (about 10 s)")
         venv.EnvBuilder(with_pip=True).create(VENV)
     else:
         say("pyproject.toml changed since .venv/ was set up: updating it (under a minute)")
     say("2/3 upgrading pip")
     run(PY, "-m", "pip", "install", "-q", "--upgrade", "pip")
-    say("3/3 installing dimpledb-sa (editable) with its test extra, about 1-3 minutes: "
+    say("3/3 installing dimpledb-sa (editable) with its test extra (most of the time): "
         + ", ".join(_packages(pyproject)) + " and what they need; pip's progress follows")
     run(PY, "-m", "pip", "install", "--progress-bar", "off", "-e", f"{ROOT}[test]")
     STAMP.write_text(pyproject)
