@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aioworld import aiosqlite_engine, async_device, async_test, next_rows, postgresql_async_url
 from models import Note, SyncBase
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from syncworld import Devices, device_set
 
@@ -102,6 +102,27 @@ async def test_create_all_capture_and_history(tmp_path: Path, devs: Devices) -> 
                                        ) or 0
             pending = await conn.scalar(text("SELECT count(*) FROM dimple_pending")) or 0
         assert logged + pending > 0
+
+
+@async_test
+async def test_orm_enabled_statements_through_asyncsession_are_captured(
+        tmp_path: Path, devs: Devices) -> None:
+    engine = aiosqlite_engine(tmp_path / "a.db")
+    async with async_device(devs, engine) as adb:
+        ids = [dimple.new_id(), dimple.new_id()]
+        async with adb.sessionmaker()() as s:
+            await s.execute(insert(Note), [{"id": i, "title": f"n{n}"} for n, i in enumerate(ids)])
+            await s.execute(update(Note).where(Note.id == ids[0]).values(rank=7))
+            await s.execute(delete(Note).where(Note.id == ids[1]))
+            await s.commit()
+        first = [(c.attribute, c.new_value) for c in await adb.history(Note, ids[0])]
+        assert ("rank", 7) in first
+        second = await adb.history(Note, ids[1])
+        assert (second[-1].attribute, second[-1].new_value) == ("id", None)  # deleted
+        assert (await adb.sync()).pushed == 1
+    b = devs.new("b")
+    b.sync()
+    assert [(r[3], r[4]) for r in b.rows(Note)] == [(7, "n0")]
 
 
 @async_test
