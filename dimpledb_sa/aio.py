@@ -14,9 +14,11 @@ thread of this object's pool, under a greenlet that SQLAlchemy's asyncio layer a
 to the event loop, which runs the driver's coroutine on the driver's own connection, while
 everything else (fsspec and S3 I/O, age encryption, JSON, merge planning) stays in the
 worker. That is ``AsyncConnection.run_sync`` with the sync code moved off the loop:
-``greenlet_spawn`` alone would run the remote I/O on the event loop. Live queries
-re-run in the same pool (their first run too, so ``adb.live()`` returns at once), and
-``adb.start_sync()`` is a task of the running loop whose syncs run there.
+``greenlet_spawn`` alone would run the remote I/O on the event loop. The engine's asyncio
+pool is made to hand connections to and from the workers on the loop as well
+(:func:`~.core._compat.loop_safe_pool`), and its first connect is made on the loop. Live
+queries re-run in the same worker threads (their first run too, so ``adb.live()`` returns
+at once), and ``adb.start_sync()`` is a task of the running loop whose syncs run there.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -33,7 +35,7 @@ from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.ext.asyncio import AsyncSession as _AsyncSession
 
-from .core._compat import call_in_worker_greenlet
+from .core._compat import call_in_worker_greenlet, loop_safe_pool
 from .core.errors import ConfigurationError, DimpleError
 from .db import DimpleDb
 
@@ -85,6 +87,7 @@ class AsyncDimpleDb:
         if workers < 1:
             raise ConfigurationError(f"workers= must be at least 1: {workers!r}")
         self.engine = engine
+        loop_safe_pool(engine.sync_engine)
         self.sync_db = DimpleDb(engine.sync_engine, models, **kw)
         """The :class:`~.db.DimpleDb` on ``engine.sync_engine`` that this wraps (as
         ``AsyncEngine.sync_engine`` wraps an ``Engine``); use it through :meth:`run_sync`."""
@@ -92,6 +95,7 @@ class AsyncDimpleDb:
                                         thread_name_prefix="dimpledb-async")
         self._background: AsyncBackgroundSync | None = None
         self._closed = False
+        self._connected = False
 
     # -- running the sync core -------------------------------------------------------------
     async def run_sync(self, fn: Callable[Concatenate[DimpleDb, _P], _T], *args: _P.args,
@@ -101,14 +105,18 @@ class AsyncDimpleDb:
         ``await adb.run_sync(lambda db: db.history(Todo, todo_id)[-1])``."""
         return await self._offload(functools.partial(fn, self.sync_db, *args, **kwargs))
 
-    def _offload(self, fn: Callable[[], _T]) -> Awaitable[_T]:
+    async def _offload(self, fn: Callable[[], _T]) -> _T:
         """``fn()`` in a worker thread under the greenlet bridge, with the caller's
         contextvars (as ``asyncio.to_thread``)."""
         if self._closed:
             raise DimpleError("this AsyncDimpleDb is closed")
+        if not self._connected:  # the engine's first connect (its dialect set-up, under an
+            async with self.engine.connect():  # asyncio lock) is made here, on the loop
+                self._connected = True
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return loop.run_in_executor(self._pool, context.run, call_in_worker_greenlet, loop, fn)
+        return await loop.run_in_executor(self._pool, context.run, call_in_worker_greenlet,
+                                          loop, fn)
 
     # -- set-up ----------------------------------------------------------------------------
     async def create_all(self, *, models: bool = True) -> None:

@@ -40,15 +40,16 @@ def async_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., No
     return run
 
 
-def aiosqlite_engine(path: Path | None) -> AsyncEngine:
+def aiosqlite_engine(path: Path | None, **kw: Any) -> AsyncEngine:
     """An aiosqlite engine on the file ``path`` (``None``: an in-memory database on one
-    shared connection) with ``PRAGMA foreign_keys=ON`` and ``synchronous=OFF``."""
+    shared connection) with ``PRAGMA foreign_keys=ON`` and ``synchronous=OFF``; ``kw`` go to
+    ``create_async_engine``."""
     if path is None:
         from sqlalchemy.pool import StaticPool
 
-        engine = create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool)
+        engine = create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool, **kw)
     else:
-        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+        engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **kw)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

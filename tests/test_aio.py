@@ -241,6 +241,38 @@ async def test_run_sync_reaches_the_rest_of_the_sync_api(tmp_path: Path,
         assert (await adb.run_sync(where)).startswith("dimpledb-async")
 
 
+def test_a_busy_pool_is_shared_safely_with_the_workers(tmp_path: Path) -> None:
+    """One connection for eight writers and the syncs, in asyncio's debug mode (which
+    raises when a worker touches the loop's asyncio objects from its own thread): the
+    pool's queue hands connections over on the loop."""
+
+    async def scenario() -> None:
+        engine = aiosqlite_engine(tmp_path / "a.db", pool_size=1, max_overflow=0,
+                                  pool_timeout=60)
+        with device_set(tmp_path, str(tmp_path / "remote")) as devs:
+            async with async_device(devs, engine) as adb:
+                Session = adb.sessionmaker()
+
+                async def writer(n: int) -> None:
+                    for i in range(5):
+                        async with Session() as s:
+                            s.add(Note(title=f"{n}-{i}"))
+                            await s.commit()
+
+                async def syncer() -> None:
+                    for _ in range(3):
+                        await adb.sync()
+
+                await asyncio.gather(*(writer(n) for n in range(8)), syncer())
+                assert len(await note_titles(engine)) == 40
+                await engine.dispose()  # a new pool: still shared safely
+                assert type(engine.sync_engine.pool).__name__.startswith("LoopSafe")
+                await asyncio.gather(writer(8), adb.sync())
+                assert (await adb.sync()).errors == {}
+
+    asyncio.run(asyncio.wait_for(scenario(), 120), debug=True)
+
+
 # --------------------------------------------------------------------------- live queries
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "compiled_cache",
     "deleted_states",
     "has_unflushed_changes",
+    "loop_safe_pool",
     "mapped_classes",
     "modified_states",
     "owns_lock",
@@ -209,3 +210,71 @@ def call_in_worker_greenlet(loop: asyncio.AbstractEventLoop, fn: Callable[..., _
             result = context.switch(value)
     out: _T = result
     return out
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+_loop_safe: dict[type[Any], type[Any]] = {}
+
+
+def _in_bridge() -> bool:
+    from greenlet import getcurrent
+
+    return isinstance(getcurrent(), _greenlet_class())
+
+
+def _loop_safe_queue() -> type[Any]:
+    """SQLAlchemy's ``AsyncAdaptedQueue`` whose non-blocking ``put_nowait``/``get_nowait``,
+    called from a worker's bridge greenlet, run on the event loop (through ``await_``)."""
+    from sqlalchemy.util import await_only
+    from sqlalchemy.util.queue import AsyncAdaptedQueue
+
+    found = _loop_safe.get(AsyncAdaptedQueue)
+    if found is None:
+        class LoopSafeQueue(AsyncAdaptedQueue):  # type: ignore[type-arg]
+            def put_nowait(self, item: Any) -> None:
+                if _in_bridge():
+                    await_only(_call(super().put_nowait, item))
+                else:
+                    super().put_nowait(item)
+
+            def get_nowait(self) -> Any:
+                if _in_bridge():
+                    return await_only(_call(super().get_nowait))
+                return super().get_nowait()
+
+        found = _loop_safe[AsyncAdaptedQueue] = LoopSafeQueue
+    return found
+
+
+def loop_safe_pool(engine: Engine) -> None:
+    """Make ``engine``'s asyncio connection pool safe to check connections in and out from
+    :func:`call_in_worker_greenlet` workers.
+
+    ``AsyncAdaptedQueuePool`` keeps its connections in an ``asyncio.Queue`` and calls its
+    non-blocking ``put_nowait``/``get_nowait`` in the caller's thread (blocking waits go
+    through ``await_``): on the loop that is SQLAlchemy's design, but from a worker thread a
+    task waiting for a connection could be woken late or never (and asyncio's debug mode
+    raises). The pool and its queue become subclasses whose non-blocking calls from a
+    worker run on the loop; SQLAlchemy has no hook for the queue, and ``Pool.recreate()``
+    (``engine.dispose()``) keeps the pool's class, so the change survives it. Other pools
+    (``StaticPool``, ``NullPool``) keep no asyncio state and are left alone.
+    """
+    from sqlalchemy.util.queue import AsyncAdaptedQueue
+
+    pool: Any = engine.pool
+    queue = getattr(pool, "_pool", None)
+    if not isinstance(queue, AsyncAdaptedQueue):
+        return
+    safe_queue = _loop_safe_queue()
+    if not isinstance(queue, safe_queue):
+        queue.__class__ = safe_queue
+    cls = type(pool)
+    if getattr(cls, "_queue_class", None) is not safe_queue:
+        safe_pool = _loop_safe.get(cls)
+        if safe_pool is None:
+            safe_pool = _loop_safe[cls] = type(f"LoopSafe{cls.__name__}", (cls,),
+                                               {"_queue_class": safe_queue})
+        pool.__class__ = safe_pool
