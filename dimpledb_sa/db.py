@@ -224,6 +224,27 @@ class DimpleDb:
 
         return sync(self.replica, self.remote)
 
+    # ------------------------------------------------ snapshots, compaction, retention
+
+    def snapshot(self) -> str:
+        """Push, then write a snapshot of this device's pushed changes; returns its name."""
+        from .sync.compact import take_snapshot
+
+        return take_snapshot(self.replica, self.remote)
+
+    def compact(self) -> int:
+        """Snapshot, then remove this device's bundles it covers; returns how many."""
+        from .sync.compact import compact
+
+        return compact(self.replica, self.remote)
+
+    def prune_history(self, older_than: timedelta) -> int:
+        """Drop superseded local changes older than ``older_than``; returns how many."""
+        from .core.prune import prune_history
+
+        with self.replica.sync_lock:
+            return prune_history(self.replica, older_than)
+
     def replay_held(self) -> int:
         """Apply held changes the schema can take now; returns how many were applied."""
         from .sync.merge import replay_held

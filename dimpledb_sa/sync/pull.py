@@ -35,7 +35,7 @@ from ..core import meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DecryptionError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
-from . import notes, quarantine
+from . import notes, quarantine, snapshot
 from .merge import APPLY_ERRORS, MergeResult, describe, merge, replay_held_in
 from .quarantine import Entry, Problem
 from .report_errors import fail
@@ -185,6 +185,19 @@ def _replaced(ap: AuthorPull, manifest: Manifest, listed: dict[str, BundleInfo]
     return out
 
 
+def _from_snapshot(remote: Remote, ap: AuthorPull, manifest: Manifest,
+                   cursor: str | None) -> str | None:
+    """Hook for :mod:`.snapshot`: when the cursor is unset or points into bundles that a
+    compaction removed, the author's newest snapshot goes first (as one pseudo bundle) and
+    the bundles are read from its last transaction on."""
+    found = snapshot.for_pull(remote, ap.author, manifest, cursor)
+    if found is None:
+        return cursor
+    ap.good.append(found)
+    ap.advanced = found[0].last_transaction_id
+    return ap.advanced
+
+
 def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
                   old: dict[str, Entry], digest: str | None) -> AuthorPull:
     """Everything one author's folder holds for us this sync; never raises but for
@@ -195,6 +208,7 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
+        cursor = _from_snapshot(remote, ap, manifest, cursor)
         _fetch_bundles(remote, ap, manifest, cursor)
         now = notes.manifest_digest(data)
         if now != digest:  # its manifest changed since we last read its notes
@@ -226,6 +240,11 @@ def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
             with conn.begin_nested():
                 part = merge(replica, conn, txs)
         except _UNAPPLIABLE as exc:
+            if snapshot.is_snapshot_name(info.filename):  # hook: never step past a snapshot
+                ap.errors.append(SyncError(f"snapshot {info.filename}: its changes cannot be "
+                                           f"applied here: {describe(exc)}"))
+                ap.good, ap.advanced = [], None
+                return
             ap.problems.append(Problem(info.filename, quarantine.APPLY,
                                        f"its changes cannot be applied here: {describe(exc)}"))
             continue

@@ -370,3 +370,23 @@ class Storage:
     def write_signature(self, author: str, name: str, data: bytes) -> None:
         """Write (or overwrite) the signature ``{name}.sig`` of ``author``'s file ``name``."""
         self._put(_check_author(author), signature_name(_check_signed(name)), data)
+
+    # --------------------------------------------- snapshots and compaction (sync.compact)
+
+    def read_snapshot(self, author: str, name: str) -> bytes:
+        """One snapshot file (``snapshot_{id}.json``), at most ``max_bundle_bytes``."""
+        path = self._join(_check_author(author), _check_signed(name))
+        return self._get(path, self.max_bundle_bytes, f"snapshot {name}")
+
+    def write_snapshot(self, author: str, name: str, data: bytes) -> None:
+        """Write (or overwrite) a snapshot file in ``author``'s folder."""
+        self._put(_check_author(author), _check_signed(name), data)
+
+    def remove_file(self, author: str, name: str) -> None:
+        """Remove a bundle or snapshot of ``author`` and its signature; a missing one is
+        fine."""
+        folder = _check_author(author)
+        for n in (_check_signed(name), signature_name(name)):
+            self.requests["delete"] += 1
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self._join(folder, n))

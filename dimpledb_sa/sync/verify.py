@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import DecryptionError, DimpleError, SignatureError
 from .keys import ED25519, parse_public_key
 from .signing import SIGNATURE_SUFFIX, signature_name, verify
+from .snapshot import is_snapshot_name
 from .wire import MANIFEST_NAME, NOTES_NAME, decode_bundle, decode_manifest
 
 if TYPE_CHECKING:
@@ -178,4 +179,7 @@ def _verify_author(storage: Storage, cipher: Cipher, author: str, key_name: str,
     known = listed | {MANIFEST_NAME, NOTES_NAME}
     for n in storage.list_files(author):
         if n not in known and n.removesuffix(SIGNATURE_SUFFIX) not in known:
+            if is_snapshot_name(n.removesuffix(SIGNATURE_SUFFIX)):  # hook: sync.snapshot
+                out.notes.append(f"{author}/{n}: a snapshot (read by devices that bootstrap)")
+                continue
             out.notes.append(f"{author}/{n}: not in the manifest (ignored by sync)")

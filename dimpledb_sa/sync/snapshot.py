@@ -1,0 +1,242 @@
+"""Snapshots: this author's pushed changes that still decide anything, in one file.
+
+A snapshot is written to our own folder as ``snapshot_{last_transaction_id}.json``
+(age-encrypted to the current recipients like a bundle). It holds, for every (entity,
+attribute) this author ever changed in a pushed transaction (id ``<= last_transaction_id``),
+that author's *latest* such change, with its original change id, transaction id and old
+and new values; a delete is such a change on the primary key (id -> null), so delete
+markers are part of it. Changes are grouped under their original transactions (in
+ascending id order, the bundle encoding), plus the held list of the writer for information.
+
+Merging a snapshot is merging those transactions with the ordinary merge
+(:func:`.merge.merge`): last write wins per attribute depends only on each attribute's
+latest change, and the latest change among all authors is the latest among the latest of
+each author, so a snapshot and the bundles it replaces give the same rows. The merge skips
+transactions it knows by id; that is sound because a transaction known here holds every
+change of it that still wins among its author's changes (a pruned or snapshot-merged
+transaction lost only changes superseded by a later change of the same author, which stays
+superseded).
+
+Readers (:func:`for_pull`): when the cursor for an author is unset, or sorts before the
+first transaction of the first bundle its manifest still lists (compaction removes a prefix
+of bundles and keeps the newest, see :mod:`.compact`, so such a cursor points into removed
+bundles) and before its newest snapshot's last transaction, they merge the newest snapshot
+and then the bundles after it. Only then is the author's folder listed (one request).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from ..core import changelog, meta, schema
+from ..core.changes import (
+    ROW_ATTRIBUTE,
+    ROW_ENTITY_ID,
+    ROW_ENTITY_TYPE,
+    ROW_ID,
+    ROW_TRANSACTION,
+    ChangeRow,
+    TxRecord,
+)
+from ..core.errors import RemoteFormatError
+from .wire import (
+    BundleInfo,
+    Manifest,
+    decode_bundle,
+    encode_bundle,
+    is_uuid,
+    load_json,
+    utc_now_iso,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from ..core.replica import Replica
+    from .remote import Remote
+
+__all__ = ["FORMAT", "Snapshot", "build", "decode", "encode", "for_pull",
+           "is_snapshot_name", "newest", "parse_snapshot_name", "snapshot_name", "write"]
+
+FORMAT = "dimpledb-snapshot"
+VERSION = 1
+_UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_NAME = re.compile(rf"snapshot_({_UUID_RE})\.json")
+_KEYS = ("format", "version", "author_id", "last_transaction_id", "created_at", "held",
+         "transactions")
+
+
+def snapshot_name(last: str) -> str:
+    return f"snapshot_{last}.json"
+
+
+def is_snapshot_name(name: object) -> bool:
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+def parse_snapshot_name(name: str) -> str:
+    """The last transaction id a snapshot file name states."""
+    m = _NAME.fullmatch(name)
+    if m is None:
+        raise RemoteFormatError(f"not a snapshot file name: {name!r:.120}")
+    return m.group(1)
+
+
+class Snapshot:
+    """A decoded snapshot: its transactions (own changes that win) and held list."""
+
+    def __init__(self, author: str, last: str, transactions: list[TxRecord],
+                 held: list[tuple[str, str, str, str]]) -> None:
+        self.author = author
+        self.last = last
+        self.transactions = transactions
+        self.held = held
+
+    @property
+    def name(self) -> str:
+        return snapshot_name(self.last)
+
+
+def build(conn: Connection, me: str, last: str) -> Snapshot:
+    """The snapshot of ``me``'s transactions up to ``last`` from the log (``conn`` is a write
+    transaction: pending transactions are folded first)."""
+    changelog.fold(conn)
+    c, t = schema.changes, schema.transactions
+    stmt = (select(c).join(t, t.c.id == c.c.transaction_id)
+            .where(t.c.author == me, t.c.id <= last))
+    win: dict[tuple[str, str, str], ChangeRow] = {}
+    for row in conn.execute(stmt):
+        for ch in changelog.expand(row):
+            key = (ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID], ch[ROW_ATTRIBUTE])
+            w = win.get(key)
+            if w is None or ch[ROW_ID] > w[ROW_ID]:
+                win[key] = ch
+    by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
+    for ch in win.values():
+        by_tx[ch[ROW_TRANSACTION]].append(ch)
+    txs = [(tx, me, sorted(by_tx[tx])) for tx in sorted(by_tx)]
+    h = schema.held
+    held = [(str(a), str(b), str(x), str(r)) for a, b, x, r in conn.execute(select(h))]
+    return Snapshot(me, last, txs, held)
+
+
+def encode(snap: Snapshot) -> bytes:
+    """The snapshot's JSON (UTF-8): a header object whose ``transactions`` is a bundle."""
+    head = {
+        "format": FORMAT,
+        "version": VERSION,
+        "author_id": snap.author,
+        "last_transaction_id": snap.last,
+        "created_at": utc_now_iso(),
+        "held": [{"entity_type": a, "entity_id": b, "attribute": x, "reason": r}
+                 for a, b, x, r in snap.held],
+    }
+    text = json.dumps(head)[:-1] + ',"transactions":'
+    return text.encode("utf-8") + encode_bundle(snap.transactions) + b"}"
+
+
+def _held(doc: Any) -> list[tuple[str, str, str, str]]:
+    if type(doc) is not list:
+        raise RemoteFormatError("snapshot held is not a list")
+    out = []
+    for h in doc:
+        if type(h) is not dict or not all(
+                type(h.get(k)) is str for k in ("entity_type", "entity_id", "attribute",
+                                                 "reason")):
+            raise RemoteFormatError("snapshot held entry is malformed")
+        out.append((h["entity_type"], h["entity_id"], h["attribute"], h["reason"]))
+    return out
+
+
+_SPLIT = b',"transactions":'
+
+
+def _split(data: bytes) -> tuple[bytes, bytes] | None:
+    """(header object, transactions array) of a snapshot whose last field is
+    ``transactions`` (as written here), parsed apart without reading the array twice; a
+    quote inside a JSON string is always escaped, so the first ``,"transactions":`` is the
+    field's own."""
+    i = data.find(_SPLIT)
+    body = data.rstrip()
+    if i < 0 or not body.endswith(b"}"):
+        return None
+    return data[:i] + b"}", body[i + len(_SPLIT):-1]
+
+
+def decode(data: bytes, author: str, name: str) -> Snapshot:
+    """Parse and check a snapshot read from ``author``'s folder as ``name``."""
+    parts = _split(data)
+    if parts is not None:
+        head = load_json(parts[0], f"snapshot {name}")
+        if type(head) is dict and "transactions" not in head:
+            head["transactions"] = parts[1]
+            return _decoded(head, author, name)
+    doc = load_json(data, f"snapshot {name}")
+    if type(doc) is dict and type(doc.get("transactions")) is list:
+        doc["transactions"] = json.dumps(doc["transactions"]).encode("utf-8")
+    return _decoded(doc, author, name)
+
+
+def _decoded(doc: Any, author: str, name: str) -> Snapshot:
+    """The checked snapshot of ``doc`` (its ``transactions`` still the array's bytes)."""
+    if type(doc) is not dict or sorted(doc) != sorted(_KEYS):
+        raise RemoteFormatError(f"snapshot {name} does not have the fields {', '.join(_KEYS)}")
+    if doc["format"] != FORMAT or doc["version"] != VERSION:
+        raise RemoteFormatError(f"snapshot {name}: unknown format or version")
+    last = doc["last_transaction_id"]
+    if doc["author_id"] != author or not is_uuid(last) or parse_snapshot_name(name) != last:
+        raise RemoteFormatError(f"snapshot {name}: author or last transaction do not match")
+    raw = doc["transactions"]
+    if type(raw) is not bytes:
+        raise RemoteFormatError(f"snapshot {name}: transactions is not a list")
+    txs = decode_bundle(raw, author) if raw.strip() != b"[]" else []
+    if any(tx[0] > last for tx in txs):
+        raise RemoteFormatError(f"snapshot {name} holds transactions after {last}")
+    return Snapshot(author, last, txs, _held(doc["held"]))
+
+
+def write(replica: Replica, remote: Remote) -> str | None:
+    """Write a snapshot of everything we pushed; returns its name (``None``: nothing pushed)."""
+    me = replica.author_id
+    with replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
+        last = meta.get(conn, meta.PUSHED_THROUGH)
+        if last is None:
+            return None
+        snap = build(conn, me, last)
+    remote.storage.write_snapshot(me, snap.name, remote.cipher.encrypt(encode(snap)))
+    return snap.name
+
+
+def newest(names: Sequence[str]) -> str | None:
+    """The snapshot file among ``names`` that covers the most transactions."""
+    snaps = sorted(n for n in names if is_snapshot_name(n))
+    return snaps[-1] if snaps else None
+
+
+def for_pull(remote: Remote, author: str, manifest: Manifest, cursor: str | None
+             ) -> tuple[BundleInfo, list[TxRecord]] | None:
+    """The newest snapshot of ``author`` as one pseudo bundle, when the pull needs it (the
+    cursor is unset, or points into bundles the manifest no longer lists); raises when it
+    is needed and cannot be read (the pull then keeps the cursor and tries again)."""
+    if not manifest.bundles:  # a compaction keeps the newest bundle listed
+        return None
+    if cursor is not None and cursor >= manifest.bundles[0].first_transaction_id:
+        return None  # compaction removes a prefix: nothing after the cursor is gone
+    name = newest(remote.storage.list_files(author))
+    if name is None:
+        return None
+    last = parse_snapshot_name(name)
+    if cursor is not None and last <= cursor:
+        return None
+    data = remote.storage.read_snapshot(author, name)
+    snap = decode(remote.cipher.decrypt(data), author, name)
+    info = BundleInfo(name, snap.transactions[0][0] if snap.transactions else last, last,
+                      max(1, len(snap.transactions)), utc_now_iso())
+    return info, snap.transactions
