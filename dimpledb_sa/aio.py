@@ -40,7 +40,7 @@ from .core.errors import ConfigurationError, DimpleError
 from .db import DimpleDb
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from sqlalchemy import MetaData
     from sqlalchemy.sql import Executable
@@ -185,6 +185,18 @@ class AsyncDimpleDb:
     async def adopt(self) -> int:
         """Record tracked rows that have no history yet; returns how many rows."""
         return await self.run_sync(DimpleDb.adopt)
+
+    async def snapshot(self) -> str:
+        """:meth:`DimpleDb.snapshot <.db.DimpleDb.snapshot>`: push, then write a snapshot."""
+        return await self.run_sync(DimpleDb.snapshot)
+
+    async def compact(self) -> int:
+        """:meth:`DimpleDb.compact <.db.DimpleDb.compact>`: snapshot, remove covered bundles."""
+        return await self.run_sync(DimpleDb.compact)
+
+    async def prune_history(self, older_than: timedelta) -> int:
+        """:meth:`DimpleDb.prune_history <.db.DimpleDb.prune_history>`."""
+        return await self.run_sync(DimpleDb.prune_history, older_than)
 
     async def conflicts(self) -> list[Any]:
         """:meth:`DimpleDb.conflicts`: changes merge could not apply, still unresolved."""

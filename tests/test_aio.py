@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,10 @@ async def test_run_sync_reaches_the_rest_of_the_sync_api(tmp_path: Path,
         assert await note_titles(engine) == ["before"]
         when = edit.timestamp
         assert (await adb.as_of(Note, note.id, when) or {})["title"] == "after"
+
+        assert await adb.prune_history(timedelta(days=365)) == 0
+        assert (await adb.snapshot()).endswith(".json")
+        assert await adb.compact() >= 0
 
         def where(db: dimple.DimpleDb) -> str:
             return threading.current_thread().name
