@@ -8,7 +8,8 @@ The package is layered; the sub-packages follow the data (ORM flush -> capture -
 log -> signals -> live queries; change log -> sync: wire format -> encryption -> storage,
 and back through the merge)::
 
-    dimpledb_sa            the facade: DimpleDb (db.py), Session (session.py), signals
+    dimpledb_sa            the facade: DimpleDb (db.py), Session (session.py), signals,
+                           AsyncDimpleDb and AsyncSession (aio.py), sqlmodel.py
     ├── cli/               the `dimpledb` command line            (tools: imports anything)
     ├── live/              live queries, external-commit watcher  (imports core, capture, sync)
     ├── capture/           ORM and Core writes -> change log      (imports core)
@@ -26,6 +27,7 @@ this package), not even for typing: lower layers receive a
 from __future__ import annotations
 
 from . import signals
+from .aio import AsyncDimpleDb, AsyncSession
 from .core.changes import Change
 from .core.clock import new_id
 from .core.conflicts import Conflict
@@ -47,6 +49,8 @@ from .sync.crypto import generate_identity
 from .sync.keys import generate_device_key
 
 __all__ = [
+    "AsyncDimpleDb",
+    "AsyncSession",
     "Change",
     "ConfigurationError",
     "Conflict",

@@ -24,7 +24,7 @@ from .core.clock import DEFAULT_MAX_DRIFT, MAX_ID_AHEAD
 from .core.datetimes import use_utc_datetimes
 from .core.errors import ConfigurationError
 from .core.replica import Replica
-from .core.tracking import TrackedTable, resolve_tables
+from .core.tracking import TrackedTable, declared_with_sqlmodel, resolve_tables
 
 if TYPE_CHECKING:
     import threading
@@ -68,11 +68,16 @@ class DimpleDb:
         max_drift: timedelta = DEFAULT_MAX_DRIFT,
     ) -> None:
         if not isinstance(engine, Engine):
-            raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}")
+            hint = (": for an AsyncEngine use dimple.AsyncDimpleDb(async_engine, models)"
+                    if type(engine).__name__ == "AsyncEngine" else "")
+            raise ConfigurationError(f"DimpleDb needs a SQLAlchemy Engine, got {engine!r}{hint}")
         _check_drift(max_drift)
         self.engine = engine
         use_utc_datetimes(engine)  # SQLite: DateTime(timezone=True) aware, as elsewhere
         self.tracked: dict[str, TrackedTable] = resolve_tables(models, exclude)
+        self.uses_sqlmodel = declared_with_sqlmodel(self.tracked)
+        """Whether SQLModel classes map the tracked tables (then :meth:`sessionmaker` makes
+        sessions of :class:`dimpledb_sa.sqlmodel.Session`, which have ``exec()``)."""
         self.metadata: MetaData = schema.metadata
         self.replica = Replica(engine, self.tracked, sender=self, max_drift=max_drift)
         self._remote: Remote | None = None
@@ -114,12 +119,20 @@ class DimpleDb:
         return self.replica.sync_lock
 
     def sessionmaker(self, **kw: Any) -> _sessionmaker[Session]:
-        """A ``sessionmaker`` bound to the engine whose sessions are ``dimple.Session``."""
-        from .session import Session
+        """A ``sessionmaker`` bound to the engine whose sessions are ``dimple.Session`` (for
+        SQLModel models :class:`dimpledb_sa.sqlmodel.Session`, which also has ``exec()``);
+        ``class_=`` picks another ``Session`` subclass (e.g. ``sqlmodel.Session``)."""
+        if "class_" not in kw:
+            if self.uses_sqlmodel:
+                from .sqlmodel import Session as SQLModelSession
 
+                kw["class_"] = SQLModelSession
+            else:
+                from .session import Session
+
+                kw["class_"] = Session
         info = dict(kw.pop("info", None) or {})
         info["dimpledb"] = self
-        kw.setdefault("class_", Session)
         return _sessionmaker(bind=self.engine, info=info, **kw)
 
     def tracked_table(self, model: Any) -> TrackedTable:
@@ -296,6 +309,10 @@ class DimpleDb:
         :mod:`.sync.background`)."""
         from .sync.background import BackgroundSync
 
+        if self.engine.dialect.is_async:
+            raise ConfigurationError(
+                "this DimpleDb is on an async engine's sync_engine, which a thread cannot use: "
+                "use dimple.AsyncDimpleDb(async_engine, ...).start_sync() (a task of the loop)")
         if self._background is None:
             _ = self.remote  # ConfigurationError now, in the caller, when there is no remote
             self._background = BackgroundSync(self.sync, sender=self, interval=interval, **kw)
@@ -328,6 +345,9 @@ class DimpleDb:
         (opt-in; see :mod:`.live.watch`)."""
         from .live.watch import Watcher
 
+        if self.engine.dialect.is_async:
+            raise ConfigurationError("watch_external() needs a sync Engine: it is not available "
+                                     "on an async engine (AsyncDimpleDb) yet")
         return Watcher(self.live_registry, interval=interval)
 
     def close(self) -> None:

@@ -114,6 +114,17 @@ def pg_server() -> Iterator[pgserver.PgServer]:
 
 
 @pytest.fixture
+def postgresql_url(pg_server: pgserver.PgServer) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database on the session's server (the async
+    tests' PostgreSQL runs), dropped afterwards."""
+    url = pg_server.create_database("a")
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(url)
+
+
+@pytest.fixture
 def database(request: pytest.FixtureRequest) -> str:
     """The kind of database this run of the test uses: ``"sqlite"`` or ``"postgresql"``."""
     kind: str = getattr(request, "param", "sqlite")

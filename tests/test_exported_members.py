@@ -6,7 +6,8 @@ from __future__ import annotations
 import dimpledb_sa
 
 API = {
-    "Change", "ConfigurationError", "Conflict", "DecryptionError", "DimpleDb", "DimpleError",
+    "AsyncDimpleDb", "AsyncSession", "Change", "ConfigurationError", "Conflict",
+    "DecryptionError", "DimpleDb", "DimpleError",
     "RemoteFormatError", "Session", "SyncError", "SyncReport", "new_id", "signals",
 }
 EXTRAS = {"generate_identity", "LiveQuery", "HistoryError", "RevertError", "generate_device_key",

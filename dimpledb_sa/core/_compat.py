@@ -8,21 +8,26 @@ those libraries.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, CursorResult, Engine, NestedTransaction
+    from sqlalchemy import Connection, CursorResult, Engine, NestedTransaction, Table
     from sqlalchemy.orm import Session, SessionTransaction
     from sqlalchemy.orm.state import InstanceState
     from sqlalchemy.sql.dml import ValuesBase
 
 __all__ = [
+    "call_in_worker_greenlet",
     "compiled_cache",
     "deleted_states",
     "forget_type_impls",
     "has_unflushed_changes",
+    "loop_safe_pool",
+    "mapped_classes",
     "modified_states",
     "owns_lock",
     "result_returns_rows",
@@ -128,3 +133,158 @@ def forget_type_impls(dialect: Any) -> None:
     memos = getattr(dialect, "_type_memos", None)
     if memos is not None:
         memos.clear()
+
+
+def mapped_classes(table: Table) -> list[type[Any]]:
+    """The classes mapped to ``table`` in any registry (for error messages in the user's own
+    style). SQLAlchemy lists its registries only privately (``mapperlib._all_registries``);
+    a ``MetaData`` does not know the classes mapped to its tables."""
+    from sqlalchemy.orm.mapper import _all_registries
+
+    found: list[type[Any]] = []
+    for registry in _all_registries():
+        found.extend(m.class_ for m in list(registry.mappers) if m.local_table is table)
+    return found
+
+
+# -- running sync SQLAlchemy code on an async engine, off the event loop -----------------------
+_T = TypeVar("_T")
+_bridge_greenlet: Any = None
+
+
+def _greenlet_class() -> Any:
+    """A greenlet class SQLAlchemy's ``await_()`` accepts: it checks for the marker
+    attribute ``__sqlalchemy_greenlet_provider__`` (its own ``_AsyncIoGreenlet`` is private
+    and made lazily), then switches to the greenlet's parent with the awaitable."""
+    global _bridge_greenlet
+    if _bridge_greenlet is None:
+        from greenlet import greenlet
+
+        class _Bridge(greenlet):  # type: ignore[misc]
+            __sqlalchemy_greenlet_provider__ = True
+
+        _bridge_greenlet = _Bridge
+    return _bridge_greenlet
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any]) -> Any:
+    """Run ``awaitable`` on ``loop`` from another thread and wait for its result; raises
+    ``RuntimeError`` if the loop is closed or stops running meanwhile (a worker must never
+    wait forever for a loop that is gone)."""
+    if loop.is_closed():
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        raise RuntimeError("the event loop of this async engine is closed")
+    future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+    idle = 0
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except TimeoutError:
+            idle = 0 if loop.is_running() else idle + 1
+            if loop.is_closed() or idle >= 2:
+                future.cancel()
+                raise RuntimeError("the event loop of this async engine stopped while a "
+                                   "database call was waiting for it") from None
+
+
+def call_in_worker_greenlet(loop: asyncio.AbstractEventLoop, fn: Callable[..., _T],
+                            *args: Any, **kw: Any) -> _T:
+    """Call ``fn`` (sync code using an async engine's ``sync_engine``) in *this* thread,
+    which must not be ``loop``'s, and return its result.
+
+    SQLAlchemy's ``greenlet_spawn`` runs such code in a greenlet on the event loop itself,
+    so everything it does besides waiting for the driver (file and network I/O, encryption,
+    decoding) blocks the loop. This is the same protocol run from a worker thread: ``fn``
+    runs in a greenlet marked as SQLAlchemy's, each awaitable its driver hands back through
+    ``await_()`` runs on ``loop``, and this thread waits for it, then resumes ``fn`` with its
+    result or exception. The driver's connections are thus only ever used on their own
+    loop, one awaitable at a time.
+    """
+    from greenlet import getcurrent
+
+    driver = getcurrent()
+    context = _greenlet_class()(fn, driver)
+    context.gr_context = driver.gr_context  # fn sees this thread's contextvars (as SQLAlchemy)
+    result = context.switch(*args, **kw)
+    while not context.dead:
+        try:
+            value = _run_on(loop, result)
+        except BaseException:
+            result = context.throw(*sys.exc_info())
+        else:
+            result = context.switch(value)
+    out: _T = result
+    return out
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+_loop_safe: dict[type[Any], type[Any]] = {}
+
+
+def _in_bridge() -> bool:
+    from greenlet import getcurrent
+
+    return isinstance(getcurrent(), _greenlet_class())
+
+
+def _loop_safe_queue() -> type[Any]:
+    """SQLAlchemy's ``AsyncAdaptedQueue`` whose non-blocking ``put_nowait``/``get_nowait``,
+    called from a worker's bridge greenlet, run on the event loop (through ``await_``)."""
+    from sqlalchemy.util import await_only
+    from sqlalchemy.util.queue import AsyncAdaptedQueue
+
+    found = _loop_safe.get(AsyncAdaptedQueue)
+    if found is None:
+        class LoopSafeQueue(AsyncAdaptedQueue):  # type: ignore[type-arg]
+            def put_nowait(self, item: Any) -> None:
+                if _in_bridge():
+                    await_only(_call(super().put_nowait, item))
+                else:
+                    super().put_nowait(item)
+
+            def get_nowait(self) -> Any:
+                if _in_bridge():
+                    return await_only(_call(super().get_nowait))
+                return super().get_nowait()
+
+        found = _loop_safe[AsyncAdaptedQueue] = LoopSafeQueue
+    return found
+
+
+def loop_safe_pool(engine: Engine) -> None:
+    """Make ``engine``'s asyncio connection pool safe to check connections in and out from
+    :func:`call_in_worker_greenlet` workers.
+
+    ``AsyncAdaptedQueuePool`` keeps its connections in an ``asyncio.Queue`` and calls its
+    non-blocking ``put_nowait``/``get_nowait`` in the caller's thread (blocking waits go
+    through ``await_``): on the loop that is SQLAlchemy's design, but from a worker thread a
+    task waiting for a connection could be woken late or never (and asyncio's debug mode
+    raises). The pool and its queue become subclasses whose non-blocking calls from a
+    worker run on the loop; SQLAlchemy has no hook for the queue, and ``Pool.recreate()``
+    (``engine.dispose()``) keeps the pool's class, so the change survives it. Other pools
+    (``StaticPool``, ``NullPool``) keep no asyncio state and are left alone.
+    """
+    from sqlalchemy.util.queue import AsyncAdaptedQueue
+
+    pool: Any = engine.pool
+    queue = getattr(pool, "_pool", None)
+    if not isinstance(queue, AsyncAdaptedQueue):
+        return
+    safe_queue = _loop_safe_queue()
+    if not isinstance(queue, safe_queue):
+        queue.__class__ = safe_queue
+    cls = type(pool)
+    if getattr(cls, "_queue_class", None) is not safe_queue:
+        safe_pool = _loop_safe.get(cls)
+        if safe_pool is None:
+            safe_pool = _loop_safe[cls] = type(f"LoopSafe{cls.__name__}", (cls,),
+                                               {"_queue_class": safe_queue})
+        pool.__class__ = safe_pool

@@ -1,9 +1,11 @@
 """Which tables are tracked, and how: resolving the models argument and checking keys.
 
 :func:`resolve_tables` turns what the user passed to ``DimpleDb`` (a ``DeclarativeBase``
-subclass, a ``MetaData``, or an iterable of mapped classes and ``Table`` objects) into
-:class:`TrackedTable` records, raising :class:`ConfigurationError` for a table whose primary
-key cannot identify a row across devices, or with a column whose pulled values would be
+subclass, ``SQLModel`` or any class with a ``metadata``, a ``MetaData``, or an iterable of
+mapped classes and ``Table`` objects) into :class:`TrackedTable` records, raising
+:class:`ConfigurationError` for a table whose primary key cannot identify a row across
+devices (with the fix written the way the table was declared: SQLModel ``Field``,
+``Mapped``, declarative or Core ``Column``), or with a column whose pulled values would be
 unpickled (``PickleType``, unless the column opts in with :data:`ALLOW_PICKLE`).
 :func:`mapper_plans` precomputes, per ORM mapper and tracked table, the column attributes
 capture reads.
@@ -11,6 +13,7 @@ capture reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,11 +21,12 @@ from typing import Any
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy import types as sqltypes
-from sqlalchemy.exc import ArgumentError, NoInspectionAvailable
+from sqlalchemy.exc import ArgumentError, NoInspectionAvailable, SQLAlchemyError
 from sqlalchemy.orm import ColumnProperty, Mapper, class_mapper
 from sqlalchemy.orm.exc import UnmappedClassError
 from sqlalchemy.schema import Column
 
+from ._compat import mapped_classes
 from .errors import ConfigurationError
 from .schema import BOOKKEEPING_PREFIX
 from .values import Codec, codec_for, unsafe_reason
@@ -31,6 +35,7 @@ __all__ = [
     "ALLOW_PICKLE",
     "MapperPlan",
     "TrackedTable",
+    "declared_with_sqlmodel",
     "mapper_plan",
     "mapper_plans",
     "parents_first",
@@ -117,10 +122,47 @@ class MapperPlan:
             return text
 
 
+def _is_sqlmodel(cls: type[Any]) -> bool:
+    return any(c.__name__ == "SQLModel" and c.__module__.startswith("sqlmodel")
+               for c in cls.__mro__)
+
+
+def declared_with_sqlmodel(tracked: dict[str, TrackedTable]) -> bool:
+    """Whether a SQLModel class maps one of the tracked tables (sessions then need
+    SQLModel's ``exec()``)."""
+    return any(_is_sqlmodel(cls) for tt in tracked.values() for cls in mapped_classes(tt.table))
+
+
+def _key_example(table: Table) -> str:
+    """How to declare a globally unique key, in the style the table was declared in:
+    SQLModel ``Field``, annotated ``Mapped``, a declarative ``Column`` attribute or a Core
+    ``Column`` (for a ``Table``)."""
+    pks = list(table.primary_key.columns)
+    name = pks[0].name if len(pks) == 1 else "id"
+    classes = mapped_classes(table)
+    cls = classes[0] if classes else None
+    if cls is None:
+        return f'Column("{name}", String(36), primary_key=True, default=dimple.new_id)'
+    key = name
+    if len(pks) == 1:  # the attribute name, which may differ from the column's
+        with contextlib.suppress(SQLAlchemyError, KeyError, AttributeError):
+            key = class_mapper(cls).get_property_by_column(pks[0]).key
+    if _is_sqlmodel(cls):
+        return f"{key}: str = Field(default_factory=dimple.new_id, primary_key=True)"
+    annotations: dict[str, Any] = {}
+    for c in reversed(cls.__mro__):
+        annotations.update(getattr(c, "__annotations__", {}))
+    named = f'"{name}", ' if key != name else ""  # the column's name, when not the key's
+    if key in annotations or any("Mapped" in str(a) for a in annotations.values()):
+        return (f"{key}: Mapped[str] = mapped_column({named}primary_key=True, "
+                "default=dimple.new_id)")
+    return f"{key} = Column({named}String(36), primary_key=True, default=dimple.new_id)"
+
+
 def _fix_hint(table: Table) -> str:
     return (
         f"give {table.name!r} a single primary-key column holding a globally unique value, "
-        "e.g. `id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)`, "
+        f"e.g. `{_key_example(table)}`, "
         f"or leave it untracked with DimpleDb(..., exclude=[{table.name!r}])"
     )
 
@@ -164,17 +206,18 @@ def _add(obj: Any, tables: dict[str, Table]) -> None:
     if isinstance(obj, MetaData):
         tables.update((t.name, t) for t in obj.tables.values())
         return
-    if isinstance(obj, type) and hasattr(obj, "registry") and hasattr(obj, "metadata") and (
-        getattr(obj, "__table__", None) is None
-    ):  # a declarative base: everything in its metadata
-        tables.update((t.name, t) for t in obj.metadata.tables.values())
+    md = getattr(obj, "metadata", None) if isinstance(obj, type) else None
+    if isinstance(md, MetaData) and getattr(obj, "__table__", None) is None:
+        # a declarative base, SQLModel, or any class with a metadata: all of its tables
+        tables.update((t.name, t) for t in md.tables.values())
         return
     try:
         mapper = class_mapper(obj)
     except (UnmappedClassError, ArgumentError, NoInspectionAvailable, TypeError):
         raise ConfigurationError(
-            f"cannot track {obj!r}: pass a DeclarativeBase subclass, a MetaData, "
-            "or an iterable of mapped classes and Table objects"
+            f"cannot track {obj!r}: pass a DeclarativeBase subclass, SQLModel (or another "
+            "class with a metadata), a MetaData, or an iterable of mapped classes and Table "
+            "objects"
         ) from None
     for t in mapper.tables:
         if isinstance(t, Table):

@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +116,7 @@ class _AsyncRows:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody iterates now
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        self._live = live
         self._sub = live.subscribe(push, _on_end=lambda: push(_END))
         weakref.finalize(self, self._sub.close)
 
@@ -128,6 +129,8 @@ class _AsyncRows:
             item = self._queue.get_nowait()  # a slow consumer gets the latest result
         if item is _END:
             self._sub.close()
+            if self._live.error is not None:
+                raise self._live.error  # the first run failed (``defer=True``)
             raise StopAsyncIteration
         rows: list[Any] = item
         return rows
@@ -144,12 +147,15 @@ class LiveQuery:
     re-runs and callbacks there instead of in the committing thread. ``tables``: the table
     names the statement reads, instead of finding them out, or :data:`ALL_TABLES` to re-run
     after every commit. ORM objects in ``rows`` are detached snapshots: what the statement
-    loaded is there; lazy loads are not available.
+    loaded is there; lazy loads are not available. ``defer``: make the first run too in
+    ``executor`` instead of now (async apps: the constructor runs on the event loop, where
+    the async engine's SQL cannot run); until it has run, ``rows`` is empty and nothing is
+    delivered; ``await live`` (or :meth:`ready`) waits for it and raises its error.
     """
 
     def __init__(self, registry: Registry, statement: Executable, *,
                  params: Mapping[str, Any] | None = None, executor: Executor | None = None,
-                 tables: Iterable[str] | str | None = None) -> None:
+                 tables: Iterable[str] | str | None = None, defer: bool = False) -> None:
         self.statement = statement
         self._engine: Engine = registry.engine
         self._params: dict[str, Any] = dict(params or {})
@@ -188,13 +194,24 @@ class LiveQuery:
                     self._learned = self._registry.text_tables.get(statement.text)
                 self._learn = self._learned is None
         self._tables: frozenset[str] | None = None
+        self.error: BaseException | None = None
+        """The error of a deferred first run (the live query is then closed)."""
         self._dirty = self._running = True  # commits from now on wait for the first run
         self._serial = self._registry.add(self)  # unknown tables until the first run
+        if defer and executor is not None:
+            try:
+                self._first = executor.submit(self._first_run)
+            except BaseException:
+                self.close()
+                raise
+            return
+        self._first = Future()
         try:
             self._drain(initial=True)
         except BaseException:
             self.close()
             raise
+        self._first.set_result(None)
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -223,6 +240,8 @@ class LiveQuery:
         sub = Subscription(self, callback, _on_end)
         with self._lock:
             if self._closed:
+                if self.error is not None:
+                    raise self.error
                 raise DimpleError("this live query is closed")
             self._subs.append(sub)
             version, rows, fp = self._version, self._rows, self._fp
@@ -261,11 +280,31 @@ class LiveQuery:
     def __aiter__(self) -> AsyncIterator[list[Any]]:
         return _AsyncRows(self)
 
+    async def ready(self) -> LiveQuery:
+        """Wait until the first run has finished (it is deferred in async apps) and return
+        the live query; raises the first run's error."""
+        await asyncio.wrap_future(self._first)
+        return self
+
+    def __await__(self) -> Generator[Any, None, LiveQuery]:
+        """``live = await adb.live(stmt)``: :meth:`ready`."""
+        return self.ready().__await__()
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._rows)} rows"
         return f"<LiveQuery {state} tables={sorted(self._tables or ['*'])}>"
 
     # -- running ----------------------------------------------------------------------------
+    def _first_run(self) -> None:
+        """The first run when deferred (in the executor): its error closes the query."""
+        try:
+            self._drain(initial=True)
+        except BaseException as exc:
+            logger.warning("a live query failed its first run: %s: %s", type(exc).__name__, exc)
+            self.error = exc
+            self.close()
+            raise
+
     def _unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
             if sub in self._subs:

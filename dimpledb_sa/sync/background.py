@@ -12,15 +12,18 @@ wakes the thread at once (the sleep is an ``Event`` wait), lets a sync in progre
 and joins the thread; ``trigger()`` asks for a sync now; ``sync_on_commit`` pushes soon
 after each local commit. Tests and apps observe it through ``synced`` (an ``Event`` set
 after each successful sync), ``last_report``, ``last_error`` and the ``on_sync`` /
-``on_error`` callbacks.
+``on_error`` callbacks. :class:`AsyncBackgroundSync` is the same loop as a task of a running
+event loop, for async applications (``adb.start_sync()``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigurationError, DecryptionError, RemoteFormatError, SyncError
@@ -29,7 +32,7 @@ from ..core.signals import changes_committed
 if TYPE_CHECKING:
     from ..core.report import SyncReport
 
-__all__ = ["BackgroundSync"]
+__all__ = ["AsyncBackgroundSync", "BackgroundSync"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,3 +218,133 @@ class BackgroundSync:
             callback(arg)
         except Exception:
             logger.exception("a background sync callback raised; ignored")
+
+
+class AsyncBackgroundSync:
+    """``adb.start_sync()``: background sync as a task of the running event loop.
+
+    The same loop, options and handle attributes as :class:`BackgroundSync` (it keeps one,
+    never started, for the policy: backoff, jitter, callbacks, ``last_report``,
+    ``last_error``, ``failures``, ``syncs``, ``synced``), but the waits are the task's and
+    each sync is ``offload(policy_step)``: the caller's way of running a blocking function
+    off the event loop (``AsyncDimpleDb`` runs it in a worker thread whose database calls
+    go to the loop), so the loop is never blocked. ``on_sync``/``on_error`` are called in
+    that worker. :meth:`stop` is a coroutine: it wakes the task, lets a sync in progress
+    finish, and waits for the task to end.
+    """
+
+    def __init__(self, run: Callable[[], SyncReport],
+                 offload: Callable[[Callable[[], float]], Awaitable[float]], *,
+                 sender: object | None = None, **options: Any) -> None:
+        self.policy = BackgroundSync(run, sender=sender, **options)
+        self._offload = offload
+        self._stop = False
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (f"<AsyncBackgroundSync {state} interval={self.policy.interval} "
+                f"failures={self.failures}>")
+
+    # -- the handle, as BackgroundSync's -----------------------------------------------------
+    @property
+    def last_report(self) -> SyncReport | None:
+        return self.policy.last_report
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self.policy.last_error
+
+    @property
+    def failures(self) -> int:
+        return self.policy.failures
+
+    @property
+    def syncs(self) -> int:
+        return self.policy.syncs
+
+    @property
+    def synced(self) -> threading.Event:
+        """Set after each successful sync (a ``threading.Event``, as in the thread version:
+        poll it, or await ``asyncio.to_thread(handle.synced.wait)``)."""
+        return self.policy.synced
+
+    @property
+    def interval(self) -> float:
+        return self.policy.interval
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- control ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the task in the running event loop (once)."""
+        if self._task is not None:
+            raise RuntimeError("this AsyncBackgroundSync has already been started")
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.policy.sync_on_commit:
+            changes_committed.connect(self._on_commit, sender=self.policy.sender)
+        self._task = self._loop.create_task(self._run(), name=self.policy.name)
+
+    def trigger(self) -> None:
+        """Ask for a sync now (from any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    async def stop(self, timeout: float | None = 10.0) -> bool:
+        """Wake the task, let a sync in progress finish and wait for the task to end;
+        ``False`` when ``timeout`` passed first (the task is then cancelled; a sync in
+        progress still finishes in its worker). Safe to call twice."""
+        if self.policy.sync_on_commit:
+            changes_committed.disconnect(self._on_commit, sender=self.policy.sender)
+        self._stop = True
+        task = self._task
+        if task is None or task.done():
+            return True
+        if task is asyncio.current_task():
+            return False
+        self.trigger()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            return False
+        return True
+
+    async def __aenter__(self) -> AsyncBackgroundSync:
+        if self._task is None:
+            self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _on_commit(self, sender: Any, *, origin: str = "", **kw: Any) -> None:
+        if origin == "local":
+            self.trigger()
+
+    async def _run(self) -> None:
+        policy, wake = self.policy, self._wake
+        assert wake is not None
+        delay = 0.0 if policy.sync_on_start else policy.interval
+        try:
+            while not self._stop:
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), delay)
+                wake.clear()
+                if self._stop:
+                    break
+                delay = await self._offload(policy._sync_once)
+            if policy.sync_on_stop:
+                await self._offload(policy._sync_once)
+        except asyncio.CancelledError:
+            logger.debug("background sync task cancelled after %d syncs", policy.syncs)
+            raise
+        logger.debug("background sync task stopped after %d syncs", policy.syncs)
