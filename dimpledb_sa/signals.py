@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from .core.signals import LazyChanges, changes_committed, namespace, send_committed
+from .core.signals import (
+    LazyChanges,
+    changes_committed,
+    namespace,
+    send_committed,
+    send_sync_failed,
+    sync_failed,
+)
 
-__all__ = ["LazyChanges", "changes_committed", "namespace", "send_committed"]
+__all__ = [
+    "LazyChanges",
+    "changes_committed",
+    "namespace",
+    "send_committed",
+    "send_sync_failed",
+    "sync_failed",
+]

@@ -1,4 +1,4 @@
-"""The blinker signals dimpledb_sa sends, and the one function that sends them.
+"""The blinker signals dimpledb_sa sends, and the functions that send them.
 
 :data:`changes_committed` is sent once per committed transaction that recorded changes,
 after the commit, never for a rollback: by capture for local transactions (``origin=
@@ -17,6 +17,12 @@ one record per change of a large transaction; ``list(changes)`` copies it.
 Receivers run synchronously in the committing thread. Connect with ``weak=False`` for a
 closure; blinker holds receivers weakly by default. A receiver that raises is logged and
 does not stop the other receivers nor undo the commit.
+
+:data:`sync_failed` is sent by background sync (``db.start_sync()``) after every sync that
+raised, partial ones included (a ``SyncError`` naming authors whose data could not be read),
+through :func:`send_sync_failed`. Its sender is the ``DimpleDb``; keyword argument ``error``:
+the exception. Receivers run in the sync thread, after the handle's ``failures``,
+``last_error`` and ``last_report`` were updated; one that raises is logged and ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ from blinker import Namespace
 if TYPE_CHECKING:
     from .changes import Change
 
-__all__ = ["LazyChanges", "changes_committed", "namespace", "send_committed"]
+__all__ = [
+    "LazyChanges",
+    "changes_committed",
+    "namespace",
+    "send_committed",
+    "send_sync_failed",
+    "sync_failed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +52,12 @@ namespace = Namespace()
 changes_committed = namespace.signal(
     "changes-committed",
     doc="Sent after each committed transaction that recorded changes; see module docs.",
+)
+
+sync_failed = namespace.signal(
+    "sync-failed",
+    doc="Sent by background sync after each sync that failed (keyword ``error``); see "
+        "module docs.",
 )
 
 
@@ -103,3 +122,15 @@ def send_committed(sender: Any, tables: frozenset[str],
             receiver(sender, tables=tables, changes=changes, origin=origin)
         except Exception:
             logger.exception("a changes_committed receiver raised; ignored")
+
+
+def send_sync_failed(sender: Any, error: BaseException) -> None:
+    """Send :data:`sync_failed`; a receiver that raises (anything but ``KeyboardInterrupt``
+    and ``SystemExit``) is logged and skipped."""
+    for receiver in list(sync_failed.receivers_for(sender)):
+        try:
+            receiver(sender, error=error)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            logger.exception("a sync_failed receiver raised; ignored")

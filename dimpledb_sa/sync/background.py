@@ -2,18 +2,27 @@
 
 This module owns the loop that calls a sync function (``db.sync``) every ``interval``
 seconds in one daemon thread, so that an application stays in sync without calling it
-itself. A failed sync never reaches the application: it is logged (logger
-``dimpledb_sa.sync.background``), kept in
-``last_error``, and retried after an exponential backoff with jitter, capped at
-``max_backoff``; transient failures (network, storage, anything unexpected) back off, while
-a sync that completed but could not read some author (a ``DecryptionError`` or
-``RemoteFormatError``, which a retry would not fix) waits the normal interval. ``stop()``
-wakes the thread at once (the sleep is an ``Event`` wait), lets a sync in progress finish,
-and joins the thread; ``trigger()`` asks for a sync now; ``sync_on_commit`` pushes soon
-after each local commit. Tests and apps observe it through ``synced`` (an ``Event`` set
-after each successful sync), ``last_report``, ``last_error`` and the ``on_sync`` /
-``on_error`` callbacks. :class:`AsyncBackgroundSync` is the same loop as a task of a running
-event loop, for async applications (``adb.start_sync()``).
+itself. A failed sync is never raised into the application, but it is told: the handle's
+``failures`` counts it, ``last_error`` keeps it (and ``last_report`` the partial report of
+a ``SyncError``), ``signals.sync_failed`` is sent (sender: the ``DimpleDb``, keyword
+``error``), ``on_error`` is called, and it is logged (logger ``dimpledb_sa.sync.background``).
+
+Two kinds of failure are retried differently. A *partial* sync (a ``SyncError`` whose
+report names only remote authors: the push and the pull went through and everything
+readable was merged; a retry soon would not read the rest) waits the normal interval. Any
+other failure (network, storage, a failed push, anything unexpected) is retried after an
+exponential backoff with jitter, capped at ``max_backoff``, counted over the consecutive
+failures of that kind. The thread never dies of a failure: anything a sync, a callback or a
+signal receiver raises is caught, ``BaseException``s from native code (such as pyrage's
+``PanicException``) included; only ``KeyboardInterrupt`` and ``SystemExit`` end it.
+
+``stop()`` wakes the thread at once (the sleep is an ``Event`` wait), lets a sync in
+progress finish, and joins the thread; ``trigger()`` asks for a sync now;
+``sync_on_commit`` pushes soon after each local commit. ``synced`` is an ``Event`` set after
+each successful sync.
+
+:class:`AsyncBackgroundSync` is the same loop as a task of a running event loop, for
+async applications (``adb.start_sync()``).
 """
 
 from __future__ import annotations
@@ -26,13 +35,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import ConfigurationError, DecryptionError, RemoteFormatError, SyncError
-from ..core.signals import changes_committed
+from ..core.errors import ConfigurationError, SyncError
+from ..core.signals import changes_committed, send_sync_failed
 
 if TYPE_CHECKING:
     from ..core.report import SyncReport
 
-__all__ = ["AsyncBackgroundSync", "BackgroundSync"]
+__all__ = ["AsyncBackgroundSync", "BackgroundSync", "is_partial"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +60,9 @@ class BackgroundSync:
       interval. ``sync_on_stop``: one last sync when stopped (pushes the final edits).
     - ``sync_on_commit``: also sync shortly after every local commit (``changes_committed``
       with ``origin="local"``), so edits leave the device without waiting for the interval.
-    - ``on_sync(report)`` / ``on_error(exc)``: called in the sync thread after each sync;
-      an exception they raise is logged and ignored.
+    - ``on_sync(report)`` / ``on_error(exc)``: called in the sync thread after each sync
+      (``on_error`` after each failed one, partial ones included, right after
+      ``signals.sync_failed`` is sent); an exception they raise is logged and ignored.
     """
 
     def __init__(
@@ -96,16 +106,20 @@ class BackgroundSync:
         self.name = name
 
         self.last_report: SyncReport | None = None
-        """The report of the last sync that finished (also a partial one from a SyncError)."""
+        """The report of the last sync that made one: a successful sync's, or the partial
+        report a ``SyncError`` carries (a failure without a report leaves it as it was)."""
         self.last_error: BaseException | None = None
         """The error of the last sync, or ``None`` when it succeeded."""
         self.failures = 0
-        """Consecutive failed syncs (0 after a success)."""
+        """Consecutive failed syncs, partial ones included (0 after a success)."""
+        self.total_failures = 0
+        """Failed syncs since the thread started."""
         self.syncs = 0
         """Syncs attempted so far."""
         self.synced = threading.Event()
         """Set after each successful sync; clear it to wait for the next one."""
 
+        self._retries = 0  # consecutive failures that back off (not partial ones)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -179,32 +193,48 @@ class BackgroundSync:
         logger.debug("background sync stopped after %d syncs", self.syncs)
 
     def _sync_once(self) -> float:
-        """One sync, never raising; returns how long to wait before the next one."""
+        """One sync, never raising (but ``KeyboardInterrupt``/``SystemExit``); returns how
+        long to wait before the next one."""
         self.syncs += 1
         try:
             report = self.run()
-        except Exception as exc:
-            self.last_error = exc
-            if isinstance(exc, SyncError) and exc.report is not None:
-                self.last_report = exc.report
-            if isinstance(exc, DecryptionError | RemoteFormatError):
-                # The sync completed for every readable author; retrying sooner fixes nothing.
-                self.failures = 0
-                logger.warning("background sync: %s; next try in %.3gs", exc, self.interval)
-                self._call(self.on_error, exc)
-                return self.interval
-            self.failures += 1
-            delay = self._backoff(self.failures)
-            logger.warning("background sync failed (%d in a row): %s: %s; retrying in %.3gs",
-                        self.failures, type(exc).__name__, exc, delay)
-            self._call(self.on_error, exc)
-            return delay
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # native panics (pyrage) are BaseExceptions
+            return self._failed(exc)
         self.last_report = report
         self.last_error = None
         self.failures = 0
+        self._retries = 0
         self.synced.set()
         self._call(self.on_sync, report)
         return self.interval
+
+    def _failed(self, exc: BaseException) -> float:
+        """Record a failed sync, tell the app, and return the delay before the next try."""
+        self.last_error = exc
+        self.failures += 1
+        self.total_failures += 1
+        report = exc.report if isinstance(exc, SyncError) else None
+        if report is not None:
+            self.last_report = report
+        if is_partial(exc):
+            # The sync went through for every readable author; retrying sooner fixes nothing.
+            self._retries = 0
+            delay = self.interval
+            logger.warning("background sync finished with errors (%d in a row): %s; next "
+                           "try in %.3gs", self.failures, exc, delay)
+        else:
+            self._retries += 1
+            delay = self._backoff(self._retries)
+            logger.warning("background sync failed (%d in a row): %s: %s; retrying in %.3gs",
+                           self.failures, type(exc).__name__, exc, delay)
+        self._call(self._send_failed, exc)
+        self._call(self.on_error, exc)
+        return delay
+
+    def _send_failed(self, exc: BaseException) -> None:
+        send_sync_failed(self.sender, exc)
 
     def _backoff(self, failures: int) -> float:
         delay = min(self.max_backoff, self.retry_delay * 2.0 ** min(failures - 1, 64))
@@ -216,7 +246,9 @@ class BackgroundSync:
             return
         try:
             callback(arg)
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # the sync thread must not die of a callback
             logger.exception("a background sync callback raised; ignored")
 
 
@@ -348,3 +380,13 @@ class AsyncBackgroundSync:
             logger.debug("background sync task cancelled after %d syncs", policy.syncs)
             raise
         logger.debug("background sync task stopped after %d syncs", policy.syncs)
+
+
+def is_partial(exc: BaseException) -> bool:
+    """Whether a failed sync went through for every readable author: a ``SyncError`` whose
+    report names only remote authors (no ``"push"`` failure, and not raised before the pull
+    with an empty report, as a remote that cannot be listed is)."""
+    if not isinstance(exc, SyncError) or exc.report is None:
+        return False
+    errors = exc.report.errors
+    return bool(errors) and "push" not in errors
