@@ -34,15 +34,21 @@ if TYPE_CHECKING:
 __all__ = ["compact", "take_snapshot"]
 
 
+def _push_and_snapshot(replica: Replica, remote: Remote) -> str | None:
+    """Under the caller's sync lock: push what is not pushed yet, then write a snapshot of
+    everything pushed; its file name (``None``: nothing pushed yet)."""
+    remote.prepare(replica)
+    report = SyncReport()
+    push(replica, remote, report)
+    if report.errors:
+        raise error_for(report)
+    return snapshot.write(replica, remote)
+
+
 def take_snapshot(replica: Replica, remote: Remote) -> str:
     """Push, then write a snapshot of everything we pushed; returns its file name."""
     with replica.sync_lock:
-        remote.prepare(replica)
-        report = SyncReport()
-        push(replica, remote, report)
-        if report.errors:
-            raise error_for(report)
-        name = snapshot.write(replica, remote)
+        name = _push_and_snapshot(replica, remote)
     if name is None:
         raise SyncError("nothing to snapshot: this device has pushed nothing yet")
     return name
@@ -51,12 +57,7 @@ def take_snapshot(replica: Replica, remote: Remote) -> str:
 def compact(replica: Replica, remote: Remote) -> int:
     """Snapshot, then remove our bundles it covers; returns how many bundles were removed."""
     with replica.sync_lock:
-        remote.prepare(replica)
-        report = SyncReport()
-        push(replica, remote, report)
-        if report.errors:
-            raise error_for(report)
-        name = snapshot.write(replica, remote)
+        name = _push_and_snapshot(replica, remote)
         if name is None:
             return 0
         return _remove_covered(replica, remote, snapshot.parse_snapshot_name(name))
