@@ -28,6 +28,9 @@ from dimpledb_sa.core import meta
 from dimpledb_sa.sync import lease
 
 
+pytestmark = pytest.mark.usefixtures("no_key_in_env")
+
+
 @pytest.fixture
 def devs(tmp_path: Path) -> Iterator[Devices]:
     with device_set(tmp_path, str(tmp_path / "remote"), encryption=False) as d:
@@ -36,8 +39,6 @@ def devs(tmp_path: Path) -> Iterator[Devices]:
 
 CRASH = """
 import os, sqlite3, sys
-
-pytestmark = pytest.mark.usefixtures("no_key_in_env")
 con = sqlite3.connect(sys.argv[1], isolation_level=None)
 con.execute("PRAGMA cache_size=1")  # spill: the file is changed before the commit
 con.execute("BEGIN")
