@@ -27,7 +27,6 @@ from syncworld import (
 from dimpledb_sa.core import meta
 from dimpledb_sa.sync import lease
 
-
 pytestmark = pytest.mark.usefixtures("no_key_in_env")
 
 
