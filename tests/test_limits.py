@@ -378,6 +378,8 @@ def test_a_manifest_of_ten_thousand_missing_bundles_costs_one_batch(
         assert "missing" in report.errors[author] and titles(r) == ["w"]
         gets.append(report.requests["get"])
     # two manifests and one batch of bundles; the first sync also read the writer's bundle,
-    # both authors' notes files (their manifests were new to us) and our own manifest (to
-    # rewrite it, so that the other authors notice our new notes)
-    assert gets == [2 + BATCH + 1 + 2 + 1, 2 + BATCH]
+    # both authors' notes files (their manifests were new to us), our own manifest (to
+    # rewrite it, so that the other authors notice our new notes) and, in the push, our own
+    # manifest once more (a push checks what the remote lists: a new, empty remote gets our
+    # whole history; a handle that found none does not read it again)
+    assert gets == [2 + BATCH + 1 + 2 + 1 + 1, 2 + BATCH]
