@@ -208,11 +208,15 @@ def fold_unpacked(conn: Connection, unpacked: Sequence[tuple[int, list[PackedRow
     moved. The unpacking was done before the write lock was taken."""
     p = schema.pending
     seqs = [seq for seq, _ in unpacked]
-    still = set(conn.execute(select(p.c.seq).where(p.c.seq.in_(seqs))).scalars())
+    # a seq is reused once its row is folded and deleted (SQLite's rowid): a row is still
+    # the one read only when its transaction id is the same too
+    now = dict(conn.execute(select(p.c.seq, p.c.transaction_id).where(p.c.seq.in_(seqs))).all())
+    still = {seq for seq, rows in unpacked
+             if seq in now and rows and rows[0][ROW_TRANSACTION] == now[seq]}
     packed = [row for seq, rows in unpacked if seq in still for row in rows]
     if not still:
         return 0
-    insert_many(conn, schema.changes, packed)
+    insert_many(conn, schema.changes, packed, ignore_existing=True)
     conn.execute(p.delete().where(p.c.seq.in_(sorted(still))))
     return len(packed)
 
