@@ -9,7 +9,7 @@ of the signals. Nothing below it imports it (see ``tests/test_layers.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -252,11 +252,14 @@ class DimpleDb:
     def cipher(self) -> Cipher:
         return self.remote.cipher
 
-    def sync(self) -> SyncReport:
-        """Push local transactions, pull and merge the others'; see ``docs/API.md``."""
+    def sync(self, progress: Callable[[str, int, int], None] | None = None) -> SyncReport:
+        """Push local transactions, pull and merge the others'; see ``docs/API.md``.
+
+        ``progress(phase, done, total)`` is called as the work advances (phases ``"push"``,
+        ``"pull"``, ``"merge"``; see :mod:`dimpledb_sa.sync.progress`)."""
         from .sync.run import sync
 
-        return sync(self.replica, self.remote)
+        return sync(self.replica, self.remote, progress)
 
     # ------------------------------------------------ snapshots, compaction, retention
 

@@ -12,6 +12,7 @@ batch of requests. Nothing here asserts on time.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -187,7 +188,7 @@ def test_a_bundle_over_the_limit_fails_its_author_only_and_is_never_decrypted(
     devs: Devices, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big, small, r = devs.new("big"), devs.new("small"), devs.new("reader")
-    big.add(Note(title="big", body="x" * 20_000))
+    big.add(Note(title="big", body=secrets.token_urlsafe(20_000)))  # incompressible
     big.sync()
     small.add(Note(title="small"))
     small.sync()
@@ -316,7 +317,7 @@ def test_background_sync_reports_a_huge_and_a_deep_author_and_goes_on(
     honest, huge, r = (devs.new(n, models=JBase) for n in ("honest", "huge", "reader"))
     honest.add(Doc(data=[1]))
     honest.sync()
-    huge.add(Doc(data="x" * 50_000))
+    huge.add(Doc(data=secrets.token_urlsafe(50_000)))  # incompressible
     huge.sync()
     deep = _forge(devs, remote, [nested_text(MAX_VALUE_DEPTH + 1)])
     r.db.storage.max_bundle_bytes = 20_000  # stands in for a 1 GB bundle

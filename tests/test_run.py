@@ -8,6 +8,7 @@ identity unless the test says otherwise, and one fake wall clock (see ``syncworl
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -405,9 +406,10 @@ def test_remote_never_holds_plaintext_values(devs: Devices, remote: Remote) -> N
 @MEMORY_ONLY
 def test_bundles_decrypt_with_the_age_tool(devs: Devices, remote: Remote, tmp_path: Path
                                            ) -> None:
-    age = shutil.which("age")
-    if age is None:
-        pytest.skip("the age command-line tool is not installed")
+    """Format 2: ``age -d -i KEY FILE | gunzip`` prints the bundle JSON."""
+    age, gunzip = shutil.which("age"), shutil.which("gunzip")
+    if age is None or gunzip is None:
+        pytest.skip("the age or gunzip command-line tool is not installed")
     a = devs.new("a")
     a.add(Note(title=SECRET))
     a.sync()
@@ -415,8 +417,11 @@ def test_bundles_decrypt_with_the_age_tool(devs: Devices, remote: Remote, tmp_pa
     key.write_text(devs.identity + "\n")
     fs, root = remote.filesystem()
     [bundle] = [v for k, v in remote_files(fs, root).items() if not k.endswith("_db.json")]
-    out = subprocess.run([age, "-d", "-i", str(key)], input=bundle, capture_output=True,
-                         check=True, timeout=60).stdout
+    packed = subprocess.run([age, "-d", "-i", str(key)], input=bundle, capture_output=True,
+                            check=True, timeout=60).stdout
+    assert packed[:2] == b"\x1f\x8b"  # gzip inside the age envelope
+    out = subprocess.run([gunzip], input=packed, capture_output=True, check=True,
+                         timeout=60).stdout
     [tx] = json.loads(out)
     assert tx["author"] == a.db.author_id
     assert SECRET in {c["new_value"] for c in tx["changes"]}
@@ -446,7 +451,7 @@ def test_plaintext_remote_stores_readable_json(devs: Devices, remote: Remote) ->
     fs, root = remote.filesystem()
     files = remote_files(fs, root)
     [bundle] = [v for k, v in files.items() if not k.endswith("dimple_db.json")]
-    doc = json.loads(bundle)
+    doc = json.loads(gzip.decompress(bundle))  # format 2: gzipped JSON, not encrypted here
     assert doc[0]["author"] == a.db.author_id
     assert {"attribute": "title", "new_value": SECRET}.items() <= doc[0]["changes"][1].items()
     assert_converged(a, b)

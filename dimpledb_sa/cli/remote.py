@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigurationError, DecryptionError, DimpleError
+from ..sync.compress import gunzip_bounded, is_gzip
 from ..sync.signing import SIGNATURE_SUFFIX
 from ..sync.verify import parse_allowed_signers, verify_remote
 from ..sync.wire import MANIFEST_NAME, decode_bundle, decode_manifest, is_bundle_name, is_uuid
@@ -152,9 +153,9 @@ def _inspect_bundle(storage: Storage, spec: str, keys: Keys) -> int:
     except FileNotFoundError:
         raise CliError(f"no bundle {author}/{name} in the remote") from None
     plain = _decrypt(cipher, blob, f"{author}/{name}", keys)
-    try:
-        doc = json.loads(plain)
-    except ValueError:
+    try:  # format 2 is gzipped JSON, format 1 the JSON itself
+        doc = json.loads(gunzip_bounded(plain, name) if is_gzip(plain) else plain)
+    except (ValueError, DimpleError):
         doc = None
     if doc is not None:
         print_json(doc)

@@ -37,12 +37,12 @@ from .wire import (
     BundleInfo,
     Manifest,
     decode_manifest,
-    encode_bundle,
     encode_manifest,
     is_bundle_name,
     is_timestamp,
     is_uuid,
     load_json,
+    pack_bundle,
     utc_now_iso,
 )
 
@@ -305,7 +305,7 @@ def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
             bundles.append((name, txs))
         conn.rollback()
     for name, txs in bundles:
-        storage.write_bundle(me, name, remote.cipher.encrypt(encode_bundle(txs)))
+        storage.write_bundle(me, name, remote.cipher.encrypt(pack_bundle(txs)))
     if bundles:
         logger.info("sync: uploaded again %d bundle(s) that other authors could not read",
                     len(bundles))

@@ -15,15 +15,22 @@ each file is read, decrypted and decoded on its own, so one bad file never stops
   there (so a manifest listing thousands of missing files costs one batch of requests); a
   missing one is also recorded, so that its writer hears of it.
 
-Everything readable merges in one database transaction with the cursors, the quarantine and
-what other authors' notes say about our files: first the rules look again at what this
-replica changed itself since (:func:`.merge.settle_local`), then each author's transactions,
-then the held changes the schema can now take and the rows the database refused before.
-Changes that break a constraint are kept out as conflicts, never errors. Each author's
-transactions merge under a savepoint; when they cannot be applied, they merge bundle by
-bundle, and only the bundles that still fail are set aside. Last, our notes file is
-published when it changed (:mod:`.notes`). An author whose manifest cannot be read is
-reported and skipped; the others go on.
+What is read merges as it is read, in bounded batches: first the rules look again at what
+this replica changed itself since (:func:`.merge.settle_local`); then, once an author's
+bundles read hold :data:`MERGE_CHANGES` changes (and after its last one), they merge in one
+database transaction committed with that author's cursor, its quarantine and what its
+notes say about our files (a snapshot, :mod:`.snapshot`, is committed on its own, first).
+So a pull holds at most one batch of downloaded files and one batch of decoded changes,
+whatever the history's size, and an interrupted pull keeps what it committed (the next one
+starts after it; merging a transaction again is a no-op). Last, in a transaction of its
+own, the held changes the schema can now take and the rows the database refused before.
+Changes that break a constraint are kept out as conflicts, never errors. Each batch merges
+under a savepoint; when it cannot be applied, it merges bundle by bundle, and only the
+bundles that still fail are set aside. ``changes_committed`` is sent for what committed
+every :data:`MERGE_CHANGES` applied changes and at the end (by :mod:`.run`). Last, our
+notes file is published when it changed (:mod:`.notes`). An author whose manifest cannot
+be read is reported and skipped; the others go on. ``progress`` hears of phases ``"pull"``
+(files read of those queued) and ``"merge"`` (changes merged of those read).
 """
 
 from __future__ import annotations
@@ -42,12 +49,14 @@ from . import notes, quarantine, snapshot
 from .merge import (
     APPLY_ERRORS,
     MergeResult,
+    announce,
     describe,
     merge,
     replay_held_in,
     retry_refused,
     settle_local,
 )
+from .progress import Phase, Progress
 from .quarantine import Entry, Problem
 from .report_errors import fail
 from .storage import TooLargeError
@@ -66,10 +75,13 @@ if TYPE_CHECKING:
     from .crypto import Cipher
     from .remote import Remote
 
-__all__ = ["BATCH", "pull"]
+__all__ = ["BATCH", "MERGE_CHANGES", "pull"]
 
 BATCH = 16
 """Bundles of one author downloaded in one backend call."""
+
+MERGE_CHANGES = 50_000
+"""Changes read after which the pull merges and commits what it holds (with the cursor)."""
 
 _PASS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 """What reading a remote file lets through; every other exception fails only that file."""
@@ -85,6 +97,18 @@ class AuthorPull:
     old: dict[str, Entry]
     """Its files quarantined before this sync."""
     good: list[tuple[BundleInfo, list[TxRecord]]] = field(default_factory=list)
+    """Files read and not merged yet."""
+    pending: int = 0
+    """Their changes."""
+    queue: list[BundleInfo] = field(default_factory=list)
+    """The files to read this sync: ``retry`` (behind the cursor), then the new ones."""
+    retry: list[BundleInfo] = field(default_factory=list)
+    saved: str | None = None
+    """``advanced`` as last committed."""
+    stop: bool = False
+    """Its snapshot could not be merged: nothing more of it this sync."""
+    reported: list[Problem] = field(default_factory=list)
+    """Problems recorded by a commit already, reported at the end."""
     problems: list[Problem] = field(default_factory=list)
     """Files set aside this sync (recorded in ``dimple_unreadable``)."""
     failed_reads: list[Problem] = field(default_factory=list)
@@ -150,24 +174,36 @@ def _read_one(cipher: Cipher, author: str, info: BundleInfo,
     return txs
 
 
-def _fetch_bundles(remote: Remote, ap: AuthorPull, manifest: Manifest,
-                   cursor: str | None) -> None:
-    """Retry ``ap``'s quarantined files behind its cursor, then read its bundles after the
-    cursor in manifest order, up to the first that is missing or fails to download."""
+def _queue(ap: AuthorPull, manifest: Manifest, cursor: str | None) -> None:
+    """``ap``'s quarantined files behind its cursor to retry, then its bundles after the
+    cursor, in manifest order."""
     listed = {b.filename: b for b in manifest.bundles}
     names = quarantine.to_retry(ap.old) + _replaced(ap, manifest, listed)
-    retry = [listed[f] for f in dict.fromkeys(names)
-             if f in listed and cursor is not None and listed[f].last_transaction_id <= cursor]
-    wanted = [b for b in manifest.bundles if cursor is None or b.last_transaction_id > cursor]
-    queue = retry + wanted
+    ap.retry = [listed[f] for f in dict.fromkeys(names)
+                if f in listed and cursor is not None and listed[f].last_transaction_id <= cursor]
+    ap.queue = ap.retry + [b for b in manifest.bundles
+                           if cursor is None or b.last_transaction_id > cursor]
+
+
+def _pull_bundles(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -> None:
+    """Read ``ap``'s queued bundles, :data:`BATCH` per backend call, up to the first that is
+    missing or fails to download, committing every :data:`MERGE_CHANGES` changes."""
+    queue, nretry = ap.queue, len(ap.retry)
     for start in range(0, len(queue), BATCH):
         batch = queue[start : start + BATCH]
-        blobs = remote.storage.read_bundles(ap.author, [b.filename for b in batch])
+        try:
+            blobs = remote.storage.read_bundles(ap.author, [b.filename for b in batch])
+        except _PASS:
+            raise
+        except BaseException as exc:  # the backend call itself failed: keep what merged
+            ap.errors.append(exc)
+            return
         for i, info in enumerate(batch, start):
-            got = _read_one(remote.cipher, ap.author, info, blobs.get(info.filename))
-            retrying = i < len(retry)
+            got = _read_one(remote.cipher, ap.author, info, blobs.pop(info.filename, None))
+            run.pull.advance()
+            retrying = i < nretry
             if isinstance(got, list):
-                ap.good.append((info, got))
+                _hold(ap, run, info, got)
             elif got.reason == quarantine.READ:
                 ap.failed_reads.append(got)
                 if not retrying:
@@ -179,6 +215,16 @@ def _fetch_bundles(remote: Remote, ap: AuthorPull, manifest: Manifest,
                     return
             if not retrying:
                 ap.advanced = info.last_transaction_id
+            if ap.pending >= MERGE_CHANGES:
+                _commit(replica, ap, run)
+
+
+def _hold(ap: AuthorPull, run: _Run, info: BundleInfo, txs: list[TxRecord]) -> None:
+    """Keep a file read for the next commit."""
+    n = sum(len(tx[2]) for tx in txs)
+    ap.good.append((info, txs))
+    ap.pending += n
+    run.merge.grow(n)
 
 
 def _replaced(ap: AuthorPull, manifest: Manifest, listed: dict[str, BundleInfo]
@@ -196,7 +242,7 @@ def _replaced(ap: AuthorPull, manifest: Manifest, listed: dict[str, BundleInfo]
     return out
 
 
-def _from_snapshot(remote: Remote, ap: AuthorPull, manifest: Manifest,
+def _from_snapshot(remote: Remote, ap: AuthorPull, run: _Run, manifest: Manifest,
                    cursor: str | None) -> str | None:
     """Hook for :mod:`.snapshot`: when the cursor is unset or points into bundles that a
     compaction removed, the author's newest snapshot goes first (as one pseudo bundle) and
@@ -204,23 +250,24 @@ def _from_snapshot(remote: Remote, ap: AuthorPull, manifest: Manifest,
     found = snapshot.for_pull(remote, ap.author, manifest, cursor)
     if found is None:
         return cursor
-    ap.good.append(found)
+    _hold(ap, run, *found)
     ap.advanced = found[0].last_transaction_id
     return ap.advanced
 
 
-def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
-                  old: dict[str, Entry], digest: str | None) -> AuthorPull:
-    """Everything one author's folder holds for us this sync; never raises but for
-    ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``."""
-    ap = AuthorPull(author, old)
+def _open_author(remote: Remote, run: _Run, me: str, author: str, cursor: str | None,
+                 old: dict[str, Entry], digest: str | None) -> AuthorPull:
+    """One author's manifest, notes, snapshot when it needs one, and queue of bundles to
+    read; never raises but for ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``."""
+    ap = AuthorPull(author, dict(old))
     try:
         data = remote.storage.read_manifest(author)
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
-        cursor = _from_snapshot(remote, ap, manifest, cursor)
-        _fetch_bundles(remote, ap, manifest, cursor)
+        cursor = _from_snapshot(remote, ap, run, manifest, cursor)
+        _queue(ap, manifest, cursor)
+        run.pull.grow(len(ap.queue))
         now = notes.manifest_digest(data)
         if now != digest:  # its manifest changed since we last read its notes
             ap.notes, ap.digest = notes.read_peer(remote, author, me), now
@@ -229,6 +276,61 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
     except BaseException as exc:
         ap.errors.append(exc)
     return ap
+
+
+@dataclass
+class _Run:
+    """One pull's counters, progress phases and what committed but is not announced yet."""
+
+    replica: Replica
+    report: SyncReport
+    pull: Phase
+    merge: Phase
+    result: MergeResult = field(default_factory=MergeResult)
+    applied: int = 0
+
+    def committed(self, part: MergeResult) -> None:
+        """``part`` committed: counted, and announced once enough has gathered."""
+        self.applied += part.applied
+        self.result.add(part)
+        if self.result.applied >= MERGE_CHANGES:
+            announce(self.replica, self.result)
+            self.result = MergeResult()
+
+
+def _pull_author(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -> None:
+    """Merge ``ap``'s snapshot (when it has one to merge) on its own, then read and merge
+    its queued bundles, committing as it goes (and once more for what is left: the last
+    merges, the quarantine, the notes read)."""
+    if ap.good:
+        _commit(replica, ap, run)
+    if not ap.stop:  # (the queue is empty when its manifest or snapshot failed)
+        _pull_bundles(replica, remote, ap, run)
+    _commit(replica, ap, run)
+
+
+def _commit(replica: Replica, ap: AuthorPull, run: _Run) -> None:
+    """Merge ``ap``'s bundles read so far in one database transaction with its cursor, its
+    quarantine and its notes; then forget them. Nothing to store: no transaction."""
+    if not (ap.good or ap.problems or ap.cleared or ap.notes is not None
+            or ap.advanced != ap.saved):
+        return
+    pulled = sum(len(txs) for _, txs in ap.good)
+    part = MergeResult()
+    # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
+    with gc_paused(ap.pending > 1000), replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
+        conflicts.ensure_table(conn)
+        _merge_author(replica, conn, ap, part)
+        _save(conn, [ap])
+    run.committed(part)
+    run.report.pulled += pulled
+    run.merge.advance(ap.pending)
+    for f in ap.cleared | {info.filename for info, _ in ap.good}:
+        ap.old.pop(f, None)
+    ap.reported += ap.problems
+    ap.saved = ap.advanced
+    ap.good, ap.problems, ap.cleared, ap.pending, ap.notes = [], [], set(), 0, None
 
 
 def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
@@ -254,7 +356,7 @@ def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
             if snapshot.is_snapshot_name(info.filename):  # hook: never step past a snapshot
                 ap.errors.append(SyncError(f"snapshot {info.filename}: its changes cannot be "
                                            f"applied here: {describe(exc)}"))
-                ap.good, ap.advanced = [], None
+                ap.good, ap.advanced, ap.stop = [], None, True
                 return
             ap.problems.append(Problem(info.filename, quarantine.APPLY,
                                        f"its changes cannot be applied here: {describe(exc)}"))
@@ -302,8 +404,10 @@ def _report(report: SyncReport, ap: AuthorPull) -> None:
         fail(report, ap.author, cls("; ".join(_explain(e) for e in errors)))
 
 
-def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | None:
-    """Fetch every other author's new bundles and merge them; returns the merge result."""
+def pull(replica: Replica, remote: Remote, report: SyncReport,
+         progress: Progress | None = None) -> MergeResult | None:
+    """Fetch every other author's new bundles and merge them, committing as it goes (see
+    the module docstring); returns what committed and was not announced yet."""
     storage = remote.storage
     me = replica.author_id
     try:
@@ -313,28 +417,35 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
     for name in bad:
         fail(report, name, RemoteFormatError(
             f"folder {name!r:.80} in the remote is not an author id (a UUID)"))
-    with replica.engine.begin() as conn:
+    run = _Run(replica, report, Phase(progress, "pull"), Phase(progress, "merge"))
+    with replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
         notes.ensure_tables(conn)
+        conflicts.ensure_table(conn)
         cursors, held_back = _cursors(conn), quarantine.load(conn)
         digests = notes.peer_digests(conn)
-    pulls = [_fetch_author(remote, me, a, cursors.get(a), held_back.get(a, {}), digests.get(a))
-             for a in authors if a != me]
-    report.pulled = sum(len(txs) for ap in pulls for _, txs in ap.good)
-    # a large merge builds only acyclic tuples/dicts; the cyclic GC would rescan them often
-    with gc_paused(report.pulled > 1000), replica.engine.connect() as conn, conn.begin():
+        settled = settle_local(replica, conn)
+    run.committed(settled)
+    pulls = []
+    for a in authors:
+        if a == me:
+            continue
+        ap = _open_author(remote, run, me, a, cursors.get(a), held_back.get(a, {}),
+                          digests.get(a))
+        pulls.append(ap)
+        _pull_author(replica, remote, ap, run)
+    run.pull.finish()
+    with replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)
-        conflicts.ensure_table(conn)
-        result = settle_local(replica, conn)
-        for ap in pulls:
-            _merge_author(replica, conn, ap, result)
-        _save(conn, pulls)
         replayed = replay_held_in(replica, conn)
         replayed.add(retry_refused(replica, conn))
         report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
         report.conflicts = conflicts.count(conn)
+    run.merge.finish()
+    run.committed(replayed)
     for ap in pulls:
+        ap.problems = ap.reported
         _report(report, ap)
     notes.publish(replica, remote, report)
-    result.add(replayed)
-    report.applied = len(result.applied_changes)
-    return result
+    report.applied = run.applied
+    return run.result

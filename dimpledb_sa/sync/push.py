@@ -13,10 +13,12 @@ Steps, each database access its own short transaction:
    empty remote gets everything on the first sync). Bundles this database did not make
    mean a copy or a restored backup (:mod:`.own`): heal, or stop with ``CopyDetected``.
 3. Upload our transactions after the manifest's last one, in bundles of at most
-   :data:`MAX_BUNDLE_CHANGES` changes and about :data:`MAX_BUNDLE_BYTES` (a transaction is
-   never split), read in short read transactions. For each bundle: renew the lease, write
-   the bundle, renew, write the manifest, then advance ``pushed_through`` if the lease is
-   still ours.
+   :data:`MAX_BUNDLE_CHANGES` changes and about :data:`MAX_BUNDLE_BYTES` of JSON, each
+   stored (gzipped, format 2, then encrypted) in at most ``Storage.max_stored_bundle_bytes``
+   (a bundle that comes out larger is cut in two; a transaction is never split), read in
+   short read transactions, so a push holds one bundle at a time whatever it has to send.
+   For each bundle: renew the lease, write the bundle, renew, write the manifest, then
+   advance ``pushed_through`` if the lease is still ours; ``progress`` hears of it.
 4. Remove stale temporary files of dead writes from our folder (folder backends), release
    the lease.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..core import changelog, meta
@@ -38,15 +40,16 @@ from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
+from .progress import Phase, Progress
 from .report_errors import fail
 from .wire import (
     BundleInfo,
     Manifest,
     bundle_name,
     decode_manifest,
-    encode_bundle,
     encode_manifest,
     manifest_with,
+    pack_bundle,
     utc_now_iso,
 )
 
@@ -67,7 +70,8 @@ MAX_BUNDLE_CHANGES = 50_000
 :data:`MAX_BUNDLE_BYTES` of JSON (a single larger transaction gets a bundle of its own)."""
 
 MAX_BUNDLE_BYTES = 8 << 20
-"""About how many bytes of bundle JSON (before encryption) a push puts in one bundle."""
+"""About how many bytes of bundle JSON (before compression) a push puts in one bundle, and
+at most half of ``Storage.max_stored_bundle_bytes``."""
 
 _CHANGE_OVERHEAD = 190
 """The bytes of one change's JSON besides its entity type, id, attribute and values."""
@@ -90,9 +94,20 @@ class _LeaseLost(Exception):
     """Another push took the lease over (ours outlived ``LEASE_SECONDS`` between steps)."""
 
 
-def push(replica: Replica, remote: Remote, report: SyncReport) -> Healed | None:
+def push(replica: Replica, remote: Remote, report: SyncReport,
+         progress: Progress | None = None) -> Healed | None:
     """Upload what our manifest does not list yet; see the module docstring. Returns what
-    healing merged (a restored backup), if anything."""
+    healing merged (a restored backup), if anything. ``progress`` hears of phase
+    ``"push"`` (transactions uploaded of those to upload)."""
+    phase = Phase(progress, "push")
+    try:
+        return _push(replica, remote, report, phase)
+    finally:
+        phase.finish()
+
+
+def _push(replica: Replica, remote: Remote, report: SyncReport, phase: Phase
+          ) -> Healed | None:
     # Bundles of ours that other authors noted as unreadable: uploaded again (see .notes).
     resend(replica, remote, report)
     engine = replica.engine
@@ -104,13 +119,13 @@ def push(replica: Replica, remote: Remote, report: SyncReport) -> Healed | None:
                     "now; its push or the next one takes our transactions", other.describe())
         return None
     try:
-        return _push_leased(replica, remote, report, holder)
+        return _push_leased(replica, remote, report, holder, phase)
     finally:
         lease.release(engine, holder)
 
 
-def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: str
-                 ) -> Healed | None:
+def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: str,
+                 phase: Phase) -> Healed | None:
     healed: Healed | None = None
     _fold(replica.engine)
     try:
@@ -135,7 +150,7 @@ def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: s
                 conn.rollback()
             if foreign:
                 healed = resolve(replica, remote, manifest, foreign, report)
-        _upload(replica, remote, manifest, pushed, holder, report)
+        _upload(replica, remote, manifest, pushed, holder, report, phase)
     except ConfigurationError:
         raise
     except _LeaseLost:
@@ -162,7 +177,7 @@ def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
 
 
 def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
-            pushed: str | None, holder: str, report: SyncReport) -> None:
+            pushed: str | None, holder: str, report: SyncReport, phase: Phase) -> None:
     """Upload our transactions after ``manifest``'s last one, bundle by bundle."""
     engine, storage, me = replica.engine, remote.storage, replica.author_id
     listed = manifest.last_transaction_id if manifest is not None else None
@@ -177,9 +192,10 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
         if listed is not None and listed != pushed and not lease.record(engine, holder, listed):
             raise _LeaseLost
         return
-    for txs in _bundles(replica, ids):
+    phase.grow(len(ids))
+    limit = storage.max_stored_bundle_bytes
+    for txs, data in _stored(remote, _bundles(replica, ids, limit // 2), limit):
         first, last = txs[0][0], txs[-1][0]
-        data = remote.cipher.encrypt(encode_bundle(txs))
         name = bundle_name(first, last)
         _renew(engine, holder)
         storage.write_bundle(me, name, data)
@@ -191,6 +207,7 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
         if not lease.record(engine, holder, last):
             raise _LeaseLost
         report.pushed += len(txs)
+        phase.advance(len(txs))
     _clean(remote, me)
 
 
@@ -199,9 +216,28 @@ def _renew(engine: Engine, holder: str) -> None:
         raise _LeaseLost
 
 
-def _bundles(replica: Replica, ids: Sequence[str]) -> Iterator[list[TxRecord]]:
-    """The transactions ``ids`` as bundles of at most ``MAX_BUNDLE_CHANGES`` changes, read
-    a few at a time, each read on its own (no transaction is held between reads)."""
+def _stored(remote: Remote, bundles: Iterable[list[TxRecord]], limit: int
+            ) -> Iterator[tuple[list[TxRecord], bytes]]:
+    """Each of ``bundles`` with its stored bytes (gzipped, encrypted); one that comes out
+    larger than ``limit`` bytes is cut in two, again and again, down to one transaction."""
+    for txs in bundles:
+        todo = [txs]
+        while todo:
+            part = todo.pop()
+            data = remote.cipher.encrypt(pack_bundle(part))
+            if len(data) > limit and len(part) > 1:
+                half = len(part) // 2
+                todo += [part[half:], part[:half]]  # the first half goes first
+                continue
+            yield part, data
+
+
+def _bundles(replica: Replica, ids: Sequence[str], max_bytes: int = MAX_BUNDLE_BYTES
+             ) -> Iterator[list[TxRecord]]:
+    """The transactions ``ids`` as bundles of at most ``MAX_BUNDLE_CHANGES`` changes and
+    about ``min(MAX_BUNDLE_BYTES, max_bytes)`` bytes of JSON, read a few at a time, each
+    read on its own (no transaction is held between reads)."""
+    max_bytes = min(MAX_BUNDLE_BYTES, max_bytes)
     me, engine = replica.author_id, replica.engine
     batch: list[TxRecord] = []
     size = volume = 0
@@ -219,7 +255,7 @@ def _bundles(replica: Replica, ids: Sequence[str]) -> Iterator[list[TxRecord]]:
             step = min(4096, step * 2)
         for tx in txs:
             n, nbytes = len(tx[2]), _json_size(tx)
-            if batch and (size + n > MAX_BUNDLE_CHANGES or volume + nbytes > MAX_BUNDLE_BYTES):
+            if batch and (size + n > MAX_BUNDLE_CHANGES or volume + nbytes > max_bytes):
                 yield batch
                 batch, size, volume = [], 0, 0
             batch.append(tx)

@@ -1,7 +1,8 @@
 """One sync: :func:`sync` reads the keyring (:meth:`.remote.Remote.prepare`), pushes
 (:mod:`.push`), pulls and merges (:mod:`.pull`), under the replica's sync lock (threads of
-this process), then sends ``changes_committed`` (origin ``"sync"``) for what the merge
-changed (and what the push healed: our own transactions a restored backup lacked, counted
+this process), reporting to ``progress`` (:mod:`.progress`), then sends
+``changes_committed`` (origin ``"sync"``) for what the merge changed and the pull did not
+announce yet (and what the push healed: our own transactions a restored backup lacked, counted
 in ``pulled`` and ``applied``), and raises :class:`SyncError` (see :mod:`.report_errors`)
 carrying the report when any author failed. A push that finds another database writing as
 our author raises its ``CopyDetected`` (a ``ConfigurationError``) at once: nothing is
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..core.report import SyncReport
 from .merge import announce
+from .progress import Progress
 from .pull import pull
 from .push import push
 from .report_errors import error_for
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["pull", "push", "sync"]
 
 
-def sync(replica: Replica, remote: Remote) -> SyncReport:
+def sync(replica: Replica, remote: Remote, progress: Progress | None = None) -> SyncReport:
     """Push, pull and merge; see the module docstring."""
     storage = remote.storage
     report = SyncReport()
@@ -33,10 +35,10 @@ def sync(replica: Replica, remote: Remote) -> SyncReport:
     with replica.sync_lock:
         remote.prepare(replica)  # the persisted recipients, keys and pins for this sync
         try:
-            healed = push(replica, remote, report)
+            healed = push(replica, remote, report, progress)
             if healed is not None:
                 announce(replica, healed.result)
-            result = pull(replica, remote, report)
+            result = pull(replica, remote, report, progress)
         finally:
             report.requests = {k: v - start.get(k, 0) for k, v in storage.requests.items()
                                if v - start.get(k, 0)}

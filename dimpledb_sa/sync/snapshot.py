@@ -1,7 +1,7 @@
 """Snapshots: this author's pushed changes that still decide anything, in one file.
 
 A snapshot is written to our own folder as ``snapshot_{last_transaction_id}.json``
-(age-encrypted to the current recipients like a bundle). It holds, for every (entity,
+(gzipped, then age-encrypted to the current recipients, like a bundle). It holds, for every (entity,
 attribute) this author ever changed in a pushed transaction (id ``<= last_transaction_id``),
 that author's *latest* such change, with its original change id, transaction id and old
 and new values; a delete is such a change on the primary key (id -> null), so delete
@@ -45,6 +45,7 @@ from ..core.changes import (
     TxRecord,
 )
 from ..core.errors import RemoteFormatError
+from .compress import gunzip_bounded, gzip_bytes, is_gzip
 from .wire import (
     BundleInfo,
     Manifest,
@@ -170,7 +171,10 @@ def _split(data: bytes) -> tuple[bytes, bytes] | None:
 
 
 def decode(data: bytes, author: str, name: str) -> Snapshot:
-    """Parse and check a snapshot read from ``author``'s folder as ``name``."""
+    """Parse and check a snapshot read from ``author``'s folder as ``name`` (decrypted;
+    gzipped, as written since format 2, or the JSON itself)."""
+    if is_gzip(data):
+        data = gunzip_bounded(data, f"snapshot {name}")
     parts = _split(data)
     if parts is not None:
         head = load_json(parts[0], f"snapshot {name}")
@@ -210,7 +214,7 @@ def write(replica: Replica, remote: Remote) -> str | None:
         if last is None:
             return None
         snap = build(conn, me, last)
-    remote.storage.write_snapshot(me, snap.name, remote.cipher.encrypt(encode(snap)))
+    remote.storage.write_snapshot(me, snap.name, remote.cipher.encrypt(gzip_bytes(encode(snap))))
     return snap.name
 
 

@@ -42,6 +42,7 @@ from .wire import (
     MAX_BUNDLE_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_NOTES_BYTES,
+    MAX_STORED_BUNDLE_BYTES,
     NOTES_NAME,
     is_bundle_name,
     is_uuid,
@@ -130,6 +131,9 @@ class Storage:
         """Calls made to the backend, by kind: ``"ls"``, ``"get"``, ``"put"``."""
         self.max_bundle_bytes: int = MAX_BUNDLE_BYTES
         """The largest bundle file read; a larger one is refused, never decrypted."""
+        self.max_stored_bundle_bytes: int = MAX_STORED_BUNDLE_BYTES
+        """The largest bundle file a push writes (16 MiB): a longer run of transactions is
+        pushed as several bundles; a single larger transaction is a bundle on its own."""
         self.max_manifest_bytes: int = MAX_MANIFEST_BYTES
         """The largest manifest read."""
         self.max_notes_bytes: int = MAX_NOTES_BYTES

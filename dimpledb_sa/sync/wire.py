@@ -2,7 +2,8 @@
 
 This module owns the byte-level codec of what an author uploads (see ``docs/FORMAT.md``):
 transaction bundles (``encode_bundle`` / ``decode_bundle``, change rows as plain tuples whose
-values are canonical JSON text) and the per-author manifest ``dimple_db.json``
+values are canonical JSON text; format 2, gzipped, with ``pack_bundle``, see
+:mod:`.compress`) and the per-author manifest ``dimple_db.json``
 (``Manifest`` / ``BundleInfo``, ``encode_manifest`` / ``decode_manifest``), plus the
 validators for remote names (``is_uuid``, ``is_bundle_name``) that keep every path inside the
 remote root, and the read limits (``MAX_BUNDLE_BYTES``, ``MAX_MANIFEST_BYTES``,
@@ -32,12 +33,14 @@ from ..core.changes import ChangeRow, TxRecord
 from ..core.errors import RemoteFormatError
 from ..core.rows import gc_paused
 from ..core.values import MAX_VALUE_DEPTH, value_depth
+from .compress import gunzip_bounded, gzip_bytes, is_gzip
 
 __all__ = [
     "MANIFEST_NAME",
     "MAX_BUNDLE_BYTES",
     "MAX_MANIFEST_BYTES",
     "MAX_NOTES_BYTES",
+    "MAX_STORED_BUNDLE_BYTES",
     "MAX_VALUE_DEPTH",
     "NOTES_NAME",
     "BundleInfo",
@@ -54,6 +57,7 @@ __all__ = [
     "is_uuid",
     "load_json",
     "manifest_with",
+    "pack_bundle",
     "parse_bundle_name",
     "utc_now_iso",
 ]
@@ -67,6 +71,10 @@ NOTES_NAME = "dimple_unreadable.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 """The largest stored bundle file a reader downloads (the default of
 ``Storage.max_bundle_bytes``): a larger one is refused before it is decrypted or parsed."""
+
+MAX_STORED_BUNDLE_BYTES = 16 * 1024 * 1024
+"""The largest bundle file a push writes by default (``Storage.max_stored_bundle_bytes``):
+a longer run of transactions is pushed as several bundles."""
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 """The largest manifest a reader downloads (``Storage.max_manifest_bytes``)."""
@@ -177,6 +185,12 @@ def encode_bundle(transactions: Sequence[TxRecord]) -> bytes:
     return ("[" + ",\n".join(out) + "]").encode("utf-8")
 
 
+def pack_bundle(transactions: Sequence[TxRecord]) -> bytes:
+    """The format-2 bundle of ``transactions``: :func:`encode_bundle`'s JSON, gzipped (what
+    a writer encrypts and uploads)."""
+    return gzip_bytes(encode_bundle(transactions))
+
+
 def load_json(data: bytes, what: str) -> Any:
     """``data`` parsed as UTF-8 JSON; ``RemoteFormatError`` (naming ``what``) otherwise."""
     try:
@@ -256,7 +270,10 @@ def _change_problem(c: Any, tid: str) -> str:
 
 
 def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[TxRecord]:
-    """Parse and validate a bundle read from ``author``'s folder.
+    """Parse and validate a bundle read from ``author``'s folder (format 1 or 2).
+
+    ``data`` is the decrypted file: format 2 (gzip, told by its magic bytes) is decompressed
+    within :data:`~.compress.MAX_JSON_BYTES` first, format 1 is the JSON itself.
 
     Returns the transactions with their change rows, values re-serialized as
     ``json.dumps(value)`` (JSON null as ``None``), so decoding our own encoding gives back the
@@ -266,6 +283,8 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
     if not is_uuid(author):
         raise RemoteFormatError(f"not a canonical author id: {author!r:.80}")
     where = f"bundle {name}" if name else "bundle"
+    if is_gzip(data):  # format 2
+        data = gunzip_bounded(data, where)
     with gc_paused(len(data) > _GC_PAUSE_BYTES):
         doc = load_json(data, where)
         out = _decode_fast(doc, author)
