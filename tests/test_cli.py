@@ -72,7 +72,8 @@ def test_sync_pushes_then_pulls_into_a_reflected_database(world: World) -> None:
     err = world.sync_b.stderr
     assert "had no dimpledb bookkeeping tables; created them" in err
     assert "not tracking 'counter'" in err and "tracking step, todo" in err
-    assert "pull: 1 other author(s)" in err  # plain progress lines when not on a terminal
+    # plain progress lines (one per phase) when not on a terminal
+    assert "pull: 1 of 1 bundle(s) read" in err and "merge: " in err
     assert sorted(rows(world.b, "SELECT text, done FROM todo")) == [("eggs", 1),
                                                                     ("oat milk", 0)]
     assert rows(world.b, "SELECT text FROM step") == [("go to the shop",)]

@@ -4,7 +4,7 @@ This module owns ``sync`` (a ``DimpleDb`` over the reflected tables or ``--model
 bookkeeping tables created on first use, ``--recipient`` keys added to the database's
 persisted recipients (which every later sync uses), optional adoption of rows written before
 tracking,
-push and pull progress reported by observing the ``Storage`` calls, and a report on stdout
+push, pull and merge progress reported through ``db.sync(progress=...)``, and a report on stdout
 with per-author errors on stderr), ``status`` (the author id, what was pushed and not yet
 pushed, what was pulled from each author, held changes and, with ``--remote``, what waits
 there to be pulled), ``history`` (every recorded change of one row, grouped by
@@ -22,8 +22,7 @@ import json
 import sys
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, inspect, select
@@ -66,50 +65,22 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def _instrument(storage: Storage, me: str, progress: Progress) -> dict[str, int]:
-    """Report push and pull steps by wrapping this ``Storage`` object's calls.
+_PHASES = {"push": "transaction(s) uploaded", "pull": "bundle(s) read",
+           "merge": "change(s) merged"}
 
-    (Phase-level: sync.py has no progress hook yet; each wrapper only observes.)
-    """
-    stats: Counter[str] = Counter()
-    state = {"done": 0, "total": 0}
-    list_authors, read_manifest = storage.list_authors, storage.read_manifest
-    read_bundles, write_bundle = storage.read_bundles, storage.write_bundle
 
-    def w_list_authors() -> tuple[list[str], list[str]]:
-        progress.line("pull: listing the remote")
-        authors, bad = list_authors()
-        state["total"] = len([a for a in authors if a != me])
-        progress.line(f"pull: {state['total']} other author(s)")
-        return authors, bad
+def _on_progress(progress: Progress) -> Callable[[str, int, int], None]:
+    """The ``progress=`` callback of ``db.sync``: a bar per phase on a terminal, one line at
+    the end of each phase otherwise."""
 
-    def w_read_manifest(author: str) -> bytes | None:
-        if author != me:
-            state["done"] += 1
-            progress.bar(state["done"] - 1, state["total"], f"author {author}: manifest")
-        return read_manifest(author)
+    def report(phase: str, done: int, total: int) -> None:
+        text = f"{phase}: {done} of {total} {_PHASES.get(phase, 'done')}"
+        if progress.tty:
+            progress.bar(done, total, text)
+        elif done == total:
+            progress.line(text)
 
-    def w_read_bundles(author: str, names: Sequence[str]) -> dict[str, bytes | Exception]:
-        progress.bar(state["done"] - 1, state["total"],
-                     f"author {author}: {len(names)} bundle(s)")
-        got = read_bundles(author, names)
-        size = sum(len(v) for v in got.values() if isinstance(v, bytes))
-        stats["bundles"] += len(names)
-        stats["bytes"] += size
-        progress.bar(state["done"], state["total"], f"author {author}: {_size(size)}")
-        if not progress.tty:
-            progress.line(f"pull: author {author}: {len(names)} bundle(s), {_size(size)}")
-        return got
-
-    def w_write_bundle(author: str, name: str, data: bytes) -> None:
-        progress.line(f"push: uploading a bundle of {_size(len(data))}")
-        write_bundle(author, name, data)
-        stats["pushed_bytes"] += len(data)
-
-    for attr, fn in (("list_authors", w_list_authors), ("read_manifest", w_read_manifest),
-                     ("read_bundles", w_read_bundles), ("write_bundle", w_write_bundle)):
-        setattr(storage, attr, fn)
-    return stats
+    return report
 
 
 def _unpushed(engine: Engine, me: str) -> tuple[int, str | None]:
@@ -169,12 +140,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         count, _ = _unpushed(engine, me)
         if count:
             progress.line(f"push: {count} local transaction(s)")
-        stats = _instrument(storage, me, progress)
+        before = dict(storage.transferred)
         started = time.perf_counter()
         error: SyncError | None = None
         with remote_errors(args.remote):
             try:
-                report = db.sync()
+                report = db.sync(progress=_on_progress(progress))
             except SyncError as e:
                 if e.report is None:
                     raise
@@ -186,6 +157,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             finally:
                 progress.finish()
         elapsed = time.perf_counter() - started
+        stats = {k: v - before.get(k, 0) for k, v in storage.transferred.items()}
     finally:
         db.close()
         engine.dispose()
@@ -220,7 +192,8 @@ def _print_report(args: argparse.Namespace, report: SyncReport, error: SyncError
                   keys: Keys, stats: dict[str, int], elapsed: float) -> None:
     if args.json:
         print_json({**_report_doc(report), "ok": report.ok,
-                    "bytes_downloaded": stats["bytes"], "bytes_uploaded": stats["pushed_bytes"]})
+                    "bytes_downloaded": stats.get("down", 0),
+                    "bytes_uploaded": stats.get("up", 0)})
     elif not args.quiet:
         print(f"pushed {report.pushed} transaction(s), pulled {report.pulled}, applied "
               f"{report.applied} change(s), {report.held} held, in {elapsed:.2f} s")

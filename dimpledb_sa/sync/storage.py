@@ -129,6 +129,8 @@ class Storage:
         self.root: str = root
         self.requests: Counter[str] = Counter()
         """Calls made to the backend, by kind: ``"ls"``, ``"get"``, ``"put"``."""
+        self.transferred: Counter[str] = Counter()
+        """Bytes moved: ``"down"`` (files read), ``"up"`` (files written)."""
         self.max_bundle_bytes: int = MAX_BUNDLE_BYTES
         """The largest bundle file read; a larger one is refused, never decrypted."""
         self.max_stored_bundle_bytes: int = MAX_STORED_BUNDLE_BYTES
@@ -255,6 +257,7 @@ class Storage:
             raise
         except OSError as e:
             data = self._empty_or_raise(path, e)
+        self.transferred["down"] += len(data)
         if len(data) > limit:
             raise TooLargeError(what, limit)
         return data
@@ -324,6 +327,7 @@ class Storage:
                 out[name] = TooLargeError(f"bundle {name}", limit)
             else:
                 out[name] = bytes(value)
+                self.transferred["down"] += len(value)
         return out
 
     def read_signature(self, author: str, name: str) -> bytes | None:
@@ -358,6 +362,7 @@ class Storage:
                 out[name] = value
             else:
                 out[name] = bytes(value)
+                self.transferred["down"] += len(value)
         return out
 
     # ----------------------------------------------------------------------- writing
@@ -365,6 +370,7 @@ class Storage:
     def _put(self, folder: str, name: str, data: bytes) -> None:
         path = self._join(folder, name)
         self.requests["put"] += 1
+        self.transferred["up"] += len(data)
         if not self.uses_temporaries:
             # An object store: a PUT replaces the object atomically; buckets are not created.
             try:
