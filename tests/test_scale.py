@@ -240,3 +240,30 @@ def test_progress_reports_each_phase_up_to_its_total(
     assert by_phase["push"][-1] == (1, 1)
     assert by_phase["pull"][-1] == (5, 5)
     assert by_phase["merge"][-1][1] > 0
+
+
+@MEMORY_ONLY
+def test_a_new_device_merges_a_large_snapshot_piece_by_piece(
+    devs: Devices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dimpledb_sa.sync import snapshot
+
+    a = devs.new("a")
+    for i in range(30):
+        a.add(Note(title=f"n{i:02}"))
+    a.sync()
+    a.add(Note(title="after"))
+    assert a.db.compact() >= 0
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 400)  # a piece every few transactions
+    monkeypatch.setattr(pull_mod, "MERGE_CHANGES", 3)  # and a commit per piece or two
+    commits: list[int] = []
+    real = pull_mod._save
+
+    def counting(conn: Any, pulls: Any) -> None:
+        commits.append(1)
+        real(conn, pulls)
+
+    monkeypatch.setattr(pull_mod, "_save", counting)
+    b = devs.new("b")
+    b.sync()
+    assert titles(b) == titles(a) and len(commits) > 3

@@ -282,3 +282,38 @@ def test_a_snapshot_that_cannot_be_applied_keeps_the_cursor(tmp_path: Path,
         monkeypatch.setattr(pull, "merge", real)
         assert c.sync().errors == {}
         assert c.snapshot() == a.snapshot()
+
+
+def test_a_snapshot_decodes_in_pieces_as_it_does_whole(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Pieces cut between transactions give the transactions decoded whole; a value that
+    holds the cut's text, a reordered file or a bad piece fall back to decoding it whole."""
+    author = "0190aaaa-0000-7000-8000-000000000001"
+    txs = []
+    for t in range(40):
+        tx = f"0190aaaa-{t + 1:04x}-7000-8000-000000000002"
+        value = json.dumps([{"a": 1}, {"b": t}]).replace(", ", ",\n") if t == 17 else '"v"'
+        txs.append((tx, author, [(f"0190aaaa-{t + 1:04x}-7000-8000-00000000000{k}", tx,
+                                  "note", f"n{t}", attr, None, val)
+                                 for k, attr, val in ((3, "id", f'"n{t}"'), (4, "body", value))]))
+    last = txs[-1][0]
+    snap = snapshot.Snapshot(author, last, txs, [])
+    name = snapshot.snapshot_name(last)
+    data = snapshot.encode(snap)
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 600)
+    for blob in (data, gzip.compress(data), gzip.compress(data.replace(b',"v"', b',"w"'))):
+        got_last, pieces = snapshot.decode_in_pieces(blob, author, name)
+        parts = list(pieces)
+        assert got_last == last and len(parts) > 3
+        flat = [tx for part in parts for tx in part]
+        assert [t[0] for t in flat] == [t[0] for t in txs]
+    whole = snapshot.decode(data, author, name).transactions  # values made canonical
+    plain = [tx for part in snapshot.decode_in_pieces(data, author, name)[1] for tx in part]
+    assert plain == whole
+    reordered = json.dumps(dict(reversed(list(json.loads(data).items())))).encode()
+    assert [tx for p in snapshot.decode_in_pieces(reordered, author, name)[1] for tx in p
+            ] == whole
+    bad = gzip.compress(data.replace(txs[30][0].encode(), b"not-an-id", 1))
+    _, pieces = snapshot.decode_in_pieces(bad, author, name)
+    with pytest.raises(RemoteFormatError):
+        list(pieces)

@@ -13,11 +13,12 @@ accepted.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 from ..core.errors import RemoteFormatError
 
-__all__ = ["COMPRESS_LEVEL", "GZIP_MAGIC", "MAX_JSON_BYTES", "gunzip_bounded", "gzip_bytes",
-           "is_gzip"]
+__all__ = ["COMPRESS_LEVEL", "GZIP_MAGIC", "MAX_JSON_BYTES", "gunzip_bounded", "gunzip_chunks",
+           "gzip_bytes", "is_gzip"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 """The first bytes of a gzip stream, hence of a decrypted format-2 file."""
@@ -47,20 +48,26 @@ def gunzip_bounded(data: bytes, what: str, limit: int = MAX_JSON_BYTES) -> bytes
     """The single gzip member ``data`` decompressed, refusing more than ``limit`` bytes of
     output, a truncated or corrupt stream and anything after the member
     (``RemoteFormatError`` naming ``what``)."""
+    return b"".join(gunzip_chunks(data, what, limit))
+
+
+def gunzip_chunks(data: bytes, what: str, limit: int = MAX_JSON_BYTES) -> Iterator[bytes]:
+    """:func:`gunzip_bounded` piece by piece (at most 4 MiB each), so that the whole
+    output need never be held; the errors are raised when reached."""
     d = zlib.decompressobj(wbits=31)
-    out: list[bytes] = []
     size = 0
     pending = bytes(data)
     try:
         while not d.eof:
             piece = d.decompress(pending, min(_CHUNK, limit + 1 - size))
-            out.append(piece)
             size += len(piece)
             if size > limit:
                 raise RemoteFormatError(
                     f"{what} decompresses to more than {limit} bytes (the limit)")
             pending = d.unconsumed_tail
-            if not piece and not pending:
+            if piece:
+                yield piece
+            elif not pending:
                 break  # the input is used up
     except zlib.error as e:
         raise RemoteFormatError(f"{what} is not a valid gzip stream: {e}") from e
@@ -68,4 +75,3 @@ def gunzip_bounded(data: bytes, what: str, limit: int = MAX_JSON_BYTES) -> bytes
         raise RemoteFormatError(f"{what} is a truncated gzip stream")
     if d.unused_data:
         raise RemoteFormatError(f"{what} has bytes after its gzip stream")
-    return b"".join(out)

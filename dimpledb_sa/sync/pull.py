@@ -35,7 +35,7 @@ be read is reported and skipped; the others go on. ``progress`` hears of phases 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -105,6 +105,8 @@ class AuthorPull:
     retry: list[BundleInfo] = field(default_factory=list)
     saved: str | None = None
     """``advanced`` as last committed."""
+    snapshot: tuple[BundleInfo, Iterator[list[TxRecord]]] | None = None
+    """Its snapshot to merge first (the pieces are read as they merge)."""
     stop: bool = False
     """Its snapshot could not be merged: nothing more of it this sync."""
     reported: list[Problem] = field(default_factory=list)
@@ -242,17 +244,41 @@ def _replaced(ap: AuthorPull, manifest: Manifest, listed: dict[str, BundleInfo]
     return out
 
 
-def _from_snapshot(remote: Remote, ap: AuthorPull, run: _Run, manifest: Manifest,
+def _from_snapshot(remote: Remote, ap: AuthorPull, manifest: Manifest,
                    cursor: str | None) -> str | None:
     """Hook for :mod:`.snapshot`: when the cursor is unset or points into bundles that a
-    compaction removed, the author's newest snapshot goes first (as one pseudo bundle) and
-    the bundles are read from its last transaction on."""
+    compaction removed, the author's newest snapshot goes first (merged piece by piece by
+    :func:`_pull_snapshot`) and the bundles are read from its last transaction on."""
     found = snapshot.for_pull(remote, ap.author, manifest, cursor)
     if found is None:
         return cursor
-    _hold(ap, run, *found)
-    ap.advanced = found[0].last_transaction_id
-    return ap.advanced
+    ap.snapshot = found
+    return found[0].last_transaction_id
+
+
+def _pull_snapshot(replica: Replica, ap: AuthorPull, run: _Run) -> None:
+    """Merge ``ap``'s snapshot piece by piece, committing every :data:`MERGE_CHANGES`
+    changes; the cursor moves to its last transaction with the last piece only (an
+    interrupted merge reads the snapshot again: what committed is skipped by id). When a
+    piece is not sound or cannot be applied, nothing more of the author merges this sync."""
+    assert ap.snapshot is not None
+    info, pieces = ap.snapshot
+    ap.snapshot = None
+    try:
+        for txs in pieces:
+            _hold(ap, run, info, txs)
+            if ap.pending >= MERGE_CHANGES:
+                _commit(replica, ap, run)
+                if ap.stop:
+                    return
+    except _PASS:
+        raise
+    except BaseException as exc:
+        ap.errors.append(SyncError(f"snapshot {info.filename}: {_explain(exc)}"))
+        ap.good, ap.pending, ap.stop = [], 0, True
+        return
+    ap.advanced = info.last_transaction_id
+    _commit(replica, ap, run)
 
 
 def _open_author(remote: Remote, run: _Run, me: str, author: str, cursor: str | None,
@@ -265,7 +291,7 @@ def _open_author(remote: Remote, run: _Run, me: str, author: str, cursor: str | 
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
-        cursor = _from_snapshot(remote, ap, run, manifest, cursor)
+        cursor = _from_snapshot(remote, ap, manifest, cursor)
         _queue(ap, manifest, cursor)
         run.pull.grow(len(ap.queue))
         now = notes.manifest_digest(data)
@@ -299,11 +325,11 @@ class _Run:
 
 
 def _pull_author(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -> None:
-    """Merge ``ap``'s snapshot (when it has one to merge) on its own, then read and merge
+    """Merge ``ap``'s snapshot (when it has one to merge) first, then read and merge
     its queued bundles, committing as it goes (and once more for what is left: the last
     merges, the quarantine, the notes read)."""
-    if ap.good:
-        _commit(replica, ap, run)
+    if ap.snapshot is not None:
+        _pull_snapshot(replica, ap, run)
     if not ap.stop:  # (the queue is empty when its manifest or snapshot failed)
         _pull_bundles(replica, remote, ap, run)
     _commit(replica, ap, run)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -45,7 +45,7 @@ from ..core.changes import (
     TxRecord,
 )
 from ..core.errors import RemoteFormatError
-from .compress import gunzip_bounded, gzip_bytes, is_gzip
+from .compress import gunzip_bounded, gunzip_chunks, gzip_bytes, is_gzip
 from .wire import (
     BundleInfo,
     Manifest,
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from ..core.replica import Replica
     from .remote import Remote
 
-__all__ = ["FORMAT", "Snapshot", "build", "decode", "encode", "for_pull",
+__all__ = ["FORMAT", "Snapshot", "build", "decode", "decode_in_pieces", "encode", "for_pull",
            "is_snapshot_name", "newest", "parse_snapshot_name", "snapshot_name", "write"]
 
 FORMAT = "dimpledb-snapshot"
@@ -187,6 +187,106 @@ def decode(data: bytes, author: str, name: str) -> Snapshot:
     return _decoded(doc, author, name)
 
 
+_TX_SEP = b"},\n{"
+"""What separates two transactions in a snapshot as written here (``encode_bundle``). A
+JSON string cannot hold a raw newline, so this is never inside a string."""
+
+PIECE_BYTES = 8 << 20
+"""About how many bytes of JSON :func:`decode_in_pieces` decodes at a time."""
+
+
+def decode_in_pieces(data: bytes, author: str, name: str
+                     ) -> tuple[str, Iterator[list[TxRecord]]]:
+    """A snapshot read from ``author``'s folder as ``name``, checked like :func:`decode`,
+    as its last transaction id and its transactions in pieces of about
+    :data:`PIECE_BYTES` of JSON, decompressed and decoded as they are asked for (so that
+    merging a large snapshot never holds it whole). The header is checked at once; a
+    piece that is not sound raises ``RemoteFormatError`` when it is reached.
+
+    Pieces are cut where one transaction ends and the next begins (``},\n{``); since a
+    cut anywhere else leaves a piece whose brackets do not balance, a piece that does not
+    decode is either a bad file or such a cut (a value holding that text), and the file is
+    then decoded whole, yielding the transactions after those already yielded. A file whose
+    fields are not in the order written here is decoded whole too."""
+    where = f"snapshot {name}"
+    chunks: Iterator[bytes] = (gunzip_chunks(data, where) if is_gzip(data)
+                               else iter([bytes(data)]))
+    buf = b""
+    i = -1
+    for more in chunks:
+        buf += more
+        i = buf.find(_SPLIT)
+        if i >= 0:
+            break
+    head = load_json(buf[:i] + b"}", where) if i >= 0 else None
+    if type(head) is not dict or "transactions" in head:  # not laid out as written here
+        snap = decode(buf + b"".join(chunks), author, name)
+        return snap.last, iter([snap.transactions])
+    head["transactions"] = b"[]"
+    last = _decoded(head, author, name).last
+    return last, _pieces(data, buf[i + len(_SPLIT):], chunks, author, name, last)
+
+
+def _pieces(data: bytes, rest: bytes, chunks: Iterable[bytes], author: str, name: str,
+            last: str) -> Iterator[list[TxRecord]]:
+    """The transactions array of a snapshot (``rest``, then ``chunks``) in pieces; see
+    :func:`decode_in_pieces`."""
+    where = f"snapshot {name}"
+    prev = ""
+    for piece in _cut(rest, chunks, where):
+        try:
+            txs = decode_bundle(b"[" + piece + b"]", author)
+        except RemoteFormatError:  # a bad file, or a cut inside a value: decode it whole
+            yield [tx for tx in decode(_plain(data, where), author, name).transactions
+                   if tx[0] > prev]
+            return
+        if txs and (txs[0][0] <= prev or txs[-1][0] > last):
+            raise RemoteFormatError(f"{where}: transactions out of order or after {last}")
+        prev = txs[-1][0] if txs else prev
+        yield txs
+
+
+def _cut(rest: bytes, chunks: Iterable[bytes], where: str) -> Iterator[bytes]:
+    """The array's text (``rest``, then ``chunks``; it starts with ``[``) as pieces of
+    about :data:`PIECE_BYTES`, each a run of whole elements if the cuts fall between
+    elements; the closing ``]`` and ``}`` are checked and left out."""
+    rest = rest.lstrip()
+    if not rest.startswith(b"["):
+        raise RemoteFormatError(f"{where}: transactions is not a list")
+    rest = rest[1:]
+    for more in chunks:
+        rest += more
+        while len(rest) > PIECE_BYTES:
+            cut = rest.rfind(_TX_SEP, 0, PIECE_BYTES)
+            if cut < 0:
+                cut = rest.find(_TX_SEP, PIECE_BYTES)
+            if cut < 0:
+                break
+            yield rest[: cut + 1]
+            rest = rest[cut + 3 :]
+    body = rest.rstrip()  # the end: the last elements, then "]" and "}"
+    if not body.endswith(b"}"):
+        raise RemoteFormatError(f"{where} does not end with its header's closing brace")
+    body = body[:-1].rstrip()
+    if not body.endswith(b"]"):
+        raise RemoteFormatError(f"{where}: transactions is not a list")
+    piece = body[:-1]
+    while len(piece) > PIECE_BYTES:  # the whole file came in one chunk (format 1)
+        cut = piece.rfind(_TX_SEP, 0, PIECE_BYTES)
+        if cut < 0:
+            cut = piece.find(_TX_SEP, PIECE_BYTES)
+        if cut < 0:
+            break
+        yield piece[: cut + 1]
+        piece = piece[cut + 3 :]
+    if piece.strip():
+        yield piece
+
+
+def _plain(data: bytes, where: str) -> bytes:
+    return gunzip_bounded(data, where) if is_gzip(data) else data
+
+
 def _decoded(doc: Any, author: str, name: str) -> Snapshot:
     """The checked snapshot of ``doc`` (its ``transactions`` still the array's bytes)."""
     if type(doc) is not dict or sorted(doc) != sorted(_KEYS):
@@ -225,10 +325,12 @@ def newest(names: Sequence[str]) -> str | None:
 
 
 def for_pull(remote: Remote, author: str, manifest: Manifest, cursor: str | None
-             ) -> tuple[BundleInfo, list[TxRecord]] | None:
-    """The newest snapshot of ``author`` as one pseudo bundle, when the pull needs it (the
-    cursor is unset, or points into bundles the manifest no longer lists); raises when it
-    is needed and cannot be read (the pull then keeps the cursor and tries again)."""
+             ) -> tuple[BundleInfo, Iterator[list[TxRecord]]] | None:
+    """The newest snapshot of ``author`` as a pseudo bundle and its transactions in pieces
+    (:func:`decode_in_pieces`), when the pull needs it (the cursor is unset, or points into
+    bundles the manifest no longer lists); raises when it is needed and cannot be read,
+    and its pieces raise when they are not sound (the pull then keeps the cursor and tries
+    again)."""
     if not manifest.bundles:  # a compaction keeps the newest bundle listed
         return None
     if cursor is not None and cursor >= manifest.bundles[0].first_transaction_id:
@@ -240,7 +342,7 @@ def for_pull(remote: Remote, author: str, manifest: Manifest, cursor: str | None
     if cursor is not None and last <= cursor:
         return None
     data = remote.storage.read_snapshot(author, name)
-    snap = decode(remote.cipher.decrypt(data), author, name)
-    info = BundleInfo(name, snap.transactions[0][0] if snap.transactions else last, last,
-                      max(1, len(snap.transactions)), utc_now_iso())
-    return info, snap.transactions
+    got, pieces = decode_in_pieces(remote.cipher.decrypt(data), author, name)
+    if got != last:
+        raise RemoteFormatError(f"snapshot {name}: author or last transaction do not match")
+    return BundleInfo(name, last, last, 1, utc_now_iso()), pieces
