@@ -38,7 +38,7 @@ from ..core import conflicts, meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DecryptionError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
-from . import notes, quarantine, snapshot
+from . import ahead, notes, quarantine, snapshot
 from .merge import (
     APPLY_ERRORS,
     MergeResult,
@@ -162,7 +162,7 @@ def _fetch_bundles(remote: Remote, ap: AuthorPull, manifest: Manifest,
     queue = retry + wanted
     for start in range(0, len(queue), BATCH):
         batch = queue[start : start + BATCH]
-        blobs = remote.storage.read_bundles(ap.author, [b.filename for b in batch])
+        blobs = remote.read_bundles(ap.author, [b.filename for b in batch])
         for i, info in enumerate(batch, start):
             got = _read_one(remote.cipher, ap.author, info, blobs.get(info.filename))
             retrying = i < len(retry)
@@ -215,7 +215,7 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``."""
     ap = AuthorPull(author, old)
     try:
-        data = remote.storage.read_manifest(author)
+        data = remote.read_manifest(author)
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
@@ -328,9 +328,11 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
         for ap in pulls:
             _merge_author(replica, conn, ap, result)
         _save(conn, pulls)
+        remote.trust.save_pins(conn)
         replayed = replay_held_in(replica, conn)
         replayed.add(retry_refused(replica, conn))
-        report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+        report.held = (conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+                       + ahead.count(conn))
         report.conflicts = conflicts.count(conn)
     for ap in pulls:
         _report(report, ap)
