@@ -31,7 +31,7 @@ from .wire import decode_bundle, encode_bundle
 if TYPE_CHECKING:
     from ..core.replica import Replica
 
-__all__ = ["count", "split", "take_due"]
+__all__ = ["count", "first_due", "split", "take_due"]
 
 ahead = schema.ahead
 
@@ -89,3 +89,12 @@ def count(conn: Connection) -> int:
         return 0
     total = conn.execute(select(func.coalesce(func.sum(ahead.c.changes), 0))).scalar_one()
     return int(total)
+
+
+def first_due(conn: Connection) -> str | None:
+    """The smallest largest-id of the transactions held ahead (when the first of them will
+    be applied, give or take ``max_drift``), or ``None``."""
+    if not _ensure(conn):
+        return None
+    value: str | None = conn.execute(select(func.min(ahead.c.newest))).scalar()
+    return value

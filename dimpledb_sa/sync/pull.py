@@ -51,6 +51,7 @@ from .merge import (
 from .quarantine import Entry, Problem
 from .report_errors import fail
 from .storage import TooLargeError
+from .trust import RevokedSignature
 from .wire import (
     BundleInfo,
     Manifest,
@@ -215,7 +216,12 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``."""
     ap = AuthorPull(author, old)
     try:
-        data = remote.read_manifest(author)
+        try:
+            data = remote.read_manifest(author)
+        except RevokedSignature:
+            if not _revoked_wrote_since(remote, author, cursor):
+                return ap  # a revoked device that wrote nothing we lack: nothing to reject
+            raise
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
@@ -229,6 +235,16 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
     except BaseException as exc:
         ap.errors.append(exc)
     return ap
+
+
+def _revoked_wrote_since(remote: Remote, author: str, cursor: str | None) -> bool:
+    """Whether the manifest of ``author``, signed by a revoked key, lists bundles after our
+    cursor (read unchecked, for that question alone)."""
+    data = remote.storage.read_manifest(author)
+    if data is None:
+        return False
+    manifest = decode_manifest(data, author)
+    return any(cursor is None or b.last_transaction_id > cursor for b in manifest.bundles)
 
 
 def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
