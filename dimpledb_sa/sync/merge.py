@@ -15,6 +15,8 @@ bad change never fails the others.
 
 Changes for a table or column this schema lacks stay in the log and are listed in
 ``dimple_held``; :func:`replay_held` re-derives those entities once the schema has them.
+Transactions further ahead of local time than ``max_drift`` are not stored yet but kept
+aside whole (:mod:`.ahead`); :func:`replay_held` merges them once their time has come.
 :func:`settle_local` applies the rules to what this replica's own transactions changed
 (a local delete can orphan rows, a local edit can free a unique value a kept-out row
 waits for) and :func:`retry_refused` retries rows the database refused. This module never
@@ -48,6 +50,7 @@ from ..core.changes import (
 from ..core.constraints import Constraints, constraints_of
 from ..core.errors import DimpleError
 from ..core.rows import chunks, fetch_rows, insert_many
+from . import ahead
 from .plan import PK, Held, TablePlan, steps, winners, write, write_one
 from .resolve import MISSING_PARENT, Excluded, Resolver
 
@@ -117,7 +120,8 @@ def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]
 def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) -> MergeResult:
     """Store and apply pulled ``transactions`` on ``conn`` (inside the caller's transaction)."""
     result = MergeResult()
-    fresh = _fresh(conn, transactions)
+    fresh, later = ahead.split(replica, conn, _fresh(conn, transactions))
+    result.held += later
     if not fresh:
         return result
     incoming: dict[tuple[str, str], list[ChangeRow]] = {}
@@ -127,7 +131,7 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
         result.authors[tx_id] = author
         rows.extend(changelog.pack(changes, incoming))
         newest = max(newest, tx_id, max(c[ROW_ID] for c in changes) if changes else "")
-    replica.clock.observe(newest)
+    replica.clock.observe(newest, max_ahead=replica.max_drift)
     changelog.raise_clock_floor(conn, newest)
     before = changelog.entity_changes(conn, incoming)
     insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh],
@@ -437,6 +441,9 @@ def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
     h = schema.held
     result = MergeResult()
     conflicts.ensure_table(conn)
+    due = ahead.take_due(replica, conn)  # transactions held ahead whose time has come
+    if due:
+        result.add(merge(replica, conn, due))
     entries = list(conn.execute(select(h.c.entity_type, h.c.entity_id, h.c.attribute,
                                        h.c.reason)))
     ready: set[tuple[str, str]] = set()

@@ -45,7 +45,7 @@ from ..core import conflicts, meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DecryptionError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
-from . import notes, quarantine, snapshot
+from . import ahead, notes, quarantine, snapshot
 from .merge import (
     APPLY_ERRORS,
     MergeResult,
@@ -60,6 +60,7 @@ from .progress import Phase, Progress
 from .quarantine import Entry, Problem
 from .report_errors import fail
 from .storage import TooLargeError
+from .trust import RevokedSignature
 from .wire import (
     BundleInfo,
     Manifest,
@@ -194,7 +195,7 @@ def _pull_bundles(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -
     for start in range(0, len(queue), BATCH):
         batch = queue[start : start + BATCH]
         try:
-            blobs = remote.storage.read_bundles(ap.author, [b.filename for b in batch])
+            blobs = remote.read_bundles(ap.author, [b.filename for b in batch])
         except _PASS:
             raise
         except BaseException as exc:  # the backend call itself failed: keep what merged
@@ -218,7 +219,7 @@ def _pull_bundles(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -
             if not retrying:
                 ap.advanced = info.last_transaction_id
             if ap.pending >= MERGE_CHANGES:
-                _commit(replica, ap, run)
+                _commit(replica, remote, ap, run)
 
 
 def _hold(ap: AuthorPull, run: _Run, info: BundleInfo, txs: list[TxRecord]) -> None:
@@ -256,7 +257,7 @@ def _from_snapshot(remote: Remote, ap: AuthorPull, manifest: Manifest,
     return found[0].last_transaction_id
 
 
-def _pull_snapshot(replica: Replica, ap: AuthorPull, run: _Run) -> None:
+def _pull_snapshot(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -> None:
     """Merge ``ap``'s snapshot piece by piece, committing every :data:`MERGE_CHANGES`
     changes; the cursor moves to its last transaction with the last piece only (an
     interrupted merge reads the snapshot again: what committed is skipped by id). When a
@@ -268,7 +269,7 @@ def _pull_snapshot(replica: Replica, ap: AuthorPull, run: _Run) -> None:
         for txs in pieces:
             _hold(ap, run, info, txs)
             if ap.pending >= MERGE_CHANGES:
-                _commit(replica, ap, run)
+                _commit(replica, remote, ap, run)
                 if ap.stop:
                     return
     except _PASS:
@@ -278,7 +279,7 @@ def _pull_snapshot(replica: Replica, ap: AuthorPull, run: _Run) -> None:
         ap.good, ap.pending, ap.stop = [], 0, True
         return
     ap.advanced = info.last_transaction_id
-    _commit(replica, ap, run)
+    _commit(replica, remote, ap, run)
 
 
 def _open_author(remote: Remote, run: _Run, me: str, author: str, cursor: str | None,
@@ -287,7 +288,12 @@ def _open_author(remote: Remote, run: _Run, me: str, author: str, cursor: str | 
     read; never raises but for ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``."""
     ap = AuthorPull(author, dict(old))
     try:
-        data = remote.storage.read_manifest(author)
+        try:
+            data = remote.read_manifest(author)
+        except RevokedSignature:
+            if not _revoked_wrote_since(remote, author, cursor):
+                return ap  # a revoked device that wrote nothing we lack: nothing to reject
+            raise
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
@@ -329,13 +335,13 @@ def _pull_author(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) ->
     its queued bundles, committing as it goes (and once more for what is left: the last
     merges, the quarantine, the notes read)."""
     if ap.snapshot is not None:
-        _pull_snapshot(replica, ap, run)
+        _pull_snapshot(replica, remote, ap, run)
     if not ap.stop:  # (the queue is empty when its manifest or snapshot failed)
         _pull_bundles(replica, remote, ap, run)
-    _commit(replica, ap, run)
+    _commit(replica, remote, ap, run)
 
 
-def _commit(replica: Replica, ap: AuthorPull, run: _Run) -> None:
+def _commit(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) -> None:
     """Merge ``ap``'s bundles read so far in one database transaction with its cursor, its
     quarantine and its notes; then forget them. Nothing to store: no transaction."""
     if not (ap.good or ap.problems or ap.cleared or ap.notes is not None
@@ -349,6 +355,7 @@ def _commit(replica: Replica, ap: AuthorPull, run: _Run) -> None:
         conflicts.ensure_table(conn)
         _merge_author(replica, conn, ap, part)
         _save(conn, [ap])
+        remote.trust.save_pins(conn)  # the keys first seen for the files merged
     run.committed(part)
     run.report.pulled += pulled
     run.merge.advance(ap.pending)
@@ -357,6 +364,16 @@ def _commit(replica: Replica, ap: AuthorPull, run: _Run) -> None:
     ap.reported += ap.problems
     ap.saved = ap.advanced
     ap.good, ap.problems, ap.cleared, ap.pending, ap.notes = [], [], set(), 0, None
+
+
+def _revoked_wrote_since(remote: Remote, author: str, cursor: str | None) -> bool:
+    """Whether the manifest of ``author``, signed by a revoked key, lists bundles after our
+    cursor (read unchecked, for that question alone)."""
+    data = remote.storage.read_manifest(author)
+    if data is None:
+        return False
+    manifest = decode_manifest(data, author)
+    return any(cursor is None or b.last_transaction_id > cursor for b in manifest.bundles)
 
 
 def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
@@ -463,9 +480,11 @@ def pull(replica: Replica, remote: Remote, report: SyncReport,
     run.pull.finish()
     with replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)
+        remote.trust.save_pins(conn)
         replayed = replay_held_in(replica, conn)
         replayed.add(retry_refused(replica, conn))
-        report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+        report.held = (conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+                       + ahead.count(conn))
         report.conflicts = conflicts.count(conn)
     run.merge.finish()
     run.committed(replayed)

@@ -166,11 +166,9 @@ def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
     """Our manifest as the remote has it now; ``None`` when there is none or it is
     unreadable (the push then lists every transaction of ours anew)."""
     me = replica.author_id
-    data = remote.storage.read_manifest(me)
-    if data is None:
-        return None
     try:
-        return decode_manifest(data, me)
+        data = remote.read_manifest(me)  # a bad signature is a RemoteFormatError too
+        return None if data is None else decode_manifest(data, me)
     except RemoteFormatError as exc:
         logger.warning("sync: our own manifest is unreadable (%s): writing it anew", exc)
         return None
@@ -179,7 +177,7 @@ def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
 def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
             pushed: str | None, holder: str, report: SyncReport, phase: Phase) -> None:
     """Upload our transactions after ``manifest``'s last one, bundle by bundle."""
-    engine, storage, me = replica.engine, remote.storage, replica.author_id
+    engine, me = replica.engine, replica.author_id
     listed = manifest.last_transaction_id if manifest is not None else None
     with engine.connect() as conn:
         ids = changelog.transaction_ids(conn, me, listed)
@@ -193,16 +191,16 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
             raise _LeaseLost
         return
     phase.grow(len(ids))
-    limit = storage.max_stored_bundle_bytes
+    limit = remote.storage.max_stored_bundle_bytes
     for txs, data in _stored(remote, _bundles(replica, ids, limit // 2), limit):
         first, last = txs[0][0], txs[-1][0]
         name = bundle_name(first, last)
         _renew(engine, holder)
-        storage.write_bundle(me, name, data)
+        remote.write_bundle(me, name, data)
         manifest = manifest_with(manifest, me, BundleInfo(name, first, last, len(txs),
                                                           utc_now_iso()))
         _renew(engine, holder)
-        storage.write_manifest(me, encode_manifest(manifest))
+        remote.write_manifest(me, encode_manifest(manifest))
         remote.own_manifest = manifest
         if not lease.record(engine, holder, last):
             raise _LeaseLost

@@ -314,7 +314,7 @@ def write(replica: Replica, remote: Remote) -> str | None:
         if last is None:
             return None
         snap = build(conn, me, last)
-    remote.storage.write_snapshot(me, snap.name, remote.cipher.encrypt(gzip_bytes(encode(snap))))
+    remote.write_snapshot(me, snap.name, remote.cipher.encrypt(gzip_bytes(encode(snap))))
     return snap.name
 
 
@@ -341,7 +341,7 @@ def for_pull(remote: Remote, author: str, manifest: Manifest, cursor: str | None
     last = parse_snapshot_name(name)
     if cursor is not None and last <= cursor:
         return None
-    data = remote.storage.read_snapshot(author, name)
+    data = remote.read_snapshot(author, name)
     got, pieces = decode_in_pieces(remote.cipher.decrypt(data), author, name)
     if got != last:
         raise RemoteFormatError(f"snapshot {name}: author or last transaction do not match")
