@@ -17,6 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from databases import KINDS, Databases
@@ -30,6 +31,7 @@ from syncworld import Device, device_set
 from dimpledb_sa import generate_device_key
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.clock import HybridClock
+from dimpledb_sa.sync import merge, pull
 from dimpledb_sa.sync.wire import ChangeRow
 
 NOTES = [str(uuid.UUID(int=(0x0190 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(4)]
@@ -170,6 +172,18 @@ def test_replicas_converge_with_signatures(data: st.DataObject) -> None:
     """The same property with every replica on its own device key (every file signed, every
     file checked against the other replicas' keys, pinned on first sight), encrypted to all."""
     converge(data, st.just("sqlite"), signed=True)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_replicas_converge_when_every_change_merges_and_settles_in_its_own_batch(
+        data: st.DataObject) -> None:
+    """The same property with the pull committing after every file it reads and the local
+    rules settling one transaction at a time (the bounded batches of a large sync)."""
+    with mock.patch.object(pull, "MERGE_CHANGES", 1), \
+            mock.patch.object(merge, "SETTLE_CHANGES", 1):
+        converge(data, st.just("sqlite"))
 
 
 def converge(data: st.DataObject, kinds: st.SearchStrategy[str],

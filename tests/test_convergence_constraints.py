@@ -18,6 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import fsspec
 from conflictmodels import Base, Item, Note, User
@@ -30,6 +31,7 @@ from syncworld import (
 )
 
 from dimpledb_sa.core.clock import HybridClock
+from dimpledb_sa.sync import merge, pull
 from dimpledb_sa.sync.wire import ChangeRow
 
 
@@ -244,6 +246,22 @@ def seed(replicas: list[Device]) -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_with_unique_and_foreign_keys(data: st.DataObject) -> None:
+    converge(data)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_replicas_converge_when_every_change_merges_and_settles_in_its_own_batch(
+        data: st.DataObject) -> None:
+    """The same property with the pull committing after every file it reads and the local
+    rules settling one transaction at a time (the bounded batches of a large sync)."""
+    with mock.patch.object(pull, "MERGE_CHANGES", 1), \
+            mock.patch.object(merge, "SETTLE_CHANGES", 1):
+        converge(data)
+
+
+def converge(data: st.DataObject) -> None:
     steps = data.draw(rounds(), label="steps")
     url = f"memory://constraints-{uuid.uuid4().hex}/remote"
     with tempfile.TemporaryDirectory() as tmp, \

@@ -388,25 +388,46 @@ def _rederive(replica: Replica, conn: Connection, keys: set[tuple[str, str]],
     return result
 
 
+SETTLE_CHANGES = 50_000
+"""About how many of our own changes :func:`settle_local` looks at in one go."""
+
+
 def settle_local(replica: Replica, conn: Connection) -> MergeResult:
     """Apply the rules to the entities this replica's own transactions (since the last
-    call) changed in a way the rules look at: keys, unique columns, foreign keys."""
+    call) changed in a way the rules look at: keys, unique columns, foreign keys.
+
+    The transactions are read and settled in runs of about :data:`SETTLE_CHANGES` changes,
+    oldest first, each moving ``settled_through`` (as if a sync with nothing new to merge
+    had run after each run), so that memory does not grow with how much was written since:
+    the rules depend only on the log, not on how it was split."""
     changelog.fold(conn)
-    since = meta.get(conn, meta.SETTLED_THROUGH)
-    txs = changelog.transactions_since(conn, replica.author_on(conn), since)
-    if not txs:
-        return MergeResult()
+    me = replica.author_on(conn)
+    ids = changelog.transaction_ids(conn, me, meta.get(conn, meta.SETTLED_THROUGH))
+    result = MergeResult()
+    if not ids:
+        return result
     cons = constraints_of(replica.tracked)
     relevant = {name: cons.relevant(name, tt.pk_name) for name, tt in replica.tracked.items()}
     olds: dict[tuple[str, str], dict[str, str | None]] = {}
-    for _, _, changes in txs:
-        for c in changes:
-            attrs = relevant.get(c[ROW_ENTITY_TYPE])
-            if attrs and c[ROW_ATTRIBUTE] in attrs:
-                seen = olds.setdefault((c[ROW_ENTITY_TYPE], c[ROW_ENTITY_ID]), {})
-                seen.setdefault(c[ROW_ATTRIBUTE], c[ROW_OLD])  # the first: the value before
-    meta.put(conn, meta.SETTLED_THROUGH, txs[-1][0])
-    return _rederive(replica, conn, set(olds), olds)
+    seen_changes, step, i = 0, 1, 0  # the step grows while reads stay small
+    while i < len(ids):
+        chunk = ids[i:i + step]
+        i += len(chunk)
+        read = 0
+        for _, _, changes in changelog.transactions_of(conn, me, chunk):
+            read += len(changes)
+            for c in changes:
+                attrs = relevant.get(c[ROW_ENTITY_TYPE])
+                if attrs and c[ROW_ATTRIBUTE] in attrs:
+                    seen = olds.setdefault((c[ROW_ENTITY_TYPE], c[ROW_ENTITY_ID]), {})
+                    seen.setdefault(c[ROW_ATTRIBUTE], c[ROW_OLD])  # the first: the value before
+        seen_changes += read
+        step = max(1, step // 2) if read > SETTLE_CHANGES // 2 else min(4096, step * 2)
+        if seen_changes >= SETTLE_CHANGES or i == len(ids):
+            meta.put(conn, meta.SETTLED_THROUGH, chunk[-1])
+            result.add(_rederive(replica, conn, set(olds), olds))
+            olds, seen_changes = {}, 0
+    return result
 
 
 def retry_refused(replica: Replica, conn: Connection) -> MergeResult:
