@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from ..core import changelog, conflicts, meta, schema
@@ -390,22 +390,36 @@ def _rederive(replica: Replica, conn: Connection, keys: set[tuple[str, str]],
 
 def settle_local(replica: Replica, conn: Connection) -> MergeResult:
     """Apply the rules to the entities this replica's own transactions (since the last
-    call) changed in a way the rules look at: keys, unique columns, foreign keys."""
+    call) changed in a way the rules look at: keys, unique columns, foreign keys.
+
+    Runs inside the pull's write transaction, so it reads only what the rules look at: the
+    changes of constrained tables (none at all when no table is constrained), not every
+    local change since the last sync (a large local history would hold the lock)."""
     changelog.fold(conn)
     since = meta.get(conn, meta.SETTLED_THROUGH)
-    txs = changelog.transactions_since(conn, replica.author_on(conn), since)
-    if not txs:
+    me = replica.author_on(conn)
+    t, c = schema.transactions, schema.changes
+    newest = select(func.max(t.c.id)).where(t.c.author == me)
+    last = conn.execute(newest.where(t.c.id > since) if since else newest).scalar()
+    if last is None:
         return MergeResult()
+    meta.put(conn, meta.SETTLED_THROUGH, last)
     cons = constraints_of(replica.tracked)
-    relevant = {name: cons.relevant(name, tt.pk_name) for name, tt in replica.tracked.items()}
+    relevant = {name: attrs for name, tt in replica.tracked.items()
+                if (attrs := cons.relevant(name, tt.pk_name))}
+    if not relevant:
+        return MergeResult()
+    stmt = (select(c).join(t, t.c.id == c.c.transaction_id)
+            .where(t.c.author == me, c.c.transaction_id <= last,
+                   c.c.entity_type.in_(sorted(relevant))))
+    if since:
+        stmt = stmt.where(c.c.transaction_id > since)
+    changes = sorted(ch for row in conn.execute(stmt) for ch in changelog.expand(row))
     olds: dict[tuple[str, str], dict[str, str | None]] = {}
-    for _, _, changes in txs:
-        for c in changes:
-            attrs = relevant.get(c[ROW_ENTITY_TYPE])
-            if attrs and c[ROW_ATTRIBUTE] in attrs:
-                seen = olds.setdefault((c[ROW_ENTITY_TYPE], c[ROW_ENTITY_ID]), {})
-                seen.setdefault(c[ROW_ATTRIBUTE], c[ROW_OLD])  # the first: the value before
-    meta.put(conn, meta.SETTLED_THROUGH, txs[-1][0])
+    for ch in changes:
+        if ch[ROW_ATTRIBUTE] in relevant[ch[ROW_ENTITY_TYPE]]:
+            seen = olds.setdefault((ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID]), {})
+            seen.setdefault(ch[ROW_ATTRIBUTE], ch[ROW_OLD])  # the first: the value before
     return _rederive(replica, conn, set(olds), olds)
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from ..core import changelog, meta
 from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
+from ..core.rows import gc_paused
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
@@ -104,7 +105,10 @@ def push(replica: Replica, remote: Remote, report: SyncReport) -> Healed | None:
                     "now; its push or the next one takes our transactions", other.describe())
         return None
     try:
-        return _push_leased(replica, remote, report, holder)
+        # the bundles are many short-lived acyclic tuples: collections of the whole heap that
+        # they would trigger find nothing and stall every thread of the app (the GIL)
+        with gc_paused():
+            return _push_leased(replica, remote, report, holder)
     finally:
         lease.release(engine, holder)
 
