@@ -212,6 +212,17 @@ def test_a_revoked_device_is_rejected_and_cannot_read_what_follows(world: World)
     assert "c1" in names and "b2" not in names and "b1" in names
     assert set(report.errors) == {b} and "revoked" in report.errors[b]
     assert world.sync("c")[1] == ["a1", "after", "b1", "b2", "c1"]
+    # the next snapshot is encrypted to the remaining keys only, and signed
+    with world.open("a", recipients=[world.public("c")]) as db:
+        snap = db.snapshot()
+    data = world.storage.read_snapshot(a, snap)
+    assert world.storage.read_signature(a, snap) is not None
+    denied = run(age, "-d", "-i", keyfile, stdin=data, check=False)
+    assert denied.returncode != 0
+    c_key = world.tmp / "c.key"
+    c_key.write_text(world.keys["c"][0])
+    c_key.chmod(0o600)
+    assert b"after" in _plain(run(age, "-d", "-i", c_key, stdin=data).stdout)
 
 
 def test_the_stock_tools_read_what_a_sync_wrote(world: World) -> None:
