@@ -253,3 +253,18 @@ def test_the_stock_tools_read_what_a_sync_wrote(world: World) -> None:
 def _plain(data: bytes) -> bytes:
     """A bundle's JSON (format 2 compresses it with gzip)."""
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def test_a_device_that_requires_signatures_but_signs_nothing_reads_its_own_folder(
+        tmp_path: Path, remote: RemoteSpec) -> None:
+    """An age identity with ``require_signatures=True``: its own files are unsigned, and
+    its pushes still read its own manifest (instead of taking it for forged and uploading
+    the whole history again)."""
+    key, _ = dimple.generate_identity()
+    with open_db(tmp_path / "x.db", remote.url, identity=key, require_signatures=True,
+                 storage_options=remote.storage_options) as db:
+        add_item(db, "one")
+        assert db.sync().pushed == 1
+        add_item(db, "two")
+        report = db.sync()
+        assert report.pushed == 1 and report.errors == {}
