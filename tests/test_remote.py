@@ -123,7 +123,10 @@ def world(tmp_path: Path, remote: RemoteSpec) -> World:
     return w
 
 
-@pytest.mark.parametrize("signer", ["unsigned", "attacker", "garbage"])
+@pytest.mark.parametrize(("remote", "signer"), [
+    *[(b, "unsigned") for b in ("memory", "local", "s3")],
+    ("memory", "attacker"), ("memory", "garbage"),
+], indirect=["remote"])
 def test_a_forged_bundle_is_rejected_for_that_author_while_the_others_merge(
         world: World, signer: str) -> None:
     attacker, _ = dimple.generate_device_key()
