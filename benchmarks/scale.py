@@ -11,9 +11,9 @@ pull + merge throughput (target: at the largest size at least that at the smalle
 Then, at the largest size: A compacts (a snapshot of its 200,000 rows), a fresh device C
 bootstraps from it (its own process), against the raw cost of storing the same information
 with plain ``sqlite3`` ``executemany`` (the final rows plus one record per attribute's
-winning change) and against B's full replay. Last, the local footprint at the smallest size:
-A's database file against the same rows written untracked, with its full history and after
-``prune_history`` of everything older than now (each after ``VACUUM``).
+winning change) and against B's full replay. Last, the local footprint: 100,000 rows
+(insert-only) written tracked against the same rows written untracked, with the full
+history and after ``prune_history`` of everything older than now (each after ``VACUUM``).
 
     python benchmarks/scale.py [--sizes 100000,1200000] [--per-tx 1000]
 """
@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--compact", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-bootstrap", action="store_true", help="skip the bootstrap run")
     ap.add_argument("--no-footprint", action="store_true", help="skip the footprint run")
+    ap.add_argument("--footprint-rows", type=int, default=100_000,
+                    help="rows of the footprint run")
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--remote", help=argparse.SUPPRESS)
     ap.add_argument("--key", help=argparse.SUPPRESS)
@@ -247,7 +249,7 @@ def main() -> None:
         if not args.no_bootstrap:
             bootstrap(Path(tmp), results[-1])
         if not args.no_footprint:
-            footprint(Path(tmp), int(results[0]["changes"]) // ATTRS, args.per_tx)
+            footprint(Path(tmp), args.footprint_rows, args.per_tx)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,10 @@ def world(tmp_path: Path, remote: RemoteSpec) -> World:
     return w
 
 
-@pytest.mark.parametrize("signer", ["unsigned", "attacker", "garbage"])
+@pytest.mark.parametrize(("remote", "signer"), [
+    *[(b, "unsigned") for b in ("memory", "local", "s3")],
+    ("memory", "attacker"), ("memory", "garbage"),
+], indirect=["remote"])
 def test_a_forged_bundle_is_rejected_for_that_author_while_the_others_merge(
         world: World, signer: str) -> None:
     attacker, _ = dimple.generate_device_key()
@@ -212,6 +215,17 @@ def test_a_revoked_device_is_rejected_and_cannot_read_what_follows(world: World)
     assert "c1" in names and "b2" not in names and "b1" in names
     assert set(report.errors) == {b} and "revoked" in report.errors[b]
     assert world.sync("c")[1] == ["a1", "after", "b1", "b2", "c1"]
+    # the next snapshot is encrypted to the remaining keys only, and signed
+    with world.open("a", recipients=[world.public("c")]) as db:
+        snap = db.snapshot()
+    data = world.storage.read_snapshot(a, snap)
+    assert world.storage.read_signature(a, snap) is not None
+    denied = run(age, "-d", "-i", keyfile, stdin=data, check=False)
+    assert denied.returncode != 0
+    c_key = world.tmp / "c.key"
+    c_key.write_text(world.keys["c"][0])
+    c_key.chmod(0o600)
+    assert b"after" in _plain(run(age, "-d", "-i", c_key, stdin=data).stdout)
 
 
 def test_the_stock_tools_read_what_a_sync_wrote(world: World) -> None:
@@ -242,3 +256,18 @@ def test_the_stock_tools_read_what_a_sync_wrote(world: World) -> None:
 def _plain(data: bytes) -> bytes:
     """A bundle's JSON (format 2 compresses it with gzip)."""
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def test_a_device_that_requires_signatures_but_signs_nothing_reads_its_own_folder(
+        tmp_path: Path, remote: RemoteSpec) -> None:
+    """An age identity with ``require_signatures=True``: its own files are unsigned, and
+    its pushes still read its own manifest (instead of taking it for forged and uploading
+    the whole history again)."""
+    key, _ = dimple.generate_identity()
+    with open_db(tmp_path / "x.db", remote.url, identity=key, require_signatures=True,
+                 storage_options=remote.storage_options) as db:
+        add_item(db, "one")
+        assert db.sync().pushed == 1
+        add_item(db, "two")
+        report = db.sync()
+        assert report.pushed == 1 and report.errors == {}

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from ..core import changelog, conflicts, meta, schema
@@ -396,37 +396,46 @@ def settle_local(replica: Replica, conn: Connection) -> MergeResult:
     """Apply the rules to the entities this replica's own transactions (since the last
     call) changed in a way the rules look at: keys, unique columns, foreign keys.
 
-    The transactions are read and settled in runs of about :data:`SETTLE_CHANGES` changes,
-    oldest first, each moving ``settled_through`` (as if a sync with nothing new to merge
-    had run after each run), so that memory does not grow with how much was written since:
-    the rules depend only on the log, not on how it was split."""
+    Runs inside the pull's write transaction, so it reads only what the rules look at: the
+    changes of constrained tables (none at all when no table is constrained), not every
+    local change since the last sync (a large local history would hold the lock). Those are
+    read and settled in runs of about :data:`SETTLE_CHANGES` changes, oldest transactions
+    first (as if a sync with nothing new to merge had run after each run), so that memory
+    does not grow with how much was written since: the rules depend only on the log, not
+    on how it was split."""
     changelog.fold(conn)
+    since = meta.get(conn, meta.SETTLED_THROUGH)
     me = replica.author_on(conn)
-    ids = changelog.transaction_ids(conn, me, meta.get(conn, meta.SETTLED_THROUGH))
-    result = MergeResult()
-    if not ids:
-        return result
+    t, c = schema.transactions, schema.changes
+    newest = select(func.max(t.c.id)).where(t.c.author == me)
+    last = conn.execute(newest.where(t.c.id > since) if since else newest).scalar()
+    if last is None:
+        return MergeResult()
+    meta.put(conn, meta.SETTLED_THROUGH, last)
     cons = constraints_of(replica.tracked)
-    relevant = {name: cons.relevant(name, tt.pk_name) for name, tt in replica.tracked.items()}
+    relevant = {name: attrs for name, tt in replica.tracked.items()
+                if (attrs := cons.relevant(name, tt.pk_name))}
+    result = MergeResult()
+    if not relevant:
+        return result
+    ids = [i for i in changelog.transaction_ids(conn, me, since) if i <= last]
     olds: dict[tuple[str, str], dict[str, str | None]] = {}
-    seen_changes, step, i = 0, 1, 0  # the step grows while reads stay small
+    seen, step, i = 0, 1, 0  # the step grows while reads stay small
     while i < len(ids):
         chunk = ids[i:i + step]
         i += len(chunk)
-        read = 0
-        for _, _, changes in changelog.transactions_of(conn, me, chunk):
-            read += len(changes)
-            for c in changes:
-                attrs = relevant.get(c[ROW_ENTITY_TYPE])
-                if attrs and c[ROW_ATTRIBUTE] in attrs:
-                    seen = olds.setdefault((c[ROW_ENTITY_TYPE], c[ROW_ENTITY_ID]), {})
-                    seen.setdefault(c[ROW_ATTRIBUTE], c[ROW_OLD])  # the first: the value before
-        seen_changes += read
-        step = max(1, step // 2) if read > SETTLE_CHANGES // 2 else min(4096, step * 2)
-        if seen_changes >= SETTLE_CHANGES or i == len(ids):
-            meta.put(conn, meta.SETTLED_THROUGH, chunk[-1])
+        stmt = select(c).where(c.c.transaction_id.in_(chunk),
+                               c.c.entity_type.in_(sorted(relevant)))
+        changes = sorted(ch for row in conn.execute(stmt) for ch in changelog.expand(row))
+        for ch in changes:
+            if ch[ROW_ATTRIBUTE] in relevant[ch[ROW_ENTITY_TYPE]]:
+                entity = olds.setdefault((ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID]), {})
+                entity.setdefault(ch[ROW_ATTRIBUTE], ch[ROW_OLD])  # the first: the value before
+        seen += len(changes)
+        step = max(1, step // 2) if len(changes) > SETTLE_CHANGES // 2 else min(500, step * 2)
+        if seen >= SETTLE_CHANGES or i == len(ids):
             result.add(_rederive(replica, conn, set(olds), olds))
-            olds, seen_changes = {}, 0
+            olds, seen = {}, 0
     return result
 
 

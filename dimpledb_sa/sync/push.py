@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from ..core import changelog, meta
 from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
+from ..core.rows import gc_paused
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
@@ -119,7 +120,10 @@ def _push(replica: Replica, remote: Remote, report: SyncReport, phase: Phase
                     "now; its push or the next one takes our transactions", other.describe())
         return None
     try:
-        return _push_leased(replica, remote, report, holder, phase)
+        # the bundles are many short-lived acyclic tuples: collections of the whole heap that
+        # they would trigger find nothing and stall every thread of the app (the GIL)
+        with gc_paused():
+            return _push_leased(replica, remote, report, holder, phase)
     finally:
         lease.release(engine, holder)
 
