@@ -186,6 +186,23 @@ def test_an_authors_key_swapped_after_first_sight_is_rejected(world: World) -> N
     assert set(report.errors) == {a} and "first seen" in report.errors[a]
 
 
+def test_a_signed_file_copied_into_another_authors_folder_pins_nothing(world: World) -> None:
+    """Before ``c`` first sees ``a``, the attacker copies ``b``'s signed manifest into
+    ``a``'s folder: that sync rejects ``a`` (the manifest names ``b``), and once ``a``
+    pushes again, ``c`` takes ``a``'s own key, not ``b``'s."""
+    a, b = world.authors["a"], world.authors["b"]
+    manifest, sig = world.storage.read_manifest(b), world.storage.read_signature(
+        b, MANIFEST_NAME)
+    assert manifest is not None and sig is not None
+    world.storage.write_manifest(a, manifest)
+    world.storage.write_signature(a, MANIFEST_NAME, sig)
+    report, names = world.sync("c")
+    assert names == ["b1"] and set(report.errors) == {a}
+    world.write("a", "a2")
+    report, names = world.sync("c")
+    assert names == ["a1", "a2", "b1"] and report.errors == {}
+
+
 def test_a_revoked_device_is_rejected_and_cannot_read_what_follows(world: World) -> None:
     tool("age")
     assert world.sync("a")[1] == ["a1", "b1"]  # a merged b's files before revoking it
