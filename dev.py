@@ -3,7 +3,7 @@
 
 Needs only a Python >= 3.11 on the machine. Each task first makes `.venv/` (if missing),
 installs the project into it in editable mode with its test extra, then runs in it; the
-first run says what it installs and how long that takes (a few minutes on a fresh
+first run says what it installs and how long that takes (2 to 5 minutes on a fresh
 machine; later runs start at once, until `pyproject.toml` changes). `test` also installs
 the `age` command-line tool (Debian package `age`) and the PostgreSQL server binaries
 (Debian package `postgresql`) when they are missing and the machine allows it (root with
@@ -55,8 +55,8 @@ def ensure_venv() -> None:
     started = time.monotonic()
     if not PY.exists():
         say("first run: setting up .venv/ with the project and its test tools; this takes "
-            "2 to 10 minutes on a fresh machine (downloads, and pip trying versions of boto3 "
-            "and aiobotocore until they match), later runs start at once")
+            "2 to 5 minutes on a fresh machine (mostly downloads and installs), later runs "
+            "start at once")
         say("1/3 creating the virtual environment .venv/ (about 10 s)")
         venv.EnvBuilder(with_pip=True).create(VENV)
     else:

@@ -6,10 +6,12 @@ decrypts, validates and merges them. In the same run, the raw cost of storing th
 information is measured with plain ``sqlite3``: ``executemany`` of the 20,000 final rows
 into a table of the same columns plus the 100,000 change records into a 7-column table
 (primary key on the change id, one index on entity type, entity id, attribute, change id),
-in one transaction on a file. Then: pulling 1,000 changes into a database whose log already
-holds 1,000,000 versus into an empty one, and the storage requests of a no-op sync.
+in one transaction on a file. Then: the cost of signatures (the same push and pull+merge
+with device keys, every file signed and checked, against age X25519 keys, in alternating
+rounds); pulling 1,000 changes into a database whose log already holds 1,000,000 versus
+into an empty one; and the storage requests of a no-op sync.
 
-    python benchmarks/sync.py [--rows 20000] [--big-log 1000000]
+    python benchmarks/sync.py [--rows 20000] [--big-log 1000000] [--signing-rounds 5]
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ class Item(Base):
     note: Mapped[str | None]
 
 
-def device(folder: Path, name: str, remote: Path, key: str) -> dimple.DimpleDb:
+def device(folder: Path, name: str, remote: Path, key: str, **kw: Any) -> dimple.DimpleDb:
     engine = create_engine(f"sqlite:///{folder / name}.db")
-    db = dimple.DimpleDb(engine, Base, remote=str(remote), identity=key)
+    db = dimple.DimpleDb(engine, Base, remote=str(remote), identity=key, **kw)
     db.create_all()
     return db
 
@@ -128,6 +130,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--big-log", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--signing-rounds", type=int, default=5)
     args = ap.parse_args()
     key, _ = generate_identity()
     n_changes = args.rows * 5
@@ -163,6 +166,8 @@ def main() -> None:
         print(f"  pull+merge / raw = {pull / raw:.2f}   target <= 2")
         print(f"  no-op sync requests (one other author): {noop}")
 
+        signing(folder, args, key)
+
         # 1,000 changes into an empty log vs into a log of --big-log changes
         small, big = [], []
         for r in range(args.repeat):
@@ -196,6 +201,39 @@ def main() -> None:
         print(f"  pull 1,000 changes: empty log {s * 1000:.1f} ms, "
               f"{args.big_log:,}-change log {b_ * 1000:.1f} ms, "
               f"ratio {b_ / s:.2f}   target <= 1.5")
+
+
+def signing(folder: Path, args: argparse.Namespace, age_key: str) -> None:
+    """Push and pull+merge with device keys (signed, checked) and with age keys, alternating
+    round by round; medians and their ratios."""
+    (sa, pa), (sb, pb) = dimple.generate_device_key(), dimple.generate_device_key()
+    times: dict[str, dict[str, list[float]]] = {k: {"push": [], "pull": []}
+                                                 for k in ("age", "signed")}
+    for r in range(args.signing_rounds):
+        for kind in ("age", "signed") if r % 2 == 0 else ("signed", "age"):
+            remote = folder / f"remote-sig-{kind}-{r}"
+            if kind == "age":
+                a = device(folder, f"sa-{kind}{r}", remote, age_key)
+                b = device(folder, f"sb-{kind}{r}", remote, age_key)
+            else:
+                a = device(folder, f"sa-{kind}{r}", remote, sa, recipients=[pb])
+                b = device(folder, f"sb-{kind}{r}", remote, sb, recipients=[pa])
+            write_rows(a, args.rows)
+            t, _ = timed_sync(a)
+            times[kind]["push"].append(t)
+            t, rep = timed_sync(b)
+            assert rep.applied == args.rows * 5 and not rep.errors, rep
+            times[kind]["pull"].append(t)
+            a.close()
+            b.close()
+    print(f"\n  signatures, {args.rows * 5:,} changes, median of {args.signing_rounds} "
+          "alternating rounds (device keys: every file signed and checked; age X25519: none)")
+    for step in ("push", "pull"):
+        age_t = statistics.median(times["age"][step])
+        sig_t = statistics.median(times["signed"][step])
+        label = "push" if step == "push" else "pull + merge"
+        print(f"  {label:14}  age {age_t:7.3f}s   signed {sig_t:7.3f}s   "
+              f"ratio {sig_t / age_t:.3f}   target <= 1.10")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,12 @@ def test_verify_checks_signatures(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert call(capsys, "sync", db, remote, "-i", key, "--adopt")[0] == 0
     (author,) = [p.name for p in remote.iterdir()]
     code, out, _ = call(capsys, "verify", remote, "-i", key, "--require-signatures")
+    assert code == 0 and "2 file(s) signed, 0 unsigned" in out  # a device key signs
+    signatures = sorted((remote / author).glob("*.sig"))
+    assert len(signatures) == 2
+    for sig in signatures:
+        sig.unlink()
+    code, out, _ = call(capsys, "verify", remote, "-i", key, "--require-signatures")
     assert code == 1 and out.count("FAIL") == 2 and "not signed" in out
     code, out, _ = call(capsys, "verify", remote, "-i", key)
     assert code == 0 and "all good; 0 file(s) signed, 2 unsigned" in out

@@ -27,6 +27,7 @@ from pgserver import PgServer
 from sqlalchemy import select
 from syncworld import Device, device_set
 
+from dimpledb_sa import generate_device_key
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.clock import HybridClock
 from dimpledb_sa.sync.wire import ChangeRow
@@ -162,8 +163,17 @@ def test_sqlite_and_postgresql_replicas_converge(pg_server: PgServer,
     converge(data, st.sampled_from(KINDS), pg_server)
 
 
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_replicas_converge_with_signatures(data: st.DataObject) -> None:
+    """The same property with every replica on its own device key (every file signed, every
+    file checked against the other replicas' keys, pinned on first sight), encrypted to all."""
+    converge(data, st.just("sqlite"), signed=True)
+
+
 def converge(data: st.DataObject, kinds: st.SearchStrategy[str],
-             server: PgServer | None = None) -> None:
+             server: PgServer | None = None, *, signed: bool = False) -> None:
     n = data.draw(st.integers(3, 5), label="replicas")
     on = data.draw(st.lists(kinds, min_size=n, max_size=n), label="databases")
     if server is not None and "postgresql" not in on:
@@ -173,9 +183,14 @@ def converge(data: st.DataObject, kinds: st.SearchStrategy[str],
     with tempfile.TemporaryDirectory() as tmp:
         made = Databases(Path(tmp), lambda: _need(server))
         try:
-            with device_set(Path(tmp), url, encryption=False, databases=made) as devs:
-                replicas = [devs.new(f"r{i}", clock=HybridClock(), database=on[i])
-                            for i in range(n)]
+            with device_set(Path(tmp), url, encryption=signed, databases=made) as devs:
+                keys = [generate_device_key() for _ in range(n)] if signed else []
+                signing = [{"identity": keys[i][0],
+                            "recipients": [k[1] for j, k in enumerate(keys) if j != i]}
+                           for i in range(n)] if signed else [{} for _ in range(n)]
+                replicas = [devs.new(f"r{i}", clock=HybridClock(), database=on[i],
+                                     **signing[i]) for i in range(n)]
+                assert all(r.db.remote.trust.required for r in replicas) == signed
                 for op in steps:
                     run(replicas[op[1]], op)
                 order = data.draw(st.permutations(range(n)), label="final sync order")

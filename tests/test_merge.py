@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,7 @@ def test_local_ids_sort_after_everything_pulled_from_a_clock_in_the_future(
 ) -> None:
     future = time.time_ns() + 86_400 * 10**9  # a device whose clock is a day ahead
     ahead = devs.new("ahead", clock=HybridClock(now_ns=lambda: future))
-    local = devs.new("local", clock=HybridClock())
+    local = devs.new("local", clock=HybridClock(), max_drift=timedelta(days=2))
     note = Note(title="from the future")
     ahead.add(note, Note(title="also"))
     ahead.edit(Note, note.id, body="later")
@@ -250,7 +251,7 @@ def test_local_ids_sort_after_everything_pulled_from_a_clock_in_the_future(
 
 
 def test_the_clock_moves_past_every_pulled_id_even_out_of_order(devs: Devices) -> None:
-    dev = devs.new("dev", clock=HybridClock())
+    dev = devs.new("dev", clock=HybridClock(), max_drift=timedelta(hours=2))
     f = Forge()
     f.clock = HybridClock(now_ns=lambda: time.time_ns() + 3600 * 10**9)
     eid = str(uuid.uuid4())
@@ -279,11 +280,12 @@ def test_after_a_restart_local_ids_still_sort_after_every_pulled_id(devs: Device
     y_clock.reserve(1)
     tx_y, first_y = y_clock.reserve_runs([1, 1])
     y_changes: list[ChangeRow] = [(first_y, tx_y, "note", eid, "body", None, _json("y"))]
-    dev = devs.new("dev", clock=HybridClock())
+    dev = devs.new("dev", clock=HybridClock(), max_drift=timedelta(hours=2))
     apply(dev, [(tx_x, AUTHORS[0], x_changes), (tx_y, AUTHORS[1], y_changes)])
     newest = max(c[0] for c in x_changes + y_changes)
     devs.close(dev)
-    restarted = devs.new("restarted", file=dev.path, create=False, clock=HybridClock())
+    restarted = devs.new("restarted", file=dev.path, create=False, clock=HybridClock(),
+                         max_drift=timedelta(hours=2))
     restarted.edit(Note, eid, rank=2)
     mine = [c for c in restarted.db.history(Note, eid) if c.author == restarted.db.author_id]
     assert mine and mine[0].id > newest

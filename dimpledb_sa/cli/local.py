@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..core import changelog, conflicts, schema
 from ..core.errors import ConfigurationError, DimpleError, SyncError
+from ..sync import ahead
 from ..sync.wire import decode_manifest
 from .database import (
     db_url,
@@ -286,6 +287,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 h.c.entity_type, h.c.attribute, h.c.reason).order_by(h.c.entity_type,
                                                                      h.c.attribute)))
             kept_out = conflicts.count(conn)
+            early, due = ahead.count(conn), ahead.first_due(conn)
         unpushed, oldest = _unpushed(engine, me)
     finally:
         engine.dispose()
@@ -301,6 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "unpushed": unpushed,
             "held": [{"entity_type": e, "attribute": a, "reason": r, "count": n}
                      for e, a, r, n in held],
+            "held_ahead": {"changes": early, "first_due": due},
             "conflicts": kept_out,
             "cursors": [{"author": a, "last_transaction_id": tx, "synced_at": at}
                         for a, tx, at in cursors],
@@ -312,10 +315,13 @@ def cmd_status(args: argparse.Namespace) -> int:
           + (f" ({when(pushed)})" if pushed else ""))
     print(f"not pushed   {unpushed} of {local} local transaction(s)"
           + (f", oldest from {when(oldest)}" if unpushed else ""))
-    total_held = sum(n for *_, n in held)
+    total_held = sum(n for *_, n in held) + early
     print(f"held         {total_held} change(s)")
     for e, a, r, n in held:
         print(f"               {e}.{a}: {n} ({r})")
+    if early:
+        print(f"               {early} from a clock ahead of this device's (more than "
+              f"max_drift), applied from {when(due)} on")
     print(f"conflicts    {kept_out} change(s) kept out"
           + (f" (`{PROG} conflicts` lists them)" if kept_out else ""))
     print(f"authors      {len(cursors)} pulled from")

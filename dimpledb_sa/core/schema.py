@@ -27,6 +27,9 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   read; for our own author, the notes we published (see :mod:`..sync.notes`).
 - ``dimple_held``: (entity, attribute) pairs whose logged changes this schema could not
   apply yet (unknown table or column, a parent row never seen), with the reason.
+- ``dimple_ahead``: pulled transactions further ahead of local time than ``max_drift``,
+  whole (bundle JSON, author, largest id, change count), until local time catches up (see
+  :mod:`..sync.ahead`).
 - ``dimple_conflicts``: changes the merge keeps out of the tables by a conflict (see
   :mod:`.conflicts`): the entity, the kind, the attribute, the change kept out (id,
   transaction, values), the row it collided with, a hash of the colliding unique key and a
@@ -48,6 +51,7 @@ from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table,
 
 __all__ = [
     "BOOKKEEPING_PREFIX",
+    "ahead",
     "changes",
     "conflicts",
     "cursors",
@@ -136,6 +140,16 @@ held = Table(
     Column("entity_id", String(255), primary_key=True),
     Column("attribute", String(255), primary_key=True),
     Column("reason", String(255), nullable=False),
+)
+
+ahead = Table(
+    "dimple_ahead",
+    metadata,
+    Column("transaction_id", _ID, primary_key=True),
+    Column("author", _ID, nullable=False),
+    Column("newest", _ID, nullable=False, index=True),
+    Column("changes", Integer, nullable=False),
+    Column("body", Text, nullable=False),
 )
 
 conflicts = Table(

@@ -65,7 +65,7 @@ def compact(replica: Replica, remote: Remote) -> int:
 
 def _remove_covered(replica: Replica, remote: Remote, last: str) -> int:
     me, storage = replica.author_id, remote.storage
-    data = storage.read_manifest(me)
+    data = remote.read_manifest(me)
     if data is None:
         return 0
     manifest = decode_manifest(data, me)
@@ -75,7 +75,7 @@ def _remove_covered(replica: Replica, remote: Remote, last: str) -> int:
     if covered:
         kept = tuple(b for b in manifest.bundles if b not in covered)
         new = Manifest(me, manifest.last_transaction_id, utc_now_iso(), kept)
-        storage.write_manifest(me, encode_manifest(new))
+        remote.write_manifest(me, encode_manifest(new))
         remote.own_manifest = new
     listed = {b.filename for b in manifest.bundles if b not in covered}
     removed = 0

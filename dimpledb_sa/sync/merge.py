@@ -15,6 +15,8 @@ bad change never fails the others.
 
 Changes for a table or column this schema lacks stay in the log and are listed in
 ``dimple_held``; :func:`replay_held` re-derives those entities once the schema has them.
+Transactions further ahead of local time than ``max_drift`` are not stored yet but kept
+aside whole (:mod:`.ahead`); :func:`replay_held` merges them once their time has come.
 :func:`settle_local` applies the rules to what this replica's own transactions changed
 (a local delete can orphan rows, a local edit can free a unique value a kept-out row
 waits for) and :func:`retry_refused` retries rows the database refused. This module never
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from ..core import changelog, conflicts, meta, schema
@@ -48,6 +50,7 @@ from ..core.changes import (
 from ..core.constraints import Constraints, constraints_of
 from ..core.errors import DimpleError
 from ..core.rows import chunks, fetch_rows, insert_many
+from . import ahead
 from .plan import PK, Held, TablePlan, steps, winners, write, write_one
 from .resolve import MISSING_PARENT, Excluded, Resolver
 
@@ -117,7 +120,8 @@ def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]
 def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) -> MergeResult:
     """Store and apply pulled ``transactions`` on ``conn`` (inside the caller's transaction)."""
     result = MergeResult()
-    fresh = _fresh(conn, transactions)
+    fresh, later = ahead.split(replica, conn, _fresh(conn, transactions))
+    result.held += later
     if not fresh:
         return result
     incoming: dict[tuple[str, str], list[ChangeRow]] = {}
@@ -127,7 +131,7 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
         result.authors[tx_id] = author
         rows.extend(changelog.pack(changes, incoming))
         newest = max(newest, tx_id, max(c[ROW_ID] for c in changes) if changes else "")
-    replica.clock.observe(newest)
+    replica.clock.observe(newest, max_ahead=replica.max_drift)
     changelog.raise_clock_floor(conn, newest)
     before = changelog.entity_changes(conn, incoming)
     insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh],
@@ -386,22 +390,36 @@ def _rederive(replica: Replica, conn: Connection, keys: set[tuple[str, str]],
 
 def settle_local(replica: Replica, conn: Connection) -> MergeResult:
     """Apply the rules to the entities this replica's own transactions (since the last
-    call) changed in a way the rules look at: keys, unique columns, foreign keys."""
+    call) changed in a way the rules look at: keys, unique columns, foreign keys.
+
+    Runs inside the pull's write transaction, so it reads only what the rules look at: the
+    changes of constrained tables (none at all when no table is constrained), not every
+    local change since the last sync (a large local history would hold the lock)."""
     changelog.fold(conn)
     since = meta.get(conn, meta.SETTLED_THROUGH)
-    txs = changelog.transactions_since(conn, replica.author_on(conn), since)
-    if not txs:
+    me = replica.author_on(conn)
+    t, c = schema.transactions, schema.changes
+    newest = select(func.max(t.c.id)).where(t.c.author == me)
+    last = conn.execute(newest.where(t.c.id > since) if since else newest).scalar()
+    if last is None:
         return MergeResult()
+    meta.put(conn, meta.SETTLED_THROUGH, last)
     cons = constraints_of(replica.tracked)
-    relevant = {name: cons.relevant(name, tt.pk_name) for name, tt in replica.tracked.items()}
+    relevant = {name: attrs for name, tt in replica.tracked.items()
+                if (attrs := cons.relevant(name, tt.pk_name))}
+    if not relevant:
+        return MergeResult()
+    stmt = (select(c).join(t, t.c.id == c.c.transaction_id)
+            .where(t.c.author == me, c.c.transaction_id <= last,
+                   c.c.entity_type.in_(sorted(relevant))))
+    if since:
+        stmt = stmt.where(c.c.transaction_id > since)
+    changes = sorted(ch for row in conn.execute(stmt) for ch in changelog.expand(row))
     olds: dict[tuple[str, str], dict[str, str | None]] = {}
-    for _, _, changes in txs:
-        for c in changes:
-            attrs = relevant.get(c[ROW_ENTITY_TYPE])
-            if attrs and c[ROW_ATTRIBUTE] in attrs:
-                seen = olds.setdefault((c[ROW_ENTITY_TYPE], c[ROW_ENTITY_ID]), {})
-                seen.setdefault(c[ROW_ATTRIBUTE], c[ROW_OLD])  # the first: the value before
-    meta.put(conn, meta.SETTLED_THROUGH, txs[-1][0])
+    for ch in changes:
+        if ch[ROW_ATTRIBUTE] in relevant[ch[ROW_ENTITY_TYPE]]:
+            seen = olds.setdefault((ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID]), {})
+            seen.setdefault(ch[ROW_ATTRIBUTE], ch[ROW_OLD])  # the first: the value before
     return _rederive(replica, conn, set(olds), olds)
 
 
@@ -437,6 +455,9 @@ def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
     h = schema.held
     result = MergeResult()
     conflicts.ensure_table(conn)
+    due = ahead.take_due(replica, conn)  # transactions held ahead whose time has come
+    if due:
+        result.add(merge(replica, conn, due))
     entries = list(conn.execute(select(h.c.entity_type, h.c.entity_id, h.c.attribute,
                                        h.c.reason)))
     ready: set[tuple[str, str]] = set()

@@ -172,7 +172,7 @@ def publish(replica: Replica, remote: Remote, report: SyncReport) -> None:
         return
     news = {tuple(n) for n in now} - {tuple(n) for n in before or []}
     try:
-        remote.storage.write_notes(me, encode_notes(me, [Note(*n) for n in now]))
+        remote.write_notes(me, encode_notes(me, [Note(*n) for n in now]))
         if news:
             _touch_manifest(replica, remote)
     except (OSError, DimpleError, ValueError) as exc:
@@ -185,8 +185,8 @@ def publish(replica: Replica, remote: Remote, report: SyncReport) -> None:
 def _touch_manifest(replica: Replica, remote: Remote) -> None:
     """Write our manifest again, unchanged but for ``last_sync_timestamp``, so that the
     other authors notice our new notes (an unreadable manifest is left to the next push)."""
-    me, storage = replica.author_id, remote.storage
-    data = storage.read_manifest(me)
+    me = replica.author_id
+    data = remote.read_manifest(me)
     try:
         old = decode_manifest(data, me) if data is not None else None
     except RemoteFormatError:
@@ -194,7 +194,7 @@ def _touch_manifest(replica: Replica, remote: Remote) -> None:
         return
     manifest = Manifest(me, old.last_transaction_id if old else None, utc_now_iso(),
                         old.bundles if old else ())
-    storage.write_manifest(me, encode_manifest(manifest))
+    remote.write_manifest(me, encode_manifest(manifest))
     remote.own_manifest = manifest
 
 
@@ -222,7 +222,7 @@ def peer_digests(conn: Connection) -> dict[str, str | None]:
 def read_peer(remote: Remote, author: str, me: str) -> list[Note]:
     """``author``'s notes about our bundles (none when it has no notes file); raises
     ``RemoteFormatError`` (or ``OSError``) when they cannot be read."""
-    data = remote.storage.read_notes(author)
+    data = remote.read_notes(author)
     if data is None:
         return []
     return [n for n in decode_notes(data, author) if n.author == me]
@@ -278,7 +278,7 @@ def _own_listing(remote: Remote, me: str, names: Sequence[str]) -> dict[str, Bun
     any of ``names`` (another handle may have pushed since)."""
     manifest = remote.own_manifest
     if manifest is None or not set(names) <= {b.filename for b in manifest.bundles}:
-        data = remote.storage.read_manifest(me)
+        data = remote.read_manifest(me)
         manifest = decode_manifest(data, me) if data is not None else None
     return {b.filename: b for b in (manifest.bundles if manifest else ())}
 
@@ -286,7 +286,7 @@ def _own_listing(remote: Remote, me: str, names: Sequence[str]) -> dict[str, Bun
 def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
     """Encode, encrypt and overwrite each named bundle of ours that our manifest lists and
     our log can rebuild exactly; the others are logged and skipped."""
-    me, storage = replica.author_id, remote.storage
+    me = replica.author_id
     listed = _own_listing(remote, me, names)
     bundles: list[tuple[str, list[TxRecord]]] = []
     with replica.engine.connect() as conn:
@@ -305,7 +305,7 @@ def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
             bundles.append((name, txs))
         conn.rollback()
     for name, txs in bundles:
-        storage.write_bundle(me, name, remote.cipher.encrypt(encode_bundle(txs)))
+        remote.write_bundle(me, name, remote.cipher.encrypt(encode_bundle(txs)))
     if bundles:
         logger.info("sync: uploaded again %d bundle(s) that other authors could not read",
                     len(bundles))

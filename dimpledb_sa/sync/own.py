@@ -93,7 +93,7 @@ def foreign_bundles(conn: Connection, me: str, manifest: Manifest) -> list[Bundl
 
 def _fetch(remote: Remote, me: str, foreign: Sequence[BundleInfo]) -> list[TxRecord]:
     """The transactions of the foreign bundles, checked against their manifest entries."""
-    blobs = remote.storage.read_bundles(me, [b.filename for b in foreign])
+    blobs = remote.read_bundles(me, [b.filename for b in foreign])
     out: list[TxRecord] = []
     for info in foreign:
         blob = blobs.get(info.filename)

@@ -38,7 +38,7 @@ from ..core import conflicts, meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DecryptionError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
-from . import notes, quarantine, snapshot
+from . import ahead, notes, quarantine, snapshot
 from .merge import (
     APPLY_ERRORS,
     MergeResult,
@@ -51,6 +51,7 @@ from .merge import (
 from .quarantine import Entry, Problem
 from .report_errors import fail
 from .storage import TooLargeError
+from .trust import RevokedSignature
 from .wire import (
     BundleInfo,
     Manifest,
@@ -162,7 +163,7 @@ def _fetch_bundles(remote: Remote, ap: AuthorPull, manifest: Manifest,
     queue = retry + wanted
     for start in range(0, len(queue), BATCH):
         batch = queue[start : start + BATCH]
-        blobs = remote.storage.read_bundles(ap.author, [b.filename for b in batch])
+        blobs = remote.read_bundles(ap.author, [b.filename for b in batch])
         for i, info in enumerate(batch, start):
             got = _read_one(remote.cipher, ap.author, info, blobs.get(info.filename))
             retrying = i < len(retry)
@@ -215,7 +216,12 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``."""
     ap = AuthorPull(author, old)
     try:
-        data = remote.storage.read_manifest(author)
+        try:
+            data = remote.read_manifest(author)
+        except RevokedSignature:
+            if not _revoked_wrote_since(remote, author, cursor):
+                return ap  # a revoked device that wrote nothing we lack: nothing to reject
+            raise
         if data is None:
             return ap
         manifest = decode_manifest(data, author)
@@ -229,6 +235,16 @@ def _fetch_author(remote: Remote, me: str, author: str, cursor: str | None,
     except BaseException as exc:
         ap.errors.append(exc)
     return ap
+
+
+def _revoked_wrote_since(remote: Remote, author: str, cursor: str | None) -> bool:
+    """Whether the manifest of ``author``, signed by a revoked key, lists bundles after our
+    cursor (read unchecked, for that question alone)."""
+    data = remote.storage.read_manifest(author)
+    if data is None:
+        return False
+    manifest = decode_manifest(data, author)
+    return any(cursor is None or b.last_transaction_id > cursor for b in manifest.bundles)
 
 
 def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
@@ -328,9 +344,11 @@ def pull(replica: Replica, remote: Remote, report: SyncReport) -> MergeResult | 
         for ap in pulls:
             _merge_author(replica, conn, ap, result)
         _save(conn, pulls)
+        remote.trust.save_pins(conn)
         replayed = replay_held_in(replica, conn)
         replayed.add(retry_refused(replica, conn))
-        report.held = conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+        report.held = (conn.execute(select(func.count()).select_from(schema.held)).scalar_one()
+                       + ahead.count(conn))
         report.conflicts = conflicts.count(conn)
     for ap in pulls:
         _report(report, ap)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from ..core import changelog, meta
 from ..core.errors import ConfigurationError, DimpleError, RemoteFormatError
+from ..core.rows import gc_paused
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
@@ -104,7 +105,10 @@ def push(replica: Replica, remote: Remote, report: SyncReport) -> Healed | None:
                     "now; its push or the next one takes our transactions", other.describe())
         return None
     try:
-        return _push_leased(replica, remote, report, holder)
+        # the bundles are many short-lived acyclic tuples: collections of the whole heap that
+        # they would trigger find nothing and stall every thread of the app (the GIL)
+        with gc_paused():
+            return _push_leased(replica, remote, report, holder)
     finally:
         lease.release(engine, holder)
 
@@ -151,11 +155,9 @@ def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
     """Our manifest as the remote has it now; ``None`` when there is none or it is
     unreadable (the push then lists every transaction of ours anew)."""
     me = replica.author_id
-    data = remote.storage.read_manifest(me)
-    if data is None:
-        return None
     try:
-        return decode_manifest(data, me)
+        data = remote.read_manifest(me)  # a bad signature is a RemoteFormatError too
+        return None if data is None else decode_manifest(data, me)
     except RemoteFormatError as exc:
         logger.warning("sync: our own manifest is unreadable (%s): writing it anew", exc)
         return None
@@ -164,7 +166,7 @@ def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
 def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
             pushed: str | None, holder: str, report: SyncReport) -> None:
     """Upload our transactions after ``manifest``'s last one, bundle by bundle."""
-    engine, storage, me = replica.engine, remote.storage, replica.author_id
+    engine, me = replica.engine, replica.author_id
     listed = manifest.last_transaction_id if manifest is not None else None
     with engine.connect() as conn:
         ids = changelog.transaction_ids(conn, me, listed)
@@ -182,11 +184,11 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
         data = remote.cipher.encrypt(encode_bundle(txs))
         name = bundle_name(first, last)
         _renew(engine, holder)
-        storage.write_bundle(me, name, data)
+        remote.write_bundle(me, name, data)
         manifest = manifest_with(manifest, me, BundleInfo(name, first, last, len(txs),
                                                           utc_now_iso()))
         _renew(engine, holder)
-        storage.write_manifest(me, encode_manifest(manifest))
+        remote.write_manifest(me, encode_manifest(manifest))
         remote.own_manifest = manifest
         if not lease.record(engine, holder, last):
             raise _LeaseLost

@@ -210,7 +210,7 @@ def write(replica: Replica, remote: Remote) -> str | None:
         if last is None:
             return None
         snap = build(conn, me, last)
-    remote.storage.write_snapshot(me, snap.name, remote.cipher.encrypt(encode(snap)))
+    remote.write_snapshot(me, snap.name, remote.cipher.encrypt(encode(snap)))
     return snap.name
 
 
@@ -235,7 +235,7 @@ def for_pull(remote: Remote, author: str, manifest: Manifest, cursor: str | None
     last = parse_snapshot_name(name)
     if cursor is not None and last <= cursor:
         return None
-    data = remote.storage.read_snapshot(author, name)
+    data = remote.read_snapshot(author, name)
     snap = decode(remote.cipher.decrypt(data), author, name)
     info = BundleInfo(name, snap.transactions[0][0] if snap.transactions else last, last,
                       max(1, len(snap.transactions)), utc_now_iso())

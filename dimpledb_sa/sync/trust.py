@@ -45,8 +45,13 @@ if TYPE_CHECKING:
     from .keys import DeviceKey
     from .storage import Storage
 
-__all__ = ["Trust", "TrustSettings", "apply_recipients", "check_bundles",
+__all__ = ["RevokedSignature", "Trust", "TrustSettings", "apply_recipients", "check_bundles",
            "read_manifest_checked"]
+
+
+class RevokedSignature(SignatureError):
+    """A file signed by a key this replica revoked. A pull tells apart the manifest of a
+    revoked device that wrote nothing new since (nothing to reject) from one that did."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class Trust:
         except SignatureError as e:
             raise SignatureError(f"{where}: {e}") from None
         if key in self.revoked and key != self.own:
-            raise SignatureError(f"{where} is signed by a revoked key ({key})")
+            raise RevokedSignature(f"{where} is signed by a revoked key ({key})")
         if key not in self.trusted:
             raise SignatureError(
                 f"{where} is signed by {key}, which is not among this replica's "

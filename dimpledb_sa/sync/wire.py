@@ -29,6 +29,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..core.changes import ChangeRow, TxRecord
+from ..core.clock import id_problem
 from ..core.errors import RemoteFormatError
 from ..core.rows import gc_paused
 from ..core.values import MAX_VALUE_DEPTH, value_depth
@@ -271,6 +272,9 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
         out = _decode_fast(doc, author)
         if out is None:
             out = _decode_checked(doc, author, where)
+    problem = _id_problem(out)
+    if problem is not None:
+        raise RemoteFormatError(f"{where}: {problem}")
     if name is not None:
         first, last = parse_bundle_name(name)
         if not out:
@@ -281,6 +285,27 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
                 "not the ones its name states"
             )
     return out
+
+
+def _id_problem(txs: Sequence[TxRecord]) -> str | None:
+    """Why one of the transaction or change ids of ``txs`` is not to be believed (see
+    :func:`~dimpledb_sa.core.clock.id_problem`: a UUIDv7 from 2020 on, at most
+    :data:`~dimpledb_sa.core.clock.MAX_ID_AHEAD` ahead), or ``None``. Checked in bulk: the
+    version and variant digits of all ids at once, then the smallest and largest."""
+    ids = [tx[0] for tx in txs]
+    ids += [c[0] for tx in txs for c in tx[2]]
+    if not ids:
+        return None
+    n = len(ids)
+    raw = "".join(ids).encode("ascii")  # canonical UUIDs by now: 36 ASCII characters each
+    if (raw[14::36] == b"7" * n and not raw[19::36].translate(None, b"89ab")
+            and id_problem(min(ids)) is None and id_problem(max(ids)) is None):
+        return None
+    for value in ids:
+        problem = id_problem(value)
+        if problem is not None:
+            return f"id {value} is not believable: {problem}"
+    return None  # pragma: no cover - one of them failed above
 
 
 _GC_PAUSE_BYTES = 1 << 20
