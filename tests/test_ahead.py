@@ -7,6 +7,7 @@ pushing."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from syncworld import Devices, assert_converged, device_set, titles
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core.clock import HybridClock, id_millis, is_uuid7
+from dimpledb_sa.sync.crypto import make_cipher
 from dimpledb_sa.sync.storage import Storage
 from dimpledb_sa.sync.wire import (
     BundleInfo,
@@ -132,3 +134,58 @@ def test_ids_no_clock_could_issue_fail_that_author_and_the_device_keeps_pushing(
         with pytest.raises(dimple.SyncError):
             other.sync()
         assert titles(other) == ["mine", "more"]
+
+
+def test_a_held_transaction_that_cannot_apply_when_due_stops_nothing(devs: Devices) -> None:
+    """Due, a held transaction whose value the schema cannot take stays held (retried at
+    every sync); the other authors' changes still merge."""
+    storage = devs.new("writer").db.storage
+    author = dimple.new_id()
+    tx, c_id, c_title = HybridClock(now_ns=Shifted(DAY)).reserve(3)
+    eid = dimple.new_id()
+    rows = [(c_id, tx, "note", eid, "id", None, json.dumps(eid)),
+            (c_title, tx, "note", eid, "title", None, json.dumps({"not": "a string"}))]
+    name = bundle_name(tx, tx)
+    cipher = make_cipher(identity=devs.identity, recipients=None, passphrase=None,
+                         encryption=True)
+    storage.write_bundle(author, name, cipher.encrypt(encode_bundle([(tx, author, rows)])))
+    storage.write_manifest(author, encode_manifest(manifest_with(
+        None, author, BundleInfo(name, tx, tx, 1, utc_now_iso()))))
+    wall = Shifted()
+    local = devs.new("local", clock=HybridClock(now_ns=wall))
+    other = devs.new("other")
+    assert local.sync().held == 2
+    wall.offset = 2 * DAY
+    other.add(Note(title="fine"))
+    other.sync()
+    report = local.sync()
+    assert report.errors == {} and report.held == 2
+    assert titles(local) == ["fine"]
+    assert local.get(Note, eid) is None
+
+
+@pytest.mark.sqlite_only("restores a database file from a copy")
+def test_a_restored_backup_heals_its_own_transactions_from_a_fast_clock_and_pushes_after(
+        devs: Devices, tmp_path: Path) -> None:
+    """Our own transactions in our folder, written while our clock ran a day ahead, are
+    merged back at once (never held), and what we write next sorts after them: it is
+    pushed, not skipped."""
+    wall = Shifted(DAY)
+    dev = devs.new("dev", clock=HybridClock(now_ns=wall))
+    dev.add(Note(title="before"))
+    dev.sync()
+    backup = tmp_path / "backup.db"
+    shutil.copy(dev.path, backup)
+    dev.add(Note(title="ahead"))
+    dev.sync()
+    devs.close(dev)
+    shutil.copy(backup, dev.path)
+    wall.offset = 0  # the clock fixed, the backup restored
+    restored = devs.new("dev", create=False, clock=HybridClock(now_ns=wall))
+    restored.sync()
+    assert titles(restored) == ["ahead", "before"]
+    restored.add(Note(title="after"))
+    assert restored.sync().pushed == 1
+    other = devs.new("other", max_drift=timedelta(days=2))  # takes the fast clock's too
+    other.sync()
+    assert titles(other) == ["after", "ahead", "before"]

@@ -123,7 +123,10 @@ def world(tmp_path: Path, remote: RemoteSpec) -> World:
     return w
 
 
-@pytest.mark.parametrize("signer", ["unsigned", "attacker", "garbage"])
+@pytest.mark.parametrize(("remote", "signer"), [
+    *[(b, "unsigned") for b in ("memory", "local", "s3")],
+    ("memory", "attacker"), ("memory", "garbage"),
+], indirect=["remote"])
 def test_a_forged_bundle_is_rejected_for_that_author_while_the_others_merge(
         world: World, signer: str) -> None:
     attacker, _ = dimple.generate_device_key()
@@ -181,6 +184,23 @@ def test_an_authors_key_swapped_after_first_sight_is_rejected(world: World) -> N
     a = world.authors["a"]
     assert names == ["a1", "b1", "b2"]
     assert set(report.errors) == {a} and "first seen" in report.errors[a]
+
+
+def test_a_signed_file_copied_into_another_authors_folder_pins_nothing(world: World) -> None:
+    """Before ``c`` first sees ``a``, the attacker copies ``b``'s signed manifest into
+    ``a``'s folder: that sync rejects ``a`` (the manifest names ``b``), and once ``a``
+    pushes again, ``c`` takes ``a``'s own key, not ``b``'s."""
+    a, b = world.authors["a"], world.authors["b"]
+    manifest, sig = world.storage.read_manifest(b), world.storage.read_signature(
+        b, MANIFEST_NAME)
+    assert manifest is not None and sig is not None
+    world.storage.write_manifest(a, manifest)
+    world.storage.write_signature(a, MANIFEST_NAME, sig)
+    report, names = world.sync("c")
+    assert names == ["b1"] and set(report.errors) == {a}
+    world.write("a", "a2")
+    report, names = world.sync("c")
+    assert names == ["a1", "a2", "b1"] and report.errors == {}
 
 
 def test_a_revoked_device_is_rejected_and_cannot_read_what_follows(world: World) -> None:

@@ -90,7 +90,11 @@ def test_check_requires_a_good_trusted_pinned_signature() -> None:
                   revoked=frozenset({d}))
     data = b"stored bytes"
     assert trust.check(A1, BUNDLE, data, sign(s_b, data)) == b
-    assert trust.new_pins == {A1: b}
+    assert trust.new_pins == {} and trust.unconfirmed == {A1: b}  # not pinned before proof
+    with pytest.raises(SignatureError, match="neither is pinned"):
+        trust.check(A1, BUNDLE, data, sign(s_c, data))  # two keys for one unpinned author
+    trust.confirm(A1)
+    assert trust.new_pins == {A1: b} and trust.unconfirmed == {}
     with pytest.raises(SignatureError, match="first seen signed by " + re.escape(b)):
         trust.check(A1, BUNDLE, data, sign(s_c, data))  # another key for the same author
     assert trust.check(A2, BUNDLE, data, sign(s_own, data)) == own  # our own key: trusted
@@ -116,6 +120,7 @@ def test_pins_are_saved_and_enforced_across_syncs(conn: Connection) -> None:
     first = Trust.load(conn, cipher, settings)
     assert first.required and first.signs and set(first.recipients) == {b, c}
     first.check(A1, BUNDLE, b"x", sign(s_b, b"x"))
+    first.confirm(A1)
     first.save_pins(conn)
     assert keyring.pins(conn) == {A1: b}
     later = Trust.load(conn, cipher, TrustSettings())  # recipients= not given: persisted

@@ -31,7 +31,7 @@ from .wire import decode_bundle, encode_bundle
 if TYPE_CHECKING:
     from ..core.replica import Replica
 
-__all__ = ["count", "first_due", "split", "take_due"]
+__all__ = ["count", "first_due", "split", "store", "take_due"]
 
 ahead = schema.ahead
 
@@ -50,22 +50,25 @@ def split(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]
     """``transactions`` less those ahead of the horizon, which are stored; returns what to
     merge now and how many changes were kept aside."""
     horizon = replica.clock.horizon(replica.max_drift)
+    me = replica.author_id
     now: list[TxRecord] = []
-    later: list[tuple[str, str, str, int, str]] = []
-    held = 0
+    later: list[TxRecord] = []
     for tx in transactions:
-        newest = _newest(tx)
-        if newest <= horizon:
-            now.append(tx)
-            continue
-        held += len(tx[2])
-        later.append((tx[0], tx[1], newest, len(tx[2]),
-                      encode_bundle([tx]).decode("utf-8")))
-    if later:
-        if not _ensure(conn):
-            ahead.create(conn)
-        insert_many(conn, ahead, later, ignore_existing=True)
-    return now, held
+        # our own (healing from our folder) are never held: later local ids follow them
+        (now if tx[1] == me or _newest(tx) <= horizon else later).append(tx)
+    store(conn, later)
+    return now, sum(len(tx[2]) for tx in later)
+
+
+def store(conn: Connection, transactions: Sequence[TxRecord]) -> None:
+    """Keep ``transactions`` aside (again) until they are due."""
+    if not transactions:
+        return
+    if not _ensure(conn):
+        ahead.create(conn)
+    insert_many(conn, ahead, [(tx[0], tx[1], _newest(tx), len(tx[2]),
+                               encode_bundle([tx]).decode("utf-8")) for tx in transactions],
+                ignore_existing=True)
 
 
 def take_due(replica: Replica, conn: Connection) -> list[TxRecord]:

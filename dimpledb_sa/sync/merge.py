@@ -69,6 +69,8 @@ APPLY_ERRORS = (StatementError, DimpleError, ValueError, TypeError, ArithmeticEr
 a value no column of this type can hold): callers undo that merge to a savepoint and keep
 the rest. A constraint the database enforces is not among them: such rows are kept out."""
 
+_UNAPPLIABLE = (*APPLY_ERRORS, RecursionError)
+
 _ATTEMPTS = 20  # writes retried with more refused rows kept out before giving up
 
 
@@ -127,12 +129,21 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
     incoming: dict[tuple[str, str], list[ChangeRow]] = {}
     rows: list[changelog.PackedRow] = []
     newest = ""
+    newest_own = ""
+    me = replica.author_id
     for tx_id, author, changes in fresh:
         result.authors[tx_id] = author
         rows.extend(changelog.pack(changes, incoming))
-        newest = max(newest, tx_id, max(c[ROW_ID] for c in changes) if changes else "")
-    replica.clock.observe(newest, max_ahead=replica.max_drift)
-    changelog.raise_clock_floor(conn, newest)
+        last = max(tx_id, max(c[ROW_ID] for c in changes) if changes else "")
+        if author == me:
+            newest_own = max(newest_own, last)
+        else:
+            newest = max(newest, last)
+    if newest:
+        replica.clock.observe(newest, max_ahead=replica.max_drift)
+    if newest_own:  # ours (a restored backup healing): later ids must sort after them
+        replica.clock.observe(newest_own)
+    changelog.raise_clock_floor(conn, max(newest, newest_own))
     before = changelog.entity_changes(conn, incoming)
     insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh],
                 ignore_existing=True)
@@ -451,13 +462,43 @@ def replay_held(replica: Replica, conn: Connection) -> int:
 
 
 def replay_held_in(replica: Replica, conn: Connection) -> MergeResult:
-    """:func:`replay_held` inside the caller's transaction."""
+    """:func:`replay_held` inside the caller's transaction: the transactions held ahead
+    whose time has come, then the entities held for the schema."""
+    conflicts.ensure_table(conn)
+    result = _release_ahead(replica, conn)
+    result.add(_replay_schema_held(replica, conn))
+    return result
+
+
+def _release_ahead(replica: Replica, conn: Connection) -> MergeResult:
+    """Merge the transactions held ahead whose time has come, under a savepoint; when they
+    cannot be applied, one by one: one that still cannot is stored again (retried at every
+    sync, like a bundle set aside) and the others merge."""
+    result = MergeResult()
+    due = ahead.take_due(replica, conn)
+    if not due:
+        return result
+    try:
+        with conn.begin_nested():
+            result.add(merge(replica, conn, due))
+        return result
+    except _UNAPPLIABLE:
+        pass
+    for tx in due:
+        try:
+            with conn.begin_nested():
+                result.add(merge(replica, conn, [tx]))
+        except _UNAPPLIABLE as exc:
+            logger.warning("held transaction %s of %s cannot be applied here (%s): kept, "
+                           "retried at the next sync", tx[0], tx[1], describe(exc))
+            ahead.store(conn, [tx])
+    return result
+
+
+def _replay_schema_held(replica: Replica, conn: Connection) -> MergeResult:
+    """Re-derive the entities ``dimple_held`` lists whose table and columns now exist."""
     h = schema.held
     result = MergeResult()
-    conflicts.ensure_table(conn)
-    due = ahead.take_due(replica, conn)  # transactions held ahead whose time has come
-    if due:
-        result.add(merge(replica, conn, due))
     entries = list(conn.execute(select(h.c.entity_type, h.c.entity_id, h.c.attribute,
                                        h.c.reason)))
     ready: set[tuple[str, str]] = set()

@@ -19,8 +19,9 @@ author when signatures are required (``require_signatures=``, on by default when
 identity is a device key): the file must have a signature, it must verify (SSHSIG,
 namespace ``dimpledb``, over the stored bytes), its key must not be revoked and must be
 an active recipient or our own key, and it must be the key that author was first seen
-with (pinned in ``dimple_signers``; new pins are written with :meth:`Trust.save_pins` in the
-merge's transaction). Any failure is a :class:`~dimpledb_sa.core.errors.SignatureError`
+with (pinned in ``dimple_signers``, once a file it signed proved to be that author's: a
+manifest that decodes for that folder; new pins are written with :meth:`Trust.save_pins` in
+the merge's transaction). Any failure is a :class:`~dimpledb_sa.core.errors.SignatureError`
 naming the file. With signatures not required nothing is checked or pinned.
 
 :func:`read_manifest_checked` and :func:`check_bundles` are the read paths the pull uses.
@@ -33,10 +34,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core import keyring
-from ..core.errors import ConfigurationError, SignatureError
+from ..core.errors import ConfigurationError, RemoteFormatError, SignatureError
 from .keys import ED25519
 from .signing import sign, signature_name, verify
-from .wire import MANIFEST_NAME
+from .wire import MANIFEST_NAME, decode_manifest
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -109,7 +110,12 @@ class Trust:
         self.pins: dict[str, str] = dict(pins or {})
         """Author -> pinned key, as read from ``dimple_signers``."""
         self.new_pins: dict[str, str] = {}
-        """Pins made by :meth:`check` in this sync, for :meth:`save_pins`."""
+        """Pins made in this sync (:meth:`confirm`), for :meth:`save_pins`."""
+        self.unconfirmed: dict[str, str] = {}
+        """Author -> the key a file of that not yet pinned author verified with, until a
+        file it signed proves to be that author's (:meth:`confirm`): a signature covers
+        bytes, not the folder they lie in, so a file copied from another author's folder
+        must not pin its signer for this one."""
 
     @classmethod
     def from_cipher(cls, cipher: Cipher, settings: TrustSettings, *,
@@ -178,7 +184,11 @@ class Trust:
                 "recipients (nor its own key): add it to recipients= to trust that device")
         pinned = self.pins.get(author) or self.new_pins.get(author)
         if pinned is None:
-            self.new_pins[author] = key
+            seen = self.unconfirmed.setdefault(author, key)
+            if seen != key:
+                raise SignatureError(
+                    f"{where} is signed by {key}, but another file of author {author} in "
+                    f"this sync by {seen}: neither is pinned yet, so neither is trusted")
         elif pinned != key:
             raise SignatureError(
                 f"{where} is signed by {key}, but author {author}'s files were first seen "
@@ -186,8 +196,15 @@ class Trust:
                 f"old one with `dimpledb recipients unpin DB {author}`")
         return key
 
+    def confirm(self, author: str) -> None:
+        """A file of ``author`` that :meth:`check` accepted proved to be that author's (its
+        contents name the author: a manifest decoded for that folder): pin its key."""
+        key = self.unconfirmed.pop(author, None)
+        if key is not None and author not in self.pins and author not in self.new_pins:
+            self.new_pins[author] = key
+
     def save_pins(self, conn: Connection) -> None:
-        """Write the pins :meth:`check` made (call it in the merge's transaction)."""
+        """Write the pins :meth:`confirm` made (call it in the merge's transaction)."""
         for author, key in self.new_pins.items():
             self.pins[author] = keyring.pin(conn, author, key)
         self.new_pins.clear()
@@ -210,9 +227,15 @@ def read_manifest_checked(storage: Storage, trust: Trust, author: str) -> bytes 
         if signature is None:
             raise
         data = storage.read_manifest(author)
-        if data is not None:
-            trust.check(author, MANIFEST_NAME, data,
-                        storage.read_signature(author, MANIFEST_NAME))
+        if data is None:
+            return None
+        trust.check(author, MANIFEST_NAME, data,
+                    storage.read_signature(author, MANIFEST_NAME))
+    try:
+        decode_manifest(data, author)  # it names its author: now its signer may be pinned
+    except RemoteFormatError:
+        return data  # the caller's decoding says what is wrong; nothing pinned
+    trust.confirm(author)
     return data
 
 
