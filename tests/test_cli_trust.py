@@ -214,7 +214,8 @@ def test_verify_checks_signatures(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, out, _ = call(capsys, "verify", remote, "-i", key)
     assert code == 1 and "but other files of this author by" in out
     manifest_sig = remote / author / f"{MANIFEST_NAME}.sig"
-    manifest_sig.write_bytes(re.sub(rb"[A-Za-z](?=[A-Za-z0-9+/=]*\n-----END)", b"A",
+    manifest_sig.write_bytes(re.sub(rb"[A-Za-z](?=[A-Za-z0-9+/=]*\n-----END)",
+                                    lambda m: b"B" if m.group() == b"A" else b"A",
                                     manifest_sig.read_bytes(), count=1))
     code, out, _ = call(capsys, "verify", remote, "-i", key)
     assert code == 1 and "bad signature" in out

@@ -26,6 +26,7 @@ of the event they handle.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from .unit_of_work import Capture
 
 __all__ = ["OPTION", "CoreCapture"]
+
+_serials = itertools.count(1)
 
 OPTION = "dimpledb_sa_capture"
 """Execution option: ``True`` on the engine captures its Core DML; ``False`` on a statement or
@@ -92,7 +95,7 @@ class CoreCapture:
         self.replica = capture.replica
         self.engine = capture.engine
         self.tracked = capture.tracked
-        self._key = f"dimpledb_sa.core_capture.{id(self)}"
+        self._key = f"dimpledb_sa.core_capture.{next(_serials)}"  # never reused, unlike id()
         self._sessions: weakref.WeakKeyDictionary[Connection, weakref.ref[Session]] = (
             weakref.WeakKeyDictionary())
 

@@ -5,10 +5,16 @@ engine (Core events), and never removed: a ``DimpleDb`` that is closed or collec
 leaves the registry, so nothing is removed from SQLAlchemy's listener lists while an event
 is being dispatched, and a flush costs the same however many ``DimpleDb`` objects exist.
 
-The registry maps an engine to the :class:`~.unit_of_work.Capture` objects on it (held
-weakly). A session's captures are those of the engines its binds reach, worked out once
-per session and registry change; a session whose class overrides ``get_bind`` (custom
-routing) is offered to every capture, each of which checks the bind itself.
+The registry maps an engine to the :class:`~.unit_of_work.Capture` objects on it (a copy
+made with ``engine.execution_options(...)`` counts as its engine), held weakly: a
+``DimpleDb`` that is dropped unclosed stops capturing when it is collected (a session that
+captured something keeps its capture alive until its transaction ends, so no write loses
+its log). A weak reference's callback, which the collector may run inside any code, only
+bumps a generation counter. A session's captures are those of the engines its binds reach,
+worked out once per session and registry change and cached (weakly too) in
+``session.info``; a session whose class overrides ``get_bind`` (custom routing) is offered
+to every capture, each of which checks the bind itself (so its cost grows with the number of
+``DimpleDb`` objects).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
-from ..core._compat import session_binds
+from ..core._compat import root_engine, session_binds
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -31,8 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["captures_of", "register", "unregister"]
 
 _lock = threading.Lock()
-_by_engine: weakref.WeakKeyDictionary[Engine, list[weakref.ref[Capture]]] = (
-    weakref.WeakKeyDictionary())
+_Refs = list["weakref.ref[Capture]"]
+_by_engine: weakref.WeakKeyDictionary[Engine, _Refs] = weakref.WeakKeyDictionary()
 _generation = 0  # bumped on every registry change: sessions re-derive their captures
 _session_listeners = False
 _core_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -43,40 +49,38 @@ def register(capture: Capture, *, core: bool = False) -> None:
     """Dispatch the session events of ``capture.engine`` (and its Core events when
     ``core``) to ``capture`` while it lives."""
     global _generation
-    engine = capture.engine
+    engine = root_engine(capture.engine)
     with _lock:
         _install_session_listeners()
-        if core and engine not in _core_engines:
-            _install_core_listeners(engine)
-            _core_engines.add(engine)
+        if core and capture.engine not in _core_engines:
+            _install_core_listeners(capture.engine)
+            _core_engines.add(capture.engine)
         refs = [r for r in _by_engine.get(engine, ()) if r() is not None]
-        refs.append(weakref.ref(capture, _forget(engine)))
-        _by_engine[engine] = refs
+        refs.append(weakref.ref(capture, _forget))
+        _by_engine[engine] = refs  # a new list: sessions may be iterating the old one
         _generation += 1
 
 
 def unregister(capture: Capture) -> None:
     """Stop dispatching to ``capture``."""
     global _generation
+    engine = root_engine(capture.engine)
     with _lock:
-        refs = _by_engine.get(capture.engine)
+        refs = _by_engine.get(engine)
         if refs is not None:
-            _by_engine[capture.engine] = [r for r in refs if r() not in (None, capture)]
+            _by_engine[engine] = [r for r in refs if r() not in (None, capture)]
         _generation += 1
 
 
-def _forget(engine: Engine) -> Any:
+def _forget(_ref: Any) -> None:
     # a weakref callback can run inside any code (garbage collection): it only bumps the
-    # generation, the dead reference is skipped and dropped by the next registration
-    def callback(_ref: Any) -> None:
-        global _generation
-        _generation += 1
-
-    return callback
+    # generation; the dead reference is skipped, and dropped by the next registration
+    global _generation
+    _generation += 1
 
 
 def _live(engine: Engine) -> list[Capture]:
-    refs = _by_engine.get(engine)
+    refs = _by_engine.get(root_engine(engine))
     if not refs:
         return []
     return [c for c in (r() for r in refs) if c is not None]
@@ -87,73 +91,86 @@ def captures_of(engine: Engine) -> list[Capture]:
     return _live(engine)
 
 
-def _engine_of(bind: Any) -> Any:
-    return getattr(bind, "engine", bind)
-
-
-def _session_captures(session: Session) -> list[Capture]:
-    info = session.info
-    cached = info.get(_INFO_KEY)
+def _session_captures(session: Session) -> _Refs:
+    """Weak references to the captures a session's events go to (dead ones are skipped)."""
+    cached = session.info.get(_INFO_KEY)
     if cached is not None and cached[0] == _generation and cached[1] is session.bind:
-        found: list[Capture] = cached[2]
+        found: _Refs = cached[2]
         return found
     generation = _generation
     if type(session).get_bind is not Session.get_bind:
         with _lock:
             engines = list(_by_engine.keys())
     else:
-        engines = [_engine_of(b) for b in (session.bind, *session_binds(session).values())
+        engines = [root_engine(b) for b in (session.bind, *session_binds(session).values())
                    if b is not None]
-    found = []
-    for engine in dict.fromkeys(engines):
-        found.extend(_live(engine))
-    info[_INFO_KEY] = (generation, session.bind, found)
+    if len(engines) == 1:  # the common case: the engine's own list, shared
+        found = _by_engine.get(engines[0]) or []
+    else:
+        found = [r for engine in dict.fromkeys(engines) for r in _by_engine.get(engine, ())]
+    session.info[_INFO_KEY] = (generation, session.bind, found)
     return found
 
 
 # -- the Session class listeners -------------------------------------------------------------
 def _before_flush(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
-    for capture in _session_captures(session):
-        capture.before_flush(session)
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.before_flush(session)
 
 
 def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    for capture in _session_captures(session):
-        capture.after_flush(session, flush_context)
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.after_flush(session, flush_context)
 
 
 def _before_commit(session: Session) -> None:
-    for capture in _session_captures(session):
-        capture.before_commit(session)
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.before_commit(session)
 
 
 def _after_commit(session: Session) -> None:
-    for capture in _session_captures(session):
-        capture.after_commit(session)
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.after_commit(session)
 
 
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    for capture in _session_captures(session):
-        capture.after_soft_rollback(session, previous_transaction)
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.after_soft_rollback(session, previous_transaction)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    for capture in _session_captures(session):
-        capture.after_transaction_end(session, transaction)
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.after_transaction_end(session, transaction)
 
 
 def _do_orm_execute(state: ORMExecuteState) -> Any:
     if not (state.is_insert or state.is_update or state.is_delete):
         return None
-    for capture in _session_captures(state.session):
-        result = capture.do_orm_execute(state)
-        if result is not None:
-            return result
+    for ref in _session_captures(state.session):
+        capture = ref()
+        if capture is not None:
+            result = capture.do_orm_execute(state)
+            if result is not None:
+                return result
     return None
 
 
 def _after_begin(session: Session, transaction: SessionTransaction,
                  connection: Connection) -> None:
+    if not _core_engines:  # only Core capture needs to know (no engine opted in)
+        return
     for capture in _live(connection.engine):
         if capture.core is not None:
             capture.core.after_begin(session, connection)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,12 @@ from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 
-from ..core._compat import deleted_states, has_unflushed_changes, modified_states
+from ..core._compat import (
+    deleted_states,
+    has_unflushed_changes,
+    modified_states,
+    root_engine,
+)
 from ..core.changelog import (
     GROUP_NAMES,
     GROUP_NEWS,
@@ -72,6 +78,8 @@ __all__ = ["Capture"]
 
 _MISSING: Any = object()  # a new value the flush expired: read back from the database
 
+_serials = itertools.count(1)
+
 _GC_PAUSE = 256  # flushes and commits this large run with the garbage collector paused
 
 # types of attribute values that are never SQL expressions (the common case, checked first)
@@ -93,12 +101,14 @@ class _Pending:
     saved in ``before_flush`` to ``after_flush``; ``plans`` caches, per mapped class, the
     plans of its tracked tables when bound to our engine (``bind``: that bind); ``rows``
     are the packed rows written at commit; ``committing``: the log was written, so a later
-    flush (another ``before_commit`` listener's) writes its groups straight away.
+    flush (another ``before_commit`` listener's) writes its groups straight away; ``owner``
+    keeps the capture alive until the transaction ends (the listeners hold it weakly).
     """
 
-    __slots__ = ("bind", "cascades", "committing", "entries", "old", "plans", "rows")
+    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "rows")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Capture) -> None:
+        self.owner = owner
         self.entries: list[tuple[SessionTransaction | None, list[Group]]] = []
         self.old: dict[InstanceState[Any], dict[str, Any]] = {}
         self.plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
@@ -122,10 +132,11 @@ class Capture:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.engine = replica.engine
+        self.root = root_engine(replica.engine)  # what sessions bound to a copy reach too
         self.tracked = replica.tracked
         self._plans: dict[Mapper[Any], tuple[MapperPlan, ...]] = {}
         self._class_plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
-        self._key = f"dimpledb_sa.capture.{id(self)}"
+        self._key = f"dimpledb_sa.capture.{next(_serials)}"  # never reused, unlike id()
         self.core: CoreCapture | None = None
         self.cascades = Cascades(self.tracked)
         self._installed = False
@@ -167,12 +178,12 @@ class Capture:
     def bind_for(self, session: Session, mapper: Mapper[Any]) -> Any:
         """The session's bind for ``mapper`` when it reaches our engine, else ``None``."""
         bind = session.get_bind(mapper)
-        return bind if getattr(bind, "engine", bind) is self.engine else None
+        return bind if root_engine(bind) is self.root else None
 
     def _pending(self, session: Session) -> _Pending:
         p: _Pending | None = session.info.get(self._key)
         if p is None:
-            p = session.info[self._key] = _Pending()
+            p = session.info[self._key] = _Pending(self)
         return p
 
     def _session_plans(self, session: Session, pending: _Pending,

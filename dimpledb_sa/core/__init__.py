@@ -1,7 +1,8 @@
 """``core``: the replica's state, shared by every layer above it.
 
 Owns: the tracked tables and their value codecs (:mod:`.tracking`, :mod:`.values`), the
-hybrid clock and ids (:mod:`.clock`), the bookkeeping tables (:mod:`.schema`), the one owner
+hybrid clock and ids (:mod:`.clock`) and the clock floor a local commit starts from
+(:mod:`.floor`), the bookkeeping tables (:mod:`.schema`), the one owner
 of ``dimple_meta`` (:mod:`.meta`) and of the keyring tables (:mod:`.keyring`), the change
 log (:mod:`.changelog`), change records (:mod:`.changes`), the constraints the metadata
 declares (:mod:`.constraints`), the stored conflicts (:mod:`.conflicts`), the signals

@@ -31,6 +31,7 @@ __all__ = [
     "modified_states",
     "owns_lock",
     "result_returns_rows",
+    "root_engine",
     "savepoint_name",
     "session_binds",
     "session_connections",
@@ -85,6 +86,19 @@ def compiled_cache(engine: Engine) -> Any:
     """The engine's own statement cache: the ORM's flush compiles into its mappers' caches,
     which is how Core capture tells a flush's statements from the application's."""
     return engine._compiled_cache
+
+
+def root_engine(bind: Any) -> Any:
+    """The ``Engine`` an engine, connection or ``engine.execution_options(...)`` copy (an
+    ``OptionEngine``) works through: the copy has no public link to the engine it was made
+    from, and capture must treat a session bound to such a copy as bound to the engine (the
+    copy shares its pool, dialect and database)."""
+    engine = getattr(bind, "engine", bind)
+    while True:
+        parent = getattr(engine, "_proxied", None)
+        if parent is None:
+            return engine
+        engine = parent
 
 
 def savepoint_name(tx: NestedTransaction) -> str:

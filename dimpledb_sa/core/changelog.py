@@ -45,6 +45,8 @@ from .changes import (
     change_from_row,
 )
 from .clock import is_next_id, offset_id
+from .floor import issued
+from .floor import start as start_commit
 from .rows import chunks, insert_many
 
 if TYPE_CHECKING:
@@ -117,17 +119,17 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
                 ) -> list[PackedRow]:
     """Issue ids for one local transaction's groups and write it; returns the packed rows.
 
-    The transaction goes to ``dimple_pending`` as one row (see :func:`fold`). The clock first
-    observes the floor kept in ``dimple_meta.clock`` (raised here to the last id issued, and
-    by merges to the newest id pulled: every id the database holds is at or below it), so
-    ids keep growing across restarts, across processes sharing the database and after pulls
-    by any of them. The author id is read in the same query, so a commit made after
-    ``dimpledb reauthor`` by a handle opened before it records the new id. Both rows stay
-    locked until the commit (PostgreSQL; SQLite's write lock does the same), so ids are
-    issued in commit order across processes.
+    The transaction goes to ``dimple_pending`` as one row (see :func:`fold`), with its
+    ``dimple_transactions`` row. The clock first observes the database's clock floor (every
+    id the database holds is at or below it, see :mod:`.floor`), so ids keep growing across
+    restarts, across processes sharing the database and after pulls by any of them; the
+    author id is read with it, so a commit made after ``dimpledb reauthor`` by a handle
+    opened before it records the new id. Ids are issued in commit order across processes:
+    SQLite's write lock is held from the flush's first write, and on PostgreSQL the floor's
+    and author's rows stay locked until the commit.
     """
     clock = replica.clock
-    floor, stored_author = meta.floor_and_author(conn)
+    floor, stored_author = start_commit(conn)
     if floor:
         clock.observe(floor)
     author = replica.author_on(conn, stored_author)
@@ -145,19 +147,34 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
         ))
     last = clock.last
     assert last is not None
-    meta.raise_floor(conn, floor, last)
-    insert_many(conn, schema.transactions, [(tx_id, author)])
-    tables = sorted({g[GROUP_TYPE] for g in groups})
+    issued(conn, floor, last, author)
+    tables = "[" + ",".join([_esc(t) for t in sorted({g[GROUP_TYPE] for g in groups})]) + "]"
     # the body is JSON built by hand: the three arrays are JSON text already
     form = '["%s",%s,%s,%s,%s,%s]'
     body = "[" + ",".join([form % (first, _esc(etype), _esc(eid), names, olds, news)
                            for first, _, etype, eid, names, olds, news in rows]) + "]"
-    p = schema.pending
-    seq = conn.execute(p.insert().values(transaction_id=tx_id, tables=_dumps(tables),
-                                         body=body)).inserted_primary_key
-    if seq and seq[0] is not None and seq[0] % PENDING_LIMIT == 0:
+    seq = _insert_transaction(conn, tx_id, author, tables, body)
+    if seq is not None and seq % PENDING_LIMIT == 0:
         fold(conn)
     return rows
+
+
+_SQLITE_TRANSACTION = "INSERT INTO dimple_transactions (id, author) VALUES (?, ?)"
+_SQLITE_PENDING = "INSERT INTO dimple_pending (transaction_id, tables, body) VALUES (?, ?, ?)"
+
+
+def _insert_transaction(conn: Connection, tx_id: str, author: str, tables: str,
+                        body: str) -> int | None:
+    """Insert a local transaction's two rows; returns its pending ``seq``."""
+    if conn.dialect.name == "sqlite":  # two plain statements, their SQL written once
+        conn.exec_driver_sql(_SQLITE_TRANSACTION, (tx_id, author))
+        seq: int | None = conn.exec_driver_sql(_SQLITE_PENDING, (tx_id, tables, body)).lastrowid
+        return seq
+    insert_many(conn, schema.transactions, [(tx_id, author)])
+    p = schema.pending
+    key = conn.execute(p.insert().values(transaction_id=tx_id, tables=tables, body=body)
+                       ).inserted_primary_key
+    return key[0] if key else None
 
 
 def _array(values: list[Any]) -> str:

@@ -1,15 +1,17 @@
 """``dimple_meta``, the replica's key/value settings: the only module that reads or writes it.
 
 Keys: ``author_id`` (this database's author, created once; changed only by
-:func:`set_author_id`, for ``dimpledb reauthor``), ``clock`` (the clock floor: every id the
-database holds is at or below it, see :mod:`.changelog`), ``pushed_through`` (the last local
+:func:`set_author_id`, for ``dimpledb reauthor``), ``clock`` (raised by merges to the newest
+id pulled, and on databases other than SQLite by every local commit: with the newest log rows
+it makes the clock floor, see :mod:`.floor`), ``pushed_through`` (the last local
 transaction a push uploaded and saw listed in its manifest), ``push_lease`` (which push may
 talk to the remote now, and until when: see :mod:`dimpledb_sa.sync.lease`),
 ``settled_through`` (the last local transaction whose entities the merge's rules have looked
 at, see :mod:`..sync.merge`) and ``history_pruned_before`` (an id: ``prune_history`` may
 have dropped superseded changes older than it, so history before it can no longer be viewed
 or reverted). Every function works on the caller's connection, inside the caller's
-transaction.
+transaction; writing ``clock`` or ``author_id`` also drops what :mod:`.floor` kept for the
+connection (:data:`KEPT_KEY`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .schema import meta
 __all__ = [
     "AUTHOR_ID",
     "CLOCK",
+    "KEPT_KEY",
     "PRUNED_BEFORE",
     "PUSHED_THROUGH",
     "PUSH_LEASE",
@@ -45,6 +48,15 @@ PRUNED_BEFORE = "history_pruned_before"
 SETTLED_THROUGH = "settled_through"
 PUSH_LEASE = "push_lease"
 
+KEPT_KEY = "dimpledb_sa.floor"
+"""The ``Connection.info`` key under which :mod:`.floor` keeps the clock floor and author id
+it read on a SQLite connection."""
+
+
+def _changed(conn: Connection, key: str) -> None:
+    if key in (CLOCK, AUTHOR_ID):
+        conn.info.pop(KEPT_KEY, None)
+
 
 def get(conn: Connection, key: str, *, for_update: bool = False) -> str | None:
     """The value of ``key``, or ``None``; ``for_update`` locks its row until the end of the
@@ -59,18 +71,20 @@ def get(conn: Connection, key: str, *, for_update: bool = False) -> str | None:
 
 def put(conn: Connection, key: str, value: str) -> None:
     """Set ``key`` to ``value``."""
+    _changed(conn, key)
     if conn.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount == 0:
         insert_many(conn, meta, [(key, value)])
 
 
 def remove(conn: Connection, key: str) -> None:
     """Remove ``key`` (nothing happens when it is not set)."""
+    _changed(conn, key)
     conn.execute(delete(meta).where(meta.c.key == key))
 
 
 def floor_and_author(conn: Connection) -> tuple[str | None, str | None]:
-    """The clock floor and the author id, in one query (each ``None`` when not set): what
-    every local commit reads, so that a commit never records a stale author id."""
+    """``clock`` and the author id, in one query (each ``None`` when not set), their rows
+    locked until the transaction ends (PostgreSQL): what :func:`.floor.start` reads."""
     found = dict(conn.execute(select(meta.c.key, meta.c.value)
                               .where(meta.c.key.in_((CLOCK, AUTHOR_ID)))
                               .with_for_update()).all())
@@ -88,6 +102,7 @@ def author_id(conn: Connection) -> str:
     transaction."""
     found = get(conn, AUTHOR_ID)
     if found is None:  # another connection may be creating it too (PostgreSQL): its wins
+        _changed(conn, AUTHOR_ID)
         insert_many(conn, meta, [(AUTHOR_ID, new_id())], ignore_existing=True)
         found = get(conn, AUTHOR_ID)
         assert found is not None
@@ -106,6 +121,7 @@ def raise_floor(conn: Connection, floor: str | None, newest: str) -> None:
 
     Never lowers it, even when another transaction raised it since ``floor`` was read
     (PostgreSQL lets commits run side by side; SQLite's write lock serialises them)."""
+    _changed(conn, CLOCK)
     if floor is None:
         insert_many(conn, meta, [(CLOCK, newest)], ignore_existing=True)
         floor = ""

@@ -74,34 +74,54 @@ def install(conn: Connection, tables: Iterable[str], channel: str) -> list[str]:
 
 class LocalBackends:
     """The server process ids of an engine's connections (noted at checkout, forgotten when
-    they close): notifications they send are this engine's own commits."""
+    they close): notifications they send are this engine's own commits.
+
+    The pool's two listeners are installed once per pool and never removed (a
+    ``LocalBackends`` collected while the pool dispatches an event would otherwise break
+    that dispatch); they note pids in every live ``LocalBackends`` of the pool."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.pids: set[int] = set()
-        ref = weakref.ref(self)
-
-        def on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-            me = ref()
-            pid = _pid(dbapi_conn)
-            if me is not None and pid is not None:
-                me.pids.add(pid)
-
-        def on_close(dbapi_conn: Any, record: Any) -> None:
-            me = ref()
-            pid = _pid(dbapi_conn)
-            if me is not None and pid is not None:
-                me.pids.discard(pid)
-
-        self.listeners: list[tuple[str, Callable[..., Any]]] = [
-            ("checkout", on_checkout), ("close", on_close)]
-        for name, fn in self.listeners:
-            event.listen(engine.pool, name, fn)
+        _watch_pool(engine, self)
 
     def remove(self) -> None:
-        for name, fn in self.listeners:
-            if event.contains(self.engine.pool, name, fn):
-                event.remove(self.engine.pool, name, fn)
+        """Stop noting pids."""
+        found = _by_engine.get(self.engine)
+        if found is not None:
+            found.discard(self)
+
+
+# keyed by engine: ``engine.dispose()`` makes a new pool, which keeps the old one's listeners
+_by_engine: weakref.WeakKeyDictionary[Engine, weakref.WeakSet[LocalBackends]] = (
+    weakref.WeakKeyDictionary())
+_install_lock = threading.Lock()
+
+
+def _watch_pool(engine: Engine, backends: LocalBackends) -> None:
+    with _install_lock:
+        found = _by_engine.get(engine)
+        if found is None:
+            found = _by_engine[engine] = weakref.WeakSet()
+            _install_pool_listeners(engine.pool, found)
+        found.add(backends)
+
+
+def _install_pool_listeners(pool: Any, live: weakref.WeakSet[LocalBackends]) -> None:
+    def on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        pid = _pid(dbapi_conn)
+        if pid is not None:
+            for b in list(live):
+                b.pids.add(pid)
+
+    def on_close(dbapi_conn: Any, record: Any) -> None:
+        pid = _pid(dbapi_conn)
+        if pid is not None:
+            for b in list(live):
+                b.pids.discard(pid)
+
+    event.listen(pool, "checkout", on_checkout)
+    event.listen(pool, "close", on_close)
 
 
 def _pid(dbapi_conn: Any) -> int | None:

@@ -19,7 +19,7 @@ import re
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
@@ -89,30 +89,14 @@ class Watcher:
             self._start_listening(ref)
             return
 
-        def on_cursor(conn: Any, cursor: Any, statement: str, parameters: Any,
-                      context: Any, executemany: bool) -> None:
-            if schema.transactions.name in statement:
-                w = ref()
-                if w is not None:
-                    w._note_insert(statement, parameters, executemany)
-
-        def on_commit(conn: Any) -> None:
-            w = ref()
-            if w is not None:
-                with w._lock:
-                    w._commits += 1
-
-        self._listeners: list[tuple[str, Callable[..., Any]]] = [
-            ("before_cursor_execute", on_cursor), ("commit", on_commit)]
-        for name, fn in self._listeners:
-            event.listen(engine, name, fn)
+        _watch_engine(engine, self)
         self._stop = threading.Event()
         ready = threading.Event()
         failure: list[BaseException] = []
         self._thread = threading.Thread(
             target=_watch, args=(ref, engine, self._stop, interval, ready, failure),
             name="dimpledb-watch-external", daemon=True)
-        weakref.finalize(self, _stop_watching, engine, self._listeners, self._stop)
+        weakref.finalize(self, self._stop.set)
         self._thread.start()
         if not ready.wait(60) or failure:
             self.close()
@@ -128,7 +112,6 @@ class Watcher:
         with engine.begin() as conn:
             install(conn, list(registry.replica.tracked), channel)
         backends = self._backends = LocalBackends(engine)
-        self._listeners = []
         self._stop = threading.Event()
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -176,7 +159,9 @@ class Watcher:
             self._polled.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        _remove_listeners(self._engine, self._listeners)
+        found = _by_engine.get(self._engine)
+        if found is not None:
+            found.discard(self)
         if self._backends is not None:
             self._backends.remove()
         self._registry.watchers.discard(self)
@@ -322,18 +307,44 @@ def _watch(ref: weakref.ref[Watcher], engine: Engine, stop: threading.Event, int
             logger.debug("watch_external: closing the connection failed", exc_info=True)
 
 
-def _remove_listeners(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]]) -> None:
-    for name, fn in listeners:
-        if event.contains(engine, name, fn):
-            event.remove(engine, name, fn)
-
-
 def _stop_listening(backends: LocalBackends, stop: threading.Event) -> None:
     stop.set()
     backends.remove()
 
 
-def _stop_watching(engine: Engine, listeners: list[tuple[str, Callable[..., Any]]],
-                   stop: threading.Event) -> None:
-    stop.set()
-    _remove_listeners(engine, listeners)
+# -- the engine listeners: once per engine, never removed ------------------------------------
+# An unclosed watcher is collected at any time, maybe while its engine is dispatching an
+# event; removing a listener then breaks that dispatch ("deque mutated during iteration").
+# So each engine gets its two listeners once, and they look up its live watchers (held in a
+# WeakSet, which defers removals while it is iterated).
+_by_engine: weakref.WeakKeyDictionary[Engine, weakref.WeakSet[Watcher]] = (
+    weakref.WeakKeyDictionary())
+_install_lock = threading.Lock()
+
+
+def _watch_engine(engine: Engine, watcher: Watcher) -> None:
+    """Send ``engine``'s inserts of transactions and its commits to ``watcher`` too."""
+    with _install_lock:
+        found = _by_engine.get(engine)
+        if found is None:
+            found = _by_engine[engine] = weakref.WeakSet()
+            _install(engine, found)
+        found.add(watcher)
+
+
+def _install(engine: Engine, watchers: weakref.WeakSet[Watcher]) -> None:
+    name = schema.transactions.name
+
+    def on_cursor(conn: Any, cursor: Any, statement: str, parameters: Any,
+                  context: Any, executemany: bool) -> None:
+        if watchers and name in statement:
+            for w in list(watchers):
+                w._note_insert(statement, parameters, executemany)
+
+    def on_commit(conn: Any) -> None:
+        for w in list(watchers):
+            with w._lock:
+                w._commits += 1
+
+    event.listen(engine, "before_cursor_execute", on_cursor)
+    event.listen(engine, "commit", on_commit)
