@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from models import Note
 from syncworld import Devices, assert_converged, device_set, titles
 
 import dimpledb_sa as dimple
+from dimpledb_sa.core.changes import ChangeRow
 from dimpledb_sa.core.clock import HybridClock, id_millis, is_uuid7
 from dimpledb_sa.sync.crypto import make_cipher
 from dimpledb_sa.sync.storage import Storage
@@ -43,6 +45,21 @@ class Shifted:
 
     def __call__(self) -> int:
         return time.time_ns() + self.offset
+
+
+def plant_note(storage: Storage, author: str, ids: Sequence[str], title: object,
+               encrypt: Callable[[bytes], bytes] = bytes) -> str:
+    """A bundle of ``author`` inserting a note with ``title`` under the (transaction,
+    change, change) ``ids``, listed in a new manifest; returns the note's id."""
+    tx, c_id, c_title = ids
+    eid = dimple.new_id()
+    rows: list[ChangeRow] = [(c_id, tx, "note", eid, "id", None, json.dumps(eid)),
+                             (c_title, tx, "note", eid, "title", None, json.dumps(title))]
+    name = bundle_name(tx, tx)
+    storage.write_bundle(author, name, encrypt(encode_bundle([(tx, author, rows)])))
+    storage.write_manifest(author, encode_manifest(manifest_with(
+        None, author, BundleInfo(name, tx, tx, 1, utc_now_iso()))))
+    return eid
 
 
 def test_changes_from_a_clock_a_day_ahead_are_held_until_local_time_catches_up(
@@ -108,14 +125,7 @@ def test_ids_no_clock_could_issue_fail_that_author_and_the_device_keeps_pushing(
         tx, cid, cname = HybridClock(now_ns=lambda: ms * 10**6).reserve(3)
     if when == "not v7":
         tx, cid, cname = (i[:14] + "4" + i[15:] for i in (tx, cid, cname))
-    eid = dimple.new_id()
-    rows = [(cid, tx, "note", eid, "id", None, json.dumps(eid)),
-            (cname, tx, "note", eid, "title", None, json.dumps("forged"))]
-    data = encode_bundle([(tx, author, rows)])
-    name = bundle_name(tx, tx)
-    storage.write_bundle(author, name, data)
-    storage.write_manifest(author, encode_manifest(manifest_with(
-        None, author, BundleInfo(name, tx, tx, 1, utc_now_iso()))))
+    plant_note(storage, author, (tx, cid, cname), "forged")
     with device_set(tmp_path, remote.url, remote.storage_options, encryption=False) as devs:
         dev, other = devs.new("dev", clock=HybridClock()), devs.new("other",
                                                                      clock=HybridClock())
@@ -141,16 +151,10 @@ def test_a_held_transaction_that_cannot_apply_when_due_stops_nothing(devs: Devic
     every sync); the other authors' changes still merge."""
     storage = devs.new("writer").db.storage
     author = dimple.new_id()
-    tx, c_id, c_title = HybridClock(now_ns=Shifted(DAY)).reserve(3)
-    eid = dimple.new_id()
-    rows = [(c_id, tx, "note", eid, "id", None, json.dumps(eid)),
-            (c_title, tx, "note", eid, "title", None, json.dumps({"not": "a string"}))]
-    name = bundle_name(tx, tx)
     cipher = make_cipher(identity=devs.identity, recipients=None, passphrase=None,
                          encryption=True)
-    storage.write_bundle(author, name, cipher.encrypt(encode_bundle([(tx, author, rows)])))
-    storage.write_manifest(author, encode_manifest(manifest_with(
-        None, author, BundleInfo(name, tx, tx, 1, utc_now_iso()))))
+    eid = plant_note(storage, author, HybridClock(now_ns=Shifted(DAY)).reserve(3),
+                     {"not": "a string"}, cipher.encrypt)
     wall = Shifted()
     local = devs.new("local", clock=HybridClock(now_ns=wall))
     other = devs.new("other")
