@@ -25,7 +25,7 @@ from sqlalchemy import Connection, delete, func, inspect, select
 
 from ..core import schema
 from ..core.changes import ROW_ID, TxRecord
-from ..core.rows import insert_many
+from ..core.rows import chunks, insert_many
 from .wire import decode_bundle, encode_bundle
 
 if TYPE_CHECKING:
@@ -80,9 +80,10 @@ def take_due(replica: Replica, conn: Connection) -> list[TxRecord]:
                         .where(ahead.c.newest <= horizon)
                         .order_by(ahead.c.transaction_id)).all()
     out: list[TxRecord] = []
-    for tx_id, author, body in rows:
+    for _, author, body in rows:
         out.extend(decode_bundle(body.encode("utf-8"), author))
-        conn.execute(delete(ahead).where(ahead.c.transaction_id == tx_id))
+    for chunk in chunks([tx_id for tx_id, _, _ in rows]):
+        conn.execute(delete(ahead).where(ahead.c.transaction_id.in_(chunk)))
     return out
 
 
