@@ -280,3 +280,16 @@ class OldItem(OldSyncBase):
     id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
     folder_id: Mapped[str] = mapped_column(ForeignKey("folder.id"))
     label: Mapped[str]
+
+
+# --------------------------------------------------------------------------- background sync
+# test_background, test_background_signals: one table of short texts
+
+class TextBase(DeclarativeBase):
+    pass
+
+
+class TextNote(TextBase):
+    __tablename__ = "note"
+    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
+    text: Mapped[str]

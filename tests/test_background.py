@@ -15,24 +15,15 @@ from typing import Any
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
+from models import TextBase as Base
+from models import TextNote as Note
 from sqlalchemy import create_engine, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dimpledb_sa as dimple
 from dimpledb_sa.sync.background import BackgroundSync
 from dimpledb_sa.sync.crypto import generate_identity
 
 WAIT = 30.0  # only ever reached when something is broken
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Note(Base):
-    __tablename__ = "note"
-    id: Mapped[str] = mapped_column(primary_key=True, default=dimple.new_id)
-    text: Mapped[str]
 
 
 class FlakyFS(MemoryFileSystem):  # type: ignore[misc]
