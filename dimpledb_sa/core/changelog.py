@@ -44,10 +44,11 @@ from .changes import (
     TxRecord,
     change_from_row,
 )
-from .clock import is_next_id, offset_id
+from .clock import is_next_id, run_ids
 from .floor import issued
 from .floor import start as start_commit
 from .rows import chunks, insert_many
+from .values import json_texts
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -108,7 +109,7 @@ def json_array(texts: Sequence[str | None]) -> str:
 
 
 def _texts(array_json: str) -> list[str | None]:
-    return [None if v is None else _dumps(v) for v in _loads(array_json)]
+    return json_texts(_loads(array_json))
 
 
 PENDING_LIMIT = 256
@@ -178,13 +179,20 @@ def _insert_transaction(conn: Connection, tx_id: str, author: str, tables: str,
 
 
 def _array(values: list[Any]) -> str:
-    return json_array([None if v is None else _dumps(v) for v in values])
+    return json_array(json_texts(values))
 
 
 def _unpack(tx_id: str, body: str) -> list[PackedRow]:
     """The packed rows of a pending body, with the canonical text of each array."""
-    return [(first, tx_id, etype, eid, _dumps(names), _array(olds), _array(news))
-            for first, etype, eid, names, olds, news in _loads(body)]
+    names_json: dict[tuple[str, ...], str] = {}  # a transaction repeats a few lists
+    out: list[PackedRow] = []
+    for first, etype, eid, names, olds, news in _loads(body):
+        key = tuple(names)
+        text = names_json.get(key)
+        if text is None:
+            text = names_json[key] = _dumps(names)
+        out.append((first, tx_id, etype, eid, text, _array(olds), _array(news)))
+    return out
 
 
 def fold(conn: Connection, limit: int | None = None) -> int:
@@ -284,11 +292,10 @@ def expand(row: Sequence[Any]) -> list[ChangeRow]:
     """The per-attribute change records of one packed row."""
     first, tx, etype, eid, names_json, olds_json, news_json = row[:7]
     names = _loads(names_json)
-    olds = _texts(olds_json)
-    news = _texts(news_json)
     return [
-        (offset_id(first, k), tx, etype, eid, names[k], olds[k], news[k])
-        for k in range(len(names))
+        (cid, tx, etype, eid, name, old, new)
+        for cid, name, old, new in zip(run_ids(first, len(names)), names, _texts(olds_json),
+                                       _texts(news_json), strict=True)
     ]
 
 
@@ -371,8 +378,7 @@ def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> lis
     by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
     twice: set[str] = set()
     for chunk in chunks(tx_ids):
-        pending = {prow[ROW_TRANSACTION] for prow in
-                   _collect(by_tx, pending_rows(conn, transaction_ids=chunk))}
+        pending = _pending_changes(conn, chunk, by_tx)
         # fetched before expanding: the statement (and SQLite's shared lock) ends at once
         for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))).all():
             if row[ROW_TRANSACTION] in pending:
@@ -388,10 +394,21 @@ def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> lis
     return out
 
 
-def _collect(by_tx: dict[str, list[ChangeRow]], rows: list[PackedRow]) -> list[PackedRow]:
-    for row in rows:
-        by_tx[row[ROW_TRANSACTION]].extend(expand(row))
-    return rows
+def _pending_changes(conn: Connection, tx_ids: Sequence[str],
+                     by_tx: dict[str, list[ChangeRow]]) -> set[str]:
+    """Add the changes of those of ``tx_ids`` still pending to ``by_tx`` (what
+    :func:`expand` makes of :func:`pending_rows`, each body parsed once); returns their
+    ids."""
+    p = schema.pending
+    found = conn.execute(select(p.c.transaction_id, p.c.body)
+                         .where(p.c.transaction_id.in_(list(tx_ids)))).all()
+    for tx, body in found:
+        out = by_tx[tx]
+        for first, etype, eid, names, olds, news in _loads(body):
+            out.extend((cid, tx, etype, eid, name, old, new) for cid, name, old, new in zip(
+                run_ids(first, len(names)), names, json_texts(olds), json_texts(news),
+                strict=True))
+    return {tx for tx, _ in found}
 
 
 def transactions_since(conn: Connection, author: str, after: str | None, *,

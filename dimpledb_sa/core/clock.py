@@ -55,6 +55,7 @@ __all__ = [
     "new_id",
     "offset_id",
     "parse_id",
+    "run_ids",
 ]
 
 ID_EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
@@ -289,6 +290,37 @@ def offset_id(first: str, k: int) -> str:
     if counter > _COUNTER_MAX:
         raise ValueError(f"id run starting at {first} overflows its counter")
     return _format(_compose(ms, counter, n & ((1 << _RAND_BITS) - 1)))
+
+
+_HEX3 = ["%03x" % i for i in range(0x1000)]  # noqa: UP031
+
+
+def run_ids(first: str, count: int) -> list[str]:
+    """``[offset_id(first, k) for k in range(count)]``, the ids of a packed run: for a
+    canonical UUIDv7 ``first``, the counter's three hex fields are read and written in the
+    text (the other digits stay as they are)."""
+    if count <= 1:
+        return [first] if count == 1 else []
+    if not (len(first) == 36 and first[14] == "7" and first[19] in "89ab"
+            and first.islower()):
+        return [offset_id(first, k) for k in range(count)]
+    # the counter: 12 bits after the version digit, 14 after the variant bits (0b10),
+    # 12 opening the last group (before its 36 random bits)
+    counter = ((int(first[15:18], 16) << _LO_BITS) | ((int(first[19:23], 16) & 0x3FFF) << 12)
+               | int(first[24:27], 16))
+    if counter + count - 1 > _COUNTER_MAX:
+        raise ValueError(f"id run starting at {first} overflows its counter")
+    low = counter & 0xFFF
+    if low + count <= 0x1000:  # only the last field moves (the common case)
+        head, tail = first[:24], first[27:]
+        return [first] + [head + h + tail for h in _HEX3[low + 1 : low + count]]
+    fmt = first[:15] + "%03x-%04x-%03x" + first[27:]
+    out = [first]
+    append = out.append
+    for c in range(counter + 1, counter + count):
+        lo = 0x8000000 | (c & _LO_MASK)
+        append(fmt % (c >> _LO_BITS, lo >> 12, lo & 0xFFF))
+    return out
 
 
 def is_next_id(prev: str, nxt: str) -> bool:

@@ -58,7 +58,7 @@ import decimal
 import enum
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -66,8 +66,8 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
-__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "loads",
-           "unsafe_reason", "value_depth"]
+__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "json_texts",
+           "loads", "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -80,6 +80,28 @@ MAX_VALUE_DEPTH = 64
 format constant, the same on every replica (``docs/FORMAT.md``, Limits)."""
 
 _CONTAINERS = (list, tuple, dict)
+
+_BOOL_JSON = {True: "true", False: "false"}
+
+
+def _float_json(f: float) -> str:
+    # json.dumps spells finite floats as float.__repr__ does; NaN and infinities its own way
+    return float.__repr__(f) if f - f == 0.0 else json.dumps(f)
+
+
+_SCALAR_JSON: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    float: _float_json,
+    bool: _BOOL_JSON.__getitem__,
+}
+
+
+def json_texts(values: Iterable[Any]) -> list[str | None]:
+    """``[None if v is None else json.dumps(v) for v in values]``, the same texts, with the
+    scalars spelled by the C functions ``json.dumps`` itself ends in (one call each)."""
+    to_json = _SCALAR_JSON.get
+    return [None if v is None else to_json(type(v), dumps)(v) for v in values]
 
 
 def value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> int:

@@ -80,12 +80,18 @@ _CHANGE_OVERHEAD = 190
 _READ_CHANGES = 10_000
 """About how many changes one read transaction of a push reads."""
 
-_FOLD_ROWS = 2_000
-"""About how many packed rows one of a push's fold transactions moves."""
+_FOLD_HOLD = 0.04
+"""About how long (seconds) one of a push's fold transactions may hold the write lock: the
+number of pending transactions each one folds doubles while they take less than half of
+this, and halves when one takes more."""
 
-_FOLD_PAUSE = 0.15
-"""Seconds between two of a push's fold transactions that moved many rows (SQLite's busy
-handler retries a waiting writer every 100 ms at most)."""
+_FOLD_GAP = 0.05
+"""Seconds from the end of a push's fold transaction (one that held the lock for more than
+a quarter of :data:`_FOLD_HOLD`) to the start of the next. SQLite's default busy handler
+retries a waiting writer after 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, then every 100 ms:
+a commit that has waited less than 228 ms (one fold transaction, at most) retries within
+any 50 ms, so it gets in during the gap. The push's own work (reading, encoding,
+uploading) fills the gaps; it sleeps only for what is left of one."""
 
 CLEAN_EVERY = 3600.0
 """Seconds between two clean-ups of stale temporary files by the same handle."""
@@ -130,8 +136,17 @@ def _push(replica: Replica, remote: Remote, report: SyncReport, phase: Phase
 
 def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: str,
                  phase: Phase) -> Healed | None:
+    folder = _Folder(replica.engine)
+    try:
+        return _push_folding(replica, remote, report, holder, phase, folder)
+    finally:
+        folder.finish()
+
+
+def _push_folding(replica: Replica, remote: Remote, report: SyncReport, holder: str,
+                  phase: Phase, folder: _Folder) -> Healed | None:
     healed: Healed | None = None
-    _fold(replica.engine)
+    folder.step()
     try:
         with replica.engine.connect() as conn:
             stored = meta.get(conn, meta.AUTHOR_ID)
@@ -154,7 +169,7 @@ def _push_leased(replica: Replica, remote: Remote, report: SyncReport, holder: s
                 conn.rollback()
             if foreign:
                 healed = resolve(replica, remote, manifest, foreign, report)
-        _upload(replica, remote, manifest, pushed, holder, report, phase)
+        _upload(replica, remote, manifest, pushed, holder, report, phase, folder)
     except ConfigurationError:
         raise
     except _LeaseLost:
@@ -179,8 +194,10 @@ def _read_manifest(replica: Replica, remote: Remote) -> Manifest | None:
 
 
 def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
-            pushed: str | None, holder: str, report: SyncReport, phase: Phase) -> None:
-    """Upload our transactions after ``manifest``'s last one, bundle by bundle."""
+            pushed: str | None, holder: str, report: SyncReport, phase: Phase,
+            folder: _Folder) -> None:
+    """Upload our transactions after ``manifest``'s last one, bundle by bundle (``folder``
+    folds between reads and uploads)."""
     engine, me = replica.engine, replica.author_id
     listed = manifest.last_transaction_id if manifest is not None else None
     with engine.connect() as conn:
@@ -196,7 +213,7 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
         return
     phase.grow(len(ids))
     limit = remote.storage.max_stored_bundle_bytes
-    for txs, data in _stored(remote, _bundles(replica, ids, limit // 2), limit):
+    for txs, data in _stored(remote, _bundles(replica, ids, limit // 2, folder), limit):
         first, last = txs[0][0], txs[-1][0]
         name = bundle_name(first, last)
         _renew(engine, holder)
@@ -210,6 +227,7 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
             raise _LeaseLost
         report.pushed += len(txs)
         phase.advance(len(txs))
+        folder.step()
     _clean(remote, me)
 
 
@@ -234,11 +252,12 @@ def _stored(remote: Remote, bundles: Iterable[list[TxRecord]], limit: int
             yield part, data
 
 
-def _bundles(replica: Replica, ids: Sequence[str], max_bytes: int = MAX_BUNDLE_BYTES
-             ) -> Iterator[list[TxRecord]]:
+def _bundles(replica: Replica, ids: Sequence[str], max_bytes: int = MAX_BUNDLE_BYTES,
+             folder: _Folder | None = None) -> Iterator[list[TxRecord]]:
     """The transactions ``ids`` as bundles of at most ``MAX_BUNDLE_CHANGES`` changes and
     about ``min(MAX_BUNDLE_BYTES, max_bytes)`` bytes of JSON, read a few at a time, each
-    read on its own (no transaction is held between reads)."""
+    read on its own (no transaction is held between reads; ``folder`` folds between
+    them)."""
     max_bytes = min(MAX_BUNDLE_BYTES, max_bytes)
     me, engine = replica.author_id, replica.engine
     batch: list[TxRecord] = []
@@ -250,6 +269,8 @@ def _bundles(replica: Replica, ids: Sequence[str], max_bytes: int = MAX_BUNDLE_B
         with engine.connect() as conn:
             txs = changelog.transactions_of(conn, me, chunk)
             conn.rollback()
+        if folder is not None:
+            folder.step()
         read = sum(len(t[2]) for t in txs)
         if read > 2 * _READ_CHANGES:
             step = max(1, step // 2)
@@ -273,36 +294,62 @@ def _json_size(tx: TxRecord) -> int:
                      + len(c[6] or "null") + _CHANGE_OVERHEAD for c in tx[2])
 
 
-def _fold(engine: Engine) -> None:
-    """Fold what is pending into the indexed log in short write transactions (a few
-    transactions each, unpacked before the lock is taken), so that no later commit has a
-    large backlog to fold; between two,
-    a pause longer than SQLite's busy-handler retry period lets a waiting commit in (back to
-    back, they could starve it)."""
-    with engine.connect() as conn:
-        through = changelog.last_pending(conn)  # what was pending when the push began
-        conn.rollback()
-    if through is None:
-        return  # nothing pending: no write transaction at all
-    step, folded = 1, False
-    while True:
-        with engine.connect() as conn:  # unpacked with no lock held
-            unpacked = changelog.unpacked_pending(conn, step, through)
+class _Folder:
+    """Folds what was pending when the push began into the indexed log, in short write
+    transactions (a few pending transactions each, unpacked before the lock is taken) with
+    gaps of :data:`_FOLD_GAP` between them, so that no later commit has a large backlog to
+    fold and a waiting commit gets in between two of them. :meth:`step` folds once when the
+    gap has passed (the push calls it between its reads and uploads, whose work fills the
+    gaps); :meth:`finish` folds the rest, sleeping what is left of each gap, then, in
+    SQLite's WAL mode, checkpoints passively."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        with engine.connect() as conn:
+            self.through = changelog.last_pending(conn)  # what was pending at the start
+            conn.rollback()
+        self.done = self.through is None  # nothing pending: no write transaction at all
+        self.size = 1  # pending transactions per fold transaction
+        self.ready_at = 0.0  # time.monotonic() from which the next may start
+        self.folded = False
+
+    def step(self, wait: bool = False) -> bool:
+        """Fold once if the gap has passed (``wait``: sleep what is left of it, after the
+        unpacking); returns whether anything may be left to fold."""
+        if self.done:
+            return False
+        if not wait and time.monotonic() < self.ready_at:
+            return True
+        with self.engine.connect() as conn:  # unpacked with no lock held
+            unpacked = changelog.unpacked_pending(conn, self.size, self.through)
             conn.rollback()
         if not unpacked:
-            if folded:
-                _checkpoint(engine)
-            return
-        with engine.begin() as conn:
+            self.done = True
+            if self.folded:
+                _checkpoint(self.engine)
+            return False
+        rest = self.ready_at - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
+        start = time.monotonic()
+        with self.engine.begin() as conn:
             meta.take_write_lock(conn)
-            moved = changelog.fold_unpacked(conn, unpacked)
-        folded = True
-        if moved < _FOLD_ROWS // 2:
-            step = min(256, step * 2)  # a short transaction: the next one may follow at once
-            continue
-        if moved > _FOLD_ROWS:
-            step = max(1, step // 2)
-        time.sleep(_FOLD_PAUSE)
+            changelog.fold_unpacked(conn, unpacked)
+        end = time.monotonic()
+        self.folded = True
+        held = end - start
+        if held < _FOLD_HOLD / 2:
+            self.size = min(256, self.size * 2)
+        elif held > _FOLD_HOLD:
+            self.size = max(1, self.size // 2)
+        # a short transaction may be followed at once (the size doubles, so few are)
+        self.ready_at = end + _FOLD_GAP if held > _FOLD_HOLD / 4 else end
+        return True
+
+    def finish(self) -> None:
+        """Fold the rest (see the class docstring)."""
+        while self.step(wait=True):
+            pass
 
 
 def _checkpoint(engine: Engine) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, repeat
@@ -33,7 +33,7 @@ from ..core.changes import ChangeRow, TxRecord
 from ..core.clock import id_problem
 from ..core.errors import RemoteFormatError
 from ..core.rows import gc_paused
-from ..core.values import MAX_VALUE_DEPTH, value_depth
+from ..core.values import MAX_VALUE_DEPTH, json_texts, value_depth
 from .compress import gunzip_bounded, gzip_bytes, is_gzip
 
 __all__ = [
@@ -333,20 +333,6 @@ _HEX_DASH = b"0123456789abcdef-"
 
 _GET_TX = itemgetter(*_TX_KEYS)
 _GET_CHANGE = itemgetter(*_CHANGE_KEYS)
-_BOOL_JSON = {True: "true", False: "false"}
-
-
-def _float_json(f: float) -> str:
-    # json.dumps spells finite floats as float.__repr__ does; NaN and infinities its own way
-    return float.__repr__(f) if f - f == 0.0 else json.dumps(f)
-
-
-_TO_JSON: dict[type, Callable[[Any], str]] = {
-    str: _esc,
-    int: int.__repr__,
-    float: _float_json,
-    bool: _BOOL_JSON.__getitem__,
-}
 
 
 def _all_uuids(ids: tuple[Any, ...]) -> bool:
@@ -374,8 +360,6 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
     n = len(doc)
     if not n:
         return []
-    dumps = json.dumps
-    to_json = _TO_JSON.get
     try:
         if list(map(len, doc)).count(3) != n:
             return None
@@ -409,8 +393,8 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
         return None
     if _too_deep(olds) or _too_deep(news):
         return None
-    old_json = [None if v is None else to_json(type(v), dumps)(v) for v in olds]
-    new_json = [None if v is None else to_json(type(v), dumps)(v) for v in news]
+    old_json = json_texts(olds)
+    new_json = json_texts(news)
     rows = list(zip(ids, ctids, etypes, eids, attrs, old_json, new_json, strict=True))
     out: list[TxRecord] = []
     pos = 0
