@@ -19,6 +19,7 @@ get here: :mod:`.wire` refuses the bundle holding them, for that author only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, delete, func, inspect, select
@@ -42,7 +43,7 @@ def _ensure(conn: Connection) -> bool:
 
 
 def _newest(tx: TxRecord) -> str:
-    return max(tx[0], max((c[ROW_ID] for c in tx[2]), default=tx[0]))
+    return max(tx[0], max(map(itemgetter(ROW_ID), tx[2]), default=tx[0]))
 
 
 def split(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]

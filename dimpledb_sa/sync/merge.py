@@ -29,6 +29,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, func, select
@@ -134,7 +135,7 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
     for tx_id, author, changes in fresh:
         result.authors[tx_id] = author
         rows.extend(changelog.pack(changes, incoming))
-        last = max(tx_id, max(c[ROW_ID] for c in changes) if changes else "")
+        last = max(tx_id, max(map(itemgetter(ROW_ID), changes), default=""))
         if author == me:
             newest_own = max(newest_own, last)
         else:

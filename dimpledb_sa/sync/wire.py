@@ -225,6 +225,9 @@ def _describe(value: object) -> str:
 
 def _too_deep(values: Sequence[Any]) -> bool:
     """Whether any of ``values`` nests arrays/objects deeper than ``MAX_VALUE_DEPTH``."""
+    kinds = set(map(type, values))  # JSON gives lists and dicts only as containers
+    if list not in kinds and dict not in kinds:
+        return False
     return any(value_depth(v) > MAX_VALUE_DEPTH for v in values if type(v) in (list, dict))
 
 
