@@ -14,7 +14,7 @@ A local commit does not insert its packed rows into the indexed ``dimple_changes
 :func:`write_local` writes them as one ``dimple_pending`` row (one JSON body per
 transaction), in the same database transaction as the data, and :func:`fold` moves pending
 transactions into the indexed log before a merge, a replay or an adoption, every
-``PENDING_LIMIT`` commits, and at the start of a push (:func:`unpacked_pending` read
+``PENDING_LIMIT`` commits, and during a push (:func:`unpacked_pending` read
 without a lock, then :func:`fold_unpacked`, a few transactions per short write
 transaction). Readers that cannot write (history, a push's
 reads, the external watcher, tools) also read :func:`pending_rows`.

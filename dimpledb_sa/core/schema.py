@@ -18,8 +18,8 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   per transaction, its packed rows as one JSON body (``[[first_id, entity_type, entity_id,
   attributes, old_values, new_values], ...]``) and the JSON list of its tables. A commit
   writes one such row instead of one indexed row per entity; :func:`.changelog.fold`
-  moves them into the indexed log before a merge, a replay or an adoption, at the
-  start of a push (in short steps), and when more than ``log.PENDING_LIMIT`` have
+  moves them into the indexed log before a merge, a replay or an adoption, during a
+  push (in short steps), and when more than ``log.PENDING_LIMIT`` have
   gathered.
 - ``dimple_transactions``: one row per transaction (id, author).
 - ``dimple_cursors``: per remote author, the last transaction id of the bundles a pull has

@@ -115,9 +115,16 @@ class TablePlan:
         """An entity neither logged nor stored here before (the common case, made short)."""
         win = winners(inc)
         decoders = self.decoders
-        self.hold_unknown(eid, inc, win)
+        known = win.keys() <= decoders.keys()  # the common case: every attribute is known
+        if not known:
+            self.hold_unknown(eid, inc, win)
         pkw = win.get(self.tt.pk_name)
         if pkw is None or pkw[ROW_NEW] is None:
+            return
+        if known:
+            values = {a: decoders[a](w[ROW_NEW]) for a, w in win.items()}
+            if self._insert(eid, pkw, values):
+                self.result.applied_changes.extend(win.values())
             return
         values = {a: decoders[a](w[ROW_NEW]) for a, w in win.items() if a in decoders}
         if self._insert(eid, pkw, values):

@@ -4,10 +4,12 @@ ever holding a database transaction open while talking to the remote.
 Steps, each database access its own short transaction:
 
 1. Take the push lease (:mod:`.lease`); when another push of this database holds it, skip
-   (``report.push_skipped``) instead of waiting. Fold the pending log into the indexed one
-   in short write transactions, paused between large ones (so that no commit of the app
-   has a large backlog to fold, and a push reads the indexed log), then, in SQLite's WAL
-   mode, checkpoint passively.
+   (``report.push_skipped``) instead of waiting. While it works (steps 2 and 3), the push
+   folds what was pending when it began into the indexed log (so that no commit of the app
+   has a large backlog to fold), in short write transactions with gaps of
+   :data:`_FOLD_GAP` between them in which a waiting commit gets in: its reads and
+   uploads fill the gaps, and it sleeps only for what they leave; what is left is folded
+   at the end, then, in SQLite's WAL mode, the database is checkpointed passively.
 2. Read our manifest afresh (a cached one only answers "nothing to do" when nothing is
    new); a missing or unreadable manifest lists nothing, so the whole history goes (a new,
    empty remote gets everything on the first sync). Bundles this database did not make
@@ -16,7 +18,8 @@ Steps, each database access its own short transaction:
    :data:`MAX_BUNDLE_CHANGES` changes and about :data:`MAX_BUNDLE_BYTES` of JSON, each
    stored (gzipped, format 2, then encrypted) in at most ``Storage.max_stored_bundle_bytes``
    (a bundle that comes out larger is cut in two; a transaction is never split), read in
-   short read transactions, so a push holds one bundle at a time whatever it has to send.
+   short read transactions (pending transactions straight from ``dimple_pending``), so a
+   push holds one bundle at a time whatever it has to send.
    For each bundle: renew the lease, write the bundle, renew, write the manifest, then
    advance ``pushed_through`` if the lease is still ours; ``progress`` hears of it.
 4. Remove stale temporary files of dead writes from our folder (folder backends), release
@@ -289,9 +292,20 @@ def _bundles(replica: Replica, ids: Sequence[str], max_bytes: int = MAX_BUNDLE_B
 
 
 def _json_size(tx: TxRecord) -> int:
-    """About how many bytes ``tx`` takes in a bundle's JSON."""
-    return 100 + sum(len(c[2]) + len(c[3]) + len(c[4]) + len(c[5] or "null")
-                     + len(c[6] or "null") + _CHANGE_OVERHEAD for c in tx[2])
+    """About how many bytes ``tx`` takes in a bundle's JSON: per change its entity type,
+    id, attribute and values (``null`` for none) and :data:`_CHANGE_OVERHEAD` (summed
+    column by column)."""
+    changes = tx[2]
+    if not changes:
+        return 100
+    _, _, etypes, eids, attrs, olds, news = zip(*changes, strict=True)
+    size = 100 + _CHANGE_OVERHEAD * len(changes)
+    for col in (etypes, eids, attrs):
+        size += sum(map(len, col))
+    for col in (olds, news):
+        texts = list(filter(None, col))
+        size += sum(map(len, texts)) + 4 * (len(col) - len(texts))
+    return size
 
 
 class _Folder:
