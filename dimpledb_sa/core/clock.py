@@ -310,16 +310,20 @@ def run_ids(first: str, count: int) -> list[str]:
                | int(first[24:27], 16))
     if counter + count - 1 > _COUNTER_MAX:
         raise ValueError(f"id run starting at {first} overflows its counter")
+    tail = first[27:]
     low = counter & 0xFFF
     if low + count <= 0x1000:  # only the last field moves (the common case)
-        head, tail = first[:24], first[27:]
+        head = first[:24]
         return [first] + [head + h + tail for h in _HEX3[low + 1 : low + count]]
-    fmt = first[:15] + "%03x-%04x-%03x" + first[27:]
+    fmt = first[:15] + "%03x-%04x-"
     out = [first]
-    append = out.append
-    for c in range(counter + 1, counter + count):
+    c, end = counter + 1, counter + count
+    while c < end:  # in blocks of ids whose other counter fields are the same
+        stop = min(end, (c | 0xFFF) + 1)
         lo = 0x8000000 | (c & _LO_MASK)
-        append(fmt % (c >> _LO_BITS, lo >> 12, lo & 0xFFF))
+        head = fmt % (c >> _LO_BITS, lo >> 12)
+        out += [head + h + tail for h in _HEX3[c & 0xFFF : ((stop - 1) & 0xFFF) + 1]]
+        c = stop
     return out
 
 

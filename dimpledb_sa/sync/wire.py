@@ -315,7 +315,7 @@ def _id_problem(txs: Sequence[TxRecord]) -> str | None:
     :data:`~dimpledb_sa.core.clock.MAX_ID_AHEAD` ahead), or ``None``. Checked in bulk: the
     version and variant digits of all ids at once, then the smallest and largest."""
     ids = [tx[0] for tx in txs]
-    ids += [c[0] for tx in txs for c in tx[2]]
+    ids += map(itemgetter(0), chain.from_iterable(tx[2] for tx in txs))
     if not ids:
         return None
     n = len(ids)
@@ -335,7 +335,7 @@ _HEX_DASH = b"0123456789abcdef-"
 
 
 _GET_TX = itemgetter(*_TX_KEYS)
-_GET_CHANGE = itemgetter(*_CHANGE_KEYS)
+_GET_COLUMNS = [itemgetter(k) for k in _CHANGE_KEYS]
 
 
 def _all_uuids(ids: tuple[Any, ...]) -> bool:
@@ -381,7 +381,8 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
             return [(tid, author, []) for tid in tids]
         if list(map(len, flat)).count(7) != m:
             return None
-        ids, ctids, etypes, eids, attrs, olds, news = zip(*map(_GET_CHANGE, flat), strict=True)
+        # column by column (zip(*rows) of 100,000 rows costs three times as much)
+        ids, ctids, etypes, eids, attrs, olds, news = [tuple(map(g, flat)) for g in _GET_COLUMNS]
         if (
             ctids != tuple(chain.from_iterable(map(repeat, tids, counts)))
             or not _all_uuids(ids)
