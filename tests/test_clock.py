@@ -21,6 +21,7 @@ from dimpledb_sa.core.clock import (
     new_id,
     offset_id,
     parse_id,
+    run_ids,
 )
 
 T0 = 1_750_000_000_000  # milliseconds
@@ -135,6 +136,26 @@ def test_layout_round_trip(ms: int, counter: int, rand: int, k: int) -> None:
         assert parse_id(moved) == (ms, counter + k) and (moved > value or k == 0)
         if k == 1:
             assert is_next_id(value, moved)
+
+
+@settings(max_examples=100)
+@given(ms=st.integers(0, 2**48 - 1), counter=st.integers(0, _COUNTER_MAX),
+       rand=st.integers(0, 2**36 - 1), count=st.integers(0, 9000))
+def test_run_ids_are_the_offsets(ms: int, counter: int, rand: int, count: int) -> None:
+    """run_ids writes the counter fields in the text: the same ids as offset_id, across
+    the boundaries of its three hex fields, and the same refusal at the counter's end."""
+    first = _format(_compose(ms, counter, rand))
+    if counter + count - 1 > _COUNTER_MAX:
+        with pytest.raises(ValueError, match="overflows"):
+            run_ids(first, count)
+        return
+    assert run_ids(first, count) == [offset_id(first, k) for k in range(count)]
+
+
+def test_run_ids_of_ids_that_are_not_canonical() -> None:
+    for first in ("01A23266-DAAD-7000-8000-0000000000AB", str(uuid.uuid4()),
+                  "01a23266-daad-7000-c000-000000000fff"):
+        assert run_ids(first, 5) == [offset_id(first, k) for k in range(5)]
 
 
 def test_id_datetime_is_aware_utc() -> None:

@@ -469,3 +469,22 @@ def test_the_push_fold_skips_what_another_fold_moved_meanwhile(devs: Devices) ->
         assert changelog.last_pending(conn) is None
     assert len(a.log()) == 10  # every change once (change_log checks for duplicates)
     assert a.sync().pushed == 2
+
+
+def test_a_push_folds_everything_that_was_pending(devs: Devices) -> None:
+    """The push folds between its reads and uploads (and the rest at its end): afterwards
+    nothing is pending, every change is in the log once, and the bundles hold them all."""
+    from dimpledb_sa.core import changelog
+
+    a = devs.new("a")
+    for i in range(6):
+        a.add(*(Note(title=f"n{i}-{k}") for k in range(30)))
+    with a.db.engine.connect() as conn:
+        assert changelog.last_pending(conn) is not None
+    assert a.sync().pushed == 6
+    with a.db.engine.connect() as conn:
+        assert changelog.last_pending(conn) is None
+    assert len(a.log()) == 6 * 30 * 5  # change_log checks for duplicates
+    b = devs.new("b")
+    b.sync()
+    assert len(b.rows(Note)) == 180

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 import dimpledb_sa as dimple
-from dimpledb_sa.core.values import codec_for
+from dimpledb_sa.core.values import codec_for, json_texts
 
 COLUMNS = {c.name: c for c in Kinds.__table__.columns}
 UTC2 = dt.timezone(dt.timedelta(hours=2))
@@ -256,3 +256,10 @@ def test_decorated_round_trip_through_the_database() -> None:
         reg.dispose()
         db.close()
         engine.dispose()
+
+
+def test_json_texts_are_json_dumps() -> None:
+    values = [None, "", "a", 'é\n"\\', "\U0001f600", 0, -5, 2**70, True, False, 1.5, -0.0, 1e300,
+              float("nan"), float("inf"), float("-inf"), [1, "x", None], {"a": [True]},
+              Color.RED.name]
+    assert json_texts(values) == [None if v is None else json.dumps(v) for v in values]
