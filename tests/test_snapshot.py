@@ -18,7 +18,7 @@ from syncworld import Device, device_set, sync_all
 
 from dimpledb_sa.core import meta, schema
 from dimpledb_sa.core.errors import RemoteFormatError, SyncError
-from dimpledb_sa.sync import snapshot
+from dimpledb_sa.sync import bootstrap, snapshot
 from dimpledb_sa.sync.wire import decode_manifest, is_bundle_name
 
 
@@ -273,7 +273,11 @@ def test_a_snapshot_that_cannot_be_applied_keeps_the_cursor(tmp_path: Path,
         def failing(replica: object, conn: object, txs: object) -> object:
             raise ValueError("no")
 
+        def general(*args: object) -> object:
+            raise bootstrap.NotBulk("the general merge")
+
         monkeypatch.setattr(pull, "merge", failing)
+        monkeypatch.setattr(bootstrap, "merge_new", general)  # the bulk path steps aside
         with pytest.raises(SyncError) as info:
             c.sync()
         assert "snapshot_" in str(info.value)

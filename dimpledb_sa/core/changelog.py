@@ -64,11 +64,13 @@ __all__ = [
     "fold",
     "fold_unpacked",
     "history",
+    "is_empty",
     "json_array",
     "last_pending",
     "pack",
     "pending_rows",
     "raise_clock_floor",
+    "store",
     "transaction_ids",
     "transactions_of",
     "transactions_since",
@@ -236,6 +238,18 @@ def fold_unpacked(conn: Connection, unpacked: Sequence[tuple[int, list[PackedRow
     insert_many(conn, schema.changes, packed, ignore_existing=True)
     conn.execute(p.delete().where(p.c.seq.in_(sorted(still))))
     return len(packed)
+
+
+def store(conn: Connection, rows: Sequence[PackedRow], *, ignore_existing: bool = False
+          ) -> None:
+    """Insert packed rows into the indexed log (``ignore_existing``: skip rows it holds)."""
+    insert_many(conn, schema.changes, rows, ignore_existing=ignore_existing)
+
+
+def is_empty(conn: Connection) -> bool:
+    """Whether the log holds nothing: no change, pending or not, and no transaction."""
+    return all(conn.execute(select(t.c[0]).limit(1)).first() is None
+               for t in (schema.changes, schema.pending, schema.transactions))
 
 
 def last_pending(conn: Connection) -> int | None:
