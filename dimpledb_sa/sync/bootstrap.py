@@ -23,6 +23,7 @@ of the snapshot, with the general merge.
 from __future__ import annotations
 
 from collections import defaultdict
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, select
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from ..core.replica import Replica
 
 __all__ = ["Bulk", "NotBulk", "is_empty", "merge_new"]
+
+_ID = itemgetter(ROW_ID)
 
 
 class NotBulk(Exception):
@@ -105,7 +108,7 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
     for tx_id, author, changes in fresh:
         result.authors[tx_id] = author
         rows.extend(changelog.pack(changes, incoming))
-        last = max(tx_id, max(c[ROW_ID] for c in changes) if changes else "")
+        last = max(tx_id, max(map(_ID, changes)) if changes else "")
         if author == me:
             newest_own = max(newest_own, last)
         else:

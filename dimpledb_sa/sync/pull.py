@@ -19,7 +19,8 @@ What is read merges as it is read, in bounded batches: first the rules look agai
 this replica changed itself since (:func:`.merge.settle_local`); then, once an author's
 bundles read hold :data:`MERGE_CHANGES` changes (and after its last one), they merge in one
 database transaction committed with that author's cursor, its quarantine and what its
-notes say about our files (a snapshot, :mod:`.snapshot`, is committed on its own, first).
+notes say about our files (a snapshot, :mod:`.snapshot`, is committed on its own, first;
+into an empty database, its pieces are stored in bulk by :mod:`.bootstrap`).
 So a pull holds at most one batch of downloaded files and one batch of decoded changes,
 whatever the history's size, and an interrupted pull keeps what it committed (the next one
 starts after it; merging a transaction again is a no-op). Last, in a transaction of its
