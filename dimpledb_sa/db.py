@@ -18,7 +18,7 @@ from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.orm import sessionmaker as _sessionmaker
 
 from .capture.unit_of_work import Capture
-from .core import schema
+from .core import changelog, schema
 from .core.changelog import history
 from .core.clock import DEFAULT_MAX_DRIFT, MAX_ID_AHEAD
 from .core.datetimes import use_utc_datetimes
@@ -97,6 +97,8 @@ class DimpleDb:
     def create_all(self, *, models: bool = True) -> None:
         """Create the bookkeeping tables and, unless ``models=False``, the tracked tables."""
         schema.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:  # a change log of an earlier release's layout
+            changelog.upgrade(conn)
         if models:
             for md in {id(t.table.metadata): t.table.metadata for t in self.tracked.values()
                        }.values():
