@@ -18,7 +18,7 @@ from syncworld import Device, device_set, sync_all
 
 from dimpledb_sa.core import meta, schema
 from dimpledb_sa.core.errors import RemoteFormatError, SyncError
-from dimpledb_sa.sync import snapshot
+from dimpledb_sa.sync import bootstrap, snapshot
 from dimpledb_sa.sync.wire import decode_manifest, is_bundle_name
 
 
@@ -273,7 +273,11 @@ def test_a_snapshot_that_cannot_be_applied_keeps_the_cursor(tmp_path: Path,
         def failing(replica: object, conn: object, txs: object) -> object:
             raise ValueError("no")
 
+        def general(*args: object) -> object:
+            raise bootstrap.NotBulk("the general merge")
+
         monkeypatch.setattr(pull, "merge", failing)
+        monkeypatch.setattr(bootstrap, "merge_new", general)  # the bulk path steps aside
         with pytest.raises(SyncError) as info:
             c.sync()
         assert "snapshot_" in str(info.value)
@@ -317,3 +321,31 @@ def test_a_snapshot_decodes_in_pieces_as_it_does_whole(monkeypatch: pytest.Monke
     _, pieces = snapshot.decode_in_pieces(bad, author, name)
     with pytest.raises(RemoteFormatError):
         list(pieces)
+
+
+def test_a_snapshot_streamed_in_small_chunks_is_the_same_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the log a transaction at a time and encoding a change per chunk gives the
+    transactions and held list that the defaults give (the latest change of every entity
+    and attribute, in transaction order)."""
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        _history(a, 5)
+        me = a.db.replica.author_id
+
+        def written() -> snapshot.Snapshot:
+            name = a.db.snapshot()
+            return snapshot.decode(a.db.storage.read_snapshot(me, name), me, name)
+
+        whole = written()
+        monkeypatch.setattr(snapshot, "READ_CHANGES", 1)
+        monkeypatch.setattr(snapshot, "ENCODE_CHANGES", 1)
+        small = written()
+        assert (small.last, small.transactions, small.held) == (
+            whole.last, whole.transactions, whole.held)
+        # the latest change of each (entity, attribute) among everything logged
+        latest: dict[tuple[str, str, str], tuple[str, ...]] = {}
+        for ch in sorted(a.log()):
+            latest[ch[2:5]] = ch
+        assert sorted(ch for tx in whole.transactions for ch in tx[2]) == sorted(latest.values())
+        assert [tx[0] for tx in whole.transactions] == sorted({ch[1] for ch in latest.values()})

@@ -84,6 +84,7 @@ __all__ = [
     "history",
     "id_bytes",
     "id_text",
+    "is_empty",
     "iter_rows",
     "json_array",
     "last_pending",
@@ -285,6 +286,12 @@ def fold_unpacked(conn: Connection, unpacked: Sequence[tuple[int, list[PackedRow
     _keep_floor(conn, packed)
     conn.execute(p.delete().where(p.c.seq.in_(sorted(still))))
     return len(packed)
+
+
+def is_empty(conn: Connection) -> bool:
+    """Whether the log holds nothing: no change, pending or not, and no transaction."""
+    return all(conn.execute(select(t.c[0]).limit(1)).first() is None
+               for t in (schema.changes, schema.pending, schema.transactions))
 
 
 def last_pending(conn: Connection) -> int | None:

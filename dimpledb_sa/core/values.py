@@ -57,6 +57,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii
@@ -175,6 +176,19 @@ def _dec_bool(s: str | None) -> Any:
     if s == "false":
         return False
     return bool(loads(s))
+
+
+def _dec_float(s: str | None) -> Any:
+    """``float(json.loads(s))`` without the parser for a plain JSON number (the merge
+    decodes one per change); anything else (a string, a boolean) goes through the parser."""
+    if s is None:
+        return None
+    if _JSON_NUMBER(s) is not None:  # float() alone takes more than JSON allows
+        return float(s)
+    return float(loads(s))
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch
 
 
 def _ident(v: Any) -> Any:
@@ -346,7 +360,7 @@ def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
     if isinstance(t, sqltypes.Integer):
         return Codec(_ident, _ident, _enc_int, _dec_int)
     if isinstance(t, sqltypes.Float) and not t.asdecimal:
-        return Codec(float, float)
+        return Codec(float, float, decode=_dec_float)
     if isinstance(t, sqltypes.Numeric):
         if t.asdecimal:
             return Codec(str, decimal.Decimal)

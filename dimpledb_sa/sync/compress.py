@@ -13,12 +13,12 @@ accepted.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..core.errors import RemoteFormatError
 
 __all__ = ["COMPRESS_LEVEL", "GZIP_MAGIC", "MAX_JSON_BYTES", "gunzip_bounded", "gunzip_chunks",
-           "gzip_bytes", "is_gzip"]
+           "gzip_bytes", "gzip_chunks", "is_gzip"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 """The first bytes of a gzip stream, hence of a decrypted format-2 file."""
@@ -42,6 +42,15 @@ def gzip_bytes(data: bytes, level: int = COMPRESS_LEVEL) -> bytes:
     gives the same bytes)."""
     z = zlib.compressobj(level, zlib.DEFLATED, 31)
     return z.compress(data) + z.flush()
+
+
+def gzip_chunks(chunks: Iterable[bytes], level: int = COMPRESS_LEVEL) -> bytes:
+    """:func:`gzip_bytes` of the concatenation of ``chunks``, compressed as they come (so
+    that only the compressed bytes are ever held whole)."""
+    z = zlib.compressobj(level, zlib.DEFLATED, 31)
+    out = [z.compress(chunk) for chunk in chunks]
+    out.append(z.flush())
+    return b"".join(out)
 
 
 def gunzip_bounded(data: bytes, what: str, limit: int = MAX_JSON_BYTES) -> bytes:

@@ -19,7 +19,8 @@ What is read merges as it is read, in bounded batches: first the rules look agai
 this replica changed itself since (:func:`.merge.settle_local`); then, once an author's
 bundles read hold :data:`MERGE_CHANGES` changes (and after its last one), they merge in one
 database transaction committed with that author's cursor, its quarantine and what its
-notes say about our files (a snapshot, :mod:`.snapshot`, is committed on its own, first).
+notes say about our files (a snapshot, :mod:`.snapshot`, is committed on its own, first;
+into an empty database, its pieces are stored in bulk by :mod:`.bootstrap`).
 So a pull holds at most one batch of downloaded files and one batch of decoded changes,
 whatever the history's size, and an interrupted pull keeps what it committed (the next one
 starts after it; merging a transaction again is a no-op). Last, in a transaction of its
@@ -45,7 +46,7 @@ from ..core import conflicts, meta, schema
 from ..core.changes import TxRecord
 from ..core.errors import DecryptionError, RemoteFormatError, SyncError
 from ..core.rows import gc_paused
-from . import ahead, notes, quarantine, snapshot
+from . import ahead, bootstrap, notes, quarantine, snapshot
 from .merge import (
     APPLY_ERRORS,
     MergeResult,
@@ -108,6 +109,8 @@ class AuthorPull:
     """``advanced`` as last committed."""
     snapshot: tuple[BundleInfo, Iterator[list[TxRecord]]] | None = None
     """Its snapshot to merge first (the pieces are read as they merge)."""
+    bulk: bootstrap.Bulk | None = None
+    """While its snapshot merges into an empty database: the bulk merge's state."""
     stop: bool = False
     """Its snapshot could not be merged: nothing more of it this sync."""
     reported: list[Problem] = field(default_factory=list)
@@ -265,6 +268,7 @@ def _pull_snapshot(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) 
     assert ap.snapshot is not None
     info, pieces = ap.snapshot
     ap.snapshot = None
+    ap.bulk = bootstrap.Bulk()  # used while the database holds only what it stored
     try:
         for txs in pieces:
             _hold(ap, run, info, txs)
@@ -276,10 +280,11 @@ def _pull_snapshot(replica: Replica, remote: Remote, ap: AuthorPull, run: _Run) 
         raise
     except BaseException as exc:
         ap.errors.append(SyncError(f"snapshot {info.filename}: {_explain(exc)}"))
-        ap.good, ap.pending, ap.stop = [], 0, True
+        ap.good, ap.pending, ap.stop, ap.bulk = [], 0, True, None
         return
     ap.advanced = info.last_transaction_id
     _commit(replica, remote, ap, run)
+    ap.bulk = None
 
 
 def _open_author(remote: Remote, run: _Run, me: str, author: str, cursor: str | None,
@@ -382,6 +387,16 @@ def _merge_author(replica: Replica, conn: Connection, ap: AuthorPull,
     aside those that cannot be applied here."""
     if not ap.good:
         return
+    if ap.bulk is not None:  # hook for :mod:`.bootstrap`: a snapshot into an empty database
+        try:
+            with conn.begin_nested():
+                part = bootstrap.merge_new(replica, conn,
+                                           [tx for _, txs in ap.good for tx in txs], ap.bulk)
+        except bootstrap.NotBulk:
+            ap.bulk = None
+        else:
+            result.add(part)
+            return
     try:
         with conn.begin_nested():
             part = merge(replica, conn, [tx for _, txs in ap.good for tx in txs])

@@ -7,6 +7,9 @@ that author's *latest* such change, with its original change id, transaction id 
 and new values; a delete is such a change on the primary key (id -> null), so delete
 markers are part of it. Changes are grouped under their original transactions (in
 ascending id order, the bundle encoding), plus the held list of the writer for information.
+It is written as a stream (:func:`stream`): the latest changes are found in a scratch SQLite
+file, read back in transaction order, encoded and gzipped chunk by chunk, so that writing it
+holds only the compressed file whole, whatever the history's size.
 
 Merging a snapshot is merging those transactions with the ordinary merge
 (:func:`.merge.merge`): last write wins per attribute depends only on each attribute's
@@ -28,24 +31,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from ..core import changelog, meta, schema
-from ..core.changes import (
-    ROW_ATTRIBUTE,
-    ROW_ENTITY_ID,
-    ROW_ENTITY_TYPE,
-    ROW_ID,
-    ROW_TRANSACTION,
-    ChangeRow,
-    TxRecord,
-)
+from ..core.changes import ROW_TRANSACTION, ChangeRow, TxRecord
 from ..core.errors import RemoteFormatError
-from .compress import gunzip_bounded, gunzip_chunks, gzip_bytes, is_gzip
+from ..core.rows import CHUNK
+from .compress import gunzip_bounded, gunzip_chunks, gzip_chunks, is_gzip
 from .wire import (
     BundleInfo,
     Manifest,
@@ -62,8 +60,8 @@ if TYPE_CHECKING:
     from ..core.replica import Replica
     from .remote import Remote
 
-__all__ = ["FORMAT", "Snapshot", "build", "decode", "decode_in_pieces", "encode", "for_pull",
-           "is_snapshot_name", "newest", "parse_snapshot_name", "snapshot_name", "write"]
+__all__ = ["FORMAT", "Snapshot", "decode", "decode_in_pieces", "encode", "for_pull",
+           "is_snapshot_name", "newest", "parse_snapshot_name", "snapshot_name", "stream", "write"]
 
 FORMAT = "dimpledb-snapshot"
 VERSION = 1
@@ -104,40 +102,92 @@ class Snapshot:
         return snapshot_name(self.last)
 
 
-def build(conn: Connection, me: str, last: str) -> Snapshot:
-    """The snapshot of ``me``'s transactions up to ``last`` from the log (``conn`` is a write
-    transaction: pending transactions are folded first)."""
-    changelog.fold(conn)
-    ids = [tx for tx in changelog.transaction_ids(conn, me) if tx <= last]
-    win: dict[tuple[str, str, str], ChangeRow] = {}
-    for row in changelog.rows_of_transactions(conn, ids):
-        for ch in changelog.expand(row):
-            key = (ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID], ch[ROW_ATTRIBUTE])
-            w = win.get(key)
-            if w is None or ch[ROW_ID] > w[ROW_ID]:
-                win[key] = ch
-    by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
-    for ch in win.values():
-        by_tx[ch[ROW_TRANSACTION]].append(ch)
-    txs = [(tx, me, sorted(by_tx[tx])) for tx in sorted(by_tx)]
-    h = schema.held
-    held = [(str(a), str(b), str(x), str(r)) for a, b, x, r in conn.execute(select(h))]
-    return Snapshot(me, last, txs, held)
+def _header(author: str, last: str, held: Sequence[tuple[str, str, str, str]]) -> bytes:
+    """The snapshot's JSON up to its ``transactions`` array (the header fields first)."""
+    head = {
+        "format": FORMAT,
+        "version": VERSION,
+        "author_id": author,
+        "last_transaction_id": last,
+        "created_at": utc_now_iso(),
+        "held": [{"entity_type": a, "entity_id": b, "attribute": x, "reason": r}
+                 for a, b, x, r in held],
+    }
+    return (json.dumps(head)[:-1] + ',"transactions":').encode("utf-8")
 
 
 def encode(snap: Snapshot) -> bytes:
     """The snapshot's JSON (UTF-8): a header object whose ``transactions`` is a bundle."""
-    head = {
-        "format": FORMAT,
-        "version": VERSION,
-        "author_id": snap.author,
-        "last_transaction_id": snap.last,
-        "created_at": utc_now_iso(),
-        "held": [{"entity_type": a, "entity_id": b, "attribute": x, "reason": r}
-                 for a, b, x, r in snap.held],
-    }
-    text = json.dumps(head)[:-1] + ',"transactions":'
-    return text.encode("utf-8") + encode_bundle(snap.transactions) + b"}"
+    return _header(snap.author, snap.last, snap.held) + encode_bundle(snap.transactions) + b"}"
+
+
+READ_CHANGES = 50_000
+"""About how many logged changes :func:`stream` reads from the log at a time."""
+
+ENCODE_CHANGES = 20_000
+"""About how many winning changes :func:`stream` encodes into one chunk of JSON."""
+
+
+def _own_changes(conn: Connection, me: str, last: str) -> Iterator[list[ChangeRow]]:
+    """``me``'s logged changes in transactions up to ``last``, a few transactions at a time
+    (about :data:`READ_CHANGES` changes: the step grows while reads stay small)."""
+    ids = [tx for tx in changelog.transaction_ids(conn, me) if tx <= last]
+    step, i = 1, 0
+    while i < len(ids):
+        chunk = ids[i:i + step]
+        i += len(chunk)
+        changes = [ch for tx in changelog.transactions_of(conn, me, chunk) for ch in tx[2]]
+        step = (max(1, step // 2) if len(changes) > READ_CHANGES // 2
+                else min(CHUNK, step * 2))
+        yield changes
+
+
+_SCRATCH = ("CREATE TABLE w (entity_type TEXT, entity_id TEXT, attribute TEXT, id TEXT, "
+            "transaction_id TEXT, old_value TEXT, new_value TEXT, "
+            "PRIMARY KEY (entity_type, entity_id, attribute)) WITHOUT ROWID")
+_WINNER = ("INSERT INTO w VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entity_type, entity_id, "
+           "attribute) DO UPDATE SET id = excluded.id, transaction_id = excluded.transaction_id,"
+           " old_value = excluded.old_value, new_value = excluded.new_value "
+           "WHERE excluded.id > w.id")
+_WINNERS = ("SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value"
+            " FROM w ORDER BY transaction_id, id")
+
+
+def stream(conn: Connection, me: str, last: str) -> Iterator[bytes]:
+    """The snapshot JSON of ``me``'s transactions up to ``last`` from the log, in chunks
+    (``conn`` is a write transaction: pending transactions are folded first).
+
+    The latest change of each (entity, attribute) is kept in a scratch SQLite database (a
+    private temporary file, deleted when closed) and read back in transaction order, so
+    that neither the log nor the snapshot is ever held whole in memory."""
+    changelog.fold(conn)
+    h = schema.held
+    held = [(str(a), str(b), str(x), str(r)) for a, b, x, r in conn.execute(select(h))]
+    yield _header(me, last, held)
+    scratch = sqlite3.connect("")
+    try:
+        scratch.execute("PRAGMA journal_mode = OFF")
+        scratch.execute("PRAGMA synchronous = OFF")
+        scratch.execute(_SCRATCH)
+        for changes in _own_changes(conn, me, last):
+            scratch.executemany(_WINNER, [(et, ei, a, cid, tx, old, new)
+                                          for cid, tx, et, ei, a, old, new in changes])
+        sep = b"["
+        batch: list[TxRecord] = []
+        n = 0
+        for tx, group in groupby(scratch.execute(_WINNERS), key=itemgetter(ROW_TRANSACTION)):
+            changes = list(group)
+            batch.append((tx, me, changes))
+            n += len(changes)
+            if n >= ENCODE_CHANGES:
+                yield sep + encode_bundle(batch)[1:-1]
+                sep, batch, n = b",\n", [], 0
+        if batch:
+            yield sep + encode_bundle(batch)[1:-1]
+            sep = b""
+        yield b"[]}" if sep == b"[" else b"]}"
+    finally:
+        scratch.close()
 
 
 def _held(doc: Any) -> list[tuple[str, str, str, str]]:
@@ -304,16 +354,20 @@ def _decoded(doc: Any, author: str, name: str) -> Snapshot:
 
 
 def write(replica: Replica, remote: Remote) -> str | None:
-    """Write a snapshot of everything we pushed; returns its name (``None``: nothing pushed)."""
+    """Write a snapshot of everything we pushed; returns its name (``None``: nothing pushed).
+
+    The JSON is built and gzipped chunk by chunk (:func:`stream`); only the compressed
+    file is held whole, to be encrypted and signed."""
     me = replica.author_id
     with replica.engine.connect() as conn, conn.begin():
         meta.take_write_lock(conn)
         last = meta.get(conn, meta.PUSHED_THROUGH)
         if last is None:
             return None
-        snap = build(conn, me, last)
-    remote.write_snapshot(me, snap.name, remote.cipher.encrypt(gzip_bytes(encode(snap))))
-    return snap.name
+        data = gzip_chunks(stream(conn, me, last))
+    name = snapshot_name(last)
+    remote.write_snapshot(me, name, remote.cipher.encrypt(data))
+    return name
 
 
 def newest(names: Sequence[str]) -> str | None:

@@ -1,0 +1,145 @@
+"""Bootstrap: merging a snapshot into an empty database in bulk.
+
+A new device's first pull merges each author's snapshot (:mod:`.snapshot`) piece by piece.
+When the database holds nothing a merge would read (:func:`is_empty`: no row in a tracked
+table, no log, no held change, conflict or transaction held ahead), the general merge's
+lookups find nothing: no logged change of an incoming entity, no row, no rule to apply. So
+:func:`merge_new` stores a piece without them: the transactions held ahead are set aside as
+:func:`.ahead.split` does, the log rows are written packed (as :func:`.merge.merge` packs
+them), each entity's row is planned by :meth:`.plan.TablePlan.new_entity` and written by
+:func:`.plan.write` (one ``executemany`` per table, parents first), and the clock and its
+floor move as in a merge. The database is then what the general merge would have made of
+the piece (a test holds both paths to that).
+
+That holds while every entity of a piece is new (:class:`Bulk` remembers the entities of
+the pieces before; a later piece that touches one of them is not "new") and its table is
+tracked and unconstrained (no unique sets or checked foreign keys: those rows need the
+rules of :mod:`.resolve`). Anything else (an entity seen before, a constrained or unknown
+table, a row the database refuses, a value that does not decode) raises :class:`NotBulk`
+inside the caller's savepoint: the caller rolls it back and merges the piece, and the rest
+of the snapshot, with the general merge.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.exc import IntegrityError
+
+from ..core import changelog, conflicts, schema
+from ..core.changes import ROW_ID, ChangeRow, TxRecord
+from ..core.constraints import constraints_of
+from ..core.rows import insert_many
+from . import ahead
+from .merge import APPLY_ERRORS, MergeResult
+from .plan import Held, TablePlan, write
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..core.replica import Replica
+
+__all__ = ["Bulk", "NotBulk", "is_empty", "merge_new"]
+
+_ID = itemgetter(ROW_ID)
+
+
+class NotBulk(Exception):
+    """The piece is not one :func:`merge_new` can store: merge it the general way."""
+
+
+class Bulk:
+    """One snapshot's bulk merge: the entities its pieces stored so far (as hashes of
+    (entity type, entity id): a collision only sends a piece to the general merge)."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.stored = 0
+        """Transactions it stored: while the database holds no others (no local commit
+        and no other merge came in between), it holds nothing but what the bulk wrote."""
+
+
+def is_empty(replica: Replica, conn: Connection) -> bool:
+    """Whether the database holds nothing a merge reads: no row in a tracked table, no log,
+    no held change, no conflict, no transaction held ahead."""
+    if not changelog.is_empty(conn) or ahead.count(conn):
+        return False
+    if conn.execute(select(schema.held.c.entity_type).limit(1)).first() is not None:
+        return False
+    if conflicts.count(conn):
+        return False
+    return all(conn.execute(select(tt.pk).limit(1)).first() is None
+               for tt in replica.tracked.values())
+
+
+def _stored(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(schema.transactions)).scalar_one())
+
+
+def merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
+              bulk: Bulk) -> MergeResult:
+    """Store and apply one piece of a snapshot whose entities are all new here (inside the
+    caller's savepoint); raises :class:`NotBulk` when they are not, or anything is unusual
+    (see the module docstring)."""
+    try:
+        return _merge_new(replica, conn, transactions, bulk)
+    except (IntegrityError, RecursionError, *APPLY_ERRORS) as exc:
+        raise NotBulk(str(exc)) from exc
+
+
+def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
+               bulk: Bulk) -> MergeResult:
+    if not (is_empty(replica, conn) if bulk.stored == 0 else _stored(conn) == bulk.stored):
+        raise NotBulk("the database holds more than this snapshot's pieces")
+    result = MergeResult()
+    fresh, later = ahead.split(replica, conn, transactions)
+    result.held += later
+    if not fresh:
+        return result
+    cons = constraints_of(replica.tracked)
+    tracked = replica.tracked
+    incoming: dict[tuple[str, str], list[ChangeRow]] = {}
+    rows: list[changelog.PackedRow] = []
+    newest = newest_own = ""
+    me = replica.author_id
+    for tx_id, author, changes in fresh:
+        result.authors[tx_id] = author
+        rows.extend(changelog.pack(changes, incoming))
+        last = max(tx_id, max(map(_ID, changes)) if changes else "")
+        if author == me:
+            newest_own = max(newest_own, last)
+        else:
+            newest = max(newest, last)
+    keys = {hash(k) for k in incoming}
+    if len(keys) != len(incoming) or not keys.isdisjoint(bulk.seen):
+        raise NotBulk("an entity of this piece is not new")
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for etype, eid in incoming:
+        by_type[etype].append(eid)
+    if any(etype not in tracked or cons.constrained(etype) for etype in by_type):
+        raise NotBulk("a table of this piece is constrained or unknown")
+    if newest:
+        replica.clock.observe(newest, max_ahead=replica.max_drift)
+    if newest_own:
+        replica.clock.observe(newest_own)
+    changelog.raise_clock_floor(conn, max(newest, newest_own))
+    insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh])
+    changelog.store(conn, rows)
+    held: list[Held] = []
+    order = {name: i for i, name in enumerate(cons.order)}
+    plans: list[TablePlan] = []
+    for etype in sorted(by_type, key=lambda n: (order.get(n, len(order)), n)):
+        plan = TablePlan(tracked[etype], held, result)
+        for eid in by_type[etype]:
+            plan.new_entity(eid, incoming[(etype, eid)])
+        plans.append(plan)
+    write(conn, plans, cons, result, {})
+    if held:
+        insert_many(conn, schema.held, held, ignore_existing=True)
+    result.stored = len(fresh)
+    bulk.seen |= keys
+    bulk.stored += len(fresh)
+    return result

@@ -1,0 +1,186 @@
+"""The bulk bootstrap (``sync.bootstrap``): a new device merging a snapshot into its empty
+database ends with exactly what the general merge makes of it (rows, log, transactions,
+held, cursors, clock floor), whether every piece goes the bulk way or some fall back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from models import Folder, Item, Note, OldSyncBase, SyncBase, Tag
+from sqlalchemy import Engine, select
+from syncworld import Device, Devices, device_set
+
+from dimpledb_sa.core import changelog, meta, schema
+from dimpledb_sa.sync import bootstrap, pull, snapshot
+
+
+def _url() -> str:
+    return f"memory://boot-{uuid.uuid4().hex}/remote"
+
+
+def _state(dev: Device) -> dict[str, Any]:
+    """Everything a merge writes, as comparable values: app rows, the packed log as stored,
+    transactions, held, conflicts, changes held ahead, cursors (without their time) and
+    the clock floor."""
+    engine: Engine = dev.db.engine
+    with engine.connect() as conn:
+        out: dict[str, Any] = {
+            "rows": dev.snapshot(),
+            "log": sorted(changelog.all_rows(conn)),
+            "transactions": sorted(tuple(r) for r in conn.execute(select(schema.transactions))),
+            "held": sorted(tuple(r) for r in conn.execute(select(schema.held))),
+            "cursors": sorted((a, t) for a, t, _ in conn.execute(select(schema.cursors))),
+            "clock": meta.get(conn, meta.CLOCK),
+        }
+        c = schema.conflicts
+        if engine.dialect.has_table(conn, c.name):
+            out["conflicts"] = sorted(tuple(r)[1:] for r in conn.execute(select(c)))
+        a = schema.ahead
+        if engine.dialect.has_table(conn, a.name):
+            out["ahead"] = sorted(tuple(r) for r in conn.execute(select(a)))
+    return out
+
+
+class _Counted:
+    """``bootstrap.merge_new`` counting the pieces it stored and those it sent back."""
+
+    def __init__(self) -> None:
+        self.bulk = self.general = 0
+        self.real = bootstrap.merge_new
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            got = self.real(*args)
+        except bootstrap.NotBulk:
+            self.general += 1
+            raise
+        self.bulk += 1
+        return got
+
+
+def _general(*args: Any) -> Any:
+    raise bootstrap.NotBulk("the general path, for comparison")
+
+
+def _both(devs: Devices, monkeypatch: pytest.MonkeyPatch, *, models: Any = SyncBase,
+          tag: str = "") -> tuple[Device, Device, _Counted]:
+    """A device bootstrapped the bulk way and one the general way, from the same remote."""
+    counted = _Counted()
+    monkeypatch.setattr(bootstrap, "merge_new", counted)
+    bulk = devs.new(f"bulk{tag}", models=models)
+    assert bulk.sync().errors == {}
+    monkeypatch.setattr(bootstrap, "merge_new", _general)
+    general = devs.new(f"general{tag}", models=models)
+    assert general.sync().errors == {}
+    monkeypatch.setattr(bootstrap, "merge_new", counted.real)
+    return bulk, general, counted
+
+
+def _notes_history(a: Device) -> None:
+    """Inserts, updates, a delete, a re-insert and a later edit across several bundles."""
+    for k in range(12):
+        a.add(Note(id=f"n{k:02}", title=f"t{k}", rank=k, body="x" * k))
+        if k % 4 == 3:
+            a.sync()
+    a.edit(Note, "n00", title="edited", body=None)
+    a.delete(Note, "n01")
+    a.delete(Note, "n02")
+    a.add(Note(id="n02", title="back"), Tag(id="g", word="w"))
+    a.sync()
+    a.edit(Note, "n03", done=True, rank=None)
+    a.sync()
+
+
+def test_bulk_and_general_bootstraps_give_the_same_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        _notes_history(a)
+        a.db.compact()
+        bulk, general, counted = _both(devs, monkeypatch)
+        assert counted.bulk >= 1 and counted.general == 0
+        assert _state(bulk) == _state(general)
+        assert bulk.snapshot() == a.snapshot()
+        # and both merge what comes next alike
+        a.edit(Note, "n04", title="later")
+        a.sync()
+        for dev in (bulk, general):
+            assert dev.sync().errors == {}
+        assert _state(bulk) == _state(general)
+
+
+def test_a_piece_touching_an_entity_seen_before_falls_back_for_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small pieces, a commit per piece: later pieces hold later edits of entities an
+    earlier piece stored, and the general merge takes over from there."""
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 500)
+    monkeypatch.setattr(pull, "MERGE_CHANGES", 5)
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        _notes_history(a)
+        a.db.compact()
+        bulk, general, counted = _both(devs, monkeypatch)
+        assert counted.bulk >= 2 and counted.general == 1
+        assert _state(bulk) == _state(general)
+
+
+def test_constrained_tables_and_held_columns_bootstrap_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Foreign keys send their piece to the general merge; a column this schema lacks is
+    held the same way by both paths."""
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 500)
+    monkeypatch.setattr(pull, "MERGE_CHANGES", 5)
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        for k in range(6):
+            a.add(Note(id=f"n{k}", title=f"t{k}", rank=k))
+        a.sync()
+        a.add(Folder(id="f", name="f"), Item(id="i", folder_id="f", label="l"))
+        a.sync()
+        a.db.compact()
+        bulk, general, counted = _both(devs, monkeypatch, models=OldSyncBase)
+        assert counted.bulk >= 1 and counted.general == 1
+        state = _state(bulk)
+        assert ("note", "n1", "rank", "unknown column") in state["held"]
+        assert state == _state(general)
+
+
+def test_a_database_that_is_not_empty_takes_the_general_merge(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        _notes_history(a)
+        a.db.compact()
+        counted = _Counted()
+        monkeypatch.setattr(bootstrap, "merge_new", counted)
+        c = devs.new("c")
+        c.add(Note(id="mine", title="local"))  # one local row: not empty
+        assert c.sync().errors == {}
+        assert counted.bulk == 0 and counted.general == 1
+        assert c.get(Note, "mine") is not None
+        assert c.get(Note, "n02") == a.get(Note, "n02")
+
+
+def test_transactions_ahead_of_local_time_are_held_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer whose clock runs a day ahead: the bootstrapping devices hold its
+    transactions ahead (whole) whichever path merges the snapshot."""
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        for k in range(3):
+            a.add(Note(id=f"n{k}", title=f"t{k}"))
+        a.sync()
+        a.db.replica.clock.observe(a.db.replica.clock.horizon(timedelta(days=1)))
+        a.add(Note(id="future", title="ahead"))
+        a.sync()
+        a.db.compact()
+        bulk, general, counted = _both(devs, monkeypatch)
+        assert counted.bulk == 1
+        state = _state(bulk)
+        assert state["ahead"] and bulk.get(Note, "future") is None
+        assert bulk.get(Note, "n1") is not None
+        assert state == _state(general)
