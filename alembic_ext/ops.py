@@ -8,7 +8,9 @@ one-line call by autogenerate's ``renderers`` (autogenerate itself never propose
 the filters in :mod:`alembic_ext.filters` keep the ``dimple_*`` tables out of comparison).
 Both work online and in ``--sql`` mode; ``checkfirst`` (online only) skips tables that
 already exist (create) or are already gone (drop), so a database whose bookkeeping tables
-were made by ``DimpleDb.create_all()`` migrates cleanly.
+were made by ``DimpleDb.create_all()`` migrates cleanly. Online, creating them also moves
+a change log of an earlier release's layout into the current one
+(:func:`dimpledb_sa.core.changelog.upgrade`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import inspect
 
-from dimpledb_sa.core import schema
+from dimpledb_sa.core import changelog, schema
 
 __all__ = ["CreateDimpleDbTablesOp", "DropDimpleDbTablesOp"]
 
@@ -84,6 +86,8 @@ def create_dimpledb_tables(operations: Operations, operation: CreateDimpleDbTabl
     for table in schema.metadata.sorted_tables:
         if existing is None or table.name not in existing:
             operations.impl.create_table(table)
+    if existing is not None:  # online: a change log of an earlier layout is moved over
+        changelog.upgrade(operations.get_bind())
 
 
 @Operations.implementation_for(DropDimpleDbTablesOp)

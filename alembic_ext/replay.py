@@ -14,7 +14,6 @@ connection and leave committing to it; otherwise they commit their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -23,12 +22,10 @@ from sqlalchemy import (
     Connection,
     MetaData,
     Table,
-    bindparam,
     delete,
     event,
     inspect,
     select,
-    update,
 )
 
 from dimpledb_sa.core import changelog, schema
@@ -185,22 +182,10 @@ def rename_held(connection: Connection, table: str, old: str, new: str) -> int:
         with _work(connection):
             if not inspect(connection).has_table(schema.changes.name):
                 return 0
+            changelog.upgrade(connection)
             changelog.fold(connection)
-            c, h = schema.changes, schema.held
-            found = connection.execute(select(c.c.id, c.c.attributes).where(
-                c.c.entity_type == table,
-                c.c.attributes.contains(json.dumps(old), autoescape=True)))
-            renamed = 0
-            rows: list[dict[str, str]] = []
-            for row_id, attributes in found:
-                names: list[str] = json.loads(attributes)
-                if old in names:
-                    renamed += names.count(old)
-                    rows.append({"_id": row_id, "_names": json.dumps(
-                        [new if n == old else n for n in names])})
-            if rows:
-                connection.execute(update(c).where(c.c.id == bindparam("_id"))
-                                   .values(attributes=bindparam("_names")), rows)
+            h = schema.held
+            renamed = changelog.rename_attribute(connection, table, old, new)
             where = (h.c.entity_type == table, h.c.attribute == old)
             held = [(t, e, new, r) for t, e, _, r in connection.execute(select(
                 h.c.entity_type, h.c.entity_id, h.c.attribute, h.c.reason).where(*where))]

@@ -18,8 +18,8 @@ from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.orm import sessionmaker as _sessionmaker
 
 from .capture.unit_of_work import Capture
-from .core import schema
-from .core.changelog import ensure_pending_author, history
+from .core import changelog, schema
+from .core.changelog import history
 from .core.clock import DEFAULT_MAX_DRIFT, MAX_ID_AHEAD
 from .core.datetimes import use_utc_datetimes
 from .core.errors import ConfigurationError
@@ -98,8 +98,8 @@ class DimpleDb:
         """Create the bookkeeping tables and, unless ``models=False``, the tracked tables
         (bringing those an earlier version made up to date)."""
         schema.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            ensure_pending_author(conn)
+        with self.engine.begin() as conn:  # bookkeeping tables of an earlier release
+            changelog.upgrade(conn)
         if models:
             for md in {id(t.table.metadata): t.table.metadata for t in self.tracked.values()
                        }.values():

@@ -186,7 +186,7 @@ def test_alembic_command_line_end_to_end(tmp_path: Path, database: str,
     assert set(schema.metadata.tables) <= set(insp.get_table_names())
     assert "todo" not in insp.get_table_names()
     assert {i["name"] for i in insp.get_indexes("dimple_changes")} >= {
-        "ix_dimple_changes_entity", "ix_dimple_changes_transaction"}
+        "ix_dimple_changes_transaction"}
 
     # autogenerate proposes the models' table, and nothing about the bookkeeping tables
     before = project.scripts()
@@ -536,7 +536,7 @@ def test_sql_mode_emits_the_tables_and_replays_nothing(inproc: tuple[Config, Eng
     out = capsys.readouterr().out
     for table in schema.metadata.sorted_tables:
         assert f"CREATE TABLE {table.name}" in out
-    assert "CREATE INDEX ix_dimple_changes_entity" in out
+    assert "CREATE INDEX ix_dimple_changes_transaction" in out
     assert cfg.attributes["replayed"] == 0
     assert inspect(engine).get_table_names() == []  # nothing touched the database
 

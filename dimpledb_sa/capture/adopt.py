@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row, inspect, select
 
-from ..core import meta, schema
+from ..core import changelog, meta
 from ..core.changelog import Group, PackedRow, fold, write_local
-from ..core.rows import chunks
 from ..core.signals import changes_committed
 from ..core.tracking import parents_first
 
@@ -46,12 +45,7 @@ def _batches(conn: Connection, tt: TrackedTable, size: int) -> Iterator[Sequence
 
 def _logged(conn: Connection, name: str, entity_ids: Sequence[str]) -> set[str]:
     """The ids among ``entity_ids`` that have at least one change in the log."""
-    c = schema.changes
-    found: set[str] = set()
-    for chunk in chunks(entity_ids):
-        found.update(conn.execute(select(c.c.entity_id).distinct().where(
-            c.c.entity_type == name, c.c.entity_id.in_(chunk))).scalars())
-    return found
+    return changelog.logged_entities(conn, name, entity_ids)
 
 
 def _groups(tt: TrackedTable, rows: Sequence[Row[Any]], logged: set[str]) -> list[Group]:

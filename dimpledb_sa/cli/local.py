@@ -341,9 +341,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                 if changes:
                     break
             p = schema.pending
-            known = changes or conn.execute(
-                select(schema.changes.c.id).where(schema.changes.c.entity_type == args.table)
-                .limit(1)).first() is not None or conn.execute(
+            known = changes or changelog.has_changes_of(conn, args.table) or conn.execute(
                 select(p.c.seq).where(p.c.tables.contains(json.dumps(args.table),
                                                           autoescape=True)).limit(1)
                 ).first() is not None

@@ -25,14 +25,27 @@ earlier version made (whose pending rows came with their ``dimple_transactions``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii as _esc
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import Connection, Subquery, func, inspect, null, select, union_all
+from sqlalchemy import (
+    Connection,
+    Subquery,
+    bindparam,
+    delete,
+    func,
+    inspect,
+    null,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.schema import CreateColumn
 
@@ -51,6 +64,7 @@ from .changes import (
     change_from_row,
 )
 from .clock import is_next_id, offset_id
+from .errors import DimpleError
 from .floor import issued
 from .floor import start as start_commit
 from .rows import chunks, insert_many
@@ -66,24 +80,38 @@ __all__ = [
     "all_rows",
     "all_transactions",
     "count_transactions",
+    "delete_rows",
     "ensure_pending_author",
     "entity_changes",
     "expand",
     "expand_all",
     "fold",
     "fold_unpacked",
+    "has_changes_of",
     "history",
+    "id_bytes",
+    "id_text",
+    "iter_rows",
     "json_array",
     "known_transactions",
     "last_pending",
+    "logged_entities",
+    "newest_logged",
     "pack",
     "pending_rows",
     "raise_clock_floor",
+    "rename_attribute",
+    "rows_of_entities",
+    "rows_of_transactions",
+    "select_rows",
+    "store",
     "transaction_authors",
     "transaction_ids",
     "transactions_of",
     "transactions_since",
+    "transactions_touching",
     "unpacked_pending",
+    "upgrade",
     "write_local",
 ]
 
@@ -272,11 +300,22 @@ def _insert_folded(conn: Connection, txs: Sequence[tuple[str, str | None]],
                    packed: Sequence[PackedRow]) -> None:
     """Store folded transactions: their ``dimple_transactions`` rows (but those of rows an
     earlier version wrote, null author: it wrote them at commit) and their packed rows (a
-    concurrent fold may have stored them already)."""
+    concurrent fold may have stored them already), and keep the clock floor."""
     insert_many(conn, schema.transactions,
                 [(tx, author) for tx, author in txs if author is not None],
                 ignore_existing=True)
-    insert_many(conn, schema.changes, packed, ignore_existing=True)
+    store(conn, packed, ignore_existing=True)
+    _keep_floor(conn, packed)
+
+
+def _keep_floor(conn: Connection, packed: Sequence[PackedRow]) -> None:
+    """Raise ``dimple_meta.clock`` to the last id of folded local rows (commit order is
+    id order, so the last row holds the newest): once their pending row is gone, the clock
+    floor (:mod:`.floor`) still covers them."""
+    if packed:
+        last = packed[-1]
+        newest = offset_id(last[ROW_ID], max(len(_loads(last[PACKED_ATTRIBUTES])) - 1, 0))
+        meta.raise_floor(conn, meta.get(conn, meta.CLOCK), newest)
 
 
 def unpacked_pending(conn: Connection, limit: int, through: int | None = None
@@ -339,8 +378,7 @@ def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = No
 
 def all_rows(conn: Connection) -> list[PackedRow]:
     """Every packed row of the log, indexed or pending (for tools and tests)."""
-    c = schema.changes
-    return [tuple(r) for r in conn.execute(select(c))] + pending_rows(conn)
+    return [row for batch in iter_rows(conn) for row in batch] + pending_rows(conn)
 
 
 def raise_clock_floor(conn: Connection, newest: str) -> None:
@@ -491,14 +529,13 @@ def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> lis
     transaction that :func:`fold` moved in between (found twice) is kept once; a fold only
     ever moves rows from ``dimple_pending`` into the log, so none can be missed.
     """
-    c = schema.changes
     by_tx: dict[str, list[ChangeRow]] = defaultdict(list)
     twice: set[str] = set()
     for chunk in chunks(tx_ids):
         pending = {prow[ROW_TRANSACTION] for prow in
                    _collect(by_tx, pending_rows(conn, transaction_ids=chunk))}
         # fetched before expanding: the statement (and SQLite's shared lock) ends at once
-        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))).all():
+        for row in rows_of_transactions(conn, chunk):
             if row[ROW_TRANSACTION] in pending:
                 twice.add(row[ROW_TRANSACTION])
             by_tx[row[ROW_TRANSACTION]].extend(expand(row))
@@ -535,16 +572,13 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
     Folds pending transactions first, so ``conn`` must be in a write transaction.
     """
     fold(conn)
-    c = schema.changes
     by_type: dict[str, list[str]] = defaultdict(list)
     for etype, eid in keys:
         by_type[etype].append(eid)
     out: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
     for etype, eids in by_type.items():
-        for chunk in chunks(eids):
-            stmt = select(c).where(c.c.entity_type == etype, c.c.entity_id.in_(chunk))
-            for row in conn.execute(stmt):
-                out[(row[ROW_ENTITY_TYPE], row[ROW_ENTITY_ID])].extend(expand(row))
+        for row in rows_of_entities(conn, etype, eids):
+            out[(row[ROW_ENTITY_TYPE], row[ROW_ENTITY_ID])].extend(expand(row))
     for v in out.values():
         v.sort()
     return out
@@ -552,19 +586,362 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
 
 def history(conn: Connection, entity_type: str, entity_id: str) -> list[Change]:
     """Every logged change of one entity, oldest first, with authors."""
-    c, t = schema.changes, schema.transactions
-    stmt = (
-        select(c, t.c.author)
-        .join(t, t.c.id == c.c.transaction_id)
-        .where(c.c.entity_type == entity_type, c.c.entity_id == entity_id)
-    )
     out: list[Change] = []
-    found = [(tuple(row[:7]), row[7]) for row in conn.execute(stmt)]
-    pend = pending_rows(conn, entity=(entity_type, entity_id))
-    if pend:  # read after them: a fold meanwhile moved their authors to t, if anything
-        authors = transaction_authors(conn, {r[ROW_TRANSACTION] for r in pend})
-        found.extend((r, authors.get(r[ROW_TRANSACTION], "")) for r in pend)
-    for row, author in found:
+    rows = [*rows_of_entities(conn, entity_type, [entity_id]),
+            *pending_rows(conn, entity=(entity_type, entity_id))]
+    authors = transaction_authors(conn, {r[ROW_TRANSACTION] for r in rows})  # pending too
+    for row in rows:
+        author = authors.get(row[ROW_TRANSACTION], "")
         out.extend(change_from_row(r, author) for r in expand(row))
     out.sort(key=lambda ch: ch.id)
     return out
+
+
+# -- the stored form of dimple_changes ---------------------------------------------------
+# Everything that reads or writes ``dimple_changes`` goes through the functions below, which
+# speak PackedRow (text ids, JSON arrays) and convert at the boundary: on SQLite ids are
+# their 16 bytes (and an entity id that is a canonical UUID's text too), the names list is
+# a key into ``dimple_names``, old values that are all null are NULL and the entity id's
+# own value among the new values is elided (``[,`` starts the stored text then: no JSON
+# array does). See :mod:`.schema`.
+
+_NULLS: Final = {"[" + ",".join(["null"] * n) + "]": n for n in range(1, 257)}
+_NULL_TEXT: Final = {n: text for text, n in _NULLS.items()}
+_NAMES_KEY: dict[str, int] = {}
+"""Names JSON -> its key (a pure function of the text)."""
+_NAMES_TEXT: dict[int, tuple[str, int]] = {}
+"""Key -> (names JSON, how many), for keys read from or checked against a database."""
+_CACHE_LIMIT: Final = 4096
+
+
+def id_bytes(value: str) -> bytes:
+    return bytes.fromhex(value.replace("-", ""))
+
+
+def id_text(value: bytes) -> str:
+    h = value.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _blob_ids(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+def _stored_id(conn: Connection, value: str) -> str | bytes:
+    """An id as ``dimple_changes`` stores it (for a statement's parameter)."""
+    return id_bytes(value) if _blob_ids(conn) else value
+
+
+def _stored_key(conn: Connection, value: str) -> str | bytes:
+    """An entity id as ``dimple_changes`` stores it (for a statement's parameter)."""
+    return _key_bytes(value) if _blob_ids(conn) else value
+
+
+def _key_bytes(value: str) -> str | bytes:
+    """The 16 bytes of an entity id that is a canonical (lowercase) UUID's text, else the
+    id itself."""
+    if len(value) != 36 or value[8] != "-" or value[13] != "-" or value[18] != "-" \
+            or value[23] != "-":
+        return value
+    h = value.replace("-", "")
+    try:
+        b = bytes.fromhex(h)
+    except ValueError:
+        return value
+    return b if len(b) == 16 and b.hex() == h else value
+
+
+def _names_key(text: str) -> int:
+    key = _NAMES_KEY.get(text)
+    if key is None:
+        if len(_NAMES_KEY) >= _CACHE_LIMIT:
+            _NAMES_KEY.clear()
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        key = _NAMES_KEY[text] = int.from_bytes(digest, "big", signed=True)
+    return key
+
+
+def _known_names(conn: Connection, keys: Iterable[int]) -> None:
+    """Read into the cache the names lists of ``keys`` that it lacks."""
+    wanted = set(keys)
+    missing = [k for k in wanted if k not in _NAMES_TEXT]
+    if not missing:
+        return
+    if len(_NAMES_TEXT) + len(missing) > _CACHE_LIMIT:
+        _NAMES_TEXT.clear()
+        missing = list(wanted)
+    n = schema.names
+    for chunk in chunks(missing):
+        for key, text in conn.execute(select(n.c.id, n.c.names).where(n.c.id.in_(chunk))):
+            _NAMES_TEXT[key] = (text, len(_loads(text)))
+
+
+def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, ...]]:
+    """``rows`` in the column order and form of ``dimple_changes``; makes sure that
+    ``dimple_names`` holds every names list they refer to (in ``conn``'s transaction)."""
+    blob = _blob_ids(conn)
+    nulls = _NULLS
+    keys_get = _NAMES_KEY.get
+    key_bytes = _key_bytes
+    fromhex = bytes.fromhex
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    lists: dict[int, str] = {}
+    txs: dict[str, Any] = {}
+    for first, tx, etype, eid, names, olds, news in rows:
+        key = keys_get(names)
+        if key is None:
+            key = _names_key(names)
+            lists[key] = names
+        elif key not in lists:
+            lists[key] = names
+        # the entity id's own value, when it is the first new value: '"<id>"' is cut out
+        # (a pure text cut: reading puts back exactly the same characters)
+        cut = len(eid) + 2
+        if news.startswith(eid, 2) and news[1] == '"' and news[cut:cut + 2] in _CUT_ENDS:
+            news = "[," + news[cut + 1:]
+        sold = None if olds in nulls else olds
+        if blob:
+            stx = txs.get(tx)
+            if stx is None:
+                stx = txs[tx] = fromhex(tx.replace("-", ""))
+            append((etype, key_bytes(eid), fromhex(first.replace("-", "")), stx, key, sold,
+                    news))
+        else:
+            append((etype, eid, first, tx, key, sold, news))
+    _ensure_names(conn, lists)
+    return out
+
+
+_CUT_ENDS: Final = ('",', '"]')
+
+
+def _ensure_names(conn: Connection, lists: dict[int, str]) -> None:
+    insert_many(conn, schema.names, sorted(lists.items()), ignore_existing=True)
+    unchecked = {k: t for k, t in lists.items() if k not in _NAMES_TEXT}
+    if not unchecked:
+        return
+    _known_names(conn, unchecked)
+    for key, text in unchecked.items():
+        got = _NAMES_TEXT.get(key)
+        if got is None or (got[0] != text and _loads(got[0]) != _loads(text)):
+            raise DimpleError(f"the names lists {text} and {got and got[0]} share the key "
+                              f"{key} in dimple_names")
+
+
+def _from_stored(conn: Connection, found: Sequence[Sequence[Any]]) -> list[PackedRow]:
+    """Rows as ``dimple_changes`` stores them, back as PackedRow."""
+    if not found:
+        return []
+    _known_names(conn, {r[4] for r in found})
+    names_of = _NAMES_TEXT
+    nulls = _NULL_TEXT
+    out: list[PackedRow] = []
+    append = out.append
+    if _blob_ids(conn):
+        txs: dict[bytes, str] = {}
+        for etype, skey, first, tx, key, olds, news in found:
+            eid = skey if type(skey) is str else id_text(skey)
+            names, count = names_of[key]
+            if news.startswith("[,"):
+                news = '["' + eid + '"' + news[2:]
+            ttx = txs.get(tx)
+            if ttx is None:
+                ttx = txs[tx] = id_text(tx)
+            append((id_text(first), ttx, etype, eid, names,
+                    nulls[count] if olds is None else olds, news))
+    else:
+        for etype, eid, first, tx, key, olds, news in found:
+            names, count = names_of[key]
+            if news.startswith("[,"):
+                news = '["' + eid + '"' + news[2:]
+            append((first, tx, etype, eid, names, nulls[count] if olds is None else olds,
+                    news))
+    return out
+
+
+def store(conn: Connection, rows: Sequence[PackedRow], *, ignore_existing: bool = False
+          ) -> None:
+    """Insert packed rows into the indexed log (``ignore_existing``: skip rows it holds)."""
+    if rows:
+        insert_many(conn, schema.changes, _to_stored(conn, rows),
+                    ignore_existing=ignore_existing)
+
+
+def select_rows(conn: Connection, *where: Any) -> list[PackedRow]:
+    """The log's packed rows matching ``where`` (clauses on ``schema.changes`` columns,
+    whose parameters are in stored form: see :func:`_stored_id`, :func:`_stored_key`)."""
+    return _from_stored(conn, conn.execute(select(schema.changes).where(*where)).all())
+
+
+def rows_of_transactions(conn: Connection, tx_ids: Sequence[str],
+                         entity_types: Sequence[str] | None = None) -> list[PackedRow]:
+    """The indexed log's rows of the transactions ``tx_ids`` (of ``entity_types`` only)."""
+    c = schema.changes
+    out: list[PackedRow] = []
+    for chunk in chunks(list(tx_ids)):
+        where = [c.c.transaction_id.in_([_stored_id(conn, t) for t in chunk])]
+        if entity_types is not None:
+            where.append(c.c.entity_type.in_(list(entity_types)))
+        out.extend(select_rows(conn, *where))
+    return out
+
+
+def rows_of_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str]
+                     ) -> list[PackedRow]:
+    """The indexed log's rows of some entities of one type."""
+    c = schema.changes
+    out: list[PackedRow] = []
+    for chunk in chunks(list(entity_ids)):
+        out.extend(select_rows(conn, c.c.entity_type == entity_type,
+                               c.c.entity_id.in_([_stored_key(conn, e) for e in chunk])))
+    return out
+
+
+def logged_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str]) -> set[str]:
+    """The ids among ``entity_ids`` with at least one change in the indexed log."""
+    c = schema.changes
+    found: set[str] = set()
+    for chunk in chunks(list(entity_ids)):
+        keys = {_stored_key(conn, e): e for e in chunk}
+        found.update(keys[k] for k in conn.execute(select(c.c.entity_id).distinct().where(
+            c.c.entity_type == entity_type, c.c.entity_id.in_(list(keys)))).scalars())
+    return found
+
+
+def has_changes_of(conn: Connection, entity_type: str) -> bool:
+    """Whether the indexed log holds a change of any entity of ``entity_type``."""
+    c = schema.changes
+    return conn.execute(select(c.c.entity_type).where(c.c.entity_type == entity_type)
+                        .limit(1)).first() is not None
+
+
+def transactions_touching(conn: Connection, entity_type: str) -> set[str]:
+    """The ids of the transactions with an indexed change of an entity of ``entity_type``."""
+    c = schema.changes
+    found = conn.execute(select(c.c.transaction_id).distinct()
+                         .where(c.c.entity_type == entity_type)).scalars()
+    if _blob_ids(conn):
+        return {id_text(t) for t in found}
+    return set(found)
+
+
+def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000
+              ) -> Iterator[list[PackedRow]]:
+    """Every row of the indexed log (with a first id below ``below``), in batches in key
+    order; each batch is read whole before it is handed out."""
+    c = schema.changes
+    after: tuple[Any, Any, Any] | None = None
+    while True:
+        stmt = select(c)
+        if below is not None:
+            stmt = stmt.where(c.c.id < _stored_id(conn, below))
+        if after is not None:
+            stmt = stmt.where(tuple_(c.c.entity_type, c.c.entity_id, c.c.id) > after)
+        found = conn.execute(stmt.order_by(c.c.entity_type, c.c.entity_id, c.c.id)
+                             .limit(batch)).all()
+        if not found:
+            return
+        after = (found[-1][0], found[-1][1], found[-1][2])
+        yield _from_stored(conn, found)
+        if len(found) < batch:
+            return
+
+
+def delete_rows(conn: Connection, rows: Iterable[PackedRow]) -> None:
+    """Delete these packed rows (by entity and first id) from the indexed log."""
+    c = schema.changes
+    keys = [{"t": r[ROW_ENTITY_TYPE], "e": _stored_key(conn, r[ROW_ENTITY_ID]),
+             "i": _stored_id(conn, r[ROW_ID])} for r in rows]
+    if keys:
+        conn.execute(delete(c).where(c.c.entity_type == bindparam("t"),
+                                     c.c.entity_id == bindparam("e"),
+                                     c.c.id == bindparam("i")), keys)
+
+
+def rename_attribute(conn: Connection, entity_type: str, old: str, new: str) -> int:
+    """Rename attribute ``old`` to ``new`` in the logged changes of ``entity_type``;
+    returns how many changes were renamed."""
+    c = schema.changes
+    keys = list(conn.execute(select(c.c.names).distinct()
+                             .where(c.c.entity_type == entity_type)).scalars())
+    _known_names(conn, keys)
+    renamed = 0
+    for key in keys:
+        text, _ = _NAMES_TEXT[key]
+        names: list[str] = _loads(text)
+        if old not in names:
+            continue
+        n = conn.execute(select(func.count()).select_from(c).where(
+            c.c.entity_type == entity_type, c.c.names == key)).scalar() or 0
+        renamed += names.count(old) * n
+        moved = _dumps([new if x == old else x for x in names])
+        to = _names_key(moved)
+        _ensure_names(conn, {to: moved})
+        conn.execute(update(c).where(c.c.entity_type == entity_type, c.c.names == key)
+                     .values(names=to))
+    return renamed
+
+
+def newest_logged(conn: Connection) -> str | None:
+    """The largest first id in the indexed log (a scan: for upgrades and tools)."""
+    got = conn.execute(select(func.max(schema.changes.c.id))).scalar()
+    if got is None:
+        return None
+    return id_text(got) if isinstance(got, bytes) else str(got)
+
+
+_V1_COLUMNS: Final = ("id", "transaction_id", "entity_type", "entity_id", "attributes",
+                      "old_values", "new_values")
+_UPGRADE_BATCH: Final = 50_000
+
+
+def upgrade(conn: Connection) -> bool:
+    """Move a change log of the first release's layout (text ids, one ``attributes`` JSON
+    per row, a rowid table with two indexes) into the current one, in ``conn``'s
+    transaction (SQLite's and PostgreSQL's DDL is transactional: a crash leaves either
+    layout whole); returns whether there was one to move. Adds ``dimple_pending.author``
+    first where it is missing (:func:`ensure_pending_author`).
+
+    The rows keep their ids and contents (:func:`all_rows` reads the same before and
+    after); ``dimple_meta.clock`` is raised to the old log's newest id, which the first
+    layout's clock floor read from the log itself."""
+    ensure_pending_author(conn)
+    name = schema.changes.name
+    insp = inspect(conn)
+    if not insp.has_table(name):
+        return False
+    if "attributes" not in {c["name"] for c in insp.get_columns(name)}:
+        return False
+    if insp.has_table(schema.meta.name):
+        meta.take_write_lock(conn)  # SQLite: a write first, so the DDL below is in the transaction
+    old = name + "_v1"
+    for ix in insp.get_indexes(name):
+        conn.exec_driver_sql(f"DROP INDEX {ix['name']}")
+    conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {old}")
+    if conn.dialect.name == "postgresql":
+        pk = insp.get_pk_constraint(name).get("name")
+        if pk:
+            conn.exec_driver_sql(f"ALTER TABLE {old} RENAME CONSTRAINT {pk} TO {pk}_v1")
+    schema.names.create(conn, checkfirst=True)
+    schema.changes.create(conn)
+    cols = ", ".join(_V1_COLUMNS)
+    last: PackedRow | None = None
+    after = ""
+    while True:
+        found = [tuple(r) for r in conn.exec_driver_sql(
+            f"SELECT {cols} FROM {old} WHERE id > %s ORDER BY id LIMIT {_UPGRADE_BATCH}"
+            if conn.dialect.paramstyle in ("format", "pyformat") else
+            f"SELECT {cols} FROM {old} WHERE id > ? ORDER BY id LIMIT {_UPGRADE_BATCH}",
+            (after,)).all()]
+        if not found:
+            break
+        rows: list[PackedRow] = [tuple(str(v) for v in r) for r in found]  # type: ignore[misc]
+        store(conn, rows)
+        last = rows[-1]
+        after = last[ROW_ID]
+    conn.exec_driver_sql(f"DROP TABLE {old}")
+    if last is not None:
+        newest = offset_id(last[ROW_ID], max(len(_loads(last[PACKED_ATTRIBUTES])) - 1, 0))
+        meta.raise_floor(conn, meta.get(conn, meta.CLOCK), newest)
+    return True

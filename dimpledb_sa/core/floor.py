@@ -1,11 +1,11 @@
 """The clock floor and the author id a local commit starts from, and how they are kept.
 
-Every id the database holds is at or below its *clock floor*: the highest of
-``dimple_meta.clock`` (see :mod:`.meta`), the last id of the newest pending transaction and
-the last id of the log's newest row. A local commit (:func:`.changelog.write_local`) reads
-the floor and the author id with :func:`start`, observes the floor before it issues ids,
-records the author id as stored now (``dimpledb reauthor`` may have changed it), and tells
-:func:`issued` the last id it issued.
+Every id the database holds is at or below its *clock floor*: the higher of
+``dimple_meta.clock`` (see :mod:`.meta`; every fold, merge and upgrade of the indexed log
+raises it to the newest id it stored) and the last id of the newest pending transaction. A
+local commit (:func:`.changelog.write_local`) reads the floor and the author id with
+:func:`start`, observes the floor before it issues ids, records the author id as stored now
+(``dimpledb reauthor`` may have changed it), and tells :func:`issued` the last id it issued.
 
 On PostgreSQL (and any database but SQLite) both are read on every commit ``FOR UPDATE`` and
 ``dimple_meta.clock`` is raised to the last id issued: two workers then never issue ids below
@@ -47,9 +47,9 @@ def start(conn: Connection) -> tuple[str | None, str | None]:
     if kept is not None and kept[0] is dbapi and kept[1] == version:
         return kept[2], kept[3]
     floor, author = meta.floor_and_author(conn)
-    for last in (_newest_pending(conn), _newest_logged(conn)):
-        if last is not None and (floor is None or last > floor):
-            floor = last
+    last = _newest_pending(conn)
+    if last is not None and (floor is None or last > floor):
+        floor = last
     conn.info[_KEY] = [dbapi, version, floor, author]
     return floor, author
 
@@ -89,15 +89,6 @@ def _newest_pending(conn: Connection) -> str | None:
     if not rows:
         return None
     return _run_last(rows[-1][0], rows[-1][3])
-
-
-def _newest_logged(conn: Connection) -> str | None:
-    """The last id of the log's newest packed row (by first id)."""
-    c = schema.changes
-    row = conn.execute(select(c.c.id, c.c.attributes).order_by(c.c.id.desc()).limit(1)).first()
-    if row is None:
-        return None
-    return _run_last(row[0], json.loads(row[1]))
 
 
 def _run_last(first: str, names: list[str]) -> str:

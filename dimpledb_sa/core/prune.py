@@ -21,11 +21,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, select
 
 from . import changelog, meta, schema
 from .changes import ROW_ATTRIBUTE, ROW_ENTITY_ID, ROW_ENTITY_TYPE, ROW_ID, ROW_TRANSACTION
-from .rows import chunks, insert_many
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -54,14 +53,14 @@ def _winners(conn: Connection, me: str, unpushed_after: str | None
              ) -> tuple[set[str], set[str]]:
     """Per (entity_type, entity_id, attribute): the ids to keep (latest overall and latest
     outside our unpushed transactions); and the ids of our unpushed transactions."""
-    c, t = schema.changes, schema.transactions
+    t = schema.transactions
     stmt = select(t.c.id).where(t.c.author == me)
     if unpushed_after is not None:
         stmt = stmt.where(t.c.id > unpushed_after)
     unpushed = set(conn.execute(stmt).scalars())
     best: dict[tuple[str, str, str], str] = {}
     best_pushed: dict[tuple[str, str, str], str] = {}
-    for row in conn.execute(select(c)):
+    for row in (r for batch in changelog.iter_rows(conn) for r in batch):
         mine = row[ROW_TRANSACTION] in unpushed
         for ch in changelog.expand(row):
             key = (ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID], ch[ROW_ATTRIBUTE])
@@ -81,11 +80,10 @@ def prune_in(conn: Connection, me: str, cutoff: str) -> int:
     if pushed is None:  # nothing pushed: every own transaction is unpushed
         pushed = ""
     keep, unpushed = _winners(conn, me, pushed or None)
-    c = schema.changes
     dropped = 0
-    gone: list[str] = []
+    gone: list[changelog.PackedRow] = []
     repacked: list[changelog.PackedRow] = []
-    for row in conn.execute(select(c).where(c.c.id < cutoff)):
+    for row in (r for batch in changelog.iter_rows(conn, below=cutoff) for r in batch):
         if row[ROW_TRANSACTION] in unpushed:
             continue
         changes = changelog.expand(row)
@@ -93,12 +91,10 @@ def prune_in(conn: Connection, me: str, cutoff: str) -> int:
         if len(left) == len(changes):
             continue
         dropped += len(changes) - len(left)
-        gone.append(row[ROW_ID])
+        gone.append(row)
         repacked.extend(changelog.pack(left))
-    for chunk in chunks(gone):
-        conn.execute(delete(c).where(c.c.id.in_(chunk)))
-    if repacked:
-        insert_many(conn, c, repacked)
+    changelog.delete_rows(conn, gone)
+    changelog.store(conn, repacked)
     old = meta.get(conn, meta.PRUNED_BEFORE)
     if old is None or cutoff > old:
         meta.put(conn, meta.PRUNED_BEFORE, cutoff)

@@ -4,11 +4,16 @@ All live in their own :data:`metadata` (what Alembic's ``target_metadata`` may i
 what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple_``.
 
 - ``dimple_changes``: the change log, packed: one row per run of attribute changes of one
-  entity in one transaction whose ids are consecutive (see :mod:`.changelog`): the
-  first change id, then JSON arrays of attribute names, old values and new values (a plain
-  rowid table: packed rows are too wide for ``WITHOUT ROWID``). ``ix_dimple_changes_entity``
-  (entity_type, entity_id, id) makes "the changes of one entity" (and so the latest of each
-  of its attributes) one index range.
+  entity in one transaction whose ids are consecutive (see :mod:`.changelog`, which alone
+  reads and writes it and owns its stored form): keyed and clustered by (entity_type,
+  entity_id, first change id) (``WITHOUT ROWID`` on SQLite), so "the changes of one entity"
+  (and so the latest of each of its attributes) is one range of the table itself; then the
+  transaction id (``ix_dimple_changes_transaction``), the attribute names as a reference to
+  ``dimple_names``, and the JSON arrays of old values (``NULL`` when all are null: an
+  insert) and new values (the entity id's own value elided). On SQLite ids are stored as
+  their 16 bytes.
+- ``dimple_names``: the JSON lists of attribute names the log's rows name, each once, keyed
+  by a hash of its text (so every database and process gives a list the same key).
 - ``dimple_pending``: local transactions not yet folded into ``dimple_changes``: one row
   per transaction, its author, its packed rows as one JSON body (``[[first_id,
   entity_type, entity_id, attributes, old_values, new_values], ...]``) and the JSON list of
@@ -49,7 +54,18 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import UserDefinedType
 
 __all__ = [
     "BOOKKEEPING_PREFIX",
@@ -61,6 +77,7 @@ __all__ = [
     "keys",
     "meta",
     "metadata",
+    "names",
     "peers",
     "pending",
     "signers",
@@ -75,18 +92,43 @@ metadata = MetaData()
 _ID = String(36).with_variant(String(36, collation="C"), "postgresql")
 """Ids compare as strings in SQL: byte order on PostgreSQL too, whatever its collation."""
 
+
+class _Blob(UserDefinedType[bytes]):
+    """A column of SQLite's BLOB affinity whose values pass through untouched (bytes stay
+    bytes and text stays text: no bind or result processing)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "BLOB"
+
+
+_BID = _Blob().with_variant(String(36, collation="C"), "postgresql")
+"""A change or transaction id in ``dimple_changes``: 16 bytes on SQLite (the UUID's bytes,
+which sort as its text does), the 36-character text elsewhere."""
+_KEY = _Blob().with_variant(String(255), "postgresql")
+"""An entity id in ``dimple_changes``: on SQLite the 16 bytes of an id that is a canonical
+(lowercase) UUID's text, any other id as its text; the text elsewhere."""
+
 changes = Table(
     "dimple_changes",
     metadata,
-    Column("id", _ID, primary_key=True),
-    Column("transaction_id", _ID, nullable=False),
-    Column("entity_type", String(255), nullable=False),
-    Column("entity_id", String(255), nullable=False),
-    Column("attributes", Text, nullable=False),
-    Column("old_values", Text, nullable=False),
+    Column("entity_type", String(255), primary_key=True),
+    Column("entity_id", _KEY, primary_key=True),
+    Column("id", _BID, primary_key=True),
+    Column("transaction_id", _BID, nullable=False),
+    Column("names", BigInteger, nullable=False),
+    Column("old_values", Text, nullable=True),
     Column("new_values", Text, nullable=False),
-    Index("ix_dimple_changes_entity", "entity_type", "entity_id", "id"),
     Index("ix_dimple_changes_transaction", "transaction_id"),
+    sqlite_with_rowid=False,
+)
+
+names = Table(
+    "dimple_names",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("names", Text, nullable=False),
 )
 
 pending = Table(

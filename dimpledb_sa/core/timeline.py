@@ -21,10 +21,17 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select, union
+from sqlalchemy import Connection, select
 
 from . import meta, schema
-from .changelog import expand, known_transactions, pending_rows
+from .changelog import (
+    expand,
+    known_transactions,
+    pending_rows,
+    rows_of_entities,
+    rows_of_transactions,
+    transactions_touching,
+)
 from .changelog import transaction_authors as known_authors
 from .changes import (
     ROW_ATTRIBUTE,
@@ -118,9 +125,7 @@ def state_at(changes: Sequence[ChangeRow], pk_name: str, until: str | None = Non
 
 def entity_rows(conn: Connection, entity_type: str, entity_id: str) -> list[ChangeRow]:
     """Every logged change of one entity (indexed and pending), in id order; read-only."""
-    c = schema.changes
-    found = list(conn.execute(select(c).where(c.c.entity_type == entity_type,
-                                              c.c.entity_id == entity_id)))
+    found = rows_of_entities(conn, entity_type, [entity_id])
     out: list[ChangeRow] = []
     for row in [*found, *pending_rows(conn, entity=(entity_type, entity_id))]:
         out.extend(expand(row))
@@ -150,10 +155,9 @@ def transaction_changes(conn: Connection, tx_ids: Sequence[str]
                         ) -> dict[str, list[ChangeRow]]:
     """The changes of each of ``tx_ids`` (indexed and pending), in id order; transactions
     without changes are left out."""
-    c = schema.changes
     out: dict[str, list[ChangeRow]] = defaultdict(list)
     for chunk in chunks(list(tx_ids)):
-        for row in conn.execute(select(c).where(c.c.transaction_id.in_(chunk))):
+        for row in rows_of_transactions(conn, chunk):
             out[row[ROW_TRANSACTION]].extend(expand(row))
         for prow in pending_rows(conn, transaction_ids=chunk):
             out[prow[ROW_TRANSACTION]].extend(expand(prow))
@@ -172,19 +176,24 @@ def recent_transactions(conn: Connection, *, author: str | None = None,
                         ) -> list[TxRecord]:
     """Transactions newest first, with their changes: only ``author``'s, only those that
     changed a row of ``table``, at most ``limit``."""
-    c, p = schema.changes, schema.pending
+    p = schema.pending
     t = known_transactions(conn)  # folded and pending
     stmt = select(t.c.id, t.c.author).order_by(t.c.id.desc())
     if author is not None:
         stmt = stmt.where(t.c.author == author)
-    if table is not None:
-        touched = union(
-            select(c.c.transaction_id).where(c.c.entity_type == table),
-            select(p.c.transaction_id).where(p.c.tables.contains(json.dumps(table),
-                                                                 autoescape=True)))
-        stmt = stmt.where(t.c.id.in_(touched.scalar_subquery()))
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    found = [(tx, who) for tx, who in conn.execute(stmt)]
+    if table is None:
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        found = [(tx, who) for tx, who in conn.execute(stmt)]
+    else:
+        touched = transactions_touching(conn, table)
+        touched.update(conn.execute(select(p.c.transaction_id).where(
+            p.c.tables.contains(json.dumps(table), autoescape=True))).scalars())
+        found = []
+        for tx, who in conn.execute(stmt):
+            if tx in touched:
+                found.append((tx, who))
+                if limit is not None and len(found) >= limit:
+                    break
     changes = transaction_changes(conn, [tx for tx, _ in found])
     return [(tx, who, changes.get(tx, [])) for tx, who in found]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 
 from ..core import schema
+from ..core.changelog import id_bytes
 from ..core.errors import ConfigurationError, DimpleError
 from ..core.rows import chunks
 from .notify import LocalBackends, channel_for, install, listen
@@ -254,7 +255,8 @@ class Watcher:
         for chunk in chunks(external):
             marks = ",".join("?" * len(chunk))
             q = f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks})"
-            tables.update(r[0].lower() for r in cur.execute(q, chunk))
+            stored = [id_bytes(i) for i in chunk]  # the log's ids are bytes on SQLite
+            tables.update(r[0].lower() for r in cur.execute(q, stored))
             q = f"SELECT tables FROM {p} WHERE transaction_id IN ({marks})"
             for (names,) in cur.execute(q, chunk):
                 tables.update(n.lower() for n in json.loads(names))

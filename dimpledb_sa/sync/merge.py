@@ -145,7 +145,7 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
     before = changelog.entity_changes(conn, incoming)
     insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh],
                 ignore_existing=True)
-    insert_many(conn, schema.changes, rows, ignore_existing=True)
+    changelog.store(conn, rows, ignore_existing=True)
     result.stored = len(fresh)
     _apply(replica, conn, incoming, before, result)
     return result
@@ -415,7 +415,7 @@ def settle_local(replica: Replica, conn: Connection) -> MergeResult:
     changelog.fold(conn)
     since = meta.get(conn, meta.SETTLED_THROUGH)
     me = replica.author_on(conn)
-    t, c = schema.transactions, schema.changes
+    t = schema.transactions
     newest = select(func.max(t.c.id)).where(t.c.author == me)
     last = conn.execute(newest.where(t.c.id > since) if since else newest).scalar()
     if last is None:
@@ -433,9 +433,8 @@ def settle_local(replica: Replica, conn: Connection) -> MergeResult:
     while i < len(ids):
         chunk = ids[i:i + step]
         i += len(chunk)
-        stmt = select(c).where(c.c.transaction_id.in_(chunk),
-                               c.c.entity_type.in_(sorted(relevant)))
-        changes = sorted(ch for row in conn.execute(stmt) for ch in changelog.expand(row))
+        found = changelog.rows_of_transactions(conn, chunk, sorted(relevant))
+        changes = sorted(ch for row in found for ch in changelog.expand(row))
         for ch in changes:
             if ch[ROW_ATTRIBUTE] in relevant[ch[ROW_ENTITY_TYPE]]:
                 entity = olds.setdefault((ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID]), {})

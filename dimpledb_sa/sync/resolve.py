@@ -582,10 +582,5 @@ class Resolver:
 
 def _logged(conn: Connection, name: str, entity_ids: Sequence[str]) -> set[str]:
     """The ids among ``entity_ids`` with at least one change in the (folded) log."""
-    c = schema.changes
-    found: set[str] = set()
-    for chunk in chunks(list(entity_ids)):
-        found.update(conn.execute(select(c.c.entity_id).distinct().where(
-            c.c.entity_type == name, c.c.entity_id.in_(chunk))).scalars())
-    return found
+    return changelog.logged_entities(conn, name, entity_ids)
 

@@ -108,11 +108,9 @@ def build(conn: Connection, me: str, last: str) -> Snapshot:
     """The snapshot of ``me``'s transactions up to ``last`` from the log (``conn`` is a write
     transaction: pending transactions are folded first)."""
     changelog.fold(conn)
-    c, t = schema.changes, schema.transactions
-    stmt = (select(c).join(t, t.c.id == c.c.transaction_id)
-            .where(t.c.author == me, t.c.id <= last))
+    ids = [tx for tx in changelog.transaction_ids(conn, me) if tx <= last]
     win: dict[tuple[str, str, str], ChangeRow] = {}
-    for row in conn.execute(stmt):
+    for row in changelog.rows_of_transactions(conn, ids):
         for ch in changelog.expand(row):
             key = (ch[ROW_ENTITY_TYPE], ch[ROW_ENTITY_ID], ch[ROW_ATTRIBUTE])
             w = win.get(key)
