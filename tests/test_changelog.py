@@ -217,6 +217,37 @@ def test_an_interrupted_upgrade_leaves_the_first_layout_whole(tmp_path: Any) -> 
     engine.dispose()
 
 
+def test_a_log_left_in_the_first_layout_is_moved_by_the_first_fold(tmp_path: Any) -> None:
+    """An app that upgraded the library without create_all() or a new migration: its first
+    fold (here, a sync's) moves the log over instead of failing every later commit."""
+    engine = dimple_engine(tmp_path)
+    db = dimple.DimpleDb(engine, Base)
+    db.create_all()
+    with Session(engine) as s:
+        s.add_all([Todo(text=f"t{k}") for k in range(3)])
+        s.commit()
+    before = folded_rows(db)
+    db.close()
+    engine.dispose()
+    with engine.begin() as conn:
+        schema.changes.drop(conn)
+        schema.names.drop(conn)
+        conn.exec_driver_sql(_V1)
+        conn.execute(text("INSERT INTO dimple_changes VALUES (:a, :b, :c, :d, :e, :f, :g)"),
+                     [dict(zip("abcdefg", r, strict=True)) for r in before])
+    engine.dispose()
+    again = dimple.DimpleDb(dimple_engine(tmp_path), Base)  # no create_all()
+    with pytest.raises(dimple.DimpleError, match="create_all"), \
+            again.engine.connect() as conn:
+        changelog.rows_of_entities(conn, "todo", [before[0][3]])  # a read says what to do
+    with Session(again.engine) as s:
+        s.add(Todo(text="after"))
+        s.commit()
+    rows = folded_rows(again)  # the fold moved the log over
+    assert rows[:len(before)] == before and len(rows) == len(before) + 1
+    again.close()
+
+
 # --------------------------------------------------------------------------- transactions
 @pytest.fixture
 def models() -> type[DeclarativeBase]:

@@ -46,6 +46,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.schema import CreateColumn
 
@@ -70,6 +71,8 @@ from .floor import start as start_commit
 from .rows import chunks, insert_many
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from .replica import Replica
 
 __all__ = [
@@ -614,6 +617,27 @@ _NAMES_TEXT: dict[int, tuple[str, int]] = {}
 _CACHE_LIMIT: Final = 4096
 
 
+_READY: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+"""The engines whose ``dimple_changes`` was found in the current layout (or moved to it)."""
+
+
+def _ready(conn: Connection, *, write: bool = False) -> None:
+    """Make sure that ``dimple_changes`` is in the current layout before it is used, once
+    per engine: a write moves a log of the first release's layout over (:func:`upgrade`, in
+    the caller's write transaction), so an app that upgraded the library without
+    ``create_all()`` or a new migration keeps working; a read says what to do."""
+    engine = conn.engine
+    if engine in _READY:
+        return
+    if _first_layout(conn):
+        if not write:
+            raise DimpleError(
+                "this database's change log is in the first release's layout: call "
+                "db.create_all() once (or run a migration with op.create_dimpledb_tables())")
+        upgrade(conn)
+    _READY[engine] = True
+
+
 def id_bytes(value: str) -> bytes:
     return bytes.fromhex(value.replace("-", ""))
 
@@ -661,19 +685,28 @@ def _names_key(text: str) -> int:
     return key
 
 
-def _known_names(conn: Connection, keys: Iterable[int]) -> None:
-    """Read into the cache the names lists of ``keys`` that it lacks."""
-    wanted = set(keys)
-    missing = [k for k in wanted if k not in _NAMES_TEXT]
+def _known_names(conn: Connection, keys: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """The names lists (JSON text, length) of ``keys`` that ``dimple_names`` holds, from the
+    cache or read (and then cached). The answer is the caller's own dict: another thread
+    may clear the cache at its limit at any time."""
+    cache = _NAMES_TEXT
+    out: dict[int, tuple[str, int]] = {}
+    missing: list[int] = []
+    for k in set(keys):
+        got = cache.get(k)
+        if got is None:
+            missing.append(k)
+        else:
+            out[k] = got
     if not missing:
-        return
-    if len(_NAMES_TEXT) + len(missing) > _CACHE_LIMIT:
-        _NAMES_TEXT.clear()
-        missing = list(wanted)
+        return out
+    if len(cache) + len(missing) > _CACHE_LIMIT:
+        cache.clear()
     n = schema.names
     for chunk in chunks(missing):
         for key, text in conn.execute(select(n.c.id, n.c.names).where(n.c.id.in_(chunk))):
-            _NAMES_TEXT[key] = (text, len(_loads(text)))
+            out[key] = cache[key] = (text, len(_loads(text)))
+    return out
 
 
 def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, ...]]:
@@ -721,9 +754,9 @@ def _ensure_names(conn: Connection, lists: dict[int, str]) -> None:
     unchecked = {k: t for k, t in lists.items() if k not in _NAMES_TEXT}
     if not unchecked:
         return
-    _known_names(conn, unchecked)
+    stored = _known_names(conn, unchecked)
     for key, text in unchecked.items():
-        got = _NAMES_TEXT.get(key)
+        got = stored.get(key)
         if got is None or (got[0] != text and _loads(got[0]) != _loads(text)):
             raise DimpleError(f"the names lists {text} and {got and got[0]} share the key "
                               f"{key} in dimple_names")
@@ -733,8 +766,7 @@ def _from_stored(conn: Connection, found: Sequence[Sequence[Any]]) -> list[Packe
     """Rows as ``dimple_changes`` stores them, back as PackedRow."""
     if not found:
         return []
-    _known_names(conn, {r[4] for r in found})
-    names_of = _NAMES_TEXT
+    names_of = _known_names(conn, {r[4] for r in found})
     nulls = _NULL_TEXT
     out: list[PackedRow] = []
     append = out.append
@@ -764,6 +796,7 @@ def store(conn: Connection, rows: Sequence[PackedRow], *, ignore_existing: bool 
           ) -> None:
     """Insert packed rows into the indexed log (``ignore_existing``: skip rows it holds)."""
     if rows:
+        _ready(conn, write=True)
         insert_many(conn, schema.changes, _to_stored(conn, rows),
                     ignore_existing=ignore_existing)
 
@@ -771,6 +804,7 @@ def store(conn: Connection, rows: Sequence[PackedRow], *, ignore_existing: bool 
 def select_rows(conn: Connection, *where: Any) -> list[PackedRow]:
     """The log's packed rows matching ``where`` (clauses on ``schema.changes`` columns,
     whose parameters are in stored form: see :func:`_stored_id`, :func:`_stored_key`)."""
+    _ready(conn)
     return _from_stored(conn, conn.execute(select(schema.changes).where(*where)).all())
 
 
@@ -800,6 +834,7 @@ def rows_of_entities(conn: Connection, entity_type: str, entity_ids: Sequence[st
 
 def logged_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str]) -> set[str]:
     """The ids among ``entity_ids`` with at least one change in the indexed log."""
+    _ready(conn)
     c = schema.changes
     found: set[str] = set()
     for chunk in chunks(list(entity_ids)):
@@ -811,6 +846,7 @@ def logged_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str
 
 def has_changes_of(conn: Connection, entity_type: str) -> bool:
     """Whether the indexed log holds a change of any entity of ``entity_type``."""
+    _ready(conn)
     c = schema.changes
     return conn.execute(select(c.c.entity_type).where(c.c.entity_type == entity_type)
                         .limit(1)).first() is not None
@@ -818,6 +854,7 @@ def has_changes_of(conn: Connection, entity_type: str) -> bool:
 
 def transactions_touching(conn: Connection, entity_type: str) -> set[str]:
     """The ids of the transactions with an indexed change of an entity of ``entity_type``."""
+    _ready(conn)
     c = schema.changes
     found = conn.execute(select(c.c.transaction_id).distinct()
                          .where(c.c.entity_type == entity_type)).scalars()
@@ -830,6 +867,7 @@ def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000
               ) -> Iterator[list[PackedRow]]:
     """Every row of the indexed log (with a first id below ``below``), in batches in key
     order; each batch is read whole before it is handed out."""
+    _ready(conn)
     c = schema.changes
     after: tuple[Any, Any, Any] | None = None
     while True:
@@ -850,6 +888,7 @@ def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000
 
 def delete_rows(conn: Connection, rows: Iterable[PackedRow]) -> None:
     """Delete these packed rows (by entity and first id) from the indexed log."""
+    _ready(conn, write=True)
     c = schema.changes
     keys = [{"t": r[ROW_ENTITY_TYPE], "e": _stored_key(conn, r[ROW_ENTITY_ID]),
              "i": _stored_id(conn, r[ROW_ID])} for r in rows]
@@ -862,13 +901,14 @@ def delete_rows(conn: Connection, rows: Iterable[PackedRow]) -> None:
 def rename_attribute(conn: Connection, entity_type: str, old: str, new: str) -> int:
     """Rename attribute ``old`` to ``new`` in the logged changes of ``entity_type``;
     returns how many changes were renamed."""
+    _ready(conn, write=True)
     c = schema.changes
     keys = list(conn.execute(select(c.c.names).distinct()
                              .where(c.c.entity_type == entity_type)).scalars())
-    _known_names(conn, keys)
+    lists = _known_names(conn, keys)
     renamed = 0
     for key in keys:
-        text, _ = _NAMES_TEXT[key]
+        text, _ = lists[key]
         names: list[str] = _loads(text)
         if old not in names:
             continue
@@ -885,6 +925,7 @@ def rename_attribute(conn: Connection, entity_type: str, old: str, new: str) -> 
 
 def newest_logged(conn: Connection) -> str | None:
     """The largest first id in the indexed log (a scan: for upgrades and tools)."""
+    _ready(conn)
     got = conn.execute(select(func.max(schema.changes.c.id))).scalar()
     if got is None:
         return None
@@ -896,52 +937,63 @@ _V1_COLUMNS: Final = ("id", "transaction_id", "entity_type", "entity_id", "attri
 _UPGRADE_BATCH: Final = 50_000
 
 
+def _first_layout(conn: Connection) -> bool:
+    """Whether ``dimple_changes`` exists in the first release's layout (asked afresh: an
+    Inspector caches what it read)."""
+    insp = inspect(conn)
+    name = schema.changes.name
+    return bool(insp.has_table(name)
+                and "attributes" in {c["name"] for c in insp.get_columns(name)})
+
+
 def upgrade(conn: Connection) -> bool:
     """Move a change log of the first release's layout (text ids, one ``attributes`` JSON
     per row, a rowid table with two indexes) into the current one, in ``conn``'s
     transaction (SQLite's and PostgreSQL's DDL is transactional: a crash leaves either
-    layout whole); returns whether there was one to move. Adds ``dimple_pending.author``
-    first where it is missing (:func:`ensure_pending_author`).
+    layout whole); returns whether there was one to move (``False`` too when another
+    process moved it while this one waited for the write lock). Adds
+    ``dimple_pending.author`` first where it is missing (:func:`ensure_pending_author`).
 
     The rows keep their ids and contents (:func:`all_rows` reads the same before and
     after); ``dimple_meta.clock`` is raised to the old log's newest id, which the first
     layout's clock floor read from the log itself."""
     ensure_pending_author(conn)
-    name = schema.changes.name
+    if not _first_layout(conn):
+        return False
+    name, old = schema.changes.name, schema.changes.name + "_v1"
+    schema.names.create(conn, checkfirst=True)
+    # a write first: pysqlite then keeps the DDL below in this transaction; the write lock
+    # makes a second upgrader wait, and then find the work done
+    conn.execute(delete(schema.names).where(schema.names.c.id.is_(None)))
+    if inspect(conn).has_table(schema.meta.name):
+        meta.take_write_lock(conn)
+    if not _first_layout(conn):
+        return False
     insp = inspect(conn)
-    if not insp.has_table(name):
-        return False
-    if "attributes" not in {c["name"] for c in insp.get_columns(name)}:
-        return False
-    if insp.has_table(schema.meta.name):
-        meta.take_write_lock(conn)  # SQLite: a write first, so the DDL below is in the transaction
-    old = name + "_v1"
+    pk = insp.get_pk_constraint(name).get("name")
     for ix in insp.get_indexes(name):
         conn.exec_driver_sql(f"DROP INDEX {ix['name']}")
     conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {old}")
-    if conn.dialect.name == "postgresql":
-        pk = insp.get_pk_constraint(name).get("name")
-        if pk:
-            conn.exec_driver_sql(f"ALTER TABLE {old} RENAME CONSTRAINT {pk} TO {pk}_v1")
-    schema.names.create(conn, checkfirst=True)
+    if conn.dialect.name == "postgresql" and pk:
+        conn.exec_driver_sql(f"ALTER TABLE {old} RENAME CONSTRAINT {pk} TO {pk}_v1")
     schema.changes.create(conn)
-    cols = ", ".join(_V1_COLUMNS)
-    last: PackedRow | None = None
+    page = sql_text(f"SELECT {', '.join(_V1_COLUMNS)} FROM {old} WHERE id > :after "
+                f"ORDER BY id LIMIT {_UPGRADE_BATCH}")
+    newest: str | None = None
     after = ""
     while True:
-        found = [tuple(r) for r in conn.exec_driver_sql(
-            f"SELECT {cols} FROM {old} WHERE id > %s ORDER BY id LIMIT {_UPGRADE_BATCH}"
-            if conn.dialect.paramstyle in ("format", "pyformat") else
-            f"SELECT {cols} FROM {old} WHERE id > ? ORDER BY id LIMIT {_UPGRADE_BATCH}",
-            (after,)).all()]
-        if not found:
+        rows: list[PackedRow] = [
+            tuple(str(v) for v in r)  # type: ignore[misc]
+            for r in conn.execute(page, {"after": after}).all()]
+        if not rows:
             break
-        rows: list[PackedRow] = [tuple(str(v) for v in r) for r in found]  # type: ignore[misc]
         store(conn, rows)
-        last = rows[-1]
-        after = last[ROW_ID]
+        for r in rows:  # runs of different authors may overlap: every run's last id
+            last = offset_id(r[ROW_ID], max(len(_loads(r[PACKED_ATTRIBUTES])) - 1, 0))
+            if newest is None or last > newest:
+                newest = last
+        after = rows[-1][ROW_ID]
     conn.exec_driver_sql(f"DROP TABLE {old}")
-    if last is not None:
-        newest = offset_id(last[ROW_ID], max(len(_loads(last[PACKED_ATTRIBUTES])) - 1, 0))
+    if newest is not None:
         meta.raise_floor(conn, meta.get(conn, meta.CLOCK), newest)
     return True

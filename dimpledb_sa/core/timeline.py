@@ -186,9 +186,11 @@ def recent_transactions(conn: Connection, *, author: str | None = None,
             stmt = stmt.limit(limit)
         found = [(tx, who) for tx, who in conn.execute(stmt)]
     else:
-        touched = transactions_touching(conn, table)
-        touched.update(conn.execute(select(p.c.transaction_id).where(
+        # pending first, then the log: a fold in between moves rows only from the first
+        # to the second, so none is missed
+        touched = set(conn.execute(select(p.c.transaction_id).where(
             p.c.tables.contains(json.dumps(table), autoescape=True))).scalars())
+        touched.update(transactions_touching(conn, table))
         found = []
         for tx, who in conn.execute(stmt):
             if tx in touched:
