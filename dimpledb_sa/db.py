@@ -95,9 +95,10 @@ class DimpleDb:
 
     # -- set-up ----------------------------------------------------------------------------
     def create_all(self, *, models: bool = True) -> None:
-        """Create the bookkeeping tables and, unless ``models=False``, the tracked tables."""
+        """Create the bookkeeping tables and, unless ``models=False``, the tracked tables
+        (bringing those an earlier version made up to date)."""
         schema.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:  # a change log of an earlier release's layout
+        with self.engine.begin() as conn:  # bookkeeping tables of an earlier release
             changelog.upgrade(conn)
         if models:
             for md in {id(t.table.metadata): t.table.metadata for t in self.tracked.values()

@@ -145,13 +145,10 @@ def log_count(db: dimple.DimpleDb) -> int:
 
 
 def tx_count(db: dimple.DimpleDb) -> int:
-    from sqlalchemy import func, select
+    from dimpledb_sa.core import changelog
 
-    from dimpledb_sa.core import schema
-
-    with db.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(schema.transactions))
-                   .scalar_one())
+    with db.engine.connect() as conn:  # folded and pending
+        return len(changelog.all_transactions(conn))
 
 
 # --------------------------------------------------------------------------- live: LiveBase

@@ -232,6 +232,34 @@ def test_status_json_counts_unpushed_and_held(
     assert code == 1 and "not a dimpledb database" in err
 
 
+def test_status_counts_pending_transactions(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A commit's transaction is pending until a fold writes its dimple_transactions row:
+    the counts see it either way."""
+    from models import Base, Todo
+    from sqlalchemy.orm import Session
+
+    from dimpledb_sa.core import changelog
+
+    path = tmp_path / "pending.db"
+    engine = create_engine(f"sqlite:///{path}")
+    db = dimple.DimpleDb(engine, Base)
+    db.create_all()
+    for text in ("one", "two", "three"):
+        with Session(engine) as s:
+            s.add(Todo(text=text))
+            s.commit()
+        if text == "one":
+            with engine.begin() as conn:
+                changelog.fold(conn)
+    db.close()
+    engine.dispose()
+    code, out, err = call(capsys, "status", path, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["local_transactions"] == 3 and doc["unpushed"] == 3
+
+
 def test_history(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     proc = run("history", world.b, "todo", world.milk, cwd=world.dir)
     assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 from models import Base, Todo, changes_of, make_engine
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dimpledb_sa as dimple
@@ -26,7 +25,7 @@ def is_uuid7(value: str) -> bool:
 def all_ids(db: dimple.DimpleDb) -> list[str]:
     with db.engine.connect() as conn:
         rows = changelog.all_rows(conn)
-        txs = list(conn.execute(select(schema.transactions.c.id)).scalars())
+        txs = [tx for tx, _ in changelog.all_transactions(conn)]  # folded and pending
     return [r[0] for r in changelog.expand_all(rows)] + txs
 
 

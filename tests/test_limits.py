@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from syncworld import Device, Devices, read_manifest, titles, write_file
 
 import dimpledb_sa as dimple
-from dimpledb_sa.core import schema
+from dimpledb_sa.core import changelog
 from dimpledb_sa.core.clock import HybridClock, offset_id
 from dimpledb_sa.core.errors import RemoteFormatError
 from dimpledb_sa.core.values import MAX_VALUE_DEPTH, value_depth
@@ -116,7 +116,7 @@ def test_a_too_deep_json_value_is_refused_at_flush(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="nested more than"):
             s.commit()
     with db.engine.connect() as conn:
-        assert len(conn.execute(select(schema.transactions)).all()) == 1
+        assert len(changelog.all_transactions(conn)) == 1
     db.close()
 
 

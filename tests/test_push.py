@@ -35,7 +35,7 @@ from syncworld import (
 )
 
 import dimpledb_sa as dimple
-from dimpledb_sa.core import meta, schema
+from dimpledb_sa.core import changelog, meta
 from dimpledb_sa.sync import lease, push
 from dimpledb_sa.sync.crypto import generate_identity
 from dimpledb_sa.sync.storage import STALE_TEMPORARY_SECONDS, temporary_name
@@ -53,10 +53,8 @@ def manifest(devs: Devices, dev: Device) -> dict[str, Any]:
 
 
 def own_transactions(dev: Device) -> list[str]:
-    t = schema.transactions
-    with dev.db.engine.connect() as conn:
-        return list(conn.execute(select(t.c.id).where(t.c.author == dev.db.author_id)
-                                 .order_by(t.c.id)).scalars())
+    with dev.db.engine.connect() as conn:  # folded and pending
+        return changelog.transaction_ids(conn, dev.db.author_id)
 
 
 def assert_each_uploaded_once(devs: Devices, dev: Device) -> None:
@@ -442,9 +440,8 @@ def test_a_handle_opened_before_reauthor_uses_the_new_id(devs: Devices) -> None:
     old = stale.db.author_id
     new = a.db.reauthor()
     stale.add(Note(title="after"))
-    t = schema.transactions
-    with a.db.engine.connect() as conn:
-        authors = dict(conn.execute(select(t.c.author, t.c.id)).all())
+    with a.db.engine.connect() as conn:  # folded and pending
+        authors = {who: tx for tx, who in changelog.all_transactions(conn)}
     assert set(authors) == {old, new}
     assert stale.db.author_id == new
     assert stale.sync().pushed == 1

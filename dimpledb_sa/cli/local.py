@@ -85,14 +85,10 @@ def _on_progress(progress: Progress) -> Callable[[str, int, int], None]:
 
 
 def _unpushed(engine: Engine, me: str) -> tuple[int, str | None]:
-    t, m = schema.transactions, schema.meta
+    m = schema.meta
     with engine.connect() as conn:
         since = conn.execute(select(m.c.value).where(m.c.key == "pushed_through")).scalar()
-        stmt = select(func.count(), func.min(t.c.id)).where(t.c.author == me)
-        if since:
-            stmt = stmt.where(t.c.id > since)
-        count, oldest = conn.execute(stmt).one()
-    return int(count), oldest
+        return changelog.count_transactions(conn, me, since)
 
 
 def _report_doc(report: SyncReport) -> dict[str, Any]:
@@ -247,12 +243,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         require_bookkeeping(engine)
         me = read_author(engine) or ""
-        m, c, h, t = schema.meta, schema.cursors, schema.held, schema.transactions
+        m, c, h = schema.meta, schema.cursors, schema.held
         with engine.connect() as conn:
             pushed = conn.execute(select(m.c.value).where(m.c.key == "pushed_through")
                                   ).scalar()
-            local = conn.execute(select(func.count()).select_from(t)
-                                 .where(t.c.author == me)).scalar_one()
+            local, _ = changelog.count_transactions(conn, me)
             cursors = list(conn.execute(select(c.c.author, c.c.last_transaction_id,
                                                c.c.synced_at).order_by(c.c.author)))
             held = list(conn.execute(select(h.c.entity_type, h.c.attribute, h.c.reason,

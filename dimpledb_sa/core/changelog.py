@@ -10,14 +10,17 @@ keeps capture cheap; :func:`expand` gives back exactly the per-attribute records
 :func:`pack` folds pulled records the same way (a record whose id does not continue the run
 starts a new row, so foreign ids are stored faithfully too).
 
-A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once:
-:func:`write_local` writes them as one ``dimple_pending`` row (one JSON body per
-transaction), in the same database transaction as the data, and :func:`fold` moves pending
-transactions into the indexed log before a merge, a replay or an adoption, every
-``PENDING_LIMIT`` commits, and during a push (:func:`unpacked_pending` read
-without a lock, then :func:`fold_unpacked`, a few transactions per short write
-transaction). Readers that cannot write (history, a push's
-reads, the external watcher, tools) also read :func:`pending_rows`.
+A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once,
+nor its ``dimple_transactions`` row: :func:`write_local` writes one ``dimple_pending`` row
+(its author and one JSON body), in the same database transaction as the data, and
+:func:`fold` moves pending transactions into the indexed log and the transaction table
+before a merge, a replay or an adoption, every ``PENDING_LIMIT`` commits, and during a push
+(:func:`unpacked_pending` read without a lock, then :func:`fold_unpacked`, a few
+transactions per short write transaction). Readers that cannot write (history, a push's
+reads, the external watcher, tools) also read :func:`pending_rows`, and every reader of
+transactions by id or author reads :func:`known_transactions` (both tables in one
+statement). :func:`ensure_pending_author` adds ``dimple_pending.author`` to a database an
+earlier version made (whose pending rows came with their ``dimple_transactions`` rows).
 """
 
 from __future__ import annotations
@@ -32,15 +35,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
     Connection,
+    Subquery,
     bindparam,
     delete,
     func,
     inspect,
+    null,
     select,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy import text as sql_text
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.schema import CreateColumn
 
 from . import meta, schema
 from .changes import (
@@ -74,7 +82,10 @@ __all__ = [
     "PackedRow",
     "TxRecord",
     "all_rows",
+    "all_transactions",
+    "count_transactions",
     "delete_rows",
+    "ensure_pending_author",
     "entity_changes",
     "expand",
     "expand_all",
@@ -87,6 +98,7 @@ __all__ = [
     "is_empty",
     "iter_rows",
     "json_array",
+    "known_transactions",
     "last_pending",
     "logged_entities",
     "newest_logged",
@@ -98,6 +110,7 @@ __all__ = [
     "rows_of_transactions",
     "select_rows",
     "store",
+    "transaction_authors",
     "transaction_ids",
     "transactions_of",
     "transactions_since",
@@ -150,14 +163,15 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
                 ) -> list[PackedRow]:
     """Issue ids for one local transaction's groups and write it; returns the packed rows.
 
-    The transaction goes to ``dimple_pending`` as one row (see :func:`fold`), with its
-    ``dimple_transactions`` row. The clock first observes the database's clock floor (every
-    id the database holds is at or below it, see :mod:`.floor`), so ids keep growing across
-    restarts, across processes sharing the database and after pulls by any of them; the
-    author id is read with it, so a commit made after ``dimpledb reauthor`` by a handle
-    opened before it records the new id. Ids are issued in commit order across processes:
-    SQLite's write lock is held from the flush's first write, and on PostgreSQL the floor's
-    and author's rows stay locked until the commit.
+    The transaction goes to ``dimple_pending`` as one row with its author, and nothing else
+    (:func:`fold` writes its ``dimple_transactions`` row). The clock first observes the
+    database's clock floor (every id the database holds is at or below it, see
+    :mod:`.floor`), so ids keep growing across restarts, across processes sharing the
+    database and after pulls by any of them; the author id is read with it, so a commit made
+    after ``dimpledb reauthor`` by a handle opened before it records the new id. Ids are
+    issued in commit order across processes: SQLite's write lock is held from the flush's
+    first write, and on PostgreSQL the floor's and author's rows stay locked until the
+    commit.
     """
     clock = replica.clock
     floor, stored_author = start_commit(conn)
@@ -190,22 +204,64 @@ def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
     return rows
 
 
-_SQLITE_TRANSACTION = "INSERT INTO dimple_transactions (id, author) VALUES (?, ?)"
-_SQLITE_PENDING = "INSERT INTO dimple_pending (transaction_id, tables, body) VALUES (?, ?, ?)"
+_SQLITE_PENDING = ("INSERT INTO dimple_pending (transaction_id, author, tables, body) "
+                   "VALUES (?, ?, ?, ?)")
 
 
 def _insert_transaction(conn: Connection, tx_id: str, author: str, tables: str,
                         body: str) -> int | None:
-    """Insert a local transaction's two rows; returns its pending ``seq``."""
-    if conn.dialect.name == "sqlite":  # two plain statements, their SQL written once
-        conn.exec_driver_sql(_SQLITE_TRANSACTION, (tx_id, author))
-        seq: int | None = conn.exec_driver_sql(_SQLITE_PENDING, (tx_id, tables, body)).lastrowid
+    """Insert a local transaction's pending row; returns its ``seq``."""
+    if conn.info.get(_AUTHOR_KEY) is not True:
+        ensure_pending_author(conn)
+    if conn.dialect.name == "sqlite":  # a plain statement, its SQL written once
+        seq: int | None = conn.exec_driver_sql(_SQLITE_PENDING, (tx_id, author, tables, body)
+                                               ).lastrowid
         return seq
-    insert_many(conn, schema.transactions, [(tx_id, author)])
     p = schema.pending
-    key = conn.execute(p.insert().values(transaction_id=tx_id, tables=tables, body=body)
-                       ).inserted_primary_key
+    key = conn.execute(p.insert().values(transaction_id=tx_id, author=author, tables=tables,
+                                         body=body)).inserted_primary_key
     return key[0] if key else None
+
+
+_AUTHOR_KEY = "dimpledb_sa.pending_author"
+"""``Connection.info`` key: ``True`` once the database was seen with ``dimple_pending.author``
+(a column, once there, stays), or a weak reference to the transaction that added it (which
+may still roll back)."""
+
+
+def _has_pending_author(conn: Connection) -> bool:
+    """Whether ``dimple_pending`` has its ``author`` column, as ``conn``'s transaction sees
+    it (a missing table has none); a yes is kept for the DBAPI connection."""
+    kept = conn.info.get(_AUTHOR_KEY)
+    if kept is True:
+        return True
+    if kept is not None:
+        adding = kept()
+        if adding is not None and adding is conn.get_transaction():
+            return True  # added by this transaction, not committed yet: not kept
+    try:
+        names = {c["name"] for c in inspect(conn).get_columns(schema.pending.name)}
+    except NoSuchTableError:
+        return False
+    if "author" not in names:
+        return False
+    conn.info[_AUTHOR_KEY] = True
+    return True
+
+
+def ensure_pending_author(conn: Connection) -> None:
+    """Add ``dimple_pending.author`` where an earlier version made the table without it, in
+    ``conn``'s transaction (its rows keep a null author: their ``dimple_transactions`` rows
+    were written with them)."""
+    if _has_pending_author(conn):
+        return
+    dialect = conn.dialect
+    column = CreateColumn(schema.pending.c.author).compile(dialect=dialect)
+    table = dialect.identifier_preparer.format_table(schema.pending)
+    guard = " IF NOT EXISTS" if dialect.name == "postgresql" else ""  # SQLite: write lock
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN{guard} {column}")
+    tx = conn.get_transaction()
+    conn.info[_AUTHOR_KEY] = None if tx is None else weakref.ref(tx)
 
 
 def _array(values: list[Any]) -> str:
@@ -233,17 +289,35 @@ def fold(conn: Connection, limit: int | None = None) -> int:
     :func:`pending_rows` instead.
     """
     p = schema.pending
-    stmt = select(p.c.seq, p.c.transaction_id, p.c.body).order_by(p.c.seq)
+    stmt = select(p.c.seq, p.c.transaction_id, p.c.body, _author_of_pending(conn)
+                  ).order_by(p.c.seq)
     found = conn.execute(stmt if limit is None else stmt.limit(limit)).all()
     if not found:
         return 0
     packed: list[PackedRow] = []
-    for _, tx_id, body in found:
+    for _, tx_id, body, _author in found:
         packed.extend(_unpack(tx_id, body))
-    store(conn, packed, ignore_existing=True)  # a concurrent fold
-    _keep_floor(conn, packed)
+    _insert_folded(conn, [(tx_id, author) for _, tx_id, _, author in found], packed)
     conn.execute(p.delete().where(p.c.seq <= found[-1][0]))
     return len(packed)
+
+
+def _author_of_pending(conn: Connection) -> Any:
+    """``dimple_pending.author`` for a select, or a null where the column is missing."""
+    p = schema.pending
+    return p.c.author if _has_pending_author(conn) else null().label("author")
+
+
+def _insert_folded(conn: Connection, txs: Sequence[tuple[str, str | None]],
+                   packed: Sequence[PackedRow]) -> None:
+    """Store folded transactions: their ``dimple_transactions`` rows (but those of rows an
+    earlier version wrote, null author: it wrote them at commit) and their packed rows (a
+    concurrent fold may have stored them already), and keep the clock floor."""
+    insert_many(conn, schema.transactions,
+                [(tx, author) for tx, author in txs if author is not None],
+                ignore_existing=True)
+    store(conn, packed, ignore_existing=True)
+    _keep_floor(conn, packed)
 
 
 def _keep_floor(conn: Connection, packed: Sequence[PackedRow]) -> None:
@@ -276,14 +350,14 @@ def fold_unpacked(conn: Connection, unpacked: Sequence[tuple[int, list[PackedRow
     seqs = [seq for seq, _ in unpacked]
     # a seq is reused once its row is folded and deleted (SQLite's rowid): a row is still
     # the one read only when its transaction id is the same too
-    now = dict(conn.execute(select(p.c.seq, p.c.transaction_id).where(p.c.seq.in_(seqs))).all())
+    now = {seq: (tx, author) for seq, tx, author in conn.execute(
+        select(p.c.seq, p.c.transaction_id, _author_of_pending(conn)).where(p.c.seq.in_(seqs)))}
     still = {seq for seq, rows in unpacked
-             if seq in now and rows and rows[0][ROW_TRANSACTION] == now[seq]}
+             if seq in now and rows and rows[0][ROW_TRANSACTION] == now[seq][0]}
     packed = [row for seq, rows in unpacked if seq in still for row in rows]
     if not still:
         return 0
-    store(conn, packed, ignore_existing=True)
-    _keep_floor(conn, packed)
+    _insert_folded(conn, [now[seq] for seq in sorted(still)], packed)
     conn.execute(p.delete().where(p.c.seq.in_(sorted(still))))
     return len(packed)
 
@@ -403,13 +477,64 @@ def pack(changes: Sequence[ChangeRow],
     return out
 
 
+def known_transactions(conn: Connection) -> Subquery:
+    """Every transaction the log knows, as a subquery of ``(id, author)``: the rows of
+    ``dimple_transactions`` and the pending transactions (whose rows :func:`fold` writes).
+
+    One statement reads both tables, so a fold running meanwhile cannot hide one (it moves
+    a transaction from one to the other in one write transaction). Pending rows an earlier
+    version wrote (null author) are left out: their ``dimple_transactions`` row is there.
+    """
+    t, p = schema.transactions, schema.pending
+    if not _has_pending_author(conn):  # an earlier version's table: every row is in t
+        return select(t.c.id, t.c.author).subquery("known")
+    return union_all(
+        select(t.c.id, t.c.author),
+        select(p.c.transaction_id.label("id"), p.c.author).where(p.c.author.is_not(None)),
+    ).subquery("known")
+
+
 def transaction_ids(conn: Connection, author: str, after: str | None = None) -> list[str]:
-    """The ids of ``author``'s transactions above ``after`` (all when ``None``), ascending."""
-    t = schema.transactions
-    stmt = select(t.c.id).where(t.c.author == author)
+    """The ids of ``author``'s transactions above ``after`` (all when ``None``), ascending,
+    folded or pending."""
+    k = known_transactions(conn)
+    stmt = select(k.c.id).where(k.c.author == author)
     if after:
-        stmt = stmt.where(t.c.id > after)
-    return list(conn.execute(stmt.order_by(t.c.id)).scalars())
+        stmt = stmt.where(k.c.id > after)
+    return list(conn.execute(stmt.order_by(k.c.id)).scalars())
+
+
+def transaction_authors(conn: Connection, tx_ids: Iterable[str],
+                        author: str | None = None) -> dict[str, str]:
+    """Transaction id -> author, for those of ``tx_ids`` the log knows, folded or pending
+    (only ``author``'s when given)."""
+    k = known_transactions(conn)
+    out: dict[str, str] = {}
+    for chunk in chunks(sorted(set(tx_ids))):
+        stmt = select(k.c.id, k.c.author).where(k.c.id.in_(chunk))
+        if author is not None:
+            stmt = stmt.where(k.c.author == author)
+        out.update((tx, who) for tx, who in conn.execute(stmt))
+    return out
+
+
+def count_transactions(conn: Connection, author: str, after: str | None = None
+                       ) -> tuple[int, str | None]:
+    """How many transactions of ``author`` (above ``after``) the log knows, folded or
+    pending, and the oldest one's id."""
+    k = known_transactions(conn)
+    stmt = select(func.count(), func.min(k.c.id)).where(k.c.author == author)
+    if after:
+        stmt = stmt.where(k.c.id > after)
+    count, oldest = conn.execute(stmt).one()
+    return int(count), oldest
+
+
+def all_transactions(conn: Connection) -> list[tuple[str, str]]:
+    """Every transaction the log knows, folded or pending, as (id, author) in id order (for
+    tools and tests)."""
+    k = known_transactions(conn)
+    return [(tx, author) for tx, author in conn.execute(select(k).order_by(k.c.id))]
 
 
 def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> list[TxRecord]:
@@ -488,13 +613,10 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
 
 def history(conn: Connection, entity_type: str, entity_id: str) -> list[Change]:
     """Every logged change of one entity, oldest first, with authors."""
-    t = schema.transactions
     out: list[Change] = []
     rows = [*rows_of_entities(conn, entity_type, [entity_id]),
             *pending_rows(conn, entity=(entity_type, entity_id))]
-    authors: dict[str, str] = {}
-    for chunk in chunks(sorted({r[ROW_TRANSACTION] for r in rows})):
-        authors.update(conn.execute(select(t.c.id, t.c.author).where(t.c.id.in_(chunk))).all())
+    authors = transaction_authors(conn, {r[ROW_TRANSACTION] for r in rows})  # pending too
     for row in rows:
         author = authors.get(row[ROW_TRANSACTION], "")
         out.extend(change_from_row(r, author) for r in expand(row))
@@ -853,11 +975,13 @@ def upgrade(conn: Connection) -> bool:
     per row, a rowid table with two indexes) into the current one, in ``conn``'s
     transaction (SQLite's and PostgreSQL's DDL is transactional: a crash leaves either
     layout whole); returns whether there was one to move (``False`` too when another
-    process moved it while this one waited for the write lock).
+    process moved it while this one waited for the write lock). Adds
+    ``dimple_pending.author`` first where it is missing (:func:`ensure_pending_author`).
 
     The rows keep their ids and contents (:func:`all_rows` reads the same before and
     after); ``dimple_meta.clock`` is raised to the old log's newest id, which the first
     layout's clock floor read from the log itself."""
+    ensure_pending_author(conn)
     if not _first_layout(conn):
         return False
     name, old = schema.changes.name, schema.changes.name + "_v1"

@@ -26,11 +26,13 @@ from sqlalchemy import Connection, select
 from . import meta, schema
 from .changelog import (
     expand,
+    known_transactions,
     pending_rows,
     rows_of_entities,
     rows_of_transactions,
     transactions_touching,
 )
+from .changelog import transaction_authors as known_authors
 from .changes import (
     ROW_ATTRIBUTE,
     ROW_ENTITY_ID,
@@ -165,13 +167,8 @@ def transaction_changes(conn: Connection, tx_ids: Sequence[str]
 
 
 def transaction_authors(conn: Connection, tx_ids: Iterable[str]) -> dict[str, str]:
-    """Transaction id -> author, for the ids the log knows."""
-    t = schema.transactions
-    out: dict[str, str] = {}
-    for chunk in chunks(sorted(set(tx_ids))):
-        for tx, author in conn.execute(select(t.c.id, t.c.author).where(t.c.id.in_(chunk))):
-            out[tx] = author
-    return out
+    """Transaction id -> author, for the ids the log knows (folded or pending)."""
+    return known_authors(conn, tx_ids)
 
 
 def recent_transactions(conn: Connection, *, author: str | None = None,
@@ -179,7 +176,8 @@ def recent_transactions(conn: Connection, *, author: str | None = None,
                         ) -> list[TxRecord]:
     """Transactions newest first, with their changes: only ``author``'s, only those that
     changed a row of ``table``, at most ``limit``."""
-    t, p = schema.transactions, schema.pending
+    p = schema.pending
+    t = known_transactions(conn)  # folded and pending
     stmt = select(t.c.id, t.c.author).order_by(t.c.id.desc())
     if author is not None:
         stmt = stmt.where(t.c.author == author)

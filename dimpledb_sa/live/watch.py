@@ -4,10 +4,11 @@ On PostgreSQL, :class:`Watcher` (``db.watch_external()``) listens to the notific
 triggers on the tracked tables send as writers commit (:mod:`.notify`) and re-runs the live
 queries reading the tables other server processes than this engine's wrote. On SQLite it polls
 ``PRAGMA data_version`` from a daemon thread with its own connection. When the file changed, it
-reads the change log (transactions that appeared, and transactions a sync elsewhere stored with
-older ids) to find the tables other processes wrote, and asks the database's live-query
-registry (:mod:`.registry`) to re-run the queries reading them. Transactions this engine wrote
-are recognised as they are inserted and left to ``changes_committed``; a change the log cannot
+reads the change log (transactions that appeared, pending or folded, and transactions a sync
+elsewhere stored with older ids) to find the tables other processes wrote, and asks the
+database's live-query registry (:mod:`.registry`) to re-run the queries reading them.
+Transactions this engine wrote are recognised as they are inserted (a local commit's pending
+row, a merge's transaction rows) and left to ``changes_committed``; a change the log cannot
 explain re-runs every live query.
 """
 
@@ -41,8 +42,10 @@ __all__ = ["Watcher"]
 logger = logging.getLogger(__name__)
 
 _INSERT_TX = re.compile(
-    r"^\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+[\"`\[]?" + schema.transactions.name
-    + r"[\"`\]]?\s*\(([^)]*)\)", re.IGNORECASE)
+    r"^\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+[\"`\[]?(" + schema.transactions.name + "|"
+    + schema.pending.name + r")[\"`\]]?\s*\(([^)]*)\)", re.IGNORECASE)
+_ID_COLUMN = {schema.transactions.name: "id", schema.pending.name: "transaction_id"}
+"""The column of each table an inserted transaction's id is in."""
 
 
 class Watcher:
@@ -178,12 +181,13 @@ class Watcher:
         m = _INSERT_TX.match(statement)
         if m is None:
             return
-        names = [n.strip().strip("\"`[]").lower() for n in m.group(1).split(",")]
-        at = names.index("id") if "id" in names else 0
+        key = _ID_COLUMN[m.group(1).lower()]
+        names = [n.strip().strip("\"`[]").lower() for n in m.group(2).split(",")]
+        at = names.index(key) if key in names else 0
         rows = parameters if executemany else [parameters]
         ids: list[str] = []
         for row in rows or ():
-            value = row.get("id") if isinstance(row, Mapping) else row[at]
+            value = row.get(key) if isinstance(row, Mapping) else row[at]
             if value is not None:
                 ids.append(str(value))
         with self._lock:
@@ -192,8 +196,10 @@ class Watcher:
     def _baseline(self, cur: DBAPICursor) -> None:
         self._version = cur.execute("PRAGMA data_version").fetchone()[0]
         try:
-            t = schema.transactions.name
-            self._watermark = cur.execute(f"SELECT max(id) FROM {t}").fetchone()[0]
+            t, p = schema.transactions.name, schema.pending.name
+            self._watermark = cur.execute(
+                f"SELECT max(i) FROM (SELECT max(id) AS i FROM {t} "
+                f"UNION ALL SELECT max(transaction_id) FROM {p})").fetchone()[0]
             self._cursors = self._read_cursors(cur)
         except sqlite3.Error:
             self._log_ok = False  # no change log: every external commit re-runs everything
@@ -226,11 +232,11 @@ class Watcher:
         moves on only once everything was read, so a failed poll is simply retried."""
         t, c, p = schema.transactions.name, schema.changes.name, schema.pending.name
         wm = self._watermark
-        if wm is None:
-            new = [r[0] for r in cur.execute(f"SELECT id FROM {t} ORDER BY id")]
-        else:
-            new = [r[0] for r in cur.execute(f"SELECT id FROM {t} WHERE id > ? ORDER BY id",
-                                             (wm,))]
+        # a local transaction is pending until its process folds it, then in t: one
+        # statement reads both, so a fold meanwhile cannot hide one
+        new = [r[0] for r in cur.execute(
+            f"SELECT id FROM {t} WHERE id > ?1 UNION "
+            f"SELECT transaction_id FROM {p} WHERE transaction_id > ?1 ORDER BY 1", (wm or "",))]
         cursors = self._read_cursors(cur)
         pulled: list[str] = []  # a sync elsewhere stores pulled transactions with older ids
         for author, last in cursors.items():
@@ -335,11 +341,11 @@ def _watch_engine(engine: Engine, watcher: Watcher) -> None:
 
 
 def _install(engine: Engine, watchers: weakref.WeakSet[Watcher]) -> None:
-    name = schema.transactions.name
+    names = (schema.transactions.name, schema.pending.name)
 
     def on_cursor(conn: Any, cursor: Any, statement: str, parameters: Any,
                   context: Any, executemany: bool) -> None:
-        if watchers and name in statement:
+        if watchers and (names[0] in statement or names[1] in statement):
             for w in list(watchers):
                 w._note_insert(statement, parameters, executemany)
 

@@ -105,11 +105,9 @@ def describe(exc: BaseException) -> str:
 
 
 def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]:
-    t = schema.transactions
-    ids = [tx_id for tx_id, _, _ in transactions]
-    known: set[str] = set()
-    for chunk in chunks(ids):
-        known.update(conn.execute(select(t.c.id).where(t.c.id.in_(chunk))).scalars())
+    """The transactions the log does not know yet (folded or pending: our own, pulled back
+    from our folder), each once."""
+    known = changelog.transaction_authors(conn, [tx_id for tx_id, _, _ in transactions])
     seen: set[str] = set()
     out: list[TxRecord] = []
     for tx in transactions:
@@ -563,9 +561,4 @@ def _replay_each(replica: Replica, conn: Connection, ready: set[tuple[str, str]]
 
 
 def _authors(conn: Connection, tx_ids: set[str]) -> dict[str, str]:
-    t = schema.transactions
-    out: dict[str, str] = {}
-    for chunk in chunks(list(tx_ids)):
-        for tid, author in conn.execute(select(t.c.id, t.c.author).where(t.c.id.in_(chunk))):
-            out[tid] = author
-    return out
+    return changelog.transaction_authors(conn, tx_ids)

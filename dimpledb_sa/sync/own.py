@@ -30,11 +30,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
-from ..core import changelog, meta, schema
+from ..core import changelog, meta
 from ..core.errors import ConfigurationError, RemoteFormatError
-from ..core.rows import chunks
 from .merge import APPLY_ERRORS, MergeResult, describe, merge
 from .report_errors import fail
 from .wire import decode_bundle
@@ -74,12 +71,7 @@ def database_name(replica: Replica) -> str:
 
 
 def _own_ids(conn: Connection, me: str, ids: Sequence[str]) -> set[str]:
-    t = schema.transactions
-    found: set[str] = set()
-    for chunk in chunks(list(dict.fromkeys(ids))):
-        found.update(conn.execute(select(t.c.id).where(
-            t.c.author == me, t.c.id.in_(chunk))).scalars())
-    return found
+    return set(changelog.transaction_authors(conn, ids, author=me))
 
 
 def foreign_bundles(conn: Connection, me: str, manifest: Manifest) -> list[BundleInfo]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
-from ..core import meta, schema
+from ..core import changelog, meta, schema
 from ..core.clock import new_id
 from ..core.errors import ConfigurationError
 from .lease import Lease
@@ -58,6 +58,7 @@ def reauthor(engine: Engine) -> Reauthored:
         old = meta.get(conn, meta.AUTHOR_ID)
         moved = 0
         if old is not None:
+            changelog.fold(conn)  # pending transactions get their dimple_transactions row
             pushed = meta.get(conn, meta.PUSHED_THROUGH)
             t = schema.transactions
             stmt = update(t).where(t.c.author == old).values(author=new)
