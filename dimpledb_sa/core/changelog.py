@@ -64,9 +64,9 @@ from .changes import (
     TxRecord,
     change_from_row,
 )
-from .clock import is_next_id, offset_id, run_ids
+from .clock import is_next_id, run_ids
 from .errors import DimpleError
-from .floor import issued
+from .floor import issued, run_last
 from .floor import start as start_commit
 from .rows import chunks, insert_many
 from .values import json_texts
@@ -101,7 +101,6 @@ __all__ = [
     "known_transactions",
     "last_pending",
     "logged_entities",
-    "newest_logged",
     "pack",
     "pending_rows",
     "raise_clock_floor",
@@ -326,7 +325,7 @@ def _keep_floor(conn: Connection, packed: Sequence[PackedRow]) -> None:
     floor (:mod:`.floor`) still covers them."""
     if packed:
         last = packed[-1]
-        newest = offset_id(last[ROW_ID], max(len(_loads(last[PACKED_ATTRIBUTES])) - 1, 0))
+        newest = run_last(last[ROW_ID], _loads(last[PACKED_ATTRIBUTES]))
         meta.raise_floor(conn, meta.get(conn, meta.CLOCK), newest)
 
 
@@ -947,15 +946,6 @@ def rename_attribute(conn: Connection, entity_type: str, old: str, new: str) -> 
     return renamed
 
 
-def newest_logged(conn: Connection) -> str | None:
-    """The largest first id in the indexed log (a scan: for upgrades and tools)."""
-    _ready(conn)
-    got = conn.execute(select(func.max(schema.changes.c.id))).scalar()
-    if got is None:
-        return None
-    return id_text(got) if isinstance(got, bytes) else str(got)
-
-
 _V1_COLUMNS: Final = ("id", "transaction_id", "entity_type", "entity_id", "attributes",
                       "old_values", "new_values")
 _UPGRADE_BATCH: Final = 50_000
@@ -1013,7 +1003,7 @@ def upgrade(conn: Connection) -> bool:
             break
         store(conn, rows)
         for r in rows:  # runs of different authors may overlap: every run's last id
-            last = offset_id(r[ROW_ID], max(len(_loads(r[PACKED_ATTRIBUTES])) - 1, 0))
+            last = run_last(r[ROW_ID], _loads(r[PACKED_ATTRIBUTES]))
             if newest is None or last > newest:
                 newest = last
         after = rows[-1][ROW_ID]

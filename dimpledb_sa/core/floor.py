@@ -31,7 +31,7 @@ from sqlalchemy import Connection, select
 from . import meta, schema
 from .clock import offset_id
 
-__all__ = ["issued", "start"]
+__all__ = ["issued", "run_last", "start"]
 
 _KEY = meta.KEPT_KEY
 
@@ -88,9 +88,9 @@ def _newest_pending(conn: Connection) -> str | None:
     rows = json.loads(body)  # [[first_id, type, id, names, olds, news], ...]
     if not rows:
         return None
-    return _run_last(rows[-1][0], rows[-1][3])
+    return run_last(rows[-1][0], rows[-1][3])
 
 
-def _run_last(first: str, names: list[str]) -> str:
+def run_last(first: str, names: list[str]) -> str:
     """The last id of a packed run (see :mod:`.changelog`): one per attribute."""
     return offset_id(first, max(len(names) - 1, 0))

@@ -303,32 +303,33 @@ def _cut(rest: bytes, chunks: Iterable[bytes], where: str) -> Iterator[bytes]:
         raise RemoteFormatError(f"{where}: transactions is not a list")
     rest = rest[1:]
     for more in chunks:
-        rest += more
-        while len(rest) > PIECE_BYTES:
-            cut = rest.rfind(_TX_SEP, 0, PIECE_BYTES)
-            if cut < 0:
-                cut = rest.find(_TX_SEP, PIECE_BYTES)
-            if cut < 0:
-                break
-            yield rest[: cut + 1]
-            rest = rest[cut + 3 :]
+        pieces, rest = _cut_front(rest + more)
+        yield from pieces
     body = rest.rstrip()  # the end: the last elements, then "]" and "}"
     if not body.endswith(b"}"):
         raise RemoteFormatError(f"{where} does not end with its header's closing brace")
     body = body[:-1].rstrip()
     if not body.endswith(b"]"):
         raise RemoteFormatError(f"{where}: transactions is not a list")
-    piece = body[:-1]
-    while len(piece) > PIECE_BYTES:  # the whole file came in one chunk (format 1)
-        cut = piece.rfind(_TX_SEP, 0, PIECE_BYTES)
-        if cut < 0:
-            cut = piece.find(_TX_SEP, PIECE_BYTES)
-        if cut < 0:
-            break
-        yield piece[: cut + 1]
-        piece = piece[cut + 3 :]
+    pieces, piece = _cut_front(body[:-1])  # several when the whole file came in one chunk
+    yield from pieces
     if piece.strip():
         yield piece
+
+
+def _cut_front(text: bytes) -> tuple[list[bytes], bytes]:
+    """Pieces of about :data:`PIECE_BYTES` cut from the front of ``text`` between two
+    elements, and what is left (at most about :data:`PIECE_BYTES`, or one longer element)."""
+    pieces: list[bytes] = []
+    while len(text) > PIECE_BYTES:
+        cut = text.rfind(_TX_SEP, 0, PIECE_BYTES)
+        if cut < 0:
+            cut = text.find(_TX_SEP, PIECE_BYTES)
+        if cut < 0:
+            break
+        pieces.append(text[: cut + 1])
+        text = text[cut + 3 :]
+    return pieces, text
 
 
 def _plain(data: bytes, where: str) -> bytes:
