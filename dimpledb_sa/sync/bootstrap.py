@@ -22,25 +22,28 @@ of the snapshot, with the general merge.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..core import changelog, conflicts, schema
-from ..core.changes import ROW_ID, ChangeRow, TxRecord
+from ..core.changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE, ROW_ID, ChangeRow, TxRecord
 from ..core.constraints import constraints_of
-from ..core.rows import insert_many
+from ..core.rows import insert_columns, insert_many
 from . import ahead
 from .merge import APPLY_ERRORS, MergeResult
-from .plan import Held, TablePlan, write
+from .packed import PackedChanges, packed_of
+from .plan import Held, TablePlan, required_columns, write
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..core.replica import Replica
+    from ..core.tracking import TrackedTable
 
 __all__ = ["Bulk", "NotBulk", "is_empty", "merge_new"]
 
@@ -94,6 +97,9 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
                bulk: Bulk) -> MergeResult:
     if not (is_empty(replica, conn) if bulk.stored == 0 else _stored(conn) == bulk.stored):
         raise NotBulk("the database holds more than this snapshot's pieces")
+    packed = [packed_of(tx) for tx in transactions]
+    if transactions and None not in packed:
+        return _merge_packed(replica, conn, transactions, packed, bulk)  # type: ignore[arg-type]
     result = MergeResult()
     fresh, later = ahead.split(replica, conn, transactions)
     result.held += later
@@ -143,3 +149,125 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
     bulk.seen |= keys
     bulk.stored += len(fresh)
     return result
+
+
+def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
+                  packed: Sequence[PackedChanges], bulk: Bulk) -> MergeResult:
+    """:func:`_merge_new` for a piece of a version-2 snapshot: its packed rows go to the log
+    as they are, and the rows of the entities that one run makes whole (the common case)
+    are decoded column by column and inserted with one ``executemany`` per table and names
+    list; an entity with several runs in the piece, or a run this schema cannot take as it
+    is (an unknown or missing required column), is planned change by change as above."""
+    result = MergeResult()
+    me = replica.author_id
+    horizon = replica.clock.horizon(replica.max_drift)
+    fresh: list[tuple[TxRecord, PackedChanges]] = []
+    later: list[TxRecord] = []
+    for tx, p in zip(transactions, packed, strict=True):
+        # as ahead.split: our own are never held
+        if tx[1] == me or p.newest <= horizon:
+            fresh.append((tx, p))
+        else:
+            later.append(tx)
+    ahead.store(conn, later)
+    result.held += sum(len(tx[2]) for tx in later)
+    if not fresh:
+        return result
+    rows: list[changelog.PackedRow] = []
+    news: list[list[Any]] = []
+    newest = newest_own = ""
+    for (tx_id, author, _), p in fresh:
+        result.authors[tx_id] = author
+        rows += p.rows
+        news += p.news
+        if author == me:
+            newest_own = max(newest_own, p.newest)
+        else:
+            newest = max(newest, p.newest)
+    first_run: dict[tuple[str, str], int] = {}
+    several: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        key = (r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID])
+        j = first_run.setdefault(key, i)
+        if j != i:
+            several.setdefault(key, [j]).append(i)
+    keys = {hash(k) for k in first_run}
+    if len(keys) != len(first_run) or not keys.isdisjoint(bulk.seen):
+        raise NotBulk("an entity of this piece is not new")
+    cons = constraints_of(replica.tracked)
+    tracked = replica.tracked
+    types = {etype for etype, _ in first_run}
+    if any(etype not in tracked or cons.constrained(etype) for etype in types):
+        raise NotBulk("a table of this piece is constrained or unknown")
+    if newest:
+        replica.clock.observe(newest, max_ahead=replica.max_drift)
+    if newest_own:
+        replica.clock.observe(newest_own)
+    changelog.raise_clock_floor(conn, max(newest, newest_own))
+    insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx, _ in fresh])
+    changelog.store(conn, rows)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)  # (type, names) -> runs
+    for key, i in first_run.items():
+        if key not in several:
+            groups[(key[0], rows[i][changelog.PACKED_ATTRIBUTES])].append(i)
+    slow: dict[str, list[tuple[str, list[ChangeRow]]]] = defaultdict(list)
+    for key, runs in several.items():
+        slow[key[0]].append((key[1], sorted(changelog.expand_all([rows[i] for i in runs]))))
+    order = {name: i for i, name in enumerate(cons.order)}
+    for (etype, names_json), runs in sorted(
+            groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
+        if not _insert_whole(conn, tracked[etype], json.loads(names_json), runs, rows, news,
+                             result):
+            slow[etype] += [(rows[i][ROW_ENTITY_ID], changelog.expand(rows[i])) for i in runs]
+    held: list[Held] = []
+    plans: list[TablePlan] = []
+    for etype in sorted(slow, key=lambda n: (order.get(n, len(order)), n)):
+        plan = TablePlan(tracked[etype], held, result)
+        for eid, changes in slow[etype]:
+            plan.new_entity(eid, changes)
+        plans.append(plan)
+    if plans:
+        write(conn, plans, cons, result, {})
+    if held:
+        insert_many(conn, schema.held, held, ignore_existing=True)
+    result.applied = len(result.applied_changes) + result.packed_changes
+    result.stored = len(fresh)
+    bulk.seen |= keys
+    bulk.stored += len(fresh)
+    return result
+
+
+def _insert_whole(conn: Connection, tt: TrackedTable, names: list[str], runs: list[int],
+                  rows: Sequence[changelog.PackedRow], news: Sequence[list[Any]],
+                  result: MergeResult) -> bool:
+    """Insert the rows of new entities of ``tt`` that each have one run, with the
+    attributes ``names``, column by column (a run whose key is null, a delete, inserts
+    nothing); ``False`` (nothing done) when this schema cannot take them as they are: an
+    attribute it lacks, no key, or a required column missing or null."""
+    codecs = tt.codecs
+    pk = tt.pk_name
+    if pk not in names or not codecs.keys() >= set(names):
+        return False
+    at = names.index(pk)
+    live = [i for i in runs if news[i][at] is not None]
+    if not live:
+        return True  # deletes only: no row, no applied change (as TablePlan.new_entity)
+    columns: dict[str, list[Any]] = {}
+    for k, name in enumerate(names):
+        decode = codecs[name].from_json
+        columns[name] = [None if v is None else decode(v)
+                         for v in [news[i][k] for i in live]]
+    if any(c not in columns or None in columns[c] for c in required_columns(tt)):
+        return False
+    if [str(v) for v in columns[pk]] != [rows[i][ROW_ENTITY_ID] for i in live]:
+        raise NotBulk(f"a change of this piece inserts {tt.name} with another key")
+    table = tt.table
+    if any(c.default is not None and c.name not in columns for c in table.columns):
+        conn.execute(table.insert(), [dict(zip(columns, values, strict=True))
+                                      for values in zip(*columns.values(), strict=True)])
+    else:
+        insert_columns(conn, table, columns)
+    result.tables.add(tt.name)
+    result.applied_packed += [rows[i] for i in live]
+    result.packed_changes += len(names) * len(live)
+    return True
