@@ -97,9 +97,9 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
                bulk: Bulk) -> MergeResult:
     if not (is_empty(replica, conn) if bulk.stored == 0 else _stored(conn) == bulk.stored):
         raise NotBulk("the database holds more than this snapshot's pieces")
-    packed = [packed_of(tx) for tx in transactions]
-    if transactions and None not in packed:
-        return _merge_packed(replica, conn, transactions, packed, bulk)  # type: ignore[arg-type]
+    packed = [p for p in map(packed_of, transactions) if p is not None]
+    if transactions and len(packed) == len(transactions):  # a version-2 snapshot's piece
+        return _merge_packed(replica, conn, transactions, packed, bulk)
     result = MergeResult()
     fresh, later = ahead.split(replica, conn, transactions)
     result.held += later

@@ -210,6 +210,8 @@ def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
             news_of.append(news)
             count += n
         ids.append(newest)
+        # TxRecord names a list; every reader of a transaction's changes only iterates,
+        # indexes, slices or measures them, which this sequence does alike
         out.append((tid, author, PackedChanges(rows, news_of, count, newest)))  # type: ignore[arg-type]
     _check_ids(ids, where)
     return out
