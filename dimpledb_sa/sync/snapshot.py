@@ -6,10 +6,13 @@ attribute) this author ever changed in a pushed transaction (id ``<= last_transa
 that author's *latest* such change, with its original change id, transaction id and old
 and new values; a delete is such a change on the primary key (id -> null), so delete
 markers are part of it. Changes are grouped under their original transactions (in
-ascending id order, the bundle encoding), plus the held list of the writer for information.
-It is written as a stream (:func:`stream`): the latest changes are found in a scratch SQLite
-file, read back in transaction order, encoded and gzipped chunk by chunk, so that writing it
-holds only the compressed file whole, whatever the history's size.
+ascending id order), plus the held list of the writer for information. Version 2 (written
+here) lists each transaction's changes as packed runs, one per entity (:mod:`.packed`);
+version 1 (earlier releases; still read) as a bundle does. It is written as a stream
+(:func:`stream`): the log's packed rows are read entity by entity, each entity's latest
+changes kept as runs in a scratch SQLite file, read back in transaction order, encoded and
+gzipped chunk by chunk, so that writing it holds only the compressed file whole, whatever
+the history's size.
 
 Merging a snapshot is merging those transactions with the ordinary merge
 (:func:`.merge.merge`): last write wins per attribute depends only on each attribute's
@@ -181,12 +184,26 @@ def _winning(rows: list[changelog.PackedRow]) -> list[changelog.PackedRow]:
         j = i + 1
         while j < n and rows[j][ROW_ENTITY_ID] == eid and rows[j][ROW_ENTITY_TYPE] == etype:
             j += 1
-        if j == i + 1:
+        if j == i + 1 and _distinct(rows[i][changelog.PACKED_ATTRIBUTES]):
             out.append(rows[i])
         else:
             out.extend(_latest(rows[i:j]))
         i = j
     return out
+
+
+_DISTINCT: dict[str, bool] = {}
+
+
+def _distinct(names_json: str) -> bool:
+    """Whether a names list names each attribute once (as every local commit's rows do)."""
+    got = _DISTINCT.get(names_json)
+    if got is None:
+        if len(_DISTINCT) >= 4096:
+            _DISTINCT.clear()
+        names = json.loads(names_json)
+        got = _DISTINCT[names_json] = len(set(names)) == len(names)
+    return got
 
 
 def _latest(rows: list[changelog.PackedRow]) -> list[changelog.PackedRow]:
