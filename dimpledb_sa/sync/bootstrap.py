@@ -34,6 +34,7 @@ from ..core import changelog, conflicts, schema
 from ..core.changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE, ROW_ID, ChangeRow, TxRecord
 from ..core.constraints import constraints_of
 from ..core.rows import insert_columns, insert_many
+from ..core.values import passes_through
 from . import ahead
 from .merge import APPLY_ERRORS, MergeResult
 from .packed import PackedChanges, packed_of
@@ -253,10 +254,14 @@ def _insert_whole(conn: Connection, tt: TrackedTable, names: list[str], runs: li
     if not live:
         return True  # deletes only: no row, no applied change (as TablePlan.new_entity)
     columns: dict[str, list[Any]] = {}
-    for k, name in enumerate(names):
+    for name, col in zip(names, zip(*[news[i] for i in live], strict=True), strict=True):
         decode = codecs[name].from_json
-        columns[name] = [None if v is None else decode(v)
-                         for v in [news[i][k] for i in live]]
+        if passes_through(codecs[name]):  # strings, integers, JSON: the JSON value itself
+            columns[name] = list(col)
+        elif None in col:
+            columns[name] = [None if v is None else decode(v) for v in col]
+        else:
+            columns[name] = list(map(decode, col))
     if any(c not in columns or None in columns[c] for c in required_columns(tt)):
         return False
     if [str(v) for v in columns[pk]] != [rows[i][ROW_ENTITY_ID] for i in live]:

@@ -19,7 +19,9 @@ values as they are, and every other reader of transactions sees plain change rec
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring_ascii as _esc
 from typing import Any, overload
 
@@ -33,6 +35,7 @@ from .wire import is_uuid, load_json
 __all__ = ["PackedChanges", "decode_piece", "encode_runs", "packed_of"]
 
 _dumps = json.dumps
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _HEX3 = ["%03x" % i for i in range(0x1000)]  # noqa: UP031
 _NULLS = {n: "[" + ",".join(["null"] * n) + "]" for n in range(1, 257)}
 
@@ -112,6 +115,7 @@ def _compact_encoder() -> Callable[[list[Any]], str]:
         def fast(values: list[Any]) -> str:
             return "".join(enc(values, 0))
 
+        fast.c_encoder = enc  # type: ignore[attr-defined]
         sample = ["a\u00e9\"", 1, 1.5, True, None, -0.0, 1e300]
         if fast(sample) == slow(sample):
             return fast
@@ -121,6 +125,15 @@ def _compact_encoder() -> Callable[[list[Any]], str]:
 
 
 _encode = _compact_encoder()
+_C_ENCODER = getattr(_encode, "c_encoder", None)
+
+
+def _encode_many(arrays: Sequence[list[Any]]) -> list[str]:
+    """:data:`_encode` of each of ``arrays`` (the C encoder mapped over them when there is
+    one); a text with a bracket past its first is made canonical by the caller."""
+    if _C_ENCODER is not None:
+        return list(map("".join, map(_C_ENCODER, arrays, repeat(0))))
+    return list(map(_encode, arrays))
 
 
 def _array_text(values: list[Any]) -> str:
@@ -136,7 +149,7 @@ def _array_text(values: list[Any]) -> str:
 def _nested(array_text: str) -> bool:
     """Whether an array's JSON text may hold an array or object (it has a bracket or brace
     past its opening one)."""
-    return "[" in array_text[1:] or "{" in array_text
+    return array_text.find("[", 1) >= 0 or "{" in array_text
 
 
 def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
@@ -163,58 +176,75 @@ def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
                                     "canonical UUID after the one before")
         prev = tid
         ids.append(tid)
-        rows: list[changelog.PackedRow] = []
-        news_of: list[list[Any]] = []
-        count = 0
-        newest = tid
-        for run in tx["runs"]:
-            if type(run) is not list or len(run) != 6:
-                raise RemoteFormatError(f"{where}: transaction {tid} has a run that is not "
-                                        "six fields")
-            first, etype, eid, names, olds, news = run
-            if (type(names) is not list or type(olds) is not list or type(news) is not list
-                    or not names or not len(names) == len(olds) == len(news)):
-                raise RemoteFormatError(f"{where}: transaction {tid} has a run whose names "
-                                        "and values do not match")
-            key = tuple(names)
-            text = names_text.get(key)
-            if text is None:
-                if (not all(type(n) is str and n for n in names)
-                        or len(set(names)) != len(names)):
-                    raise RemoteFormatError(f"{where}: transaction {tid} has a run whose "
-                                            "names are not distinct non-empty strings")
-                text = names_text[key] = _dumps(names)
-            if (not is_uuid(first) or type(etype) is not str or type(eid) is not str
-                    or not etype or not eid):
-                raise RemoteFormatError(f"{where}: transaction {tid} has a run with a bad "
-                                        "id, entity type or entity id")
-            n = len(names)
-            low = int(first[24:27], 16) + n - 1
-            # only the counter's last field moves (the common case)
-            if low < 0x1000 and first[14] == "7" and first[19] in "89ab":
-                run_id = first[:24] + _HEX3[low] + first[27:]
-            else:
-                try:
-                    run_id = run_ids(first, n)[-1]
-                except ValueError as e:
-                    raise RemoteFormatError(f"{where}: {e}") from e
-            ids.append(first)
-            if run_id > newest:
-                newest = run_id
-            old_text = (_NULLS.get(n) if olds.count(None) == n else None) or _array_text(olds)
-            new_text = _array_text(news)
-            if (_nested(old_text) and _too_deep(olds)) or (_nested(new_text) and _too_deep(news)):
-                raise RemoteFormatError(f"{where}: a value nests more than "
-                                        f"{MAX_VALUE_DEPTH} arrays/objects")
-            rows.append((first, tid, etype, eid, text, old_text, new_text))
-            news_of.append(news)
-            count += n
+        rows, news_of, count, newest = _runs(tx["runs"], tid, names_text, where)
+        ids += [r[0] for r in rows]
         ids.append(newest)
         # TxRecord names a list; every reader of a transaction's changes only iterates,
         # indexes, slices or measures them, which this sequence does alike
         out.append((tid, author, PackedChanges(rows, news_of, count, newest)))  # type: ignore[arg-type]
     _check_ids(ids, where)
     return out
+
+
+def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: str
+          ) -> tuple[list[changelog.PackedRow], list[list[Any]], int, str]:
+    """One transaction's runs checked and decoded column by column: its packed rows (text
+    form), each row's new values as parsed, how many changes, and its newest id (the
+    first ids still to be checked as ids by the caller)."""
+    if not runs:
+        return [], [], 0, tid
+    bad = RemoteFormatError(f"{where}: transaction {tid} has a run that is not six fields "
+                            "[first_id, entity_type, entity_id, names, olds, news] with "
+                            "canonical ids, non-empty names and as many values as names")
+    if set(map(type, runs)) != {list} or list(map(len, runs)).count(6) != len(runs):
+        raise bad
+    firsts, etypes, eids, namess, oldss, newss = zip(*runs, strict=True)
+    if set(map(type, namess)) | set(map(type, oldss)) | set(map(type, newss)) != {list}:
+        raise bad
+    lens = list(map(len, namess))
+    if 0 in lens or lens != list(map(len, oldss)) or lens != list(map(len, newss)):
+        raise bad
+    try:
+        if not all(map(_UUID, firsts)) or "" in etypes or "" in eids:
+            raise bad
+        "".join(etypes)  # TypeError unless all are strings
+        "".join(eids)
+    except TypeError:
+        raise bad from None
+    keys = list(map(tuple, namess))
+    for key in set(keys).difference(names_text):
+        if not all(type(n) is str and n for n in key) or len(set(key)) != len(key):
+            raise RemoteFormatError(f"{where}: transaction {tid} has a run whose names are "
+                                    "not distinct non-empty strings")
+        names_text[key] = _dumps(list(key))
+    lows = [int(f[24:27], 16) + n - 1 for f, n in zip(firsts, lens, strict=True)]
+    # only the counter's last field moves (the common case; the caller checks the ids)
+    lasts = [f[:24] + _HEX3[low] + f[27:] if low < 0x1000 else _run_last(f, n, where)
+             for f, n, low in zip(firsts, lens, lows, strict=True)]
+    nulls = list(map(list.count, oldss, repeat(None)))
+    old_texts = [(_NULLS.get(n) if c == n else None) or _array_text(o)
+                 for o, n, c in zip(oldss, lens, nulls, strict=True)]
+    new_texts = _encode_many(newss)
+    for i, t in enumerate(new_texts):
+        if _nested(t):
+            new_texts[i] = _array_text(newss[i])
+            if _too_deep(newss[i]):
+                raise RemoteFormatError(f"{where}: a value nests more than "
+                                        f"{MAX_VALUE_DEPTH} arrays/objects")
+    for o, t in zip(oldss, old_texts, strict=True):
+        if _nested(t) and _too_deep(o):
+            raise RemoteFormatError(f"{where}: a value nests more than "
+                                    f"{MAX_VALUE_DEPTH} arrays/objects")
+    rows = list(zip(firsts, repeat(tid), etypes, eids, map(names_text.__getitem__, keys),
+                    old_texts, new_texts, strict=False))  # all as long as firsts
+    return rows, list(newss), sum(lens), max(tid, max(lasts))
+
+
+def _run_last(first: str, n: int, where: str) -> str:
+    try:
+        return run_ids(first, n)[-1]
+    except ValueError as e:
+        raise RemoteFormatError(f"{where}: {e}") from e
 
 
 def _too_deep(values: list[Any]) -> bool:
