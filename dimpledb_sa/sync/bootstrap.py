@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["Bulk", "NotBulk", "is_empty", "merge_new"]
 
 _ID = itemgetter(ROW_ID)
+_TYPE = itemgetter(ROW_ENTITY_TYPE)
+_ENTITY = itemgetter(ROW_ENTITY_ID)
 
 
 class NotBulk(Exception):
@@ -185,14 +187,15 @@ def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxR
             newest_own = max(newest_own, p.newest)
         else:
             newest = max(newest, p.newest)
-    first_run: dict[tuple[str, str], int] = {}
+    entities = list(zip(map(_TYPE, rows), map(_ENTITY, rows), strict=True))
+    first_run = dict(zip(reversed(entities), range(len(rows) - 1, -1, -1), strict=True))
     several: dict[tuple[str, str], list[int]] = {}
-    for i, r in enumerate(rows):
-        key = (r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID])
-        j = first_run.setdefault(key, i)
-        if j != i:
-            several.setdefault(key, [j]).append(i)
-    keys = {hash(k) for k in first_run}
+    if len(first_run) != len(rows):  # an entity with several runs (a later edit)
+        for i, key in enumerate(entities):
+            j = first_run[key]
+            if j != i:
+                several.setdefault(key, [j]).append(i)
+    keys = set(map(hash, first_run))
     if len(keys) != len(first_run) or not keys.isdisjoint(bulk.seen):
         raise NotBulk("an entity of this piece is not new")
     cons = constraints_of(replica.tracked)
@@ -208,9 +211,9 @@ def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxR
     insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx, _ in fresh])
     changelog.store(conn, rows)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)  # (type, names) -> runs
-    for key, i in first_run.items():
-        if key not in several:
-            groups[(key[0], rows[i][changelog.PACKED_ATTRIBUTES])].append(i)
+    for i, r in enumerate(rows):  # in the piece's order (ascending ids, as written)
+        if not several or entities[i] not in several:
+            groups[(r[ROW_ENTITY_TYPE], r[changelog.PACKED_ATTRIBUTES])].append(i)
     slow: dict[str, list[tuple[str, list[ChangeRow]]]] = defaultdict(list)
     for key, runs in several.items():
         slow[key[0]].append((key[1], sorted(changelog.expand_all([rows[i] for i in runs]))))

@@ -225,14 +225,14 @@ def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: st
     old_texts = [(_NULLS.get(n) if c == n else None) or _array_text(o)
                  for o, n, c in zip(oldss, lens, nulls, strict=True)]
     new_texts = _encode_many(newss)
-    for i, t in enumerate(new_texts):
-        if _nested(t):
-            new_texts[i] = _array_text(newss[i])
-            if _too_deep(newss[i]):
-                raise RemoteFormatError(f"{where}: a value nests more than "
-                                        f"{MAX_VALUE_DEPTH} arrays/objects")
-    for o, t in zip(oldss, old_texts, strict=True):
-        if _nested(t) and _too_deep(o):
+    # (what _nested asks, inline: one pass over the texts)
+    for i in [i for i, t in enumerate(new_texts) if "{" in t or t.find("[", 1) >= 0]:
+        new_texts[i] = _array_text(newss[i])
+        if _too_deep(newss[i]):
+            raise RemoteFormatError(f"{where}: a value nests more than "
+                                    f"{MAX_VALUE_DEPTH} arrays/objects")
+    for i in [i for i, t in enumerate(old_texts) if "{" in t or t.find("[", 1) >= 0]:
+        if _too_deep(oldss[i]):
             raise RemoteFormatError(f"{where}: a value nests more than "
                                     f"{MAX_VALUE_DEPTH} arrays/objects")
     rows = list(zip(firsts, repeat(tid), etypes, eids, map(names_text.__getitem__, keys),

@@ -309,7 +309,7 @@ _TX_SEP = b"},\n{"
 """What separates two transactions in a snapshot as written here (``encode_bundle``). A
 JSON string cannot hold a raw newline, so this is never inside a string."""
 
-PIECE_BYTES = 8 << 20
+PIECE_BYTES = 4 << 20
 """About how many bytes of JSON :func:`decode_in_pieces` decodes at a time."""
 
 
