@@ -11,6 +11,16 @@ them), each entity's row is planned by :meth:`.plan.TablePlan.new_entity` and wr
 floor move as in a merge. The database is then what the general merge would have made of
 the piece (a test holds both paths to that).
 
+A piece of a version-2 snapshot (:mod:`.packed`: its transactions' changes are packed runs
+with their values parsed) takes a shorter way, with no record per change: its runs are the
+log's packed rows as they are; an entity that one run makes whole (the common case: an
+insert-only history) has its row decoded column by column with the other rows of its
+table and names list and inserted in one ``executemany`` (a run whose key is null, a
+delete marker, inserts nothing); the changes applied are kept as packed rows
+(``MergeResult.applied_packed``), expanded only if a listener asks. Entities with several
+runs in the piece, or a run this schema cannot take as it is (an attribute it lacks, a
+required column missing or null), go through ``TablePlan.new_entity`` as above.
+
 That holds while every entity of a piece is new (:class:`Bulk` remembers the entities of
 the pieces before; a later piece that touches one of them is not "new") and its table is
 tracked and unconstrained (no unique sets or checked foreign keys: those rows need the
