@@ -85,7 +85,7 @@ note_steps = st.one_of(
 )
 
 
-@settings(max_examples=4, deadline=None,
+@settings(max_examples=3, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_a_new_device_bootstraps_in_bulk_to_the_same_rows(data: st.DataObject) -> None:
