@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import Databases
 from models import Folder, Item, Note, OldSyncBase, SyncBase, Tag
 from sqlalchemy import Engine, select
 from syncworld import Device, Devices, device_set
@@ -96,8 +97,11 @@ def _notes_history(a: Device) -> None:
 
 
 def test_bulk_and_general_bootstraps_give_the_same_database(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with device_set(tmp_path, _url(), encryption=False) as devs:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str,
+        databases: Databases) -> None:
+    """On SQLite and PostgreSQL (text ids, no blobs: the bulk path's own insert)."""
+    with device_set(tmp_path, _url(), encryption=False, database=database,
+                    databases=databases) as devs:
         a = devs.new("a")
         _notes_history(a)
         a.db.compact()

@@ -14,14 +14,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from syncworld import Device, device_set
-from test_convergence import _drop_remote, expected_rows, ops
+from test_convergence import NOTES, _drop_remote, expected_rows, note_values, ops, titles
 from test_convergence import run as run_edit
 
 from dimpledb_sa.core.clock import HybridClock
 from dimpledb_sa.core.errors import SyncError
+from dimpledb_sa.sync import bootstrap, snapshot
 
 
 def steps(replicas: int) -> st.SearchStrategy[tuple[Any, ...]]:
@@ -71,4 +73,48 @@ def test_replicas_converge_under_compaction(data: st.DataObject) -> None:
             assert dev.snapshot() == rows, f"{dev.name}'s rows differ from {first.name}'s"
         log = set().union(*(dev.log() for dev in replicas))
         assert rows == expected_rows(log)
+    _drop_remote(url)
+
+
+note_steps = st.one_of(
+    st.tuples(st.just("sync"), st.just(0)),
+    st.tuples(st.just("write-note"), st.just(0), st.sampled_from(NOTES), note_values),
+    st.tuples(st.just("delete"), st.just(0), st.sampled_from(NOTES)),
+    st.tuples(st.just("two-notes"), st.just(0), st.sampled_from(NOTES),
+              st.sampled_from(NOTES), titles),
+)
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_a_new_device_bootstraps_in_bulk_to_the_same_rows(data: st.DataObject) -> None:
+    """The bulk bootstrap always taken: one writer's edits, deletes and re-inserts of notes
+    (an unconstrained table), compacted; a new device merges the snapshot into its empty
+    database (in pieces of a few transactions, or one) and holds the writer's rows, which
+    are what last-write-wins makes of the writer's log."""
+    todo = data.draw(st.lists(note_steps, min_size=1, max_size=20), label="steps")
+    piece = data.draw(st.sampled_from([snapshot.PIECE_BYTES, 300]), label="piece bytes")
+    url = f"memory://convergence-bulk-{uuid.uuid4().hex}/remote"
+    real = bootstrap.merge_new
+    bulk: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        got = real(*args)
+        bulk.append(1)
+        return got
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp, \
+            device_set(Path(tmp), url, encryption=False) as devs:
+        writer = devs.new("writer", clock=HybridClock())
+        for op in [("write-note", 0, NOTES[0], {}), *todo]:
+            run_edit(writer, op)
+        writer.db.compact()
+        mp.setattr(bootstrap, "merge_new", counted)
+        mp.setattr(snapshot, "PIECE_BYTES", piece)
+        late = devs.new("late", clock=HybridClock())
+        assert late.sync().errors == {}
+        assert bulk, "the bulk bootstrap did not store the snapshot's first piece"
+        rows = writer.snapshot()
+        assert late.snapshot() == rows == expected_rows(writer.log())
     _drop_remote(url)

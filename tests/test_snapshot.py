@@ -235,13 +235,19 @@ def _drop(url: str) -> None:
         fs.rm(root, recursive=True)
 
 
-def test_snapshot_codec_reads_any_field_order_and_rejects_what_is_not_sound() -> None:
+@pytest.mark.parametrize("version", snapshot.VERSIONS)
+def test_snapshot_codec_reads_any_field_order_and_rejects_what_is_not_sound(version: int
+                                                                            ) -> None:
+    """Both versions read (1: a bundle's array, as earlier releases wrote; 2: packed
+    runs); an unknown version, or one whose transactions are the other version's, does
+    not."""
     author = "0190aaaa-0000-7000-8000-000000000001"
     tx = "0190aaaa-0000-7000-8000-000000000002"
     change = (tx, tx, "note", "n", "id", None, '"n"')
     snap = snapshot.Snapshot(author, tx, [(tx, author, [change])],
                              [("note", "n", "rank", "unknown column")])
-    data = snapshot.encode(snap)
+    data = snapshot.encode(snap, version)
+    assert json.loads(data)["version"] == version
     name = snapshot.snapshot_name(tx)
     reordered = json.dumps(dict(reversed(list(json.loads(data).items())))).encode()
     for blob in (data, gzip.compress(data), reordered):  # format 2 is gzipped, 1 is not
@@ -252,10 +258,11 @@ def test_snapshot_codec_reads_any_field_order_and_rejects_what_is_not_sound() ->
         snapshot.decode(data, other, name)  # another author's folder
     with pytest.raises(RemoteFormatError):
         snapshot.decode(data, author, snapshot.snapshot_name(other))  # name and content differ
-    doc = json.loads(data)
-    doc["version"] = 2
-    with pytest.raises(RemoteFormatError):
-        snapshot.decode(json.dumps(doc).encode(), author, name)
+    for wrong in (3, 3 - version):
+        doc = json.loads(data)
+        doc["version"] = wrong
+        with pytest.raises(RemoteFormatError):
+            snapshot.decode(json.dumps(doc).encode(), author, name)
     assert snapshot.is_snapshot_name(name) and not snapshot.is_snapshot_name("snapshot_x.json")
 
 
@@ -289,8 +296,9 @@ def test_a_snapshot_that_cannot_be_applied_keeps_the_cursor(tmp_path: Path,
         assert c.snapshot() == a.snapshot()
 
 
-def test_a_snapshot_decodes_in_pieces_as_it_does_whole(monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+@pytest.mark.parametrize("version", snapshot.VERSIONS)
+def test_a_snapshot_decodes_in_pieces_as_it_does_whole(monkeypatch: pytest.MonkeyPatch,
+                                                        version: int) -> None:
     """Pieces cut between transactions give the transactions decoded whole; a value that
     holds the cut's text, a reordered file or a bad piece fall back to decoding it whole."""
     author = "0190aaaa-0000-7000-8000-000000000001"
@@ -304,7 +312,7 @@ def test_a_snapshot_decodes_in_pieces_as_it_does_whole(monkeypatch: pytest.Monke
     last = txs[-1][0]
     snap = snapshot.Snapshot(author, last, txs, [])
     name = snapshot.snapshot_name(last)
-    data = snapshot.encode(snap)
+    data = snapshot.encode(snap, version)
     monkeypatch.setattr(snapshot, "PIECE_BYTES", 600)
     for blob in (data, gzip.compress(data), gzip.compress(data.replace(b',"v"', b',"w"'))):
         got_last, pieces = snapshot.decode_in_pieces(blob, author, name)
@@ -326,7 +334,7 @@ def test_a_snapshot_decodes_in_pieces_as_it_does_whole(monkeypatch: pytest.Monke
 
 def test_a_snapshot_streamed_in_small_chunks_is_the_same_snapshot(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reading the log a transaction at a time and encoding a change per chunk gives the
+    """Reading the log a row at a time and encoding a run per chunk gives the
     transactions and held list that the defaults give (the latest change of every entity
     and attribute, in transaction order)."""
     with device_set(tmp_path, _url(), encryption=False) as devs:
@@ -339,8 +347,8 @@ def test_a_snapshot_streamed_in_small_chunks_is_the_same_snapshot(
             return snapshot.decode(a.db.storage.read_snapshot(me, name), me, name)
 
         whole = written()
-        monkeypatch.setattr(snapshot, "READ_CHANGES", 1)
-        monkeypatch.setattr(snapshot, "ENCODE_CHANGES", 1)
+        monkeypatch.setattr(snapshot, "READ_ROWS", 1)
+        monkeypatch.setattr(snapshot, "ENCODE_RUNS", 1)
         small = written()
         assert (small.last, small.transactions, small.held) == (
             whole.last, whole.transactions, whole.held)

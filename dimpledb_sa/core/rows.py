@@ -1,6 +1,7 @@
 """Row helpers every layer shares: fast positional inserts, reading rows by key, chunking.
 
-:func:`insert_many` and :func:`insert_values` are the capture and merge hot paths' inserts
+:func:`insert_many`, :func:`insert_values` and :func:`insert_columns` are the capture,
+merge and bootstrap hot paths' inserts
 (one ``executemany`` straight to the DBAPI cursor where the paramstyle allows);
 :func:`fetch_rows` reads tracked rows by primary key; :data:`CHUNK` is the one bound on
 ``IN (...)`` lists (below SQLite's default limit of 999 bound parameters, with room for the
@@ -20,7 +21,8 @@ from sqlalchemy import Column, Connection, MetaData, Table, select
 if TYPE_CHECKING:
     from .tracking import TrackedTable
 
-__all__ = ["CHUNK", "chunks", "fetch_rows", "gc_paused", "insert_many", "insert_values"]
+__all__ = ["CHUNK", "chunks", "fetch_rows", "gc_paused", "insert_columns", "insert_many",
+           "insert_values"]
 
 T = TypeVar("T")
 
@@ -85,6 +87,24 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Sequence[Any]],
         else:
             tail = " ON CONFLICT DO NOTHING"
     conn.exec_driver_sql(f"{verb} INTO {tname} ({cols}) VALUES ({marks}){tail}", list(rows))
+
+
+def insert_columns(conn: Connection, table: Table, columns: dict[str, list[Any]]) -> None:
+    """Insert rows given column by column (name -> the rows' Python values, every column
+    without a Python-side default present) through the columns' bind processors, with one
+    ``executemany``."""
+    dialect = conn.dialect
+    cols = [table.c[k] for k in columns]
+    values: list[list[Any]] = []
+    for c in cols:
+        col = columns[c.name]
+        # the dialect's implementation of the type has the processor (SQLite's TIME,
+        # DATETIME, DATE turn values into strings; the generic types have none)
+        proc = c.type.dialect_impl(dialect).bind_processor(dialect)
+        values.append(col if proc is None else [None if v is None else proc(v) for v in col])
+    sub = Table(table.name, MetaData(), *(Column(c.name, c.type) for c in cols),
+                schema=table.schema)
+    insert_many(conn, sub, list(zip(*values, strict=True)))
 
 
 def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -68,7 +68,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
 __all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "json_texts",
-           "loads", "unsafe_reason", "value_depth"]
+           "loads", "passes_through", "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -193,6 +193,12 @@ _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?
 
 def _ident(v: Any) -> Any:
     return v
+
+
+def passes_through(codec: Codec) -> bool:
+    """Whether ``codec.from_json`` gives back the JSON value itself (strings, integers and
+    JSON columns), so that a caller decoding many values may skip the call."""
+    return codec.from_json is _ident
 
 
 def _enc_str(v: Any) -> str | None:

@@ -11,6 +11,16 @@ them), each entity's row is planned by :meth:`.plan.TablePlan.new_entity` and wr
 floor move as in a merge. The database is then what the general merge would have made of
 the piece (a test holds both paths to that).
 
+A piece of a version-2 snapshot (:mod:`.packed`: its transactions' changes are packed runs
+with their values parsed) takes a shorter way, with no record per change: its runs are the
+log's packed rows as they are; an entity that one run makes whole (the common case: an
+insert-only history) has its row decoded column by column with the other rows of its
+table and names list and inserted in one ``executemany`` (a run whose key is null, a
+delete marker, inserts nothing); the changes applied are kept as packed rows
+(``MergeResult.applied_packed``), expanded only if a listener asks. Entities with several
+runs in the piece, or a run this schema cannot take as it is (an attribute it lacks, a
+required column missing or null), go through ``TablePlan.new_entity`` as above.
+
 That holds while every entity of a piece is new (:class:`Bulk` remembers the entities of
 the pieces before; a later piece that touches one of them is not "new") and its table is
 tracked and unconstrained (no unique sets or checked foreign keys: those rows need the
@@ -22,29 +32,35 @@ of the snapshot, with the general merge.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..core import changelog, conflicts, schema
-from ..core.changes import ROW_ID, ChangeRow, TxRecord
+from ..core.changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE, ROW_ID, ChangeRow, TxRecord
 from ..core.constraints import constraints_of
-from ..core.rows import insert_many
+from ..core.rows import insert_columns, insert_many
+from ..core.values import passes_through
 from . import ahead
 from .merge import APPLY_ERRORS, MergeResult
-from .plan import Held, TablePlan, write
+from .packed import PackedChanges, packed_of
+from .plan import Held, TablePlan, required_columns, write
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..core.replica import Replica
+    from ..core.tracking import TrackedTable
 
 __all__ = ["Bulk", "NotBulk", "is_empty", "merge_new"]
 
 _ID = itemgetter(ROW_ID)
+_TYPE = itemgetter(ROW_ENTITY_TYPE)
+_ENTITY = itemgetter(ROW_ENTITY_ID)
 
 
 class NotBulk(Exception):
@@ -94,6 +110,9 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
                bulk: Bulk) -> MergeResult:
     if not (is_empty(replica, conn) if bulk.stored == 0 else _stored(conn) == bulk.stored):
         raise NotBulk("the database holds more than this snapshot's pieces")
+    packed = [p for p in map(packed_of, transactions) if p is not None]
+    if transactions and len(packed) == len(transactions):  # a version-2 snapshot's piece
+        return _merge_packed(replica, conn, transactions, packed, bulk)
     result = MergeResult()
     fresh, later = ahead.split(replica, conn, transactions)
     result.held += later
@@ -143,3 +162,130 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
     bulk.seen |= keys
     bulk.stored += len(fresh)
     return result
+
+
+def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
+                  packed: Sequence[PackedChanges], bulk: Bulk) -> MergeResult:
+    """:func:`_merge_new` for a piece of a version-2 snapshot: its packed rows go to the log
+    as they are, and the rows of the entities that one run makes whole (the common case)
+    are decoded column by column and inserted with one ``executemany`` per table and names
+    list; an entity with several runs in the piece, or a run this schema cannot take as it
+    is (an unknown or missing required column), is planned change by change as above."""
+    result = MergeResult()
+    me = replica.author_id
+    horizon = replica.clock.horizon(replica.max_drift)
+    fresh: list[tuple[TxRecord, PackedChanges]] = []
+    later: list[TxRecord] = []
+    for tx, p in zip(transactions, packed, strict=True):
+        # as ahead.split: our own are never held
+        if tx[1] == me or p.newest <= horizon:
+            fresh.append((tx, p))
+        else:
+            later.append(tx)
+    ahead.store(conn, later)
+    result.held += sum(len(tx[2]) for tx in later)
+    if not fresh:
+        return result
+    rows: list[changelog.PackedRow] = []
+    news: list[list[Any]] = []
+    newest = newest_own = ""
+    for (tx_id, author, _), p in fresh:
+        result.authors[tx_id] = author
+        rows += p.rows
+        news += p.news
+        if author == me:
+            newest_own = max(newest_own, p.newest)
+        else:
+            newest = max(newest, p.newest)
+    entities = list(zip(map(_TYPE, rows), map(_ENTITY, rows), strict=True))
+    first_run = dict(zip(reversed(entities), range(len(rows) - 1, -1, -1), strict=True))
+    several: dict[tuple[str, str], list[int]] = {}
+    if len(first_run) != len(rows):  # an entity with several runs (a later edit)
+        for i, key in enumerate(entities):
+            j = first_run[key]
+            if j != i:
+                several.setdefault(key, [j]).append(i)
+    keys = set(map(hash, first_run))
+    if len(keys) != len(first_run) or not keys.isdisjoint(bulk.seen):
+        raise NotBulk("an entity of this piece is not new")
+    cons = constraints_of(replica.tracked)
+    tracked = replica.tracked
+    types = {etype for etype, _ in first_run}
+    if any(etype not in tracked or cons.constrained(etype) for etype in types):
+        raise NotBulk("a table of this piece is constrained or unknown")
+    if newest:
+        replica.clock.observe(newest, max_ahead=replica.max_drift)
+    if newest_own:
+        replica.clock.observe(newest_own)
+    changelog.raise_clock_floor(conn, max(newest, newest_own))
+    insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx, _ in fresh])
+    changelog.store(conn, rows)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)  # (type, names) -> runs
+    for i, r in enumerate(rows):  # in the piece's order (ascending ids, as written)
+        if not several or entities[i] not in several:
+            groups[(r[ROW_ENTITY_TYPE], r[changelog.PACKED_ATTRIBUTES])].append(i)
+    slow: dict[str, list[tuple[str, list[ChangeRow]]]] = defaultdict(list)
+    for key, runs in several.items():
+        slow[key[0]].append((key[1], sorted(changelog.expand_all([rows[i] for i in runs]))))
+    order = {name: i for i, name in enumerate(cons.order)}
+    for (etype, names_json), runs in sorted(
+            groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
+        if not _insert_whole(conn, tracked[etype], json.loads(names_json), runs, rows, news,
+                             result):
+            slow[etype] += [(rows[i][ROW_ENTITY_ID], changelog.expand(rows[i])) for i in runs]
+    held: list[Held] = []
+    plans: list[TablePlan] = []
+    for etype in sorted(slow, key=lambda n: (order.get(n, len(order)), n)):
+        plan = TablePlan(tracked[etype], held, result)
+        for eid, changes in slow[etype]:
+            plan.new_entity(eid, changes)
+        plans.append(plan)
+    if plans:
+        write(conn, plans, cons, result, {})
+    if held:
+        insert_many(conn, schema.held, held, ignore_existing=True)
+    result.applied = len(result.applied_changes) + result.packed_changes
+    result.stored = len(fresh)
+    bulk.seen |= keys
+    bulk.stored += len(fresh)
+    return result
+
+
+def _insert_whole(conn: Connection, tt: TrackedTable, names: list[str], runs: list[int],
+                  rows: Sequence[changelog.PackedRow], news: Sequence[list[Any]],
+                  result: MergeResult) -> bool:
+    """Insert the rows of new entities of ``tt`` that each have one run, with the
+    attributes ``names``, column by column (a run whose key is null, a delete, inserts
+    nothing); ``False`` (nothing done) when this schema cannot take them as they are: an
+    attribute it lacks, no key, or a required column missing or null."""
+    codecs = tt.codecs
+    pk = tt.pk_name
+    if pk not in names or not codecs.keys() >= set(names):
+        return False
+    at = names.index(pk)
+    live = [i for i in runs if news[i][at] is not None]
+    if not live:
+        return True  # deletes only: no row, no applied change (as TablePlan.new_entity)
+    columns: dict[str, list[Any]] = {}
+    for name, col in zip(names, zip(*[news[i] for i in live], strict=True), strict=True):
+        decode = codecs[name].from_json
+        if passes_through(codecs[name]):  # strings, integers, JSON: the JSON value itself
+            columns[name] = list(col)
+        elif None in col:
+            columns[name] = [None if v is None else decode(v) for v in col]
+        else:
+            columns[name] = list(map(decode, col))
+    if any(c not in columns or None in columns[c] for c in required_columns(tt)):
+        return False
+    if [str(v) for v in columns[pk]] != [rows[i][ROW_ENTITY_ID] for i in live]:
+        raise NotBulk(f"a change of this piece inserts {tt.name} with another key")
+    table = tt.table
+    if any(c.default is not None and c.name not in columns for c in table.columns):
+        conn.execute(table.insert(), [dict(zip(columns, values, strict=True))
+                                      for values in zip(*columns.values(), strict=True)])
+    else:
+        insert_columns(conn, table, columns)
+    result.tables.add(tt.name)
+    result.applied_packed += [rows[i] for i in live]
+    result.packed_changes += len(names) * len(live)
+    return True

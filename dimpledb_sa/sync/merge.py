@@ -85,6 +85,11 @@ class MergeResult:
     tables: set[str] = field(default_factory=set)
     applied_changes: list[ChangeRow] = field(default_factory=list)
     authors: dict[str, str] = field(default_factory=dict)  # transaction id -> author
+    applied_packed: list[changelog.PackedRow] = field(default_factory=list)
+    """Packed log rows every change of which was applied (the bulk bootstrap's: expanded
+    into change records only when a listener asks, see :func:`announce`)."""
+    packed_changes: int = 0
+    """How many changes ``applied_packed`` holds (counted in ``applied``)."""
 
     def add(self, other: MergeResult) -> None:
         """Count ``other`` (a later merge in the same database transaction) in this one."""
@@ -92,7 +97,9 @@ class MergeResult:
         self.held += other.held
         self.tables |= other.tables
         self.applied_changes.extend(other.applied_changes)
-        self.applied = len(self.applied_changes)
+        self.applied_packed.extend(other.applied_packed)
+        self.packed_changes += other.packed_changes
+        self.applied = len(self.applied_changes) + self.packed_changes
         self.authors.update(other.authors)
 
 
@@ -377,12 +384,14 @@ def _apply(replica: Replica, conn: Connection,
 
 def announce(replica: Replica, result: MergeResult) -> None:
     """Send ``changes_committed`` (origin ``"sync"``) for a committed merge's changes."""
-    if not result.applied_changes and not result.tables:
+    if not result.applied_changes and not result.applied_packed and not result.tables:
         return
-    rows = result.applied_changes
+    rows, packed = result.applied_changes, result.applied_packed
     tables = result.tables | {r[ROW_ENTITY_TYPE] for r in rows}
+    tables |= {r[ROW_ENTITY_TYPE] for r in packed}
     authors = result.authors
-    replica.committed(tables, lambda: changes_from_rows(sorted(rows), authors), "sync")
+    replica.committed(tables, lambda: changes_from_rows(
+        sorted(rows + changelog.expand_all(packed)), authors), "sync")
 
 
 # -- re-deriving what the log already holds ----------------------------------------------------

@@ -6,10 +6,13 @@ attribute) this author ever changed in a pushed transaction (id ``<= last_transa
 that author's *latest* such change, with its original change id, transaction id and old
 and new values; a delete is such a change on the primary key (id -> null), so delete
 markers are part of it. Changes are grouped under their original transactions (in
-ascending id order, the bundle encoding), plus the held list of the writer for information.
-It is written as a stream (:func:`stream`): the latest changes are found in a scratch SQLite
-file, read back in transaction order, encoded and gzipped chunk by chunk, so that writing it
-holds only the compressed file whole, whatever the history's size.
+ascending id order), plus the held list of the writer for information. Version 2 (written
+here) lists each transaction's changes as packed runs, one per entity (:mod:`.packed`);
+version 1 (earlier releases; still read) as a bundle does. It is written as a stream
+(:func:`stream`): the log's packed rows are read entity by entity, each entity's latest
+changes kept as runs in a scratch SQLite file, read back in transaction order, encoded and
+gzipped chunk by chunk, so that writing it holds only the compressed file whole, whatever
+the history's size.
 
 Merging a snapshot is merging those transactions with the ordinary merge
 (:func:`.merge.merge`): last write wins per attribute depends only on each attribute's
@@ -40,10 +43,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from ..core import changelog, meta, schema
-from ..core.changes import ROW_TRANSACTION, ChangeRow, TxRecord
+from ..core.changes import (
+    ROW_ATTRIBUTE,
+    ROW_ENTITY_ID,
+    ROW_ENTITY_TYPE,
+    ROW_ID,
+    ROW_TRANSACTION,
+    ChangeRow,
+    TxRecord,
+)
 from ..core.errors import RemoteFormatError
-from ..core.rows import CHUNK
 from .compress import gunzip_bounded, gunzip_chunks, gzip_chunks, is_gzip
+from .packed import decode_piece, encode_runs
 from .wire import (
     BundleInfo,
     Manifest,
@@ -60,11 +71,15 @@ if TYPE_CHECKING:
     from ..core.replica import Replica
     from .remote import Remote
 
-__all__ = ["FORMAT", "Snapshot", "decode", "decode_in_pieces", "encode", "for_pull",
-           "is_snapshot_name", "newest", "parse_snapshot_name", "snapshot_name", "stream", "write"]
+__all__ = ["FORMAT", "VERSION", "VERSIONS", "Snapshot", "decode", "decode_in_pieces", "encode",
+           "for_pull", "is_snapshot_name", "newest", "parse_snapshot_name", "snapshot_name",
+           "stream", "write"]
 
 FORMAT = "dimpledb-snapshot"
-VERSION = 1
+VERSION = 2
+"""The version written: transactions of packed runs (:mod:`.packed`)."""
+VERSIONS = (1, 2)
+"""The versions read: 1 lists each transaction's changes as a bundle does."""
 _UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _NAME = re.compile(rf"snapshot_({_UUID_RE})\.json")
 _KEYS = ("format", "version", "author_id", "last_transaction_id", "created_at", "held",
@@ -102,11 +117,12 @@ class Snapshot:
         return snapshot_name(self.last)
 
 
-def _header(author: str, last: str, held: Sequence[tuple[str, str, str, str]]) -> bytes:
+def _header(author: str, last: str, held: Sequence[tuple[str, str, str, str]],
+            version: int = VERSION) -> bytes:
     """The snapshot's JSON up to its ``transactions`` array (the header fields first)."""
     head = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": version,
         "author_id": author,
         "last_transaction_id": last,
         "created_at": utc_now_iso(),
@@ -116,74 +132,128 @@ def _header(author: str, last: str, held: Sequence[tuple[str, str, str, str]]) -
     return (json.dumps(head)[:-1] + ',"transactions":').encode("utf-8")
 
 
-def encode(snap: Snapshot) -> bytes:
-    """The snapshot's JSON (UTF-8): a header object whose ``transactions`` is a bundle."""
-    return _header(snap.author, snap.last, snap.held) + encode_bundle(snap.transactions) + b"}"
+def encode(snap: Snapshot, version: int = VERSION) -> bytes:
+    """The snapshot's JSON (UTF-8): a header object whose ``transactions`` are packed runs
+    (version 2, :mod:`.packed`) or a bundle's array (version 1, as earlier releases wrote)."""
+    head = _header(snap.author, snap.last, snap.held, version)
+    if version == 1:
+        return head + encode_bundle(snap.transactions) + b"}"
+    body = ",\n".join(encode_runs(tx, changelog.pack(sorted(changes)))
+                      for tx, _, changes in snap.transactions)
+    return head + b"[" + body.encode("utf-8") + b"]}"
 
 
-READ_CHANGES = 50_000
-"""About how many logged changes :func:`stream` reads from the log at a time."""
+READ_ROWS = 20_000
+"""How many rows of the log :func:`stream` reads at a time."""
 
-ENCODE_CHANGES = 20_000
-"""About how many winning changes :func:`stream` encodes into one chunk of JSON."""
+ENCODE_RUNS = 5_000
+"""About how many packed runs :func:`stream` encodes into one chunk of JSON."""
 
-
-def _own_changes(conn: Connection, me: str, last: str) -> Iterator[list[ChangeRow]]:
-    """``me``'s logged changes in transactions up to ``last``, a few transactions at a time
-    (about :data:`READ_CHANGES` changes: the step grows while reads stay small)."""
-    ids = [tx for tx in changelog.transaction_ids(conn, me) if tx <= last]
-    step, i = 1, 0
-    while i < len(ids):
-        chunk = ids[i:i + step]
-        i += len(chunk)
-        changes = [ch for tx in changelog.transactions_of(conn, me, chunk) for ch in tx[2]]
-        step = (max(1, step // 2) if len(changes) > READ_CHANGES // 2
-                else min(CHUNK, step * 2))
-        yield changes
+_SCRATCH = ("CREATE TABLE r (transaction_id TEXT, id TEXT, entity_type TEXT, entity_id TEXT, "
+            "names TEXT, olds TEXT, news TEXT, PRIMARY KEY (transaction_id, id)) WITHOUT ROWID")
+_RUN = "INSERT INTO r VALUES (?, ?, ?, ?, ?, ?, ?)"
+_RUNS = ("SELECT id, transaction_id, entity_type, entity_id, names, olds, news FROM r "
+         "ORDER BY transaction_id, id")
 
 
-_SCRATCH = ("CREATE TABLE w (entity_type TEXT, entity_id TEXT, attribute TEXT, id TEXT, "
-            "transaction_id TEXT, old_value TEXT, new_value TEXT, "
-            "PRIMARY KEY (entity_type, entity_id, attribute)) WITHOUT ROWID")
-_WINNER = ("INSERT INTO w VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entity_type, entity_id, "
-           "attribute) DO UPDATE SET id = excluded.id, transaction_id = excluded.transaction_id,"
-           " old_value = excluded.old_value, new_value = excluded.new_value "
-           "WHERE excluded.id > w.id")
-_WINNERS = ("SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value"
-            " FROM w ORDER BY transaction_id, id")
+def _entity_runs(conn: Connection, mine: set[str]) -> Iterator[list[changelog.PackedRow]]:
+    """The log's packed rows of the transactions ``mine``, a batch at a time in key order
+    (entity, then id), every entity's rows in one batch."""
+    over: list[changelog.PackedRow] = []
+    for batch in changelog.iter_rows(conn, batch=READ_ROWS):
+        rows = over + [r for r in batch if r[ROW_TRANSACTION] in mine]
+        cut = len(rows)
+        if cut:  # the last entity may go on in the next batch
+            etype, eid = rows[-1][ROW_ENTITY_TYPE], rows[-1][ROW_ENTITY_ID]
+            while cut and rows[cut - 1][ROW_ENTITY_ID] == eid \
+                    and rows[cut - 1][ROW_ENTITY_TYPE] == etype:
+                cut -= 1
+        over = rows[cut:]
+        yield rows[:cut]
+    yield over
+
+
+def _winning(rows: list[changelog.PackedRow]) -> list[changelog.PackedRow]:
+    """The runs of the latest change of each (entity, attribute) among ``rows`` (in key
+    order): an entity's rows as they are when their attributes do not overlap (an
+    insert-only history: one row each), else its winners packed again."""
+    out: list[changelog.PackedRow] = []
+    i, n = 0, len(rows)
+    while i < n:
+        etype, eid = rows[i][ROW_ENTITY_TYPE], rows[i][ROW_ENTITY_ID]
+        j = i + 1
+        while j < n and rows[j][ROW_ENTITY_ID] == eid and rows[j][ROW_ENTITY_TYPE] == etype:
+            j += 1
+        if j == i + 1 and _distinct(rows[i][changelog.PACKED_ATTRIBUTES]):
+            out.append(rows[i])
+        else:
+            out.extend(_latest(rows[i:j]))
+        i = j
+    return out
+
+
+_DISTINCT: dict[str, bool] = {}
+
+
+def _distinct(names_json: str) -> bool:
+    """Whether a names list names each attribute once (as every local commit's rows do)."""
+    got = _DISTINCT.get(names_json)
+    if got is None:
+        if len(_DISTINCT) >= 4096:
+            _DISTINCT.clear()
+        names = json.loads(names_json)
+        got = _DISTINCT[names_json] = len(set(names)) == len(names)
+    return got
+
+
+def _latest(rows: list[changelog.PackedRow]) -> list[changelog.PackedRow]:
+    """One entity's rows reduced to the latest change of each attribute, packed."""
+    names = [json.loads(r[changelog.PACKED_ATTRIBUTES]) for r in rows]
+    if sum(map(len, names)) == len(set().union(*names)):  # no attribute twice
+        return rows
+    win: dict[str, ChangeRow] = {}
+    for ch in changelog.expand_all(rows):
+        w = win.get(ch[ROW_ATTRIBUTE])
+        if w is None or ch[ROW_ID] > w[ROW_ID]:
+            win[ch[ROW_ATTRIBUTE]] = ch
+    return changelog.pack(sorted(win.values(), key=itemgetter(ROW_TRANSACTION, ROW_ID)))
 
 
 def stream(conn: Connection, me: str, last: str) -> Iterator[bytes]:
     """The snapshot JSON of ``me``'s transactions up to ``last`` from the log, in chunks
     (``conn`` is a write transaction: pending transactions are folded first).
 
-    The latest change of each (entity, attribute) is kept in a scratch SQLite database (a
-    private temporary file, deleted when closed) and read back in transaction order, so
-    that neither the log nor the snapshot is ever held whole in memory."""
+    The log is read in key order (each entity's rows together), each entity's latest
+    changes are kept as packed runs in a scratch SQLite database (a private temporary file,
+    deleted when closed) and read back in transaction order, so that neither the log nor
+    the snapshot is ever held whole in memory."""
     changelog.fold(conn)
     h = schema.held
     held = [(str(a), str(b), str(x), str(r)) for a, b, x, r in conn.execute(select(h))]
     yield _header(me, last, held)
+    mine = {tx for tx in changelog.transaction_ids(conn, me) if tx <= last}
     scratch = sqlite3.connect("")
     try:
         scratch.execute("PRAGMA journal_mode = OFF")
         scratch.execute("PRAGMA synchronous = OFF")
         scratch.execute(_SCRATCH)
-        for changes in _own_changes(conn, me, last):
-            scratch.executemany(_WINNER, [(et, ei, a, cid, tx, old, new)
-                                          for cid, tx, et, ei, a, old, new in changes])
+        for rows in _entity_runs(conn, mine):
+            scratch.executemany(_RUN, [(tx, first, et, ei, names, olds, news)
+                                       for first, tx, et, ei, names, olds, news
+                                       in _winning(rows)])
+        del mine
         sep = b"["
-        batch: list[TxRecord] = []
+        batch: list[str] = []
         n = 0
-        for tx, group in groupby(scratch.execute(_WINNERS), key=itemgetter(ROW_TRANSACTION)):
-            changes = list(group)
-            batch.append((tx, me, changes))
-            n += len(changes)
-            if n >= ENCODE_CHANGES:
-                yield sep + encode_bundle(batch)[1:-1]
+        for tx, group in groupby(scratch.execute(_RUNS), key=itemgetter(ROW_TRANSACTION)):
+            runs = list(group)
+            batch.append(encode_runs(tx, runs))
+            n += len(runs)
+            if n >= ENCODE_RUNS:
+                yield sep + ",\n".join(batch).encode("utf-8")
                 sep, batch, n = b",\n", [], 0
         if batch:
-            yield sep + encode_bundle(batch)[1:-1]
+            yield sep + ",\n".join(batch).encode("utf-8")
             sep = b""
         yield b"[]}" if sep == b"[" else b"]}"
     finally:
@@ -239,7 +309,7 @@ _TX_SEP = b"},\n{"
 """What separates two transactions in a snapshot as written here (``encode_bundle``). A
 JSON string cannot hold a raw newline, so this is never inside a string."""
 
-PIECE_BYTES = 8 << 20
+PIECE_BYTES = 4 << 20
 """About how many bytes of JSON :func:`decode_in_pieces` decodes at a time."""
 
 
@@ -272,18 +342,19 @@ def decode_in_pieces(data: bytes, author: str, name: str
         return snap.last, iter([snap.transactions])
     head["transactions"] = b"[]"
     last = _decoded(head, author, name).last
-    return last, _pieces(data, buf[i + len(_SPLIT):], chunks, author, name, last)
+    return last, _pieces(data, buf[i + len(_SPLIT):], chunks, author, name, last,
+                         head["version"])
 
 
 def _pieces(data: bytes, rest: bytes, chunks: Iterable[bytes], author: str, name: str,
-            last: str) -> Iterator[list[TxRecord]]:
+            last: str, version: int) -> Iterator[list[TxRecord]]:
     """The transactions array of a snapshot (``rest``, then ``chunks``) in pieces; see
     :func:`decode_in_pieces`."""
     where = f"snapshot {name}"
     prev = ""
     for piece in _cut(rest, chunks, where):
         try:
-            txs = decode_bundle(b"[" + piece + b"]", author)
+            txs = _decode_transactions(b"[" + piece + b"]", author, where, version)
         except RemoteFormatError:  # a bad file, or a cut inside a value: decode it whole
             yield [tx for tx in decode(_plain(data, where), author, name).transactions
                    if tx[0] > prev]
@@ -340,7 +411,8 @@ def _decoded(doc: Any, author: str, name: str) -> Snapshot:
     """The checked snapshot of ``doc`` (its ``transactions`` still the array's bytes)."""
     if type(doc) is not dict or sorted(doc) != sorted(_KEYS):
         raise RemoteFormatError(f"snapshot {name} does not have the fields {', '.join(_KEYS)}")
-    if doc["format"] != FORMAT or doc["version"] != VERSION:
+    if doc["format"] != FORMAT or doc["version"] not in VERSIONS \
+            or type(doc["version"]) is not int:
         raise RemoteFormatError(f"snapshot {name}: unknown format or version")
     last = doc["last_transaction_id"]
     if doc["author_id"] != author or not is_uuid(last) or parse_snapshot_name(name) != last:
@@ -348,10 +420,19 @@ def _decoded(doc: Any, author: str, name: str) -> Snapshot:
     raw = doc["transactions"]
     if type(raw) is not bytes:
         raise RemoteFormatError(f"snapshot {name}: transactions is not a list")
-    txs = decode_bundle(raw, author) if raw.strip() != b"[]" else []
+    txs = (_decode_transactions(raw, author, f"snapshot {name}", doc["version"])
+           if raw.strip() != b"[]" else [])
     if any(tx[0] > last for tx in txs):
         raise RemoteFormatError(f"snapshot {name} holds transactions after {last}")
     return Snapshot(author, last, txs, _held(doc["held"]))
+
+
+def _decode_transactions(data: bytes, author: str, where: str, version: int
+                         ) -> list[TxRecord]:
+    """A snapshot's transactions array (or a run of its elements, bracketed) decoded."""
+    if version == 1:
+        return decode_bundle(data, author)
+    return decode_piece(data, author, where)
 
 
 def write(replica: Replica, remote: Remote) -> str | None:

@@ -1,0 +1,72 @@
+"""Snapshot version 2's packed runs (``sync.packed``): written from packed rows, read back
+as the same change records, and every unsound run refused."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from dimpledb_sa.core import changelog
+from dimpledb_sa.core.changes import ChangeRow
+from dimpledb_sa.core.errors import RemoteFormatError
+from dimpledb_sa.sync import packed
+
+AUTHOR = "0190aaaa-0000-7000-8000-000000000001"
+TX = "0190aaaa-0000-7000-8000-000000000002"
+DEEP: Any = 1
+for _ in range(70):  # deeper than MAX_VALUE_DEPTH
+    DEEP = [DEEP]
+
+
+def _changes() -> list[ChangeRow]:
+    nested = json.dumps({"a": [1, 2], "b": "[x]"})
+    values = ['"n1"', '"t [1]"', "true", "3", "1.5", nested, None]
+    names = ["id", "title", "done", "rank", "score", "data", "body"]
+    first = "0190aaaa-0000-7000-8ffe-000000000003"  # the counter's last field overflows
+    ids = changelog.expand((first, TX, "note", "n1", json.dumps(names), "[" + ",".join(
+        ["null"] * len(names)) + "]", changelog.json_array(values)))
+    return [*ids, ("0190aaaa-0000-7000-8fff-000000000004", TX, "note", "n2", "id", '"n0"',
+                   '"n2"')]
+
+
+def _decode(runs: list[Any], tx: str = TX) -> list[Any]:
+    return packed.decode_piece(json.dumps([{"id": tx, "runs": runs}]).encode(), AUTHOR, "t")
+
+
+def test_runs_read_back_as_the_change_records_they_were_written_from() -> None:
+    changes = _changes()
+    text = packed.encode_runs(TX, changelog.pack(changes))
+    [(tx, author, got)] = packed.decode_piece(b"[" + text.encode() + b"]", AUTHOR, "t")
+    assert (tx, author, len(got)) == (TX, AUTHOR, len(changes))
+    assert packed.packed_of((tx, author, got)) is got
+    assert list(got) == got[:] == changes and got == changes and got[0] == changes[0]
+    assert got.newest == max(c[0] for c in changes)
+    assert got.news[0][5] == {"a": [1, 2], "b": "[x]"}  # values as parsed, for the bulk path
+
+
+@pytest.mark.parametrize("run", [
+    ["not-an-id", "note", "n", ["id"], [None], ["n"]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", ["id"], [None]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", ["id", "x"], [None], ["n"]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", ["id", "id"], [None, 1], ["n", 2]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", [""], [None], ["n"]],
+    ["0190aaaa-0000-7000-8000-000000000003", "", "n", ["id"], [None], ["n"]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", 5, ["id"], [None], ["n"]],
+    ["0190aaaa-0000-4000-8000-000000000003", "note", "n", ["id"], [None], ["n"]],  # not v7
+    ["0000aaaa-0000-7000-8000-000000000003", "note", "n", ["id"], [None], ["n"]],  # 1970
+    ["0190aaaa-0000-7fff-bfff-fff000000003", "note", "n", ["id", "x"], [None, 1], ["n", 2]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", ["x"], [None], [DEEP]],
+])
+def test_an_unsound_run_is_refused(run: list[Any]) -> None:
+    with pytest.raises(RemoteFormatError):
+        _decode([run])
+
+
+def test_unsound_transactions_are_refused() -> None:
+    run = ["0190aaaa-0000-7000-8000-000000000003", "note", "n", ["id"], [None], ["n"]]
+    for doc in ({"id": TX}, [{"id": TX, "runs": [run]}, {"id": TX, "runs": []}],
+                [{"id": "x", "runs": []}], [{"id": TX, "runs": [run], "more": 1}], [[TX]]):
+        with pytest.raises(RemoteFormatError):
+            packed.decode_piece(json.dumps(doc).encode(), AUTHOR, "t")
