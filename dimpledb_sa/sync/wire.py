@@ -397,7 +397,8 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
         return None
     if _too_deep(olds) or _too_deep(news):
         return None
-    old_json = json_texts(olds)
+    # inserts: every old value null
+    old_json = [None] * m if olds.count(None) == m else json_texts(olds)
     new_json = json_texts(news)
     rows = list(zip(ids, ctids, etypes, eids, attrs, old_json, new_json, strict=True))
     out: list[TxRecord] = []
