@@ -466,7 +466,10 @@ def pull(replica: Replica, remote: Remote, report: SyncReport,
          progress: Progress | None = None) -> MergeResult | None:
     """Fetch every other author's new bundles and merge them, committing as it goes (see
     the module docstring); returns what committed and was not announced yet."""
-    return _pull(replica, remote, report, progress)
+    # the bundles and merges build many short-lived acyclic tuples: collections that they
+    # would trigger (one whenever a pause ends) scan them all and find nothing
+    with gc_paused():
+        return _pull(replica, remote, report, progress)
 
 
 def _pull(replica: Replica, remote: Remote, report: SyncReport,
