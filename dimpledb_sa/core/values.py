@@ -68,8 +68,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
 __all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "decode_column", "dumps",
-           "json_texts",
-           "loads", "unsafe_reason", "value_depth"]
+           "json_texts", "loads", "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -208,10 +207,11 @@ def decode_column(codec: Codec, texts: Sequence[str | None]) -> list[Any]:
     """``[codec.decode(t) for t in texts]``: for the plain decoders (strings, integers,
     floats, booleans), whose result is what ``json.loads`` makes of the text (then
     ``float`` or ``bool``), every text is parsed in one ``json.loads`` of the array they
-    make; any other codec, or texts that do not make an array of as many values, are
+    make; any other codec, texts that do not make an array of as many values, and the
+    text ``null`` (not the ``None`` that stands for it: some decoders refuse it), are
     decoded one by one."""
     fix = _COLUMN_FIX.get(codec.decode)
-    if fix is not None and texts:
+    if fix is not None and texts and "null" not in texts:
         try:
             parsed = loads("[" + ",".join(["null" if t is None else t for t in texts]) + "]")
         except (ValueError, RecursionError):
@@ -220,6 +220,7 @@ def decode_column(codec: Codec, texts: Sequence[str | None]) -> list[Any]:
             return fix(parsed)
     decode = codec.decode
     return [decode(t) for t in texts]
+
 
 _COLUMN_FIX: dict[Decoder, Callable[[list[Any]], list[Any]]] = {
     _dec_str: _ident, _dec_int: _ident, _dec_float: _floats, _dec_bool: _bools}
