@@ -120,6 +120,17 @@ def test_sqlite_stores_ids_as_bytes_and_elides_what_the_row_repeats(tmp_path: An
     engine.dispose()
 
 
+def test_ids_converted_in_bulk_are_those_converted_one_by_one() -> None:
+    uid = [dimple.new_id() for _ in range(3)]
+    moved = uid[0][:8] + uid[0][9] + "-" + uid[0][10:]  # 36 characters, a dash misplaced
+    for keys in ([*uid], [*uid, ODD_KEYS[3]], [*uid, moved], [*uid, "x" * 36],
+                 [*uid, "é" * 36], [*uid, "short"], [*uid, "01890a5b-0000-7000-8000-00000000000 "]):
+        one_by_one = [changelog._key_bytes(k) for k in keys]
+        assert changelog._keys_bytes(keys) == one_by_one
+        assert all(type(b) is bytes for b in one_by_one[:3])
+    assert changelog._ids_bytes(uid) == [changelog.id_bytes(i) for i in uid]
+
+
 def dimple_engine(folder: Any) -> Engine:
     from tests.databases import sqlite_engine
 

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from models import Base, Color, Kinds
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
+    Float,
     Integer,
     Interval,
     MetaData,
@@ -32,7 +34,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 import dimpledb_sa as dimple
-from dimpledb_sa.core.values import codec_for, json_texts
+from dimpledb_sa.core.values import codec_for, decode_column, json_texts
 
 COLUMNS = {c.name: c for c in Kinds.__table__.columns}
 UTC2 = dt.timezone(dt.timedelta(hours=2))
@@ -263,3 +265,29 @@ def test_json_texts_are_json_dumps() -> None:
               float("nan"), float("inf"), float("-inf"), [1, "x", None], {"a": [True]},
               Color.RED.name]
     assert json_texts(values) == [None if v is None else json.dumps(v) for v in values]
+
+
+@pytest.mark.parametrize("kind", [String, Integer, Float, Boolean])
+def test_a_column_decoded_at_once_is_decoded_one_by_one(kind: Any) -> None:
+    codec = codec_for(Column("c", kind))
+    texts: list[str | None] = [None, '"a"', '"\\u00e9\\n"', '""', "0", "-5", "12345678901234567890",
+                               "1.5", "1e400", "true", "false", "[1, 2]", '{"a": null}', "NaN"]
+    if kind is Float:  # only what a float can be made of
+        texts = [None, "0", "-5", "12345678901234567890", "1.5", "1e400", "true", "NaN"]
+    got = decode_column(codec, texts)
+    assert got == [codec.decode(t) for t in texts] or kind is Float  # NaN != NaN
+    assert [type(v) for v in got] == [type(codec.decode(t)) for t in texts]
+    # no array of as many values; the text null
+    for bad in (['"x"', "1,2"], ["[1", "2]"], ['"a\tb"'], ["null", "1"]):
+        assert _outcome(lambda b=bad: decode_column(codec, b)) == _outcome(
+            lambda b=bad: [codec.decode(t) for t in b])
+    if kind is Float:
+        with pytest.raises(ValueError):
+            decode_column(codec, ['"not a number"'])
+
+
+def _outcome(f: Any) -> Any:
+    try:
+        return f()
+    except (ValueError, TypeError) as exc:
+        return type(exc)

@@ -31,6 +31,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii as _esc
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
@@ -437,35 +438,44 @@ def pack(changes: Sequence[ChangeRow],
     out: list[PackedRow] = []
     append = out.append
     names_cache: dict[tuple[str, ...], str] = {}
-    hexi = _HEXI
+    nexts = _NEXT_DIGIT
+    nulls = _NULL_TEXT
+    join = ",".join
     i, n = 0, len(changes)
     while i < n:
         first = changes[i]
         a, tx, etype, eid = first[:4]
-        prefix, tail, digit = a[:26], a[27:], hexi.get(a[26], -2)
         j = i + 1
-        while j < n:
-            c = changes[j]
-            if c[ROW_ENTITY_ID] != eid or c[ROW_ENTITY_TYPE] != etype or c[ROW_TRANSACTION] != tx:
-                break
-            b = c[ROW_ID]
-            # fast path: only the last counter digit moved by one (the 9 hex digits after it
-            # are the run's random bits); else the exact check
-            if b[:26] == prefix and b[27:] == tail and hexi.get(b[26]) == digit + 1:
-                digit += 1
-            elif is_next_id(a, b):
-                prefix, tail, digit = b[:26], b[27:], hexi.get(b[26], -2)
-            else:
-                break
-            a = b
-            j += 1
+        if j < n:
+            # fast path: only the last counter digit moves by one (the 9 hex digits after
+            # it are the run's random bits); else the exact check
+            head, tail, digit = a[:26], a[27:], nexts.get(a[26:27])
+            while j < n:
+                c = changes[j]
+                if c[ROW_ENTITY_ID] != eid or c[ROW_ENTITY_TYPE] != etype \
+                        or c[ROW_TRANSACTION] != tx:
+                    break
+                b = c[ROW_ID]
+                if digit is not None and b == head + digit + tail:
+                    digit = nexts.get(digit)
+                elif is_next_id(a, b):
+                    head, tail, digit = b[:26], b[27:], nexts.get(b[26:27])
+                else:
+                    break
+                a = b
+                j += 1
         run = list(changes[i:j])
         names = tuple([c[ROW_ATTRIBUTE] for c in run])
         names_json = names_cache.get(names)
         if names_json is None:
             names_json = names_cache[names] = _dumps(list(names))
-        append((first[ROW_ID], tx, etype, eid, names_json,
-                json_array([c[ROW_OLD] for c in run]), json_array([c[ROW_NEW] for c in run])))
+        olds = [c[ROW_OLD] for c in run]
+        news = [c[ROW_NEW] for c in run]
+        olds_json = nulls.get(j - i) if olds.count(None) == j - i else None  # an insert
+        if olds_json is None:
+            olds_json = "[" + join(["null" if t is None else t for t in olds]) + "]"
+        append((first[ROW_ID], tx, etype, eid, names_json, olds_json,
+                "[" + join(["null" if t is None else t for t in news]) + "]"))
         if into is not None:
             got = into.get((etype, eid))
             if got is None:
@@ -474,6 +484,11 @@ def pack(changes: Sequence[ChangeRow],
                 got.extend(run)
         i = j
     return out
+
+
+_NEXT_DIGIT: Final = dict(zip("0123456789abcde", "123456789abcdef", strict=True))
+"""A counter's last hex digit -> the next one ('f' has none here: the carry is left to the
+exact check)."""
 
 
 def known_transactions(conn: Connection) -> Subquery:
@@ -738,13 +753,18 @@ def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, .
     blob = _blob_ids(conn)
     nulls = _NULLS
     keys_get = _NAMES_KEY.get
-    key_bytes = _key_bytes
-    fromhex = bytes.fromhex
     out: list[tuple[Any, ...]] = []
     append = out.append
     lists: dict[int, str] = {}
-    txs: dict[str, Any] = {}
-    for first, tx, etype, eid, names, olds, news in rows:
+    stored: Iterable[tuple[Any, Any, Any]]
+    if blob:  # the ids' 16 bytes, converted in bulk
+        stored = zip(_ids_bytes(list(map(_GET_ROW_ID, rows))),
+                     _ids_bytes(list(map(_GET_ROW_TX, rows))),
+                     _keys_bytes(list(map(_GET_ROW_ENTITY, rows))), strict=True)
+    else:
+        stored = ((r[ROW_ID], r[ROW_TRANSACTION], r[ROW_ENTITY_ID]) for r in rows)
+    for (_, _, etype, eid, names, olds, news), (sfirst, stx, skey) in zip(rows, stored,
+                                                                           strict=True):
         key = keys_get(names)
         if key is None:
             key = _names_key(names)
@@ -756,17 +776,53 @@ def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, .
         cut = len(eid) + 2
         if news.startswith(eid, 2) and news[1] == '"' and news[cut:cut + 2] in _CUT_ENDS:
             news = "[," + news[cut + 1:]
-        sold = None if olds in nulls else olds
-        if blob:
-            stx = txs.get(tx)
-            if stx is None:
-                stx = txs[tx] = fromhex(tx.replace("-", ""))
-            append((etype, key_bytes(eid), fromhex(first.replace("-", "")), stx, key, sold,
-                    news))
-        else:
-            append((etype, eid, first, tx, key, sold, news))
+        append((etype, skey, sfirst, stx, key, None if olds in nulls else olds, news))
     _ensure_names(conn, lists)
     return out
+
+
+_GET_ROW_ID: Final = itemgetter(ROW_ID)
+_GET_ROW_TX: Final = itemgetter(ROW_TRANSACTION)
+_GET_ROW_ENTITY: Final = itemgetter(ROW_ENTITY_ID)
+_UUID_CHARS: Final = b"0123456789abcdef-"
+
+
+def _canonical_uuids(values: list[Any]) -> str | None:
+    """The texts of ``values`` joined, when every one is a canonical (lowercase) UUID's
+    text; ``None`` otherwise. Checked in bulk, at C speed."""
+    n = len(values)
+    if list(map(type, values)).count(str) != n or list(map(len, values)).count(36) != n:
+        return None
+    joined = "".join(values)
+    if not joined.isascii():
+        return None
+    raw = joined.encode("ascii")
+    if raw.translate(None, _UUID_CHARS) or raw.count(b"-") != 4 * n:
+        return None
+    dashes = b"-" * n
+    if not all(raw[i::36] == dashes for i in (8, 13, 18, 23)):
+        return None
+    return joined
+
+
+def _split16(joined: str) -> list[bytes]:
+    """The 16-byte values of canonical UUID texts joined."""
+    data = bytes.fromhex(joined.replace("-", ""))
+    return [data[i:i + 16] for i in range(0, len(data), 16)]
+
+
+def _ids_bytes(values: list[str]) -> list[bytes]:
+    """``[id_bytes(v) for v in values]``, in bulk when all are canonical."""
+    joined = _canonical_uuids(values)
+    return list(map(id_bytes, values)) if joined is None else _split16(joined)
+
+
+def _keys_bytes(values: list[str]) -> list[str | bytes]:
+    """``[_key_bytes(v) for v in values]``, in bulk when all are canonical."""
+    joined = _canonical_uuids(values)
+    if joined is None:
+        return list(map(_key_bytes, values))
+    return list(_split16(joined))
 
 
 _CUT_ENDS: Final = ('",', '"]')
@@ -849,10 +905,24 @@ def rows_of_entities(conn: Connection, entity_type: str, entity_ids: Sequence[st
     """The indexed log's rows of some entities of one type."""
     c = schema.changes
     out: list[PackedRow] = []
+    if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
+        # plain statements: an expanding IN costs SQLAlchemy a step per value, and these
+        # columns have no bind or result processing on SQLite
+        _ready(conn)
+        for chunk in chunks(list(entity_ids)):
+            found = conn.exec_driver_sql(
+                _ENTITY_ROWS + "(" + ",".join("?" * len(chunk)) + ")",
+                (entity_type, *_keys_bytes(list(chunk)))).fetchall()
+            out.extend(_from_stored(conn, found))
+        return out
     for chunk in chunks(list(entity_ids)):
         out.extend(select_rows(conn, c.c.entity_type == entity_type,
                                c.c.entity_id.in_([_stored_key(conn, e) for e in chunk])))
     return out
+
+
+_ENTITY_ROWS: Final = (f"SELECT {', '.join(c.name for c in schema.changes.columns)} FROM "
+                       f"{schema.changes.name} WHERE entity_type = ? AND entity_id IN ")
 
 
 def logged_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str]) -> set[str]:

@@ -44,11 +44,40 @@ def fetch_rows(conn: Connection, tt: TrackedTable, keys: Iterable[Any],
     to_key = tt.codecs[tt.pk_name].from_json
     wanted = [to_key(k) if isinstance(k, str) else k for k in keys]
     out: dict[str, dict[str, Any]] = {}
+    if conn.dialect.name == "sqlite" and conn.dialect.paramstyle == "qmark":
+        _fetch_sqlite(conn, tt, cols, wanted, out)
+        return out
     for chunk in chunks(wanted):
         stmt = select(tt.pk, *cols).where(tt.pk.in_(chunk))
         for row in conn.execute(stmt):
             out[str(row[0])] = {c.name: row[i + 1] for i, c in enumerate(cols)}
     return out
+
+
+def _fetch_sqlite(conn: Connection, tt: TrackedTable, cols: list[Column[Any]],
+                  wanted: list[Any], out: dict[str, dict[str, Any]]) -> None:
+    """:func:`fetch_rows` on SQLite: plain statements with ``?`` marks (an expanding
+    ``IN`` costs SQLAlchemy a step per value), through the same bind and result processors
+    that SQLAlchemy applies (pysqlite describes no column types: they get ``None``)."""
+    dialect = conn.dialect
+    prep = dialect.identifier_preparer
+    pk = tt.pk
+    bind = pk.type.dialect_impl(dialect).bind_processor(dialect)
+    if bind is not None:
+        wanted = [bind(v) for v in wanted]
+    selected = [pk, *cols]
+    procs = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in selected]
+    names = [c.name for c in cols]
+    head = (f"SELECT {', '.join(prep.quote(c.name) for c in selected)} "
+            f"FROM {prep.format_table(tt.table)} WHERE {prep.quote(pk.name)} IN ")
+    plain = all(p is None for p in procs)
+    for chunk in chunks(wanted):
+        found = conn.exec_driver_sql(head + "(" + ",".join("?" * len(chunk)) + ")",
+                                     tuple(chunk)).fetchall()
+        for row in found:
+            values = row if plain else [v if p is None else p(v)
+                                        for p, v in zip(procs, row, strict=True)]
+            out[str(values[0])] = dict(zip(names, values[1:], strict=True))
 
 
 def insert_many(conn: Connection, table: Table, rows: Sequence[Sequence[Any]],

@@ -59,7 +59,7 @@ import enum
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -67,8 +67,8 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
-__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "json_texts",
-           "loads", "passes_through", "unsafe_reason", "value_depth"]
+__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "decode_column", "dumps",
+           "json_texts", "loads", "passes_through", "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -199,6 +199,38 @@ def passes_through(codec: Codec) -> bool:
     """Whether ``codec.from_json`` gives back the JSON value itself (strings, integers and
     JSON columns), so that a caller decoding many values may skip the call."""
     return codec.from_json is _ident
+
+
+def _bools(values: list[Any]) -> list[Any]:
+    return [v if v is None or v is True or v is False else bool(v) for v in values]
+
+
+def _floats(values: list[Any]) -> list[Any]:
+    return [None if v is None else float(v) for v in values]
+
+
+def decode_column(codec: Codec, texts: Sequence[str | None]) -> list[Any]:
+    """``[codec.decode(t) for t in texts]``: for the plain decoders (strings, integers,
+    floats, booleans), whose result is what ``json.loads`` makes of the text (then
+    ``float`` or ``bool``), every text is parsed in one ``json.loads`` of the array they
+    make; any other codec, texts that do not make an array of as many values, and the
+    text ``null`` (not the ``None`` that stands for it: some decoders refuse it), are
+    decoded one by one."""
+    fix = _COLUMN_FIX.get(codec.decode)
+    if fix is not None and texts and "null" not in texts:
+        try:
+            parsed = loads("[" + ",".join(["null" if t is None else t for t in texts]) + "]")
+        except (ValueError, RecursionError):
+            parsed = None
+        if type(parsed) is list and len(parsed) == len(texts):
+            return fix(parsed)
+    decode = codec.decode
+    return [decode(t) for t in texts]
+
+
+_COLUMN_FIX: dict[Decoder, Callable[[list[Any]], list[Any]]] = {
+    _dec_str: _ident, _dec_int: _ident, _dec_float: _floats, _dec_bool: _bools}
+"""The decoders :func:`decode_column` runs as one ``json.loads``, and what follows it."""
 
 
 def _enc_str(v: Any) -> str | None:

@@ -324,14 +324,18 @@ def _build(replica: Replica, conn: Connection, cons: Constraints,
         current = fetch_rows(conn, tt, eids)
         plan = job.plan(tt)
         constrained = cons.constrained(etype)
+        fresh: list[tuple[str, list[ChangeRow]]] = []  # neither logged nor stored before
         for eid in eids:
             key = (etype, eid)
             inc = incoming[key]
             prior = before.get(key)
             row = current.get(eid)
             if not constrained and key not in excluded and prior is None and row is None:
-                plan.new_entity(eid, inc)
+                fresh.append((eid, inc))
                 continue
+            if fresh:  # planned in order
+                plan.new_entities(fresh)
+                fresh = []
             win = winners(inc, winners(prior) if prior else None)
             plan.hold_unknown(eid, inc, win)
             if constrained:
@@ -344,6 +348,7 @@ def _build(replica: Replica, conn: Connection, cons: Constraints,
                 job.refused(plan, eid, win, row)
             else:
                 plan.emit(eid, win, row)
+        plan.new_entities(fresh)
     job.resolver.run()
     job.emit_resolved()
     job.defer_deletes()

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, String, bindparam, delete, update
 from ..core.changes import ROW_ATTRIBUTE, ROW_ID, ROW_NEW, ChangeRow
 from ..core.errors import RemoteFormatError
 from ..core.rows import chunks, insert_values
+from ..core.values import decode_column
 
 if TYPE_CHECKING:
     from ..core.constraints import Constraints
@@ -130,6 +131,47 @@ class TablePlan:
         if self._insert(eid, pkw, values):
             self.result.applied_changes.extend(w for w in win.values()
                                                if w[ROW_ATTRIBUTE] in decoders)
+
+    def new_entities(self, entities: Sequence[tuple[str, list[ChangeRow]]]) -> None:
+        """:meth:`new_entity` for each (entity id, its changes), in order. The common case
+        (each attribute changed once, every one known, the key set) is decoded column by
+        column (:func:`~dimpledb_sa.core.values.decode_column`); the others, and rows
+        that :meth:`new_entity` would refuse or hold, go through it."""
+        codecs = self.tt.codecs
+        known = self.decoders.keys()
+        pkn = self.tt.pk_name
+        wins: list[dict[str, ChangeRow] | None] = []
+        same: dict[tuple[str, ...], list[int]] = {}  # entities by the attributes changed
+        for k, (_, inc) in enumerate(entities):
+            win = {c[ROW_ATTRIBUTE]: c for c in inc}
+            pkw = win.get(pkn)
+            if (len(win) != len(inc) or not win.keys() <= known or pkw is None
+                    or pkw[ROW_NEW] is None):
+                wins.append(None)
+                continue
+            wins.append(win)
+            group = same.get(names := tuple(win))
+            if group is None:
+                same[names] = [k]
+            else:
+                group.append(k)
+        decoded: dict[int, dict[str, Any]] = {}
+        for names, members in same.items():
+            columns = [decode_column(codecs[a], [wins[k][a][ROW_NEW]  # type: ignore[index]
+                                                 for k in members]) for a in names]
+            for k, row in zip(members, zip(*columns, strict=True), strict=True):
+                decoded[k] = dict(zip(names, row, strict=True))
+        required = self.required
+        inserts = self.inserts.append
+        applied = self.result.applied_changes.extend
+        for k, (eid, inc) in enumerate(entities):
+            values = decoded.get(k)
+            if values is None or str(values[pkn]) != eid or (
+                    required and None in map(values.get, required)):
+                self.new_entity(eid, inc)  # refused or held there, as the case may be
+                continue
+            inserts(values)
+            applied(wins[k].values())  # type: ignore[union-attr]
 
     def evict(self, row: dict[str, Any]) -> None:
         """Take a row the rules keep out of the table (no change is applied)."""

@@ -335,7 +335,7 @@ _HEX_DASH = b"0123456789abcdef-"
 
 
 _GET_TX = itemgetter(*_TX_KEYS)
-_GET_COLUMNS = [itemgetter(k) for k in _CHANGE_KEYS]
+_GET_CHANGE = itemgetter(*_CHANGE_KEYS)
 
 
 def _all_uuids(ids: tuple[Any, ...]) -> bool:
@@ -381,8 +381,9 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
             return [(tid, author, []) for tid in tids]
         if list(map(len, flat)).count(7) != m:
             return None
-        # column by column (zip(*rows) of 100,000 rows costs three times as much)
-        ids, ctids, etypes, eids, attrs, olds, news = [tuple(map(g, flat)) for g in _GET_COLUMNS]
+        # each change's seven values in one C call, then the columns: faster than seven
+        # passes of one key each
+        ids, ctids, etypes, eids, attrs, olds, news = zip(*map(_GET_CHANGE, flat), strict=True)
         if (
             ctids != tuple(chain.from_iterable(map(repeat, tids, counts)))
             or not _all_uuids(ids)
@@ -397,7 +398,8 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
         return None
     if _too_deep(olds) or _too_deep(news):
         return None
-    old_json = json_texts(olds)
+    # inserts: every old value null
+    old_json = [None] * m if olds.count(None) == m else json_texts(olds)
     new_json = json_texts(news)
     rows = list(zip(ids, ctids, etypes, eids, attrs, old_json, new_json, strict=True))
     out: list[TxRecord] = []
