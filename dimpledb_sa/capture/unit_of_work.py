@@ -57,9 +57,9 @@ from ..core.changelog import (
     GROUP_NEWS,
     GROUP_OLDS,
     Group,
-    PackedRow,
+    LocalWrite,
     json_array,
-    write_local,
+    write_pending,
 )
 from ..core.errors import DimpleError
 from ..core.rows import fetch_rows, gc_paused
@@ -99,13 +99,14 @@ class _Pending:
     ``entries`` pairs the groups of each flush with the savepoint it ran in (``None``: none),
     so that rolling back a savepoint forgets exactly its groups; ``old`` carries old values
     saved in ``before_flush`` to ``after_flush``; ``plans`` caches, per mapped class, the
-    plans of its tracked tables when bound to our engine (``bind``: that bind); ``rows``
-    are the packed rows written at commit; ``committing``: the log was written, so a later
-    flush (another ``before_commit`` listener's) writes its groups straight away; ``owner``
-    keeps the capture alive until the transaction ends (the listeners hold it weakly).
+    plans of its tracked tables when bound to our engine (``bind``: that bind);
+    ``written``: the log transactions written at commit; ``committing``: the log was
+    written, so a later flush (another ``before_commit`` listener's) writes its groups
+    straight away; ``owner`` keeps the capture alive until the transaction ends (the
+    listeners hold it weakly).
     """
 
-    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "rows")
+    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "written")
 
     def __init__(self, owner: Capture) -> None:
         self.owner = owner
@@ -113,7 +114,7 @@ class _Pending:
         self.old: dict[InstanceState[Any], dict[str, Any]] = {}
         self.plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
         self.bind: Any = None
-        self.rows: list[PackedRow] = []
+        self.written: list[LocalWrite] = []
         self.committing = False
         self.cascades: list[Effect] = []  # what the database will do to children
 
@@ -412,8 +413,8 @@ class Capture:
         self._record(session, pending, groups)
 
     def _write(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
-        pending.rows.extend(write_local(self.replica, self._connection(session, pending),
-                                        groups))
+        pending.written.append(write_pending(self.replica, self._connection(session, pending),
+                                             groups))
 
     # -- transaction end -------------------------------------------------------------------
     def before_commit(self, session: Session) -> None:
@@ -436,9 +437,9 @@ class Capture:
         if session.get_nested_transaction() is not None:
             return  # a savepoint was released
         pending: _Pending | None = session.info.pop(self._key, None)
-        if pending is None or not pending.rows:
+        if pending is None or not pending.written:
             return
-        self.replica.committed_local(pending.rows)
+        self.replica.committed_writes(pending.written)
 
     def after_soft_rollback(self, session: Session,
                             previous_transaction: SessionTransaction) -> None:
