@@ -218,27 +218,29 @@ class Capture:
             return
         saved: dict[InstanceState[Any], dict[str, Any]] = {}
         unloaded: dict[MapperPlan, list[tuple[InstanceState[Any], list[str]]]] = {}
-        class_plans = self._class_plans
+        plain = _PLAIN
         for state in modified:
             committed = state.committed_state
             if not committed:
                 continue
-            try:
-                plan_list = class_plans[state.class_]
-            except KeyError:
-                plan_list = self._class_plans_of(state)
-            for plan in plan_list:
-                by_key = plan.by_key
-                for key, old in committed.items():
-                    if key not in by_key:
-                        continue
+            dict_: dict[str, Any] | None = None
+            for key, old in committed.items():
+                if old is not NO_VALUE:  # loaded: only a SQL expression set loses it
+                    if dict_ is None:
+                        dict_ = state.dict
+                    new = dict_.get(key)
+                    if type(new) in plain or not _is_sql(new):
+                        continue  # the common case: the flush keeps the old value
+                for plan in self._class_plans_of(state):
+                    if key not in plan.by_key:
+                        continue  # not a tracked column (a relationship, the key)
                     if old is NO_VALUE:
                         entry = unloaded.setdefault(plan, [])
                         if entry and entry[-1][0] is state:
                             entry[-1][1].append(key)
                         else:
                             entry.append((state, [key]))
-                    elif _is_sql(state.dict.get(key)):
+                    else:
                         saved.setdefault(state, {})[key] = old
         if unloaded:
             self._fetch_unloaded(session, unloaded, saved)
