@@ -354,9 +354,15 @@ class Capture:
                         else:
                             new = dict_.get(key, NO_VALUE)
                             if old is not NO_VALUE and new is not NO_VALUE:
-                                enc = one[1]
-                                enc_old = enc(old)
-                                enc_new = enc(new)
+                                exact = one[2]  # str for a String column, int for Integer
+                                if type(old) is exact and type(new) is exact:
+                                    spell = one[3]  # the C function its encoder ends in
+                                    enc_old = spell(old)
+                                    enc_new = spell(new)
+                                else:
+                                    enc = one[1]
+                                    enc_old = enc(old)
+                                    enc_new = enc(new)
                                 if enc_new != enc_old:
                                     append([plan.name, eid, one[0], "[null]" if enc_old is None
                                             else "[" + enc_old + "]", [enc_new]])

@@ -64,9 +64,13 @@ def build(groups: Iterable[Sequence[Any]]) -> tuple[str, int, list[str]]:
         ni = lists.get(names)
         if ni is None:
             ni = lists[names] = len(lists)
-        changes += len(news)
+        count = len(news)
+        changes += count
+        # json_array, inlined for most updates
+        news_json = ("[" + news[0] + "]" if count == 1 and news[0] is not None
+                     else json_array(news))
         append(_ROW % (ti, _esc(eid), ni, olds if type(olds) is str else json_array(olds),
-                       json_array(news)))
+                       news_json))
     body = ('{"t":[' + ",".join([_esc(t) for t in types]) + '],"n":[' + ",".join(lists)
             + '],"r":[' + ",".join(parts) + "]}")
     return body, changes, sorted(types)

@@ -67,8 +67,8 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
-__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "json_texts",
-           "loads", "unsafe_reason", "value_depth"]
+__all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "dumps", "exact_encoder",
+           "json_texts", "loads", "unsafe_reason", "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -215,6 +215,19 @@ def _enc_bool(v: Any) -> str | None:
     if v is None:
         return None
     return "true" if v else "false"
+
+
+_EXACT: dict[Any, tuple[type, Callable[[Any], str]]] = {
+    _enc_str: (str, encode_basestring_ascii),
+    _enc_int: (int, int.__repr__),
+}
+
+
+def exact_encoder(codec: Codec) -> tuple[type, Callable[[Any], str]] | tuple[None, None]:
+    """The type whose values ``codec.encode`` spells with one C function, and that function
+    (``(None, None)``: none): what capture calls directly for a value of exactly that type
+    (the same text, without the encoder's own call)."""
+    return _EXACT.get(codec.encode, (None, None))
 
 
 def _iso(v: Any) -> str:
