@@ -11,7 +11,7 @@ keeps capture cheap; :func:`expand` gives back exactly the per-attribute records
 starts a new row, so foreign ids are stored faithfully too).
 
 A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once,
-nor its ``dimple_transactions`` row: :func:`write_local` writes one ``dimple_pending`` row
+nor its ``dimple_transactions`` row: :func:`write_pending` writes one ``dimple_pending`` row
 (its author and one JSON body), in the same database transaction as the data, and
 :func:`fold` moves pending transactions into the indexed log and the transaction table
 before a merge, a replay or an adoption, every ``PENDING_LIMIT`` commits, and during a push
