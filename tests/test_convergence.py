@@ -147,7 +147,7 @@ def held_entities(dev: Device) -> set[tuple[str, str]]:
         return {(r[0], r[1]) for r in conn.execute(select(schema.held))}
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge(data: st.DataObject) -> None:
@@ -155,7 +155,7 @@ def test_replicas_converge(data: st.DataObject) -> None:
 
 
 @pytest.mark.postgresql
-@settings(max_examples=8, deadline=None,
+@settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_sqlite_and_postgresql_replicas_converge(pg_server: PgServer,
@@ -165,7 +165,7 @@ def test_sqlite_and_postgresql_replicas_converge(pg_server: PgServer,
     converge(data, st.sampled_from(KINDS), pg_server)
 
 
-@settings(max_examples=8, deadline=None,
+@settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_with_signatures(data: st.DataObject) -> None:
@@ -174,7 +174,7 @@ def test_replicas_converge_with_signatures(data: st.DataObject) -> None:
     converge(data, st.just("sqlite"), signed=True)
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_when_every_change_merges_and_settles_in_its_own_batch(

@@ -242,14 +242,14 @@ def seed(replicas: list[Device]) -> None:
         dev.sync()
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=18, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_with_unique_and_foreign_keys(data: st.DataObject) -> None:
     converge(data)
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_when_every_change_merges_and_settles_in_its_own_batch(

@@ -169,7 +169,7 @@ def check(a: Device, b: Device, entity_id: str, written: dict[str, Any]) -> None
         assert same(column, on_b[column], on_a[column]), (column, on_b[column], on_a[column])
 
 
-@settings(max_examples=20, deadline=None,
+@settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(first=rows, second=rows)
