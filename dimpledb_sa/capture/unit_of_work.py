@@ -57,9 +57,9 @@ from ..core.changelog import (
     GROUP_NEWS,
     GROUP_OLDS,
     Group,
-    PackedRow,
+    LocalWrite,
     json_array,
-    write_local,
+    write_pending,
 )
 from ..core.errors import DimpleError
 from ..core.rows import fetch_rows, gc_paused
@@ -99,13 +99,14 @@ class _Pending:
     ``entries`` pairs the groups of each flush with the savepoint it ran in (``None``: none),
     so that rolling back a savepoint forgets exactly its groups; ``old`` carries old values
     saved in ``before_flush`` to ``after_flush``; ``plans`` caches, per mapped class, the
-    plans of its tracked tables when bound to our engine (``bind``: that bind); ``rows``
-    are the packed rows written at commit; ``committing``: the log was written, so a later
-    flush (another ``before_commit`` listener's) writes its groups straight away; ``owner``
-    keeps the capture alive until the transaction ends (the listeners hold it weakly).
+    plans of its tracked tables when bound to our engine (``bind``: that bind);
+    ``written``: the log transactions written at commit; ``committing``: the log was
+    written, so a later flush (another ``before_commit`` listener's) writes its groups
+    straight away; ``owner`` keeps the capture alive until the transaction ends (the
+    listeners hold it weakly).
     """
 
-    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "rows")
+    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "written")
 
     def __init__(self, owner: Capture) -> None:
         self.owner = owner
@@ -113,7 +114,7 @@ class _Pending:
         self.old: dict[InstanceState[Any], dict[str, Any]] = {}
         self.plans: dict[type[Any], tuple[MapperPlan, ...]] = {}
         self.bind: Any = None
-        self.rows: list[PackedRow] = []
+        self.written: list[LocalWrite] = []
         self.committing = False
         self.cascades: list[Effect] = []  # what the database will do to children
 
@@ -217,27 +218,29 @@ class Capture:
             return
         saved: dict[InstanceState[Any], dict[str, Any]] = {}
         unloaded: dict[MapperPlan, list[tuple[InstanceState[Any], list[str]]]] = {}
-        class_plans = self._class_plans
+        plain = _PLAIN
         for state in modified:
             committed = state.committed_state
             if not committed:
                 continue
-            try:
-                plan_list = class_plans[state.class_]
-            except KeyError:
-                plan_list = self._class_plans_of(state)
-            for plan in plan_list:
-                by_key = plan.by_key
-                for key, old in committed.items():
-                    if key not in by_key:
-                        continue
+            dict_: dict[str, Any] | None = None
+            for key, old in committed.items():
+                if old is not NO_VALUE:  # loaded: only a SQL expression set loses it
+                    if dict_ is None:
+                        dict_ = state.dict
+                    new = dict_.get(key)
+                    if type(new) in plain or not _is_sql(new):
+                        continue  # the common case: the flush keeps the old value
+                for plan in self._class_plans_of(state):
+                    if key not in plan.by_key:
+                        continue  # not a tracked column (a relationship, the key)
                     if old is NO_VALUE:
                         entry = unloaded.setdefault(plan, [])
                         if entry and entry[-1][0] is state:
                             entry[-1][1].append(key)
                         else:
                             entry.append((state, [key]))
-                    elif _is_sql(state.dict.get(key)):
+                    else:
                         saved.setdefault(state, {})[key] = old
         if unloaded:
             self._fetch_unloaded(session, unloaded, saved)
@@ -351,9 +354,15 @@ class Capture:
                         else:
                             new = dict_.get(key, NO_VALUE)
                             if old is not NO_VALUE and new is not NO_VALUE:
-                                enc = one[1]
-                                enc_old = enc(old)
-                                enc_new = enc(new)
+                                exact = one[2]  # str for a String column, int for Integer
+                                if type(old) is exact and type(new) is exact:
+                                    spell = one[3]  # the C function its encoder ends in
+                                    enc_old = spell(old)
+                                    enc_new = spell(new)
+                                else:
+                                    enc = one[1]
+                                    enc_old = enc(old)
+                                    enc_new = enc(new)
                                 if enc_new != enc_old:
                                     append([plan.name, eid, one[0], "[null]" if enc_old is None
                                             else "[" + enc_old + "]", [enc_new]])
@@ -412,8 +421,8 @@ class Capture:
         self._record(session, pending, groups)
 
     def _write(self, session: Session, pending: _Pending, groups: list[Group]) -> None:
-        pending.rows.extend(write_local(self.replica, self._connection(session, pending),
-                                        groups))
+        pending.written.append(write_pending(self.replica, self._connection(session, pending),
+                                             groups))
 
     # -- transaction end -------------------------------------------------------------------
     def before_commit(self, session: Session) -> None:
@@ -436,9 +445,9 @@ class Capture:
         if session.get_nested_transaction() is not None:
             return  # a savepoint was released
         pending: _Pending | None = session.info.pop(self._key, None)
-        if pending is None or not pending.rows:
+        if pending is None or not pending.written:
             return
-        self.replica.committed_local(pending.rows)
+        self.replica.committed_writes(pending.written)
 
     def after_soft_rollback(self, session: Session,
                             previous_transaction: SessionTransaction) -> None:

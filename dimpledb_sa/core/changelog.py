@@ -11,7 +11,7 @@ keeps capture cheap; :func:`expand` gives back exactly the per-attribute records
 starts a new row, so foreign ids are stored faithfully too).
 
 A local commit does not insert its packed rows into the indexed ``dimple_changes`` at once,
-nor its ``dimple_transactions`` row: :func:`write_local` writes one ``dimple_pending`` row
+nor its ``dimple_transactions`` row: :func:`write_pending` writes one ``dimple_pending`` row
 (its author and one JSON body), in the same database transaction as the data, and
 :func:`fold` moves pending transactions into the indexed log and the transaction table
 before a merge, a replay or an adoption, every ``PENDING_LIMIT`` commits, and during a push
@@ -65,10 +65,13 @@ from .changes import (
     TxRecord,
     change_from_row,
 )
-from .clock import is_next_id, run_ids
+from .clock import is_next_id, offset_id, run_ids
 from .errors import DimpleError
-from .floor import issued, run_last
+from .floor import issued
 from .floor import start as start_commit
+from .pending import build as pending_body
+from .pending import json_array, run_last
+from .pending import rows as body_rows
 from .rows import chunks, insert_many
 from .values import json_texts
 
@@ -80,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChangeRow",
     "Group",
+    "LocalWrite",
     "PackedRow",
     "TxRecord",
     "all_rows",
@@ -118,6 +122,7 @@ __all__ = [
     "unpacked_pending",
     "upgrade",
     "write_local",
+    "write_pending",
 ]
 
 PackedRow = tuple[str, str, str, str, str, str, str]
@@ -143,14 +148,6 @@ _loads = json.loads
 _HEXI = {ch: k for k, ch in enumerate("0123456789abcdef")}
 
 
-def json_array(texts: Sequence[str | None]) -> str:
-    """A JSON array from the JSON texts of its items (``None`` is ``null``)."""
-    if len(texts) == 1:  # most updates change one attribute
-        t = texts[0]
-        return "[null]" if t is None else "[" + t + "]"
-    return "[" + ",".join(["null" if t is None else t for t in texts]) + "]"
-
-
 def _texts(array_json: str) -> list[str | None]:
     return json_texts(_loads(array_json))
 
@@ -161,47 +158,71 @@ PENDING_LIMIT = 256
 
 def write_local(replica: Replica, conn: Connection, groups: Sequence[Group]
                 ) -> list[PackedRow]:
-    """Issue ids for one local transaction's groups and write it; returns the packed rows.
+    """:func:`write_pending`, returning the packed rows written."""
+    return write_pending(replica, conn, groups).rows()
 
-    The transaction goes to ``dimple_pending`` as one row with its author, and nothing else
-    (:func:`fold` writes its ``dimple_transactions`` row). The clock first observes the
-    database's clock floor (every id the database holds is at or below it, see
-    :mod:`.floor`), so ids keep growing across restarts, across processes sharing the
-    database and after pulls by any of them; the author id is read with it, so a commit made
-    after ``dimpledb reauthor`` by a handle opened before it records the new id. Ids are
-    issued in commit order across processes: SQLite's write lock is held from the flush's
-    first write, and on PostgreSQL the floor's and author's rows stay locked until the
-    commit.
+
+class LocalWrite:
+    """One local transaction :func:`write_pending` wrote: its id, its tables (sorted), and
+    its packed rows, made from its groups only when :meth:`rows` is called."""
+
+    __slots__ = ("changes", "groups", "tables", "tx_id")
+
+    def __init__(self, tx_id: str, tables: list[str], groups: Sequence[Group],
+                 changes: int) -> None:
+        self.tx_id = tx_id
+        self.tables = tables
+        self.groups = groups
+        self.changes = changes
+
+    def rows(self) -> list[PackedRow]:
+        """The packed rows, each group's first id the next step of the transaction's run."""
+        tx_id = self.tx_id
+        ids = run_ids(tx_id, 1 + self.changes)
+        rows: list[PackedRow] = []
+        append = rows.append
+        at = 1
+        for etype, eid, names, olds, news in self.groups:
+            append((
+                ids[at] if at < len(ids) else offset_id(tx_id, at), tx_id, etype, eid,
+                names if type(names) is str else _dumps(names),
+                olds if type(olds) is str else json_array(olds),
+                json_array(news),
+            ))
+            at += len(news)
+        return rows
+
+
+def write_pending(replica: Replica, conn: Connection, groups: Sequence[Group]
+                  ) -> LocalWrite:
+    """Issue ids for one local transaction's groups and write it.
+
+    The transaction goes to ``dimple_pending`` as one row with its author and its body (see
+    :mod:`.pending`: its ids are one run, the transaction id first, then each group's
+    changes in order), and nothing else (:func:`fold` writes its ``dimple_transactions``
+    row). The clock first observes the database's clock floor (every id the database holds
+    is at or below it, see :mod:`.floor`), so ids keep growing across restarts, across
+    processes sharing the database and after pulls by any of them; the author id is read
+    with it, so a commit made after ``dimpledb reauthor`` by a handle opened before it
+    records the new id. Ids are issued in commit order across processes: SQLite's write
+    lock is held from the flush's first write, and on PostgreSQL the floor's and author's
+    rows stay locked until the commit.
     """
     clock = replica.clock
     floor, stored_author = start_commit(conn)
     if floor:
         clock.observe(floor)
     author = replica.author_on(conn, stored_author)
-    counts = [len(g[GROUP_NEWS]) for g in groups]
-    firsts = clock.reserve_runs([1, *counts])
-    tx_id = firsts[0]
-    rows: list[PackedRow] = []
-    append = rows.append
-    for first, (etype, eid, names, olds, news) in zip(firsts[1:], groups, strict=True):
-        append((
-            first, tx_id, etype, eid,
-            names if type(names) is str else _dumps(names),
-            olds if type(olds) is str else json_array(olds),
-            json_array(news),
-        ))
+    body, changes, tables = pending_body(groups)
+    tx_id = clock.reserve_runs([1 + changes])[0]
     last = clock.last
     assert last is not None
     issued(conn, floor, last, author)
-    tables = "[" + ",".join([_esc(t) for t in sorted({g[GROUP_TYPE] for g in groups})]) + "]"
-    # the body is JSON built by hand: the three arrays are JSON text already
-    form = '["%s",%s,%s,%s,%s,%s]'
-    body = "[" + ",".join([form % (first, _esc(etype), _esc(eid), names, olds, news)
-                           for first, _, etype, eid, names, olds, news in rows]) + "]"
-    seq = _insert_transaction(conn, tx_id, author, tables, body)
+    seq = _insert_transaction(conn, tx_id, author,
+                              "[" + ",".join([_esc(t) for t in tables]) + "]", body)
     if seq is not None and seq % PENDING_LIMIT == 0:
         fold(conn)
-    return rows
+    return LocalWrite(tx_id, tables, groups, changes)
 
 
 _SQLITE_PENDING = ("INSERT INTO dimple_pending (transaction_id, author, tables, body) "
@@ -272,7 +293,7 @@ def _unpack(tx_id: str, body: str) -> list[PackedRow]:
     """The packed rows of a pending body, with the canonical text of each array."""
     names_json: dict[tuple[str, ...], str] = {}  # a transaction repeats a few lists
     out: list[PackedRow] = []
-    for first, etype, eid, names, olds, news in _loads(body):
+    for first, etype, eid, names, olds, news in body_rows(tx_id, body):
         key = tuple(names)
         text = names_json.get(key)
         if text is None:
@@ -589,7 +610,7 @@ def _pending_changes(conn: Connection, tx_ids: Sequence[str],
                          .where(p.c.transaction_id.in_(list(tx_ids)))).all()
     for tx, body in found:
         out = by_tx[tx]
-        for first, etype, eid, names, olds, news in _loads(body):
+        for first, etype, eid, names, olds, news in body_rows(tx, body):
             out.extend((cid, tx, etype, eid, name, old, new) for cid, name, old, new in zip(
                 run_ids(first, len(names)), names, json_texts(olds), json_texts(news),
                 strict=True))

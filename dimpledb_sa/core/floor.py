@@ -23,15 +23,14 @@ clock where it already is.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Connection, select
 
 from . import meta, schema
-from .clock import offset_id
+from .pending import last_id
 
-__all__ = ["issued", "run_last", "start"]
+__all__ = ["issued", "start"]
 
 _KEY = meta.KEPT_KEY
 
@@ -82,15 +81,8 @@ def _data_version(dbapi: Any) -> int:
 def _newest_pending(conn: Connection) -> str | None:
     """The last id the newest pending transaction issued."""
     p = schema.pending
-    body = conn.execute(select(p.c.body).order_by(p.c.seq.desc()).limit(1)).scalar()
-    if not body:
+    found = conn.execute(select(p.c.transaction_id, p.c.body).order_by(p.c.seq.desc())
+                         .limit(1)).first()
+    if found is None or not found[1]:
         return None
-    rows = json.loads(body)  # [[first_id, type, id, names, olds, news], ...]
-    if not rows:
-        return None
-    return run_last(rows[-1][0], rows[-1][3])
-
-
-def run_last(first: str, names: list[str]) -> str:
-    """The last id of a packed run (see :mod:`.changelog`): one per attribute."""
-    return offset_id(first, max(len(names) - 1, 0))
+    return last_id(found[0], found[1])

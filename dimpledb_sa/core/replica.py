@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import meta
-from .changelog import PackedRow, expand_all
+from .changelog import LocalWrite, PackedRow, expand_all
 from .changes import ROW_ENTITY_TYPE, Change, changes_from_rows
 from .clock import DEFAULT_MAX_DRIFT, HybridClock
 from .signals import send_committed
@@ -87,6 +87,14 @@ class Replica:
         ``Change`` records only if a receiver reads them)."""
         self.committed({r[ROW_ENTITY_TYPE] for r in packed},
                        lambda: changes_from_rows(expand_all(packed), self.author_id), "local")
+
+    def committed_writes(self, written: Sequence[LocalWrite]) -> None:
+        """:meth:`committed_local` for the transactions :func:`.changelog.write_pending`
+        wrote (their packed rows made only if a receiver reads the changes)."""
+        self.committed({t for w in written for t in w.tables},
+                       lambda: changes_from_rows(
+                           expand_all([r for w in written for r in w.rows()]),
+                           self.author_id), "local")
 
     def __repr__(self) -> str:
         return f"<Replica {self.engine.url!r} tables={sorted(self.tracked)}>"

@@ -15,12 +15,13 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
 - ``dimple_names``: the JSON lists of attribute names the log's rows name, each once, keyed
   by a hash of its text (so every database and process gives a list the same key).
 - ``dimple_pending``: local transactions not yet folded into ``dimple_changes``: one row
-  per transaction, its author, its packed rows as one JSON body (``[[first_id,
-  entity_type, entity_id, attributes, old_values, new_values], ...]``) and the JSON list of
-  its tables. A commit writes one such row and nothing else (no indexed row per entity, no
-  ``dimple_transactions`` row); :func:`.changelog.fold` moves them into the indexed log and
-  the transaction table before a merge, a replay or an adoption, during a push (in short
-  steps), and when more than ``log.PENDING_LIMIT`` have gathered. ``author`` is null
+  per transaction, its author, its packed rows as one JSON body (see :mod:`.pending`: the
+  change ids are the transaction's run, implied by the rows' order; earlier versions
+  spelled each row's first id) and the JSON list of its tables. A commit writes one such
+  row and nothing else (no indexed row per entity, no ``dimple_transactions`` row);
+  :func:`.changelog.fold` moves them into the indexed log and the transaction table before
+  a merge, a replay or an adoption, during a push (in short steps), and when more than
+  ``log.PENDING_LIMIT`` have gathered. ``author`` is null
   in rows an earlier version wrote (with their ``dimple_transactions`` row), and missing
   from a table it made until :func:`.changelog.ensure_pending_author` adds it.
 - ``dimple_transactions``: one row per folded or pulled transaction (id, author).

@@ -29,7 +29,7 @@ from sqlalchemy.schema import Column
 from ._compat import mapped_classes
 from .errors import ConfigurationError
 from .schema import BOOKKEEPING_PREFIX
-from .values import Codec, codec_for, unsafe_reason
+from .values import Codec, codec_for, exact_encoder, unsafe_reason
 
 __all__ = [
     "ALLOW_PICKLE",
@@ -74,7 +74,8 @@ class MapperPlan:
     ``attrs``: (attribute key, column name, codec) of every column of the tracked table;
     ``value_columns``/``value_encoders``: the same less the key, in insert order;
     ``by_key``: attribute key -> (position, key, column name, codec), the key column left
-    out; ``single``: attribute key -> (the names text of that column alone, its encoder);
+    out; ``single``: attribute key -> (the names text of that column alone, its encoder, and
+    :func:`.values.exact_encoder`'s type and function, or ``None`` twice);
     ``insert_names_json``/``insert_olds_json``: the packed-row text of an insert's
     names (key first) and old values (all null); :meth:`names_json` the text of other
     lists of column names (cached).
@@ -87,7 +88,7 @@ class MapperPlan:
     value_columns: list[tuple[str, str]] = field(default_factory=list)
     value_encoders: list[tuple[str, Any]] = field(default_factory=list)
     by_key: dict[str, tuple[int, str, str, Codec]] = field(default_factory=dict)
-    single: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    single: dict[str, tuple[str, Any, Any, Any]] = field(default_factory=dict)
     pk_encode: Any = None
     pk_names_json: str = ""
     insert_names: list[str] = field(default_factory=list)
@@ -103,8 +104,8 @@ class MapperPlan:
                                if c != tt.pk_name]
         self.by_key = {k: (i, k, c, codec) for i, (k, c, codec) in enumerate(self.attrs)
                        if c != tt.pk_name}
-        self.single = {k: (json.dumps([c]), codec.encode) for k, c, codec in self.attrs
-                       if c != tt.pk_name}
+        self.single = {k: (json.dumps([c]), codec.encode, *exact_encoder(codec))
+                       for k, c, codec in self.attrs if c != tt.pk_name}
         self.pk_encode = tt.codecs[tt.pk_name].encode
         self.pk_names_json = json.dumps([tt.pk_name])
         self.insert_names = [tt.pk_name] + [c for _, c in self.value_columns]

@@ -68,7 +68,8 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
 __all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "decode_column", "dumps",
-           "json_texts", "loads", "passes_through", "unsafe_reason", "value_depth"]
+           "exact_encoder", "json_texts", "loads", "passes_through", "unsafe_reason",
+           "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
 Decoder = Callable[["str | None"], Any]
@@ -253,6 +254,19 @@ def _enc_bool(v: Any) -> str | None:
     if v is None:
         return None
     return "true" if v else "false"
+
+
+_EXACT: dict[Any, tuple[type, Callable[[Any], str]]] = {
+    _enc_str: (str, encode_basestring_ascii),
+    _enc_int: (int, int.__repr__),
+}
+
+
+def exact_encoder(codec: Codec) -> tuple[type, Callable[[Any], str]] | tuple[None, None]:
+    """The type whose values ``codec.encode`` spells with one C function, and that function
+    (``(None, None)``: none): what capture calls directly for a value of exactly that type
+    (the same text, without the encoder's own call)."""
+    return _EXACT.get(codec.encode, (None, None))
 
 
 def _iso(v: Any) -> str:
