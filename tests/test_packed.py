@@ -58,6 +58,8 @@ def test_runs_read_back_as_the_change_records_they_were_written_from() -> None:
     ["0000aaaa-0000-7000-8000-000000000003", "note", "n", ["id"], [None], ["n"]],  # 1970
     ["0190aaaa-0000-7fff-bfff-fff000000003", "note", "n", ["id", "x"], [None, 1], ["n", 2]],
     ["0190aaaa-0000-7000-8000-000000000003", "note", "n", ["x"], [None], [DEEP]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", [{"a": 1}], [None], ["n"]],
+    ["0190aaaa-0000-7000-8000-000000000003", "note", "n", [["x"]], [None], ["n"]],
 ])
 def test_an_unsound_run_is_refused(run: list[Any]) -> None:
     with pytest.raises(RemoteFormatError):
@@ -70,3 +72,20 @@ def test_unsound_transactions_are_refused() -> None:
                 [{"id": "x", "runs": []}], [{"id": TX, "runs": [run], "more": 1}], [[TX]]):
         with pytest.raises(RemoteFormatError):
             packed.decode_piece(json.dumps(doc).encode(), AUTHOR, "t")
+
+
+def test_runs_sharing_a_change_id_are_refused() -> None:
+    """Every change id once, as in a bundle: in one transaction (the same first id twice,
+    overlapping runs, runs out of order) and across the transactions of a piece."""
+    a = "0190aaaa-0000-7000-8000-000000000003"
+    b = "0190aaaa-0000-7000-8000-000000000004"
+    one = ["note", "n", ["id"], [None], ["n"]]
+    two = ["note", "m", ["id", "title"], [None, None], ["m", "t"]]
+    for runs in ([[a, *one], [a, *one]], [[a, *two], [b, *one]], [[b, *one], [a, *one]]):
+        with pytest.raises(RemoteFormatError):
+            _decode(runs)
+    later = "0190aaaa-0000-7000-8fff-000000000009"
+    doc = [{"id": TX, "runs": [[a, *one]]}, {"id": later, "runs": [[a, *one]]}]
+    with pytest.raises(RemoteFormatError, match="share a change id"):
+        packed.decode_piece(json.dumps(doc).encode(), AUTHOR, "t")
+    assert len(_decode([[a, *one], [b, *one]])) == 1  # distinct ids in order: fine

@@ -65,10 +65,11 @@ __all__ = ["APPLY_ERRORS", "MergeResult", "announce", "describe", "merge", "repl
 logger = logging.getLogger(__name__)
 
 APPLY_ERRORS = (StatementError, DimpleError, ValueError, TypeError, ArithmeticError,
-                LookupError)
+                LookupError, AttributeError)
 """What applying well-formed but unusable changes raises (a key that is not the entity's,
-a value no column of this type can hold): callers undo that merge to a savepoint and keep
-the rest. A constraint the database enforces is not among them: such rows are kept out."""
+a value no column of this type can hold, a column type's processor given a value of
+another type, which calls a method it lacks): callers undo that merge to a savepoint and
+keep the rest. A constraint the database enforces is not among them: such rows are kept out."""
 
 _UNAPPLIABLE = (*APPLY_ERRORS, RecursionError)
 

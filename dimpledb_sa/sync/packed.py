@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
-from itertools import repeat
+from itertools import chain, pairwise, repeat
 from json.encoder import encode_basestring_ascii as _esc
 from typing import Any, overload
 
@@ -164,6 +164,7 @@ def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
     out: list[TxRecord] = []
     names_text: dict[tuple[str, ...], str] = {}
     ids: list[str] = []
+    spans: list[tuple[str, str]] = []
     prev = ""
     for tx in doc:
         if type(tx) is not dict or len(tx) != 2 or "id" not in tx or type(tx.get("runs")) \
@@ -176,23 +177,28 @@ def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
                                     "canonical UUID after the one before")
         prev = tid
         ids.append(tid)
-        rows, news_of, count, newest = _runs(tx["runs"], tid, names_text, where)
+        rows, news_of, count, newest, lasts = _runs(tx["runs"], tid, names_text, where)
         ids += [r[0] for r in rows]
         ids.append(newest)
+        spans += zip([r[0] for r in rows], lasts, strict=True)
         # TxRecord names a list; every reader of a transaction's changes only iterates,
         # indexes, slices or measures them, which this sequence does alike
         out.append((tid, author, PackedChanges(rows, news_of, count, newest)))  # type: ignore[arg-type]
     _check_ids(ids, where)
+    spans.sort()
+    if any(b[0] <= a[1] for a, b in pairwise(spans)):
+        raise RemoteFormatError(f"{where}: two runs share a change id (every change id "
+                                "appears once in a snapshot)")
     return out
 
 
 def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: str
-          ) -> tuple[list[changelog.PackedRow], list[list[Any]], int, str]:
+          ) -> tuple[list[changelog.PackedRow], list[list[Any]], int, str, list[str]]:
     """One transaction's runs checked and decoded column by column: its packed rows (text
-    form), each row's new values as parsed, how many changes, and its newest id (the
-    first ids still to be checked as ids by the caller)."""
+    form), each row's new values as parsed, how many changes, its newest id and each run's
+    last id (the first ids still to be checked as ids by the caller)."""
     if not runs:
-        return [], [], 0, tid
+        return [], [], 0, tid, []
     bad = RemoteFormatError(f"{where}: transaction {tid} has a run that is not six fields "
                             "[first_id, entity_type, entity_id, names, olds, news] with "
                             "canonical ids, non-empty names and as many values as names")
@@ -209,6 +215,7 @@ def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: st
             raise bad
         "".join(etypes)  # TypeError unless all are strings
         "".join(eids)
+        "".join(chain.from_iterable(namess))
     except TypeError:
         raise bad from None
     keys = list(map(tuple, namess))
@@ -221,6 +228,9 @@ def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: st
     # only the counter's last field moves (the common case; the caller checks the ids)
     lasts = [f[:24] + _HEX3[low] + f[27:] if low < 0x1000 else _run_last(f, n, where)
              for f, n, low in zip(firsts, lens, lows, strict=True)]
+    if any(b <= a for a, b in zip(lasts, firsts[1:], strict=False)):
+        raise RemoteFormatError(f"{where}: transaction {tid} has runs out of id order or "
+                                "sharing ids")
     nulls = list(map(list.count, oldss, repeat(None)))
     old_texts = [(_NULLS.get(n) if c == n else None) or _array_text(o)
                  for o, n, c in zip(oldss, lens, nulls, strict=True)]
@@ -237,7 +247,7 @@ def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: st
                                     f"{MAX_VALUE_DEPTH} arrays/objects")
     rows = list(zip(firsts, repeat(tid), etypes, eids, map(names_text.__getitem__, keys),
                     old_texts, new_texts, strict=False))  # all as long as firsts
-    return rows, list(newss), sum(lens), max(tid, max(lasts))
+    return rows, list(newss), sum(lens), max(tid, max(lasts)), lasts
 
 
 def _run_last(first: str, n: int, where: str) -> str:
