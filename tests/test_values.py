@@ -273,7 +273,8 @@ def test_a_column_decoded_at_once_is_decoded_one_by_one(kind: Any) -> None:
     texts: list[str | None] = [None, '"a"', '"\\u00e9\\n"', '""', "0", "-5", "12345678901234567890",
                                "1.5", "1e400", "true", "false", "[1, 2]", '{"a": null}', "NaN"]
     if kind is Float:  # only what a float can be made of
-        texts = [None, "0", "-5", "12345678901234567890", "1.5", "1e400", "true", "NaN"]
+        texts = [None, "0", "-5", "12345678901234567890", "1.5", "1e400", "true", "NaN",
+                 "1" + "0" * 400]  # an integer no float holds: inf, one by one
     got = decode_column(codec, texts)
     assert got == [codec.decode(t) for t in texts] or kind is Float  # NaN != NaN
     assert [type(v) for v in got] == [type(codec.decode(t)) for t in texts]

@@ -25,6 +25,7 @@ __all__ = [
     "compiled_cache",
     "deleted_states",
     "forget_type_impls",
+    "has_sql_expression",
     "has_unflushed_changes",
     "loop_safe_pool",
     "mapped_classes",
@@ -147,6 +148,14 @@ def forget_type_impls(dialect: Any) -> None:
     memos = getattr(dialect, "_type_memos", None)
     if memos is not None:
         memos.clear()
+
+
+def has_sql_expression(t: Any, *, bind: bool) -> bool:
+    """Whether type ``t`` wraps its SQL: a ``bind_expression`` (``bind``) or a
+    ``column_expression``. SQLAlchemy asks ``_has_bind_expression`` /
+    ``_has_column_expression`` itself; the public names are the methods, which return
+    ``None`` for a column of the base implementation but cannot be called without one."""
+    return bool(t._has_bind_expression if bind else t._has_column_expression)
 
 
 def mapped_classes(table: Table) -> list[type[Any]]:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Column, Connection, MetaData, Table, select
 
+from ._compat import has_sql_expression
+
 if TYPE_CHECKING:
     from .tracking import TrackedTable
 
@@ -44,7 +46,8 @@ def fetch_rows(conn: Connection, tt: TrackedTable, keys: Iterable[Any],
     to_key = tt.codecs[tt.pk_name].from_json
     wanted = [to_key(k) if isinstance(k, str) else k for k in keys]
     out: dict[str, dict[str, Any]] = {}
-    if conn.dialect.name == "sqlite" and conn.dialect.paramstyle == "qmark":
+    if conn.dialect.name == "sqlite" and conn.dialect.paramstyle == "qmark" \
+            and _plain_sql(tt, cols):
         _fetch_sqlite(conn, tt, cols, wanted, out)
         return out
     for chunk in chunks(wanted):
@@ -52,6 +55,14 @@ def fetch_rows(conn: Connection, tt: TrackedTable, keys: Iterable[Any],
         for row in conn.execute(stmt):
             out[str(row[0])] = {c.name: row[i + 1] for i, c in enumerate(cols)}
     return out
+
+
+def _plain_sql(tt: TrackedTable, cols: list[Column[Any]]) -> bool:
+    """Whether no column type here wraps its SQL (a ``column_expression`` on what is
+    selected, a ``bind_expression`` on the key): only then may :func:`_fetch_sqlite`
+    spell the statement itself."""
+    return not has_sql_expression(tt.pk.type, bind=True) and not any(
+        has_sql_expression(c.type, bind=False) for c in (tt.pk, *cols))
 
 
 def _fetch_sqlite(conn: Connection, tt: TrackedTable, cols: list[Column[Any]],

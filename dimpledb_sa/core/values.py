@@ -211,12 +211,13 @@ def _floats(values: list[Any]) -> list[Any]:
 
 
 def decode_column(codec: Codec, texts: Sequence[str | None]) -> list[Any]:
-    """``[codec.decode(t) for t in texts]``: for the plain decoders (strings, integers,
-    floats, booleans), whose result is what ``json.loads`` makes of the text (then
-    ``float`` or ``bool``), every text is parsed in one ``json.loads`` of the array they
-    make; any other codec, texts that do not make an array of as many values, and the
-    text ``null`` (not the ``None`` that stands for it: some decoders refuse it), are
-    decoded one by one."""
+    """``[codec.decode(t) for t in texts]``, for texts that are each one JSON value as
+    this package writes them (``json_texts``, the change log's values): for the plain
+    decoders (strings, integers, floats, booleans), whose result is what ``json.loads``
+    makes of the text (then ``float`` or ``bool``), every text is parsed in one
+    ``json.loads`` of the array they make; any other codec, texts that do not make an
+    array of as many values, values that do not convert, and the text ``null`` (not the
+    ``None`` that stands for it: some decoders refuse it), are decoded one by one."""
     fix = _COLUMN_FIX.get(codec.decode)
     if fix is not None and texts and "null" not in texts:
         try:
@@ -224,7 +225,10 @@ def decode_column(codec: Codec, texts: Sequence[str | None]) -> list[Any]:
         except (ValueError, RecursionError):
             parsed = None
         if type(parsed) is list and len(parsed) == len(texts):
-            return fix(parsed)
+            try:
+                return fix(parsed)
+            except (OverflowError, ValueError, TypeError):
+                pass  # (an integer too large for a float: one by one, as _dec_float does)
     decode = codec.decode
     return [decode(t) for t in texts]
 
