@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     inspect,
     null,
+    or_,
     select,
     tuple_,
     union_all,
@@ -404,7 +405,9 @@ def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = No
         stmt = stmt.where(p.c.transaction_id.in_(list(transaction_ids)))
     if entity is not None:
         etype, eid = entity
-        stmt = stmt.where(p.c.body.contains(eid, autoescape=True))
+        # (as the body spells it: JSON, non-ASCII, quotes and backslashes escaped; or as is)
+        stmt = stmt.where(or_(p.c.body.contains(eid, autoescape=True),
+                              p.c.body.contains(_esc(eid)[1:-1], autoescape=True)))
     out: list[PackedRow] = []
     for tx_id, body in conn.execute(stmt).all():  # fetched first: the statement ends at once
         rows = _unpack(tx_id, body)
