@@ -51,7 +51,7 @@ from .packed import PackedChanges, packed_of
 from .plan import Held, TablePlan, required_columns, write
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from ..core.replica import Replica
     from ..core.tracking import TrackedTable
@@ -106,6 +106,28 @@ def merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxRecor
         raise NotBulk(str(exc)) from exc
 
 
+def _store_new(conn: Connection, replica: Replica, bulk: Bulk, keys: set[int], count: int,
+               types: Iterable[str], newest: tuple[str, str],
+               txs: list[tuple[str, str]], rows: list[changelog.PackedRow]) -> None:
+    """The checks and first writes of a bulk piece: ``count`` entities (``keys``, their
+    hashes) all new to the bootstrap and of tracked, unconstrained ``types`` (else
+    ``NotBulk``); the clock told the newest other and own ids (``newest``), then the
+    transactions ``txs`` and the packed ``rows`` stored."""
+    if len(keys) != count or not keys.isdisjoint(bulk.seen):
+        raise NotBulk("an entity of this piece is not new")
+    cons = constraints_of(replica.tracked)
+    if any(etype not in replica.tracked or cons.constrained(etype) for etype in types):
+        raise NotBulk("a table of this piece is constrained or unknown")
+    other, own = newest
+    if other:
+        replica.clock.observe(other, max_ahead=replica.max_drift)
+    if own:
+        replica.clock.observe(own)
+    changelog.raise_clock_floor(conn, max(other, own))
+    insert_many(conn, schema.transactions, txs)
+    changelog.store(conn, rows)
+
+
 def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
                bulk: Bulk) -> MergeResult:
     if not (is_empty(replica, conn) if bulk.stored == 0 else _stored(conn) == bulk.stored):
@@ -133,20 +155,11 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
         else:
             newest = max(newest, last)
     keys = {hash(k) for k in incoming}
-    if len(keys) != len(incoming) or not keys.isdisjoint(bulk.seen):
-        raise NotBulk("an entity of this piece is not new")
     by_type: dict[str, list[str]] = defaultdict(list)
     for etype, eid in incoming:
         by_type[etype].append(eid)
-    if any(etype not in tracked or cons.constrained(etype) for etype in by_type):
-        raise NotBulk("a table of this piece is constrained or unknown")
-    if newest:
-        replica.clock.observe(newest, max_ahead=replica.max_drift)
-    if newest_own:
-        replica.clock.observe(newest_own)
-    changelog.raise_clock_floor(conn, max(newest, newest_own))
-    insert_many(conn, schema.transactions, [(tx_id, author) for tx_id, author, _ in fresh])
-    changelog.store(conn, rows)
+    _store_new(conn, replica, bulk, keys, len(incoming), by_type, (newest, newest_own),
+               [(tx_id, author) for tx_id, author, _ in fresh], rows)
     held: list[Held] = []
     order = {name: i for i, name in enumerate(cons.order)}
     plans: list[TablePlan] = []
@@ -206,20 +219,10 @@ def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxR
             if j != i:
                 several.setdefault(key, [j]).append(i)
     keys = set(map(hash, first_run))
-    if len(keys) != len(first_run) or not keys.isdisjoint(bulk.seen):
-        raise NotBulk("an entity of this piece is not new")
     cons = constraints_of(replica.tracked)
     tracked = replica.tracked
-    types = {etype for etype, _ in first_run}
-    if any(etype not in tracked or cons.constrained(etype) for etype in types):
-        raise NotBulk("a table of this piece is constrained or unknown")
-    if newest:
-        replica.clock.observe(newest, max_ahead=replica.max_drift)
-    if newest_own:
-        replica.clock.observe(newest_own)
-    changelog.raise_clock_floor(conn, max(newest, newest_own))
-    insert_many(conn, schema.transactions, [(tx[0], tx[1]) for tx, _ in fresh])
-    changelog.store(conn, rows)
+    _store_new(conn, replica, bulk, keys, len(first_run), {etype for etype, _ in first_run},
+               (newest, newest_own), [(tx[0], tx[1]) for tx, _ in fresh], rows)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)  # (type, names) -> runs
     for i, r in enumerate(rows):  # in the piece's order (ascending ids, as written)
         if not several or entities[i] not in several:
