@@ -146,7 +146,6 @@ GROUP_NEWS: Final = 4
 
 _dumps = json.dumps
 _loads = json.loads
-_HEXI = {ch: k for k, ch in enumerate("0123456789abcdef")}
 
 
 def _texts(array_json: str) -> list[str | None]:
