@@ -74,6 +74,7 @@ from .pending import build as pending_body
 from .pending import json_array, run_last
 from .pending import rows as body_rows
 from .rows import chunks, insert_many
+from .runs import Runs, array_texts, canonical_uuids, encode_compact, old_texts
 from .values import json_texts
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ __all__ = [
     "rows_of_transactions",
     "select_rows",
     "store",
+    "store_runs",
     "transaction_authors",
     "transaction_ids",
     "transactions_of",
@@ -807,25 +809,6 @@ def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, .
 _GET_ROW_ID: Final = itemgetter(ROW_ID)
 _GET_ROW_TX: Final = itemgetter(ROW_TRANSACTION)
 _GET_ROW_ENTITY: Final = itemgetter(ROW_ENTITY_ID)
-_UUID_CHARS: Final = b"0123456789abcdef-"
-
-
-def _canonical_uuids(values: list[Any]) -> str | None:
-    """The texts of ``values`` joined, when every one is a canonical (lowercase) UUID's
-    text; ``None`` otherwise. Checked in bulk, at C speed."""
-    n = len(values)
-    if list(map(type, values)).count(str) != n or list(map(len, values)).count(36) != n:
-        return None
-    joined = "".join(values)
-    if not joined.isascii():
-        return None
-    raw = joined.encode("ascii")
-    if raw.translate(None, _UUID_CHARS) or raw.count(b"-") != 4 * n:
-        return None
-    dashes = b"-" * n
-    if not all(raw[i::36] == dashes for i in (8, 13, 18, 23)):
-        return None
-    return joined
 
 
 def _split16(joined: str) -> list[bytes]:
@@ -836,13 +819,13 @@ def _split16(joined: str) -> list[bytes]:
 
 def _ids_bytes(values: list[str]) -> list[bytes]:
     """``[id_bytes(v) for v in values]``, in bulk when all are canonical."""
-    joined = _canonical_uuids(values)
+    joined = canonical_uuids(values)
     return list(map(id_bytes, values)) if joined is None else _split16(joined)
 
 
 def _keys_bytes(values: list[str]) -> list[str | bytes]:
     """``[_key_bytes(v) for v in values]``, in bulk when all are canonical."""
-    joined = _canonical_uuids(values)
+    joined = canonical_uuids(values)
     if joined is None:
         return list(map(_key_bytes, values))
     return list(_split16(joined))
@@ -901,6 +884,66 @@ def store(conn: Connection, rows: Sequence[PackedRow], *, ignore_existing: bool 
         _ready(conn, write=True)
         insert_many(conn, schema.changes, _to_stored(conn, rows),
                     ignore_existing=ignore_existing)
+
+
+def store_runs(conn: Connection, runs: Runs) -> list[PackedRow]:
+    """:func:`store` of ``runs.rows()`` made column by column from the parsed values: the
+    ids converted in bulk, and the new values spelled once, in the stored form (the entity
+    id cut out, as :func:`_to_stored` cuts it) when every run's first new value is its
+    entity id; returns the rows stored, in text form (``runs.rows()``)."""
+    if not len(runs):
+        return []
+    _ready(conn, write=True)
+    olds = old_texts(runs.olds)
+    news, cut = _news_texts(runs.entities, runs.news)
+    key_of = {text: _names_key(text) for text in dict.fromkeys(runs.names)}
+    _ensure_names(conn, {key: text for text, key in key_of.items()})
+    if _blob_ids(conn):
+        tx_of = {tx: id_bytes(tx) for tx in dict.fromkeys(runs.transactions)}
+        ids: tuple[Sequence[Any], Sequence[Any], Sequence[Any]] = (
+            _keys_bytes(runs.entities), _ids_bytes(runs.firsts),
+            list(map(tx_of.__getitem__, runs.transactions)))
+    else:
+        ids = (runs.entities, runs.firsts, runs.transactions)
+    stored_olds = [None if o in _NULLS else o for o in olds]
+    insert_many(conn, schema.changes, list(zip(
+        runs.types, *ids, map(key_of.__getitem__, runs.names), stored_olds, cut,
+        strict=True)))
+    return list(zip(runs.firsts, runs.transactions, runs.types, runs.entities, runs.names,
+                    olds, news, strict=True))
+
+
+_FIRST: Final = itemgetter(0)
+
+
+def _news_texts(entities: list[str], news: list[list[Any]]) -> tuple[list[str], list[str]]:
+    """The JSON texts of the new values ``news`` of rows of ``entities``, and the same as
+    stored (:func:`_cut_news`). When every first value is its row's entity id, and the ids
+    are as long as each other and need no escaping, the arrays are spelled in one call and
+    cut apart where one ends and the next begins (sound when that text has no bracket or
+    brace but the arrays' own), and the id is cut out of each at the same place."""
+    n = len(news)
+    if n and list(map(_FIRST, news)) == entities:
+        joined = "".join(entities)
+        size = len(entities[0])
+        if list(map(len, entities)).count(size) == n and _esc(joined) == f'"{joined}"':
+            text = encode_compact(news)
+            if text.count("[") == n + 1 and text.count("]") == n + 1 and "{" not in text:
+                texts = text[1:-1].replace("],[", "]\0[").split("\0")
+                return texts, list(map("[,".__add__, map(itemgetter(slice(size + 3, None)),
+                                                         texts)))
+    texts = array_texts(news)
+    return texts, list(map(_cut_news, entities, texts))
+
+
+def _cut_news(eid: str, news: str) -> str:
+    """A row's new values as ``dimple_changes`` stores them: the entity id's own value,
+    when it is the first new value, is cut out (``'"<id>"'``; a pure text cut: reading
+    puts back exactly the same characters). :func:`_to_stored` does the same inline."""
+    cut = len(eid) + 2
+    if news.startswith(eid, 2) and news[1] == '"' and news[cut:cut + 2] in _CUT_ENDS:
+        return "[," + news[cut + 1:]
+    return news
 
 
 def select_rows(conn: Connection, *where: Any) -> list[PackedRow]:

@@ -41,10 +41,11 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..core import changelog, conflicts, schema
-from ..core.changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE, ROW_ID, ChangeRow, TxRecord
+from ..core.changes import ROW_ENTITY_ID, ROW_ID, ChangeRow, TxRecord
 from ..core.constraints import constraints_of
 from ..core.rows import insert_columns, insert_many
-from ..core.values import passes_through
+from ..core.runs import Runs
+from ..core.values import Codec, passes_through
 from . import ahead
 from .merge import APPLY_ERRORS, MergeResult
 from .packed import PackedChanges, packed_of
@@ -59,8 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["Bulk", "NotBulk", "is_empty", "merge_new"]
 
 _ID = itemgetter(ROW_ID)
-_TYPE = itemgetter(ROW_ENTITY_TYPE)
-_ENTITY = itemgetter(ROW_ENTITY_ID)
 
 
 class NotBulk(Exception):
@@ -108,11 +107,13 @@ def merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxRecor
 
 def _store_new(conn: Connection, replica: Replica, bulk: Bulk, keys: set[int], count: int,
                types: Iterable[str], newest: tuple[str, str],
-               txs: list[tuple[str, str]], rows: list[changelog.PackedRow]) -> None:
+               txs: list[tuple[str, str]], rows: list[changelog.PackedRow] | Runs
+               ) -> list[changelog.PackedRow]:
     """The checks and first writes of a bulk piece: ``count`` entities (``keys``, their
     hashes) all new to the bootstrap and of tracked, unconstrained ``types`` (else
     ``NotBulk``); the clock told the newest other and own ids (``newest``), then the
-    transactions ``txs`` and the packed ``rows`` stored."""
+    transactions ``txs`` and the packed ``rows`` (or ``Runs``) stored; returns the rows
+    stored (in text form)."""
     if len(keys) != count or not keys.isdisjoint(bulk.seen):
         raise NotBulk("an entity of this piece is not new")
     cons = constraints_of(replica.tracked)
@@ -125,7 +126,10 @@ def _store_new(conn: Connection, replica: Replica, bulk: Bulk, keys: set[int], c
         replica.clock.observe(own)
     changelog.raise_clock_floor(conn, max(other, own))
     insert_many(conn, schema.transactions, txs)
+    if isinstance(rows, Runs):
+        return changelog.store_runs(conn, rows)
     changelog.store(conn, rows)
+    return rows
 
 
 def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
@@ -179,11 +183,12 @@ def _merge_new(replica: Replica, conn: Connection, transactions: Sequence[TxReco
 
 def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxRecord],
                   packed: Sequence[PackedChanges], bulk: Bulk) -> MergeResult:
-    """:func:`_merge_new` for a piece of a version-2 snapshot: its packed rows go to the log
-    as they are, and the rows of the entities that one run makes whole (the common case)
-    are decoded column by column and inserted with one ``executemany`` per table and names
-    list; an entity with several runs in the piece, or a run this schema cannot take as it
-    is (an unknown or missing required column), is planned change by change as above."""
+    """:func:`_merge_new` for a piece of a version-2 snapshot: its runs go to the log
+    column by column (:func:`.changelog.store_runs`), and the rows of the entities that one
+    run makes whole (the common case) are inserted from their parsed new values with one
+    ``executemany`` per table and names list; an entity with several runs in the piece, or
+    a run this schema cannot take as it is (an unknown or missing required column), is
+    planned change by change as above."""
     result = MergeResult()
     me = replica.author_id
     horizon = replica.clock.horizon(replica.max_drift)
@@ -199,21 +204,19 @@ def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxR
     result.held += sum(len(tx[2]) for tx in later)
     if not fresh:
         return result
-    rows: list[changelog.PackedRow] = []
-    news: list[list[Any]] = []
     newest = newest_own = ""
     for (tx_id, author, _), p in fresh:
         result.authors[tx_id] = author
-        rows += p.rows
-        news += p.news
         if author == me:
             newest_own = max(newest_own, p.newest)
         else:
             newest = max(newest, p.newest)
-    entities = list(zip(map(_TYPE, rows), map(_ENTITY, rows), strict=True))
-    first_run = dict(zip(reversed(entities), range(len(rows) - 1, -1, -1), strict=True))
+    runs = Runs.join([p.runs for _, p in fresh])
+    n = len(runs)
+    entities = list(zip(runs.types, runs.entities, strict=True))
+    first_run = dict(zip(reversed(entities), range(n - 1, -1, -1), strict=True))
     several: dict[tuple[str, str], list[int]] = {}
-    if len(first_run) != len(rows):  # an entity with several runs (a later edit)
+    if len(first_run) != n:  # an entity with several runs (a later edit)
         for i, key in enumerate(entities):
             j = first_run[key]
             if j != i:
@@ -221,21 +224,19 @@ def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxR
     keys = set(map(hash, first_run))
     cons = constraints_of(replica.tracked)
     tracked = replica.tracked
-    _store_new(conn, replica, bulk, keys, len(first_run), {etype for etype, _ in first_run},
-               (newest, newest_own), [(tx[0], tx[1]) for tx, _ in fresh], rows)
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)  # (type, names) -> runs
-    for i, r in enumerate(rows):  # in the piece's order (ascending ids, as written)
-        if not several or entities[i] not in several:
-            groups[(r[ROW_ENTITY_TYPE], r[changelog.PACKED_ATTRIBUTES])].append(i)
+    rows = _store_new(conn, replica, bulk, keys, len(first_run), set(runs.types),
+                      (newest, newest_own), [(tx[0], tx[1]) for tx, _ in fresh], runs)
+    groups = _groups(runs, set(several))
     slow: dict[str, list[tuple[str, list[ChangeRow]]]] = defaultdict(list)
-    for key, runs in several.items():
-        slow[key[0]].append((key[1], sorted(changelog.expand_all([rows[i] for i in runs]))))
+    for key, several_runs in several.items():
+        slow[key[0]].append((key[1], sorted(changelog.expand_all(
+            [rows[i] for i in several_runs]))))
     order = {name: i for i, name in enumerate(cons.order)}
-    for (etype, names_json), runs in sorted(
+    for (etype, names_json), at in sorted(
             groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
-        if not _insert_whole(conn, tracked[etype], json.loads(names_json), runs, rows, news,
+        if not _insert_whole(conn, tracked[etype], json.loads(names_json), at, rows, runs,
                              result):
-            slow[etype] += [(rows[i][ROW_ENTITY_ID], changelog.expand(rows[i])) for i in runs]
+            slow[etype] += [(rows[i][ROW_ENTITY_ID], changelog.expand(rows[i])) for i in at]
     held: list[Held] = []
     plans: list[TablePlan] = []
     for etype in sorted(slow, key=lambda n: (order.get(n, len(order)), n)):
@@ -254,33 +255,56 @@ def _merge_packed(replica: Replica, conn: Connection, transactions: Sequence[TxR
     return result
 
 
-def _insert_whole(conn: Connection, tt: TrackedTable, names: list[str], runs: list[int],
-                  rows: Sequence[changelog.PackedRow], news: Sequence[list[Any]],
-                  result: MergeResult) -> bool:
-    """Insert the rows of new entities of ``tt`` that each have one run, with the
-    attributes ``names``, column by column (a run whose key is null, a delete, inserts
-    nothing); ``False`` (nothing done) when this schema cannot take them as they are: an
-    attribute it lacks, no key, or a required column missing or null."""
+def _groups(runs: Runs, several: set[tuple[str, str]]
+            ) -> dict[tuple[str, str], Sequence[int]]:
+    """The runs of entities not in ``several`` by (entity type, names), in the piece's
+    order (ascending ids, as written): all of them at once when they share both."""
+    n = len(runs)
+    if not several and runs.types.count(runs.types[0]) == n \
+            and runs.names.count(runs.names[0]) == n:
+        return {(runs.types[0], runs.names[0]): range(n)}
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, key in enumerate(zip(runs.types, runs.names, strict=True)):
+        if not several or (key[0], runs.entities[i]) not in several:
+            groups[key].append(i)
+    return dict(groups)
+
+
+def _insert_whole(conn: Connection, tt: TrackedTable, names: list[str], at: Sequence[int],
+                  rows: Sequence[changelog.PackedRow], runs: Runs, result: MergeResult
+                  ) -> bool:
+    """Insert the rows of new entities of ``tt`` that each have one run (the runs ``at``),
+    with the attributes ``names``, column by column from their parsed new values (a run
+    whose key is null, a delete, inserts nothing); ``False`` (nothing done) when this
+    schema cannot take them as they are: an attribute it lacks, no key, or a required
+    column missing or null."""
     codecs = tt.codecs
     pk = tt.pk_name
     if pk not in names or not codecs.keys() >= set(names):
         return False
-    at = names.index(pk)
-    live = [i for i in runs if news[i][at] is not None]
-    if not live:
-        return True  # deletes only: no row, no applied change (as TablePlan.new_entity)
-    columns: dict[str, list[Any]] = {}
-    for name, col in zip(names, zip(*[news[i] for i in live], strict=True), strict=True):
-        decode = codecs[name].from_json
-        if passes_through(codecs[name]):  # strings, integers, JSON: the JSON value itself
-            columns[name] = list(col)
+    whole = len(at) == len(runs)  # every run of the piece (at is then range(len(runs)))
+    news = runs.news if whole else [runs.news[i] for i in at]
+    entities = runs.entities if whole else [runs.entities[i] for i in at]
+    keys = list(map(itemgetter(names.index(pk)), news))
+    live: Sequence[int] = at
+    if None in keys:
+        live = [i for i, k in zip(at, keys, strict=True) if k is not None]
+        if not live:
+            return True  # deletes only: no row, no applied change (as TablePlan.new_entity)
+        news = [runs.news[i] for i in live]
+        entities = [runs.entities[i] for i in live]
+    columns: dict[str, Sequence[Any]] = {}
+    for name, col in zip(names, zip(*news, strict=True), strict=True):
+        codec = codecs[name]
+        if passes_through(codec) or _decoded_already(codec, col):
+            columns[name] = col  # strings, integers, JSON: the JSON value itself
         elif None in col:
-            columns[name] = [None if v is None else decode(v) for v in col]
+            columns[name] = [None if v is None else codec.from_json(v) for v in col]
         else:
-            columns[name] = list(map(decode, col))
+            columns[name] = list(map(codec.from_json, col))
     if any(c not in columns or None in columns[c] for c in required_columns(tt)):
         return False
-    if [str(v) for v in columns[pk]] != [rows[i][ROW_ENTITY_ID] for i in live]:
+    if columns[pk] != entities and [str(v) for v in columns[pk]] != entities:
         raise NotBulk(f"a change of this piece inserts {tt.name} with another key")
     table = tt.table
     if any(c.default is not None and c.name not in columns for c in table.columns):
@@ -289,6 +313,16 @@ def _insert_whole(conn: Connection, tt: TrackedTable, names: list[str], runs: li
     else:
         insert_columns(conn, table, columns)
     result.tables.add(tt.name)
-    result.applied_packed += [rows[i] for i in live]
+    result.applied_packed += rows if whole and live is at else [rows[i] for i in live]
     result.packed_changes += len(names) * len(live)
     return True
+
+
+def _decoded_already(codec: Codec, values: Sequence[Any]) -> bool:
+    """Whether decoding ``values`` would give them back as they are: booleans of a boolean
+    column, floats of a float column (``bool`` and ``float`` give back their own type's
+    values themselves)."""
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    return (codec.from_json is bool and kinds <= {bool}) or (
+        codec.from_json is float and kinds <= {float})

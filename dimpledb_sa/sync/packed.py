@@ -19,44 +19,55 @@ values as they are, and every other reader of transactions sees plain change rec
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterator, Sequence
-from itertools import chain, pairwise, repeat
+from collections.abc import Iterator, Sequence
+from itertools import chain, compress, repeat
 from json.encoder import encode_basestring_ascii as _esc
+from operator import add, gt, itemgetter, lt
 from typing import Any, overload
 
 from ..core import changelog
 from ..core.changes import ChangeRow, TxRecord
 from ..core.clock import id_problem, run_ids
 from ..core.errors import RemoteFormatError
-from ..core.values import MAX_VALUE_DEPTH, json_texts, value_depth
+from ..core.runs import Runs, canonical_uuids
+from ..core.values import MAX_VALUE_DEPTH, value_depth
 from .wire import is_uuid, load_json
 
 __all__ = ["PackedChanges", "decode_piece", "encode_runs", "packed_of"]
 
 _dumps = json.dumps
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _HEX3 = ["%03x" % i for i in range(0x1000)]  # noqa: UP031
-_NULLS = {n: "[" + ",".join(["null"] * n) + "]" for n in range(1, 257)}
 
 
 class PackedChanges(Sequence[ChangeRow]):
-    """One transaction's changes as packed rows of the log (``rows``) with each row's new
-    values parsed (``news``), expanded into change records (in id order) the first time
-    they are read as a sequence; ``len``, :attr:`size` and :attr:`newest` need no
-    expansion."""
+    """One transaction's changes as packed rows of the log, column by column with their
+    values parsed (``runs``, a :class:`~dimpledb_sa.core.runs.Runs`), expanded into change
+    records (in id order) the first time they are read as a sequence; ``len``,
+    :attr:`size` and :attr:`newest` need no expansion, :attr:`rows` (the text form) is
+    made when first asked for."""
 
-    __slots__ = ("_expanded", "newest", "news", "rows", "size")
+    __slots__ = ("_expanded", "_rows", "newest", "runs", "size")
 
-    def __init__(self, rows: list[changelog.PackedRow], news: list[list[Any]], size: int,
-                 newest: str) -> None:
-        self.rows = rows
-        self.news = news
+    def __init__(self, runs: Runs, size: int, newest: str) -> None:
+        self.runs = runs
         self.size = size
         """How many changes."""
         self.newest = newest
         """The largest change id of the transaction."""
+        self._rows: list[changelog.PackedRow] | None = None
         self._expanded: list[ChangeRow] | None = None
+
+    @property
+    def rows(self) -> list[changelog.PackedRow]:
+        """The packed rows in text form (made once)."""
+        if self._rows is None:
+            self._rows = self.runs.rows()
+        return self._rows
+
+    @property
+    def news(self) -> list[list[Any]]:
+        """Each row's new values, as parsed."""
+        return self.runs.news
 
     def expanded(self) -> list[ChangeRow]:
         """The change records, in id order (made once)."""
@@ -85,7 +96,7 @@ class PackedChanges(Sequence[ChangeRow]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"PackedChanges({self.size} changes in {len(self.rows)} runs)"
+        return f"PackedChanges({self.size} changes in {len(self.runs)} runs)"
 
 
 def packed_of(tx: TxRecord) -> PackedChanges | None:
@@ -99,57 +110,6 @@ def encode_runs(tx: str, rows: Sequence[changelog.PackedRow]) -> str:
     runs = ",".join([f'["{first}",{_esc(etype)},{_esc(eid)},{names},{olds},{news}]'
                      for first, _, etype, eid, names, olds, news in rows])
     return f'{{"id":"{tx}","runs":[{runs}]}}'
-
-
-def _compact_encoder() -> Callable[[list[Any]], str]:
-    """``json.dumps`` with a bare comma between items, made once: the C encoder itself
-    where ``json`` has it (a documented ``JSONEncoder`` otherwise, or if it disagrees)."""
-    encoder = json.JSONEncoder(separators=(",", ": "))
-    slow = encoder.encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return slow
-    try:
-        enc = make(None, encoder.default, _esc, None, ": ", ",", False, False, True)
-
-        def fast(values: list[Any]) -> str:
-            return "".join(enc(values, 0))
-
-        fast.c_encoder = enc  # type: ignore[attr-defined]
-        sample = ["a\u00e9\"", 1, 1.5, True, None, -0.0, 1e300]
-        if fast(sample) == slow(sample):
-            return fast
-    except (TypeError, ValueError):  # another signature: the documented way
-        pass
-    return slow
-
-
-_encode = _compact_encoder()
-_C_ENCODER = getattr(_encode, "c_encoder", None)
-
-
-def _encode_many(arrays: Sequence[list[Any]]) -> list[str]:
-    """:data:`_encode` of each of ``arrays`` (the C encoder mapped over them when there is
-    one); a text with a bracket past its first is made canonical by the caller."""
-    if _C_ENCODER is not None:
-        return list(map("".join, map(_C_ENCODER, arrays, repeat(0))))
-    return list(map(_encode, arrays))
-
-
-def _array_text(values: list[Any]) -> str:
-    """The canonical JSON text of an array of JSON values (each ``json.dumps(value)``,
-    joined by commas): one call for an array of scalars (no container, so no other
-    separator is written)."""
-    text = _encode(values)
-    if _nested(text):  # a nested value, or a string holding a bracket
-        return changelog.json_array(json_texts(values))
-    return text
-
-
-def _nested(array_text: str) -> bool:
-    """Whether an array's JSON text may hold an array or object (it has a bracket or brace
-    past its opening one)."""
-    return array_text.find("[", 1) >= 0 or "{" in array_text
 
 
 def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
@@ -177,28 +137,28 @@ def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
                                     "canonical UUID after the one before")
         prev = tid
         ids.append(tid)
-        rows, news_of, count, newest, lasts = _runs(tx["runs"], tid, names_text, where)
-        ids += [r[0] for r in rows]
+        runs, count, newest, lasts = _runs(tx["runs"], tid, names_text, where)
+        ids += runs.firsts
         ids.append(newest)
-        spans += zip([r[0] for r in rows], lasts, strict=True)
+        spans += zip(runs.firsts, lasts, strict=True)
         # TxRecord names a list; every reader of a transaction's changes only iterates,
         # indexes, slices or measures them, which this sequence does alike
-        out.append((tid, author, PackedChanges(rows, news_of, count, newest)))  # type: ignore[arg-type]
+        out.append((tid, author, PackedChanges(runs, count, newest)))  # type: ignore[arg-type]
     _check_ids(ids, where)
     spans.sort()
-    if any(b[0] <= a[1] for a, b in pairwise(spans)):
+    if not all(map(gt, map(_FIRST, spans[1:]), map(_LAST, spans))):
         raise RemoteFormatError(f"{where}: two runs share a change id (every change id "
                                 "appears once in a snapshot)")
     return out
 
 
 def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: str
-          ) -> tuple[list[changelog.PackedRow], list[list[Any]], int, str, list[str]]:
-    """One transaction's runs checked and decoded column by column: its packed rows (text
-    form), each row's new values as parsed, how many changes, its newest id and each run's
-    last id (the first ids still to be checked as ids by the caller)."""
+          ) -> tuple[Runs, int, str, list[str]]:
+    """One transaction's runs checked and decoded column by column: its packed rows (their
+    values as parsed), how many changes, its newest id and each run's last id (the first
+    ids still to be checked as believable ids by the caller)."""
     if not runs:
-        return [], [], 0, tid, []
+        return Runs([], [], [], [], [], [], []), 0, tid, []
     bad = RemoteFormatError(f"{where}: transaction {tid} has a run that is not six fields "
                             "[first_id, entity_type, entity_id, names, olds, news] with "
                             "canonical ids, non-empty names and as many values as names")
@@ -210,44 +170,55 @@ def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: st
     lens = list(map(len, namess))
     if 0 in lens or lens != list(map(len, oldss)) or lens != list(map(len, newss)):
         raise bad
+    n = len(firsts)
     try:
-        if not all(map(_UUID, firsts)) or "" in etypes or "" in eids:
+        if canonical_uuids(firsts) is None or "" in etypes or "" in eids:
             raise bad
         "".join(etypes)  # TypeError unless all are strings
         "".join(eids)
-        "".join(chain.from_iterable(namess))
+        # (TypeError when a name is not hashable; each distinct list is checked below)
+        same = namess.count(namess[0]) == n  # the common case: one names list
+        keys = [tuple(namess[0])] * n if same else list(map(tuple, namess))
+        new_keys = set(keys).difference(names_text)
     except TypeError:
         raise bad from None
-    keys = list(map(tuple, namess))
-    for key in set(keys).difference(names_text):
+    for key in new_keys:
         if not all(type(n) is str and n for n in key) or len(set(key)) != len(key):
             raise RemoteFormatError(f"{where}: transaction {tid} has a run whose names are "
                                     "not distinct non-empty strings")
         names_text[key] = _dumps(list(key))
-    lows = [int(f[24:27], 16) + n - 1 for f, n in zip(firsts, lens, strict=True)]
-    # only the counter's last field moves (the common case; the caller checks the ids)
-    lasts = [f[:24] + _HEX3[low] + f[27:] if low < 0x1000 else _run_last(f, n, where)
-             for f, n, low in zip(firsts, lens, lows, strict=True)]
-    if any(b <= a for a, b in zip(lasts, firsts[1:], strict=False)):
+    # the counter's last field after each run (the 12 bits opening the last group) plus
+    # one: when it stays within those bits (the common case) only that field moves
+    ends = list(map(add, map(int, map(_LOW, firsts), repeat(16)), lens))
+    over = max(ends) > 0x1000
+    lasts = list(map("".join, zip(
+        map(_HEAD, firsts), map(_LAST_HEX.__getitem__, map(min, ends, repeat(0x1000)) if over
+                                else ends), map(_TAIL, firsts), strict=True)))
+    if over:  # the runs that move other counter fields too, one by one
+        for i in compress(range(len(ends)), map(gt, ends, repeat(0x1000))):
+            lasts[i] = _run_last(firsts[i], lens[i], where)
+    if not all(map(lt, lasts, firsts[1:])):
         raise RemoteFormatError(f"{where}: transaction {tid} has runs out of id order or "
                                 "sharing ids")
-    nulls = list(map(list.count, oldss, repeat(None)))
-    old_texts = [(_NULLS.get(n) if c == n else None) or _array_text(o)
-                 for o, n, c in zip(oldss, lens, nulls, strict=True)]
-    new_texts = _encode_many(newss)
-    # (what _nested asks, inline: one pass over the texts)
-    for i in [i for i, t in enumerate(new_texts) if "{" in t or t.find("[", 1) >= 0]:
-        new_texts[i] = _array_text(newss[i])
-        if _too_deep(newss[i]):
+    # (old values all null, the common case, hold no array or object)
+    for arrays in ((newss,) if list(map(list.count, oldss, repeat(None))) == lens
+                   else (oldss, newss)):
+        found = set(map(type, chain.from_iterable(arrays)))
+        if (list in found or dict in found) and any(map(_too_deep, arrays)):
             raise RemoteFormatError(f"{where}: a value nests more than "
                                     f"{MAX_VALUE_DEPTH} arrays/objects")
-    for i in [i for i, t in enumerate(old_texts) if "{" in t or t.find("[", 1) >= 0]:
-        if _too_deep(oldss[i]):
-            raise RemoteFormatError(f"{where}: a value nests more than "
-                                    f"{MAX_VALUE_DEPTH} arrays/objects")
-    rows = list(zip(firsts, repeat(tid), etypes, eids, map(names_text.__getitem__, keys),
-                    old_texts, new_texts, strict=False))  # all as long as firsts
-    return rows, list(newss), sum(lens), max(tid, max(lasts)), lasts
+    names = [names_text[keys[0]]] * n if same else list(map(names_text.__getitem__, keys))
+    return (Runs(list(firsts), [tid] * n, list(etypes), list(eids), names, list(oldss),
+                 list(newss)), sum(lens), max(tid, max(lasts)), lasts)
+
+
+_FIRST = itemgetter(0)
+_LAST = itemgetter(1)
+_LOW = itemgetter(slice(24, 27))
+_HEAD = itemgetter(slice(None, 24))
+_TAIL = itemgetter(slice(27, None))
+_LAST_HEX = ["", *_HEX3]
+"""``_LAST_HEX[k]`` is ``_HEX3[k - 1]``: the last field of a run that ends before ``k``."""
 
 
 def _run_last(first: str, n: int, where: str) -> str:
