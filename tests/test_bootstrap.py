@@ -188,3 +188,23 @@ def test_transactions_ahead_of_local_time_are_held_alike(
         assert state["ahead"] and bulk.get(Note, "future") is None
         assert bulk.get(Note, "n1") is not None
         assert state == _state(general)
+
+
+def test_odd_ids_and_values_bootstrap_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """Ids of other lengths or needing escapes, texts with brackets, braces, quotes and
+    non-ASCII characters, nulls and booleans: the bulk path spells and stores them as the
+    general merge does."""
+    with device_set(tmp_path, _url(), encryption=False) as devs:
+        a = devs.new("a")
+        odd = ["n", "n22", 'q"1', "é", "a\\b", "[x]", "x" * 40]
+        a.add(*(Note(id=k, title=f"t{i} [{k}] {{}}", body=None if i % 2 else "é\"", done=i % 3 == 0,
+                     rank=None if i == 1 else i) for i, k in enumerate(odd)))
+        a.sync()
+        a.add(*(Note(id=f"p{k:02}", title="plain", done=True, rank=k) for k in range(5)))
+        a.sync()
+        a.db.compact()
+        bulk, general, counted = _both(devs, monkeypatch)
+        assert counted.bulk >= 1 and counted.general == 0
+        assert _state(bulk) == _state(general)
+        assert bulk.snapshot() == a.snapshot()

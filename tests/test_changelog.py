@@ -12,6 +12,7 @@ pending row with its ``dimple_transactions`` row) is read as it is, and its firs
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     inspect,
     null,
     select,
@@ -34,6 +36,7 @@ import dimpledb_sa as dimple
 from dimpledb_sa.core import changelog, meta, schema, timeline
 from dimpledb_sa.core.changes import ROW_ID
 from dimpledb_sa.core.clock import offset_id
+from dimpledb_sa.core.runs import Runs
 from dimpledb_sa.sync.merge import merge
 from dimpledb_sa.sync.reauthor import reauthor
 from tests.models import Base, Todo
@@ -481,3 +484,49 @@ def test_an_upgrade_that_rolls_back_is_made_again(db: dimple.DimpleDb) -> None:
     add(db, "two")  # on the same pooled connection: adds it again
     assert has_author_column(db.engine)
     assert readers(db)["count"][0] == 2
+
+
+def _runs(entities: list[str], olds: list[list[Any]], news: list[list[Any]]) -> Runs:
+    tx = dimple.new_id()
+    n = len(entities)
+    names = [json.dumps(["id", *(f"a{k}" for k in range(1, len(v)))]) for v in news]
+    return Runs([dimple.new_id() for _ in range(n)], [tx] * n, ["word"] * n, entities, names,
+                olds, news)
+
+
+_UID = [dimple.new_id() for _ in range(3)]
+RUN_CASES = {
+    "scalars": _runs(_UID, [[None] * 5, [None] * 5, [None]], [
+        [_UID[0], "t", 1.5, True, None], [_UID[1], "é\"\\", -0.0, False, 10**30], [_UID[2]]]),
+    "brackets in a string": _runs(_UID[:2], [[None, None]] * 2,
+                                  [[_UID[0], "a],[b"], [_UID[1], "{"]]),
+    "nested values": _runs(_UID[:2], [[None, None]] * 2,
+                           [[_UID[0], {"a": [1, 2]}], [_UID[1], [1, [2]]]]),
+    "other first values": _runs(["n1", "n22", 'q"1', "é"], [[None, None]] * 4,
+                                [["n1", 1], ["x", 2], ['q"1', 3], ["é", 4]]),
+    "old values": _runs(_UID[:2], [["o", None], [None] * 300],
+                        [[_UID[0], 1], [_UID[1], *range(299)]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_runs_stored_column_by_column_are_stored_as_their_rows(engine: Engine, case: str
+                                                               ) -> None:
+    """``store_runs`` writes exactly what ``store`` writes of the same rows in text form
+    (the bulk bootstrap's way and the general way), and gives those rows back."""
+    runs = RUN_CASES[case]
+    db = dimple.DimpleDb(engine, Base)
+    db.create_all()
+    stored = []
+    for how in ("columns", "rows"):
+        with engine.begin() as conn:
+            if how == "columns":
+                assert changelog.store_runs(conn, runs) == runs.rows()
+            else:
+                changelog.store(conn, runs.rows())
+            stored.append(sorted(tuple(r) for r in conn.execute(select(schema.changes))))
+            assert sorted(changelog.all_rows(conn)) == sorted(runs.rows())
+            conn.execute(delete(schema.changes))
+    assert stored[0] == stored[1]
+    assert all(json.loads(r[6]) == v for r, v in zip(runs.rows(), runs.news, strict=True))
+    db.close()

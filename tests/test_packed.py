@@ -89,3 +89,38 @@ def test_runs_sharing_a_change_id_are_refused() -> None:
     with pytest.raises(RemoteFormatError, match="share a change id"):
         packed.decode_piece(json.dumps(doc).encode(), AUTHOR, "t")
     assert len(_decode([[a, *one], [b, *one]])) == 1  # distinct ids in order: fine
+
+
+def test_a_deep_old_value_is_refused_and_names_are_checked_in_every_run() -> None:
+    a = "0190aaaa-0000-7000-8000-000000000003"
+    b = "0190aaaa-0000-7000-8000-000000000004"
+    with pytest.raises(RemoteFormatError, match="nests"):
+        _decode([[a, "note", "n", ["x"], [DEEP], ["n"]]])
+    for names in ([1], [["x"]], [None], ["id", 2]):  # the first run's names are fine
+        with pytest.raises(RemoteFormatError):
+            _decode([[a, "note", "n", ["id"], [None], ["n"]],
+                     [b, "note", "m", names, [None] * len(names), ["m"] * len(names)]])
+
+
+def test_names_holding_the_separator_are_read_as_written() -> None:
+    """Names lists that join alike ("a\\0b", "c" against "a", "b\\0c") stay apart."""
+    a = "0190aaaa-0000-7000-8000-000000000003"
+    b = "0190aaaa-0000-7000-8000-002000000003"
+    [(_, _, got)] = _decode([[a, "note", "n", ["a\0b", "c"], [None, None], [1, 2]],
+                             [b, "note", "m", ["a", "b\0c"], [None, None], [3, 4]]])
+    assert [(c[3], c[4], c[6]) for c in got] == [
+        ("n", "a\0b", "1"), ("n", "c", "2"), ("m", "a", "3"), ("m", "b\0c", "4")]
+
+
+def test_runs_across_the_counters_last_field_are_checked_whole() -> None:
+    """A run whose ids carry into the counter's other fields ends where its last id is:
+    a run starting inside it is refused, one after it is not."""
+    a = "0190aaaa-0000-7000-8000-ffe000000003"  # ...8000-ffe, 8000-fff, then 8001-000
+    inside = "0190aaaa-0000-7000-8001-000000000003"
+    after = "0190aaaa-0000-7000-8001-001000000003"
+    three = ["note", "n", ["id", "x", "y"], [None] * 3, ["n", 1, 2]]
+    one = ["note", "m", ["id"], [None], ["m"]]
+    with pytest.raises(RemoteFormatError, match="order"):
+        _decode([[a, *three], [inside, *one]])
+    [(_, _, got)] = _decode([[a, *three], [after, *one]])
+    assert [c[0] for c in got][2:] == [inside, after]

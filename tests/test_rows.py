@@ -59,3 +59,31 @@ def test_types_that_wrap_their_sql_are_read_as_select_reads_them(tmp_path: Path)
     finally:
         db.close()
         engine.dispose()
+
+
+def test_bound_values_are_what_the_processors_make() -> None:
+    """Known without a call per value: floats through ``to_float``, booleans through
+    SQLite's processor (integers) or PostgreSQL's (as they are); anything else, or a null
+    among booleans, is left to the processor (``None``)."""
+    from sqlalchemy import Boolean, Float, Integer
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from dimpledb_sa.core.rows import bound_values
+
+    def check(t: Any, dialect: Any, values: list[Any]) -> Any:
+        impl = t.dialect_impl(dialect)
+        proc = impl.bind_processor(dialect)
+        got = bound_values(impl, proc, values)
+        if got is not None:  # exactly what the processor makes, of the same types
+            made = [None if v is None else proc(v) for v in values]
+            assert list(got) == made and list(map(type, got)) == list(map(type, made))
+        return got
+
+    lite, pg = sqlite.dialect(), postgresql.dialect()
+    assert check(Float(), lite, [1.5, None, -0.0]) == [1.5, None, -0.0]
+    assert check(Float(), lite, [1.5, 2]) is None  # an integer: float() of it
+    assert check(Boolean(), lite, [True, False]) == [1, 0]
+    assert check(Boolean(), pg, [True, False]) == [True, False]
+    assert check(Boolean(), lite, [True, None]) is None
+    assert check(Boolean(), lite, [1, 0]) is None  # not booleans: the processor decides
+    assert check(Integer(), lite, [1]) is None or Integer().bind_processor(lite) is None

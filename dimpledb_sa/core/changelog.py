@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -814,7 +815,7 @@ _GET_ROW_ENTITY: Final = itemgetter(ROW_ENTITY_ID)
 def _split16(joined: str) -> list[bytes]:
     """The 16-byte values of canonical UUID texts joined."""
     data = bytes.fromhex(joined.replace("-", ""))
-    return [data[i:i + 16] for i in range(0, len(data), 16)]
+    return list(struct.unpack("16s" * (len(data) // 16), data))  # (one call, not a slice each)
 
 
 def _ids_bytes(values: list[str]) -> list[bytes]:

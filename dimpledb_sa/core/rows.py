@@ -12,12 +12,11 @@ while a large batch of rows is built.
 from __future__ import annotations
 
 import gc
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Boolean, Column, Connection, Dialect, MetaData, Table, select
+from sqlalchemy import Boolean, Column, Connection, MetaData, Table, select
 from sqlalchemy.engine import processors
 from sqlalchemy.types import TypeEngine
 
@@ -26,7 +25,7 @@ from ._compat import has_sql_expression
 if TYPE_CHECKING:
     from .tracking import TrackedTable
 
-__all__ = ["CHUNK", "binds_as_is", "chunks", "fetch_rows", "gc_paused", "insert_columns",
+__all__ = ["CHUNK", "bound_values", "chunks", "fetch_rows", "gc_paused", "insert_columns",
            "insert_many", "insert_values"]
 
 T = TypeVar("T")
@@ -135,8 +134,8 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Sequence[Any]],
 def insert_columns(conn: Connection, table: Table, columns: Mapping[str, Sequence[Any]]
                    ) -> None:
     """Insert rows given column by column (name -> the rows' Python values, every column
-    without a Python-side default present) through the columns' bind processors, with one
-    ``executemany``."""
+    without a Python-side default present) through the columns' bind processors (in bulk
+    where :func:`bound_values` knows what they make), with one ``executemany``."""
     dialect = conn.dialect
     cols = [table.c[k] for k in columns]
     values: list[Sequence[Any]] = []
@@ -146,32 +145,33 @@ def insert_columns(conn: Connection, table: Table, columns: Mapping[str, Sequenc
         # DATETIME, DATE turn values into strings; the generic types have none)
         impl = c.type.dialect_impl(dialect)
         proc = impl.bind_processor(dialect)
-        if proc is not None and not binds_as_is(dialect, impl, proc, col):
-            col = [None if v is None else proc(v) for v in col]
+        if proc is not None:
+            bound = bound_values(impl, proc, col)
+            col = [None if v is None else proc(v) for v in col] if bound is None else bound
         values.append(col)
     sub = Table(table.name, MetaData(), *(Column(c.name, c.type) for c in cols),
                 schema=table.schema)
     insert_many(conn, sub, list(zip(*values, strict=True)))
 
 
-def binds_as_is(dialect: Dialect, impl: TypeEngine[Any], proc: Callable[[Any], Any],
-                values: Sequence[Any]) -> bool:
-    """Whether ``values`` (of a column whose type's dialect implementation is ``impl``)
-    bind as they are just as ``proc``, its bind processor, would make them bind: floats
-    through ``to_float`` (which gives back an equal float), booleans through a processor
-    that gives them back as they are, or (``pysqlite``, which binds a ``bool`` as the
-    integer it is, while no adapter is registered for ``bool``) as ``1`` and ``0``."""
+def bound_values(impl: TypeEngine[Any], proc: Callable[[Any], Any], values: Sequence[Any]
+                 ) -> Sequence[Any] | None:
+    """What ``proc``, the bind processor of a column whose type's dialect implementation
+    is ``impl``, makes of ``values``, when that is known without a call per value (else
+    ``None``): floats through ``to_float`` stay as they are (equal floats), and booleans
+    through a processor that gives them back as they are, or makes them ``1`` and ``0``
+    (``int`` of each, at C speed)."""
     kinds = set(map(type, values))
-    kinds.discard(type(None))
     if proc is processors.to_float:
-        return kinds <= {float}
+        return values if kinds <= {float, type(None)} else None
     if not isinstance(impl, Boolean) or not kinds <= {bool}:
-        return False
-    if proc(True) is True and proc(False) is False:
-        return True
-    return (dialect.driver == "pysqlite" and type(proc(True)) is int and proc(True) == 1
-            and type(proc(False)) is int and proc(False) == 0
-            and (bool, sqlite3.PrepareProtocol) not in sqlite3.adapters)
+        return None
+    yes, no = proc(True), proc(False)
+    if yes is True and no is False:
+        return values
+    if type(yes) is int and yes == 1 and type(no) is int and no == 0:
+        return list(map(int, values))
+    return None
 
 
 def insert_values(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

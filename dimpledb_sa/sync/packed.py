@@ -176,12 +176,16 @@ def _runs(runs: Any, tid: str, names_text: dict[tuple[str, ...], str], where: st
             raise bad
         "".join(etypes)  # TypeError unless all are strings
         "".join(eids)
-        # (TypeError when a name is not hashable; each distinct list is checked below)
-        same = namess.count(namess[0]) == n  # the common case: one names list
-        keys = [tuple(namess[0])] * n if same else list(map(tuple, namess))
-        new_keys = set(keys).difference(names_text)
+        every = "\0".join(chain.from_iterable(namess))  # (also TypeError)
     except TypeError:
         raise bad from None
+    # the common case, one names list: when no name holds the separator, the joined
+    # names of runs of as many names each can be read back only one way
+    first = "\0".join(namess[0])
+    same = (lens.count(lens[0]) == n and every.count("\0") == sum(lens) - 1
+            and every == "\0".join([first] * n))
+    keys = [tuple(namess[0])] * n if same else list(map(tuple, namess))
+    new_keys = set(keys).difference(names_text)
     for key in new_keys:
         if not all(type(n) is str and n for n in key) or len(set(key)) != len(key):
             raise RemoteFormatError(f"{where}: transaction {tid} has a run whose names are "
