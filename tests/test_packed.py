@@ -102,14 +102,17 @@ def test_a_deep_old_value_is_refused_and_names_are_checked_in_every_run() -> Non
                      [b, "note", "m", names, [None] * len(names), ["m"] * len(names)]])
 
 
-def test_names_holding_the_separator_are_read_as_written() -> None:
-    """Names lists that join alike ("a\\0b", "c" against "a", "b\\0c") stay apart."""
+def test_names_lists_of_as_many_names_are_read_as_written() -> None:
+    """Names lists that join alike ("a", "bc" against "ab", "c") stay apart; names holding
+    NUL are refused (as every text holding it)."""
     a = "0190aaaa-0000-7000-8000-000000000003"
     b = "0190aaaa-0000-7000-8000-002000000003"
-    [(_, _, got)] = _decode([[a, "note", "n", ["a\0b", "c"], [None, None], [1, 2]],
-                             [b, "note", "m", ["a", "b\0c"], [None, None], [3, 4]]])
+    [(_, _, got)] = _decode([[a, "note", "n", ["a", "bc"], [None, None], [1, 2]],
+                             [b, "note", "m", ["ab", "c"], [None, None], [3, 4]]])
     assert [(c[3], c[4], c[6]) for c in got] == [
-        ("n", "a\0b", "1"), ("n", "c", "2"), ("m", "a", "3"), ("m", "b\0c", "4")]
+        ("n", "a", "1"), ("n", "bc", "2"), ("m", "ab", "3"), ("m", "c", "4")]
+    with pytest.raises(RemoteFormatError, match="NUL"):
+        _decode([[a, "note", "n", ["a\0b", "c"], [None, None], [1, 2]]])
 
 
 def test_runs_across_the_counters_last_field_are_checked_whole() -> None:
