@@ -12,10 +12,13 @@ floor move as in a merge. The database is then what the general merge would have
 the piece (a test holds both paths to that).
 
 A piece of a version-2 snapshot (:mod:`.packed`: its transactions' changes are packed runs
-with their values parsed) takes a shorter way, with no record per change: its runs are the
-log's packed rows as they are; an entity that one run makes whole (the common case: an
-insert-only history) has its row decoded column by column with the other rows of its
-table and names list and inserted in one ``executemany`` (a run whose key is null, a
+with their values parsed) takes a shorter way, with no record per change: its runs,
+column by column as they came (:class:`~dimpledb_sa.core.runs.Runs`), are the log's
+packed rows (stored by :func:`.changelog.store_runs`: ids converted and values spelled in
+bulk); an entity that one run makes whole (the common case: an insert-only history) has
+its row taken column by column from the parsed new values with the other rows of its
+table and names list (decoded, and put through the columns' bind processors, only where
+that changes something) and inserted in one ``executemany`` (a run whose key is null, a
 delete marker, inserts nothing); the changes applied are kept as packed rows
 (``MergeResult.applied_packed``), expanded only if a listener asks. Entities with several
 runs in the piece, or a run this schema cannot take as it is (an attribute it lacks, a

@@ -12,8 +12,11 @@ it never makes a Python object per change.
 :func:`encode_runs` writes transactions from packed rows; :func:`decode_piece` checks and
 decodes a run of them into transactions whose changes are :class:`PackedChanges`: a
 read-only sequence of the change records that expands its packed rows only when it is
-read as one, so that the bulk bootstrap (:mod:`.bootstrap`) stores the rows and the parsed
-values as they are, and every other reader of transactions sees plain change records.
+read as one, so that the bulk bootstrap (:mod:`.bootstrap`) stores the runs as they came,
+column by column with their values parsed (:class:`~dimpledb_sa.core.runs.Runs`; their
+texts are spelled once, in bulk, as the log stores them), and every other reader of
+transactions sees plain change records. The checks work on whole columns (one call over
+every run's ids, names or values), not run by run.
 """
 
 from __future__ import annotations
