@@ -12,7 +12,10 @@ later in the test always gets a larger id, whatever device makes it. The models 
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from typing import Any
 import fsspec
 from databases import Databases, sqlite_engine
 from models import Note, SyncBase
-from sqlalchemy import Engine, MetaData, Table, select
+from sqlalchemy import Connection, Engine, MetaData, Table, select
 from sqlalchemy.orm import sessionmaker
 
 import dimpledb_sa as dimple
@@ -106,11 +109,30 @@ class Device:
             return sorted(tuple(r) for r in conn.execute(select(schema.held)))
 
 
+_REFLECTED: dict[str, Table] = {}  # SQLite: a table's CREATE TABLE text -> it, reflected
+
+
+def _reflect(conn: Connection, name: str) -> Table:
+    """The table ``name`` as the database has it. On SQLite, a table whose ``CREATE TABLE``
+    text (which ``ALTER TABLE`` rewrites) was reflected before, on any file, is not
+    reflected again: its columns, types and key are the same."""
+    if conn.dialect.name != "sqlite":
+        return Table(name, MetaData(), autoload_with=conn)
+    sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                               "name = ?", (name,)).scalar()
+    if sql is None:
+        return Table(name, MetaData(), autoload_with=conn)  # raises NoSuchTableError
+    table = _REFLECTED.get(sql)
+    if table is None or table.name != name:
+        table = _REFLECTED[sql] = Table(name, MetaData(), autoload_with=conn)
+    return table
+
+
 def table_rows(engine: Engine, name: str) -> list[tuple[Any, ...]]:
     """Every row of the table ``name`` as the database has it (reflected), sorted: the key
     first, then the other columns by name."""
     with engine.connect() as conn:
-        table = Table(name, MetaData(), autoload_with=conn)
+        table = _reflect(conn, name)
         cols = sorted(table.c, key=lambda c: (not c.primary_key, c.name))
         return sorted((tuple(r) for r in conn.execute(select(*cols))), key=repr)
 
@@ -122,6 +144,57 @@ def change_log(engine: Engine) -> set[ChangeRow]:
     out = set(expand_all(rows))
     assert len(out) == sum(len(expand_all([r])) for r in rows), "duplicate change records"
     return out
+
+
+# --------------------------------------------------------------------------- set-up templates
+
+_TEMPLATES: dict[tuple[Any, ...], tuple[Any, Path]] = {}  # key -> (models, file)
+_TEMPLATE_LOCK = threading.Lock()
+_template_folder: Path | None = None
+
+
+def _template_key(models: Any) -> tuple[Any, ...] | None:
+    """What a template of ``models``' tables depends on: the models object and every table
+    its metadata holds now (``None``: no template, for models given otherwise)."""
+    md = getattr(models, "metadata", None)
+    if not isinstance(md, MetaData):
+        return None
+    return (id(models), id(md), tuple(sorted(md.tables)))
+
+
+def _template(models: Any) -> Path | None:
+    """A SQLite file holding the bookkeeping tables and ``models``' tables as a fresh
+    database's ``create_all()`` makes them, but no author id and no rows: made once per
+    models and test process, copied for each new SQLite device (cheaper than the DDL).
+    The device's own ``create_all()`` still runs on the copy (it finds the tables and only
+    creates the author id, and whatever a later release adds)."""
+    global _template_folder
+    key = _template_key(models)
+    if key is None:
+        return None
+    with _TEMPLATE_LOCK:
+        found = _TEMPLATES.get(key)
+        if found is not None:
+            return found[1]
+        if _template_folder is None:
+            _template_folder = Path(tempfile.mkdtemp(prefix="dimpledb-templates-"))
+            atexit.register(shutil.rmtree, _template_folder, True)
+        path = _template_folder / f"t{len(_TEMPLATES)}.db"
+        engine = sqlite_engine(path)
+        try:
+            db = dimple.DimpleDb(engine, models)  # what it tracks, as a device would
+            try:
+                schema.metadata.create_all(engine)
+                for md in {id(t.table.metadata): t.table.metadata
+                           for t in db.tracked.values()}.values():
+                    md.create_all(engine)
+            finally:
+                db.close()
+        finally:
+            engine.dispose()
+        assert not path.with_name(path.name + "-wal").exists()
+        _TEMPLATES[key] = (models, path)
+        return path
 
 
 class Devices:
@@ -167,6 +240,12 @@ class Devices:
         """A device on the database ``name`` (a file ``name.db``, or ``file``; or a schema
         on PostgreSQL) with these models and the shared identity; ``kw`` overrides the
         ``DimpleDb`` keyword arguments."""
+        where = file or self.folder / f"{name}.db"
+        if create and (database or self.database) == "sqlite" and "exclude" not in kw \
+                and not where.exists():
+            template = _template(models)
+            if template is not None:  # a copy of the same empty tables, made faster
+                shutil.copyfile(template, where)
         engine = self.engine(name, file=file, foreign_keys=foreign_keys, database=database)
         args: dict[str, Any] = {"remote": self.remote}
         if self.storage_options:
