@@ -5,8 +5,9 @@
 start-up. :func:`make_world` builds what the ``world`` fixture (``conftest.py``, one per test
 module, each a :func:`copy_world` of one made once per session) holds: two device databases
 and a local folder remote; device A is written with the library, then both are synced by the
-CLI with a key written by ``dimpledb keygen``. The ``no_key_in_env`` fixture (``conftest.py``), which the CLI test modules use on every test,
-keeps the caller's ``$DIMPLEDB_IDENTITY*`` out.
+CLI with a key written by ``dimpledb keygen``. The ``no_key_in_env`` fixture
+(``conftest.py``), which the CLI test modules use on every test, keeps the caller's
+``$DIMPLEDB_IDENTITY*`` out.
 """
 
 from __future__ import annotations
