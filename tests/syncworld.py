@@ -4,7 +4,9 @@
 A *device* is one database (a SQLite file in the test's temporary folder, or a schema on the
 test session's PostgreSQL server, see ``databases.py``) with its own ``DimpleDb`` on a
 shared remote. :class:`Devices` makes them (same age identity by default, tracking
-``models.SyncBase`` unless told otherwise) and closes them. A shared :class:`Ticker` stands in
+``models.SyncBase`` unless told otherwise) and closes them; a new SQLite device starts from
+a copy of a template file of its models' empty tables (made once per process), then runs
+``create_all()`` as usual. A shared :class:`Ticker` stands in
 for the wall clock of every device of a test, one millisecond per reading, so that an edit made
 later in the test always gets a larger id, whatever device makes it. The models are in
 ``models.py`` (``SyncBase``, and ``OldSyncBase``, an older version of the same tables).
@@ -183,14 +185,17 @@ def _template(models: Any) -> Path | None:
         engine = sqlite_engine(path)
         try:
             db = dimple.DimpleDb(engine, models)  # what it tracks, as a device would
-            try:
-                schema.metadata.create_all(engine)
-                for md in {id(t.table.metadata): t.table.metadata
-                           for t in db.tracked.values()}.values():
-                    md.create_all(engine)
-            finally:
-                db.close()
+        except Exception:  # models a DimpleDb refuses: the device itself says why
+            engine.dispose()
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            schema.metadata.create_all(engine)
+            for md in {id(t.table.metadata): t.table.metadata
+                       for t in db.tracked.values()}.values():
+                md.create_all(engine)
         finally:
+            db.close()
             engine.dispose()
         assert not path.with_name(path.name + "-wal").exists()
         _TEMPLATES[key] = (models, path)
