@@ -29,7 +29,7 @@ from typing import Any
 import fsspec
 from databases import Databases, sqlite_engine
 from models import Note, SyncBase
-from sqlalchemy import Connection, Engine, MetaData, Table, select
+from sqlalchemy import Connection, Engine, MetaData, Table, select, text
 from sqlalchemy.orm import sessionmaker
 
 import dimpledb_sa as dimple
@@ -111,22 +111,41 @@ class Device:
             return sorted(tuple(r) for r in conn.execute(select(schema.held)))
 
 
-_REFLECTED: dict[str, Table] = {}  # SQLite: a table's CREATE TABLE text -> it, reflected
+_REFLECTED: dict[tuple[Any, ...], Table] = {}  # a table's layout -> the table, reflected
+
+_PG_LAYOUT = text(
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+    "coalesce(a.attnum = ANY (i.indkey), false) FROM pg_attribute a "
+    "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+    "WHERE a.attrelid = to_regclass(quote_ident(:name)) AND a.attnum > 0 "
+    "AND NOT a.attisdropped ORDER BY a.attnum")
+
+
+def _layout(conn: Connection, name: str) -> tuple[Any, ...] | None:
+    """What a reflection of the table ``name`` depends on here, in one cheap query: on
+    SQLite its ``CREATE TABLE`` text (which ``ALTER TABLE`` rewrites), on PostgreSQL its
+    columns' names, types and key membership (``None``: no such table, or another
+    database)."""
+    if conn.dialect.name == "sqlite":
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                                   "name = ?", (name,)).scalar()
+        return None if sql is None else ("sqlite", name, sql)
+    if conn.dialect.name == "postgresql":
+        cols = tuple(tuple(r) for r in conn.execute(_PG_LAYOUT, {"name": name}))
+        return ("postgresql", name, cols) if cols else None
+    return None
 
 
 def _reflect(conn: Connection, name: str) -> Table:
-    """The table ``name`` as the database has it. On SQLite, a table whose ``CREATE TABLE``
-    text (which ``ALTER TABLE`` rewrites) was reflected before, on any file, is not
-    reflected again: its columns, types and key are the same."""
-    if conn.dialect.name != "sqlite":
-        return Table(name, MetaData(), autoload_with=conn)
-    sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
-                               "name = ?", (name,)).scalar()
-    if sql is None:
+    """The table ``name`` as the database has it: a table of the same layout as one
+    reflected before, on any database of the kind, is not reflected again (its columns,
+    types and key are the same; the table is not bound to a schema)."""
+    layout = _layout(conn, name)
+    if layout is None:
         return Table(name, MetaData(), autoload_with=conn)  # raises NoSuchTableError
-    table = _REFLECTED.get(sql)
-    if table is None or table.name != name:
-        table = _REFLECTED[sql] = Table(name, MetaData(), autoload_with=conn)
+    table = _REFLECTED.get(layout)
+    if table is None:
+        table = _REFLECTED[layout] = Table(name, MetaData(), autoload_with=conn)
     return table
 
 
