@@ -266,7 +266,7 @@ class Devices:
         ``DimpleDb`` keyword arguments."""
         where = file or self.folder / f"{name}.db"
         if create and (database or self.database) == "sqlite" and "exclude" not in kw \
-                and not where.exists():
+                and where.parent.is_dir() and not where.exists():
             template = _template(models)
             if template is not None:  # a copy of the same empty tables, made faster
                 shutil.copyfile(template, where)
