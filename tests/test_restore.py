@@ -30,6 +30,7 @@ from dimpledb_sa import cli
 from dimpledb_sa.core import changelog, meta
 from dimpledb_sa.core.clock import HybridClock
 from dimpledb_sa.core.errors import DimpleError
+from dimpledb_sa.core.restore import fill
 
 
 @pytest.fixture
@@ -261,3 +262,18 @@ def test_a_newer_layout_is_refused(devs: Devices) -> None:
     a2 = new(devs, "a", create=False)
     with pytest.raises(DimpleError, match="layout version"):
         a2.db.history(Note, "n")
+
+
+def test_a_reader_racing_a_writer_takes_the_values_it_stored(devs: Devices) -> None:
+    """A value-less row read before a writer stored its values and changed the live row
+    gets the stored values, not the live row's new ones."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="t", body="x"))
+    pruned(a)
+    with a.db.engine.connect() as conn:
+        rows: list[Any] = list(changelog.valueless_rows(conn, 10))
+    a.edit(Note, "n", title="new")
+    with a.db.engine.connect() as conn:
+        fill(conn, rows, range(len(rows)))
+    assert any('"t"' in r[6] for r in rows)
+    assert not any("new" in r[6] for r in rows)

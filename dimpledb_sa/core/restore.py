@@ -159,12 +159,38 @@ def encoded(lt: LiveTable, name: str, row: dict[str, Any], eid: str) -> str | No
 
 def fill(conn: Connection, rows: list[Any], positions: Sequence[int]) -> None:
     """Give the value-less packed rows at ``positions`` of ``rows`` their new values, read
-    from the live rows (read-only)."""
+    from the live rows (read-only).
+
+    A reader outside one read transaction may see a writer commit between its read of the
+    log and of the live rows: a writer stores the values into the log row in the same
+    transaction as it changes the live row, so a row that is not value-less any more once
+    the live rows were read takes the values the log now holds."""
     if not positions:
         return
-    found = _values(conn, [rows[i] for i in positions])
-    for i, news in zip(positions, found, strict=True):
-        rows[i] = (*rows[i][:_PACKED_NEWS], news)
+    from . import changelog
+
+    wanted = [rows[i] for i in positions]
+    found = _values(conn, wanted)
+    by_type: dict[str, set[str]] = defaultdict(set)
+    for r in wanted:
+        by_type[r[ROW_ENTITY_TYPE]].add(r[ROW_ENTITY_ID])
+    still: set[tuple[str, str, str]] = set()
+    for etype, eids in by_type.items():
+        still.update((r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID], r[0])
+                     for r in changelog.valueless_of(conn, etype, sorted(eids)))
+    moved: dict[tuple[str, str, str], str] = {}
+    if any((r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID], r[0]) not in still for r in wanted):
+        for etype, eids in by_type.items():
+            for s in changelog.rows_of_entities(conn, etype, sorted(eids), raw=True):
+                if s[_PACKED_NEWS] != changelog.DROPPED:
+                    moved[(s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID], s[0])] = s[_PACKED_NEWS]
+    for i, r, news in zip(positions, wanted, found, strict=True):
+        key = (r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID], r[0])
+        if key not in still:
+            if key not in moved:
+                raise DimpleError(f"the log row {key} changed while it was read")
+            news = moved[key]
+        rows[i] = (*r[:_PACKED_NEWS], news)
 
 
 def materialize(conn: Connection, entity_type: str, entity_ids: Sequence[str]) -> int:
