@@ -1115,11 +1115,17 @@ def valueless_of(conn: Connection, entity_type: str, entity_ids: Sequence[str]
     primary key per chunk of ids (what capture asks before an update or delete)."""
     _ready(conn)
     if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
+        # the driver's own cursor: this runs before every flush that updates or deletes,
+        # and SQLAlchemy's statement and result set-up cost more than the probe itself
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
         out: list[PackedRow] = []
-        for chunk in chunks(list(entity_ids)):
-            found = conn.exec_driver_sql(
-                _VALUELESS_SQL + "(" + ",".join("?" * len(chunk)) + ")",
-                (entity_type, *_keys_bytes(list(chunk)))).fetchall()
+        ids = list(entity_ids)
+        for chunk in chunks(ids) if len(ids) > 1 else (ids,):
+            keys = _keys_bytes(list(chunk)) if len(chunk) > 1 else [_key_bytes(chunk[0])]
+            found = dbapi.execute(_VALUELESS_SQL + ("(?)" if len(chunk) == 1 else
+                                                    "(" + ",".join("?" * len(chunk)) + ")"),
+                                  (entity_type, *keys)).fetchall()
             if found:
                 out.extend(_from_stored(conn, found, raw=True))
         return out

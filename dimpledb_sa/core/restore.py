@@ -38,6 +38,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.schema import Column
 
+from . import changelog
 from .changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE
 from .errors import DimpleError
 from .values import Codec, codec_for
@@ -167,8 +168,6 @@ def fill(conn: Connection, rows: list[Any], positions: Sequence[int]) -> None:
     the live rows were read takes the values the log now holds."""
     if not positions:
         return
-    from . import changelog
-
     wanted = [rows[i] for i in positions]
     found = _values(conn, wanted)
     by_type: dict[str, set[str]] = defaultdict(set)
@@ -198,8 +197,6 @@ def materialize(conn: Connection, entity_type: str, entity_ids: Sequence[str]) -
     their live rows (in ``conn``'s write transaction, before a write changes them);
     returns how many rows got their values back. Cheap when there are none: one probe of
     the log's primary key (:func:`.changelog.valueless_of`)."""
-    from . import changelog
-
     found = changelog.valueless_of(conn, entity_type, entity_ids)
     if not found:
         return 0
@@ -213,8 +210,6 @@ def materialize(conn: Connection, entity_type: str, entity_ids: Sequence[str]) -
 def restore_all(conn: Connection, batch: int = 5_000) -> int:
     """Store back every value ``prune_history`` dropped (read from the live rows), in
     ``conn``'s write transaction; returns how many log rows got their values back."""
-    from . import changelog
-
     done = 0
     while True:
         found = changelog.valueless_rows(conn, limit=batch)
