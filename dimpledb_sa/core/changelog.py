@@ -1117,15 +1117,15 @@ def valueless_of(conn: Connection, entity_type: str, entity_ids: Sequence[str]
     if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
         # the driver's own cursor: this runs before every flush that updates or deletes,
         # and SQLAlchemy's statement and result set-up cost more than the probe itself
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         out: list[PackedRow] = []
         ids = list(entity_ids)
         for chunk in chunks(ids) if len(ids) > 1 else (ids,):
             keys = _keys_bytes(list(chunk)) if len(chunk) > 1 else [_key_bytes(chunk[0])]
-            found = dbapi.execute(_VALUELESS_SQL + ("(?)" if len(chunk) == 1 else
-                                                    "(" + ",".join("?" * len(chunk)) + ")"),
-                                  (entity_type, *keys)).fetchall()
+            cursor.execute(_VALUELESS_SQL + ("(?)" if len(chunk) == 1 else
+                                             "(" + ",".join("?" * len(chunk)) + ")"),
+                           (entity_type, *keys))
+            found = cursor.fetchall()
             if found:
                 out.extend(_from_stored(conn, found, raw=True))
         return out
