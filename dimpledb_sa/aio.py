@@ -199,6 +199,10 @@ class AsyncDimpleDb:
         """:meth:`DimpleDb.prune_history <.db.DimpleDb.prune_history>`."""
         return await self.run_sync(DimpleDb.prune_history, older_than)
 
+    async def restore_pruned_values(self) -> int:
+        """:meth:`DimpleDb.restore_pruned_values <.db.DimpleDb.restore_pruned_values>`."""
+        return await self.run_sync(DimpleDb.restore_pruned_values)
+
     async def conflicts(self) -> list[Conflict]:
         """:meth:`DimpleDb.conflicts`: changes merge could not apply, still unresolved."""
         result: list[Conflict] = await self._offload(self.sync_db.conflicts)

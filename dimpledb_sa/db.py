@@ -285,6 +285,15 @@ class DimpleDb:
         with self.replica.sync_lock:
             return prune_history(self.replica, older_than)
 
+    def restore_pruned_values(self) -> int:
+        """Store back into the log the values ``prune_history`` dropped (the live rows hold
+        them); returns how many log rows got them back. Call it before a migration drops
+        or changes a column, or drops a table, of a database whose history was pruned."""
+        from .core.prune import restore_pruned_values
+
+        with self.replica.sync_lock:
+            return restore_pruned_values(self.replica)
+
     def reauthor(self) -> str:
         """Give this database a new author id, moving its unpushed transactions to it (a
         copied database file; see :mod:`.sync.reauthor`); returns the new id."""

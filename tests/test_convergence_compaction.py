@@ -3,12 +3,18 @@ snapshots, compactions and history prunes interleaved with the edits, deletes, r
 and syncs of 3 to 5 replicas, and a device that joins at the end (it bootstraps from the
 snapshots). After everyone has synced twice, every replica holds the same rows, and they
 are what last-write-wins per attribute makes of all the changes still logged anywhere
-(pruning and snapshots drop only superseded changes, so the winners are all there)."""
+(pruning and snapshots drop only superseded changes, so the winners are all there).
+
+The second property leans on the values ``prune_history`` drops (the winners' values the
+live rows hold, read back from there): prunes right after a sync, so that settled winners
+lose their values, and ``restore_pruned_values`` now and then, interleaved with the same
+edits, deletes, re-inserts and syncs."""
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -36,9 +42,26 @@ def steps(replicas: int) -> st.SearchStrategy[tuple[Any, ...]]:
     )
 
 
+def valueless_steps(replicas: int) -> st.SearchStrategy[tuple[Any, ...]]:
+    r = st.integers(0, replicas - 1)
+    return st.one_of(
+        ops(replicas),
+        st.tuples(st.just("sync-prune"), r),
+        st.tuples(st.just("sync-prune"), r),
+        st.tuples(st.just("restore"), r),
+        st.tuples(st.just("compact"), r),
+    )
+
+
 def run(dev: Device, op: tuple[Any, ...]) -> None:
     kind = op[0]
-    if kind == "compact":
+    if kind == "sync-prune":
+        dev.sync()
+        time.sleep(0.002)  # the ids synced lie before the cutoff
+        dev.db.prune_history(older_than=timedelta(0))
+    elif kind == "restore":
+        dev.db.restore_pruned_values()
+    elif kind == "compact":
         dev.db.compact()
     elif kind == "snapshot":
         with contextlib.suppress(SyncError):  # nothing pushed yet
@@ -67,6 +90,36 @@ def test_replicas_converge_under_compaction(data: st.DataObject) -> None:
             for i in order:
                 report = replicas[i].sync()
                 assert report.errors == {}
+        first = replicas[0]
+        rows = first.snapshot()
+        for dev in replicas[1:]:
+            assert dev.snapshot() == rows, f"{dev.name}'s rows differ from {first.name}'s"
+        log = set().union(*(dev.log() for dev in replicas))
+        assert rows == expected_rows(log)
+    _drop_remote(url)
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_replicas_converge_with_value_less_history(data: st.DataObject) -> None:
+    n = data.draw(st.integers(3, 5), label="replicas")
+    todo = data.draw(st.lists(valueless_steps(n), min_size=1, max_size=25), label="steps")
+    url = f"memory://convergence-valueless-{uuid.uuid4().hex}/remote"
+    with tempfile.TemporaryDirectory() as tmp, \
+            device_set(Path(tmp), url, encryption=False) as devs:
+        replicas = [devs.new(f"r{i}", clock=HybridClock()) for i in range(n)]
+        for i, eid in enumerate(NOTES[:n]):  # value-less rows everywhere to start with
+            run(replicas[i], ("write-note", i, eid, {"title": f"t{i}", "rank": i}))
+        for _ in range(2):
+            for i in range(n):
+                run(replicas[i], ("sync-prune", i))
+        for op in todo:
+            run(replicas[op[1]], op)
+        replicas.append(devs.new("late", clock=HybridClock()))
+        for _ in range(2):
+            for dev in replicas:
+                assert dev.sync().errors == {}
         first = replicas[0]
         rows = first.snapshot()
         for dev in replicas[1:]:

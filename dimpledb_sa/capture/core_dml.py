@@ -45,6 +45,7 @@ from ..core._compat import (
 )
 from ..core.changelog import Group, PackedRow, write_local
 from ..core.errors import DimpleError
+from ..core.restore import materialize
 from ..core.rows import fetch_rows
 from ..core.tracking import TrackedTable
 from .statements import UNKNOWN, literal_value, row_groups, unique_keys
@@ -143,6 +144,9 @@ class CoreCapture:
             [params] if params else [])
         keys = (_insert_keys(elem, tt, rows) if kind == "insert"
                 else _targets(conn, elem, tt, rows))
+        if keys and (kind != "insert" or getattr(elem, "_post_values_clause", None)
+                     is not None):  # before it changes rows (an upsert may): core.restore
+            materialize(conn, tt.name, keys)
         before = fetch_rows(conn, tt, keys) if keys else {}
         st = self._state(conn)
         assert st is not None

@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import BindParameter, ClauseElement
 from ..core._compat import result_returns_rows, statement_multi_values, statement_values
 from ..core.changelog import Group
 from ..core.errors import DimpleError
+from ..core.restore import materialize
 from ..core.rows import fetch_rows
 from ..core.tracking import MapperPlan, TrackedTable
 from .cascades import Effect
@@ -187,6 +188,10 @@ def run_bulk(capture: Capture, state: ORMExecuteState, plans: tuple[MapperPlan, 
         keys, invoke = _insert(state, plans[0])
     else:
         keys = _targets(conn, state, plans[0])
+    if keys and (not state.is_insert
+                 or getattr(state.statement, "_post_values_clause", None) is not None):
+        for p in plans:  # before it changes rows (an upsert may): see core.restore
+            materialize(conn, p.name, keys)
     befores = [fetch_rows(conn, p.tracked, keys) for p in plans]
     cascades: list[Effect] = []
     if state.is_delete and keys and capture.cascades:

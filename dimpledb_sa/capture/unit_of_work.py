@@ -62,6 +62,7 @@ from ..core.changelog import (
     write_pending,
 )
 from ..core.errors import DimpleError
+from ..core.restore import materialize
 from ..core.rows import fetch_rows, gc_paused
 from ..core.tracking import MapperPlan, mapper_plans
 from . import listeners
@@ -209,11 +210,14 @@ class Capture:
             if pending.old:
                 pending.old = {}
             pending.cascades = []
-        if self.cascades:
-            deleted = deleted_states(session)
-            if deleted:
-                self._find_cascades(session, deleted)
+        deleted = deleted_states(session)
+        if self.cascades and deleted:
+            self._find_cascades(session, deleted)
         modified = modified_states(session)
+        if deleted:
+            self._materialize(session, itertools.chain(modified, deleted))
+        elif modified:
+            self._materialize(session, modified)
         if not modified:
             return
         saved: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -246,6 +250,26 @@ class Capture:
             self._fetch_unloaded(session, unloaded, saved)
         if saved:
             self._pending(session).old = saved
+
+    def _materialize(self, session: Session, states: Iterable[InstanceState[Any]]) -> None:
+        """Before the flush changes or deletes rows: store into the log the values of
+        their value-less rows (``prune_history``'s), read from the database rows in the
+        flush's transaction (:func:`..core.restore.materialize`; one probe per table)."""
+        by_plan: dict[MapperPlan, tuple[Any, list[str]]] = {}
+        for state in states:
+            key = state.key
+            if key is None:
+                continue
+            for plan in self._class_plans_of(state):
+                entry = by_plan.get(plan)
+                if entry is None:
+                    bind = self.bind_for(session, state.mapper)
+                    if bind is None:
+                        continue
+                    entry = by_plan[plan] = (bind, [])
+                entry[1].append(str(key[1][0]))
+        for plan, (bind, eids) in by_plan.items():
+            materialize(session.connection(bind_arguments={"bind": bind}), plan.name, eids)
 
     def _find_cascades(self, session: Session, deleted: Iterable[InstanceState[Any]]) -> None:
         """Find the children the database will delete or null with the deleted rows."""

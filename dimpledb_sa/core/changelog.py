@@ -21,6 +21,17 @@ reads, the external watcher, tools) also read :func:`pending_rows`, and every re
 transactions by id or author reads :func:`known_transactions` (both tables in one
 statement). :func:`ensure_pending_author` adds ``dimple_pending.author`` to a database an
 earlier version made (whose pending rows came with their ``dimple_transactions`` rows).
+
+``prune_history`` stores old winning changes whose values the live rows hold without them
+(new values :data:`DROPPED`, see :mod:`.restore`): such rows are left out of the
+transaction index (a partial index), and on SQLite hold their transaction id as an offset
+from their first id. Every read here gives them their values back from the live rows
+(:func:`.restore.fill`), reads by transaction included (a scan of the value-less rows
+when the transactions are older than the prune that dropped values); only ``raw=True``
+reads (prune's own, :func:`valueless_of`) see them as they are. :func:`entity_changes`,
+which merges, undo and the rules read before they write, stores their values back first.
+``dimple_meta.layout_version`` (:data:`LAYOUT_VERSION`) says which layout the database is
+in; a build finding a newer one refuses (:func:`_ready`).
 """
 
 from __future__ import annotations
@@ -84,6 +95,8 @@ if TYPE_CHECKING:
     from .replica import Replica
 
 __all__ = [
+    "DROPPED",
+    "LAYOUT_VERSION",
     "ChangeRow",
     "Group",
     "LocalWrite",
@@ -93,6 +106,7 @@ __all__ = [
     "all_transactions",
     "count_transactions",
     "delete_rows",
+    "ensure_partial_index",
     "ensure_pending_author",
     "entity_changes",
     "expand",
@@ -109,6 +123,7 @@ __all__ = [
     "known_transactions",
     "last_pending",
     "logged_entities",
+    "names_list",
     "pack",
     "pending_rows",
     "raise_clock_floor",
@@ -125,6 +140,8 @@ __all__ = [
     "transactions_touching",
     "unpacked_pending",
     "upgrade",
+    "valueless_of",
+    "valueless_rows",
     "write_local",
     "write_pending",
 ]
@@ -136,6 +153,17 @@ three JSON arrays (``PACKED_ATTRIBUTES``, ``PACKED_OLDS``, ``PACKED_NEWS``)."""
 PACKED_ATTRIBUTES: Final = 4
 PACKED_OLDS: Final = 5
 PACKED_NEWS: Final = 6
+
+DROPPED: Final = ""
+"""The stored new values of a row whose values ``prune_history`` dropped (not JSON: nothing
+decodes it by mistake); :func:`expand` of such a row (a ``raw`` read) gives each change
+this as its new value. See :mod:`.restore`."""
+
+LAYOUT_VERSION: Final = 3
+"""The layout of the bookkeeping tables this build writes and reads, kept in
+``dimple_meta.layout_version``: 1 the first release's log, 2 the packed log, 3 the packed
+log with value-less rows and a partial transaction index. Written by the first write of
+this build (an upgrade); a database with a higher one is refused."""
 
 Group = list[Any]
 """What capture hands the log for one entity: [entity_type, entity_id, names (a list or
@@ -453,11 +481,20 @@ def expand(row: Sequence[Any]) -> list[ChangeRow]:
     """The per-attribute change records of one packed row."""
     first, tx, etype, eid, names_json, olds_json, news_json = row[:7]
     names = _loads(names_json)
+    if news_json == DROPPED:
+        return [(cid, tx, etype, eid, name, old, DROPPED) for cid, name, old in zip(
+            run_ids(first, len(names)), names, _texts(olds_json), strict=True)]
     return [
         (cid, tx, etype, eid, name, old, new)
         for cid, name, old, new in zip(run_ids(first, len(names)), names, _texts(olds_json),
                                        _texts(news_json), strict=True)
     ]
+
+
+def names_list(names_json: str) -> list[str]:
+    """The attribute names of a packed row's names JSON."""
+    names: list[str] = _loads(names_json)
+    return names
 
 
 def expand_all(rows: Iterable[Sequence[Any]]) -> list[ChangeRow]:
@@ -650,7 +687,10 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
                    ) -> dict[tuple[str, str], list[ChangeRow]]:
     """Every logged change of each (entity_type, entity_id), in id order.
 
-    Folds pending transactions first, so ``conn`` must be in a write transaction.
+    Folds pending transactions first, so ``conn`` must be in a write transaction. Its
+    callers (merges, undo, the rules) write these entities next: the values of their
+    value-less rows are read back from the live rows and stored into the log first
+    (:mod:`.restore`).
     """
     fold(conn)
     by_type: dict[str, list[str]] = defaultdict(list)
@@ -658,7 +698,16 @@ def entity_changes(conn: Connection, keys: Iterable[tuple[str, str]]
         by_type[etype].append(eid)
     out: dict[tuple[str, str], list[ChangeRow]] = defaultdict(list)
     for etype, eids in by_type.items():
-        for row in rows_of_entities(conn, etype, eids):
+        rows = rows_of_entities(conn, etype, eids, raw=True)
+        dropped = [i for i, r in enumerate(rows) if r[PACKED_NEWS] == DROPPED]
+        if dropped:
+            from .restore import fill  # restore builds on this module
+
+            gone = [rows[i] for i in dropped]
+            fill(conn, rows, dropped)
+            delete_rows(conn, gone)
+            store(conn, [rows[i] for i in dropped])
+        for row in rows:
             out[(row[ROW_ENTITY_TYPE], row[ROW_ENTITY_ID])].extend(expand(row))
     for v in out.values():
         v.sort()
@@ -706,14 +755,47 @@ def _ready(conn: Connection, *, write: bool = False) -> None:
     ``create_all()`` or a new migration keeps working; a read says what to do."""
     engine = conn.engine
     if engine in _READY:
+        if write and not _READY[engine]:
+            _mark_layout(conn)
         return
+    check_layout(conn)
     if _first_layout(conn):
         if not write:
             raise DimpleError(
                 "this database's change log is in the first release's layout: call "
                 "db.create_all() once (or run a migration with op.create_dimpledb_tables())")
         upgrade(conn)
-    _READY[engine] = True
+    _READY[engine] = False
+    if write:
+        _mark_layout(conn)
+
+
+def check_layout(conn: Connection) -> None:
+    """Raise ``DimpleError`` when ``dimple_meta.layout_version`` says a newer build wrote
+    this database in a layout this one does not know."""
+    if not inspect(conn).has_table(schema.meta.name):
+        return
+    found = meta.get(conn, meta.LAYOUT_VERSION)
+    if found is None:
+        return
+    try:
+        version = int(found)
+    except ValueError:
+        version = LAYOUT_VERSION + 1
+    if version > LAYOUT_VERSION:
+        raise DimpleError(
+            f"this database is in layout version {found} (dimple_meta.layout_version), "
+            f"newer than this dimpledb-sa reads ({LAYOUT_VERSION}): a newer release wrote "
+            "it; upgrade dimpledb-sa to use it")
+
+
+def _mark_layout(conn: Connection) -> None:
+    """Write :data:`LAYOUT_VERSION` into ``dimple_meta`` (in ``conn``'s write transaction)
+    where it is missing or lower."""
+    found = meta.get(conn, meta.LAYOUT_VERSION)
+    if found is None or (found.isdigit() and int(found) < LAYOUT_VERSION):
+        meta.put(conn, meta.LAYOUT_VERSION, str(LAYOUT_VERSION))
+    _READY[conn.engine] = True
 
 
 def id_bytes(value: str) -> bytes:
@@ -803,8 +885,8 @@ def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, .
                      _keys_bytes(list(map(_GET_ROW_ENTITY, rows))), strict=True)
     else:
         stored = ((r[ROW_ID], r[ROW_TRANSACTION], r[ROW_ENTITY_ID]) for r in rows)
-    for (_, _, etype, eid, names, olds, news), (sfirst, stx, skey) in zip(rows, stored,
-                                                                           strict=True):
+    for (first, tx, etype, eid, names, olds, news), (sfirst, stx, skey) in zip(
+            rows, stored, strict=True):
         key = keys_get(names)
         if key is None:
             key = _names_key(names)
@@ -816,6 +898,10 @@ def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, .
         cut = len(eid) + 2
         if news.startswith(eid, 2) and news[1] == '"' and news[cut:cut + 2] in _CUT_ENDS:
             news = "[," + news[cut + 1:]
+        elif not news and blob:  # value-less: the transaction as its offset, when it is one
+            k = _tx_offset(first, tx)
+            if k is not None:
+                stx = k
         append((etype, skey, sfirst, stx, key, None if olds in nulls else olds, news))
     _ensure_names(conn, lists)
     return out
@@ -847,6 +933,22 @@ def _keys_bytes(values: list[str]) -> list[str | bytes]:
 
 
 _CUT_ENDS: Final = ('",', '"]')
+_RAND_MASK: Final = (1 << 36) - 1
+
+
+def _counter(n: int) -> int:
+    return (((n >> 64) & 0xFFF) << 26) | ((n >> 36) & ((1 << 26) - 1))
+
+
+def _tx_offset(first: str, tx: str) -> int | None:
+    """How many counter steps the transaction id ``tx`` lies before the run ``first`` (same
+    milliseconds and random bits, as a local transaction's runs are), or ``None`` when it
+    is not such an id."""
+    a, b = int(tx.replace("-", ""), 16), int(first.replace("-", ""), 16)
+    if a >> 80 != b >> 80 or a & _RAND_MASK != b & _RAND_MASK or a >= b:
+        return None
+    k = _counter(b) - _counter(a)
+    return k if 0 < k < 1 << 31 and offset_id(first, -k) == tx else None
 
 
 def _ensure_names(conn: Connection, lists: dict[int, str]) -> None:
@@ -862,10 +964,23 @@ def _ensure_names(conn: Connection, lists: dict[int, str]) -> None:
                               f"{key} in dimple_names")
 
 
-def _from_stored(conn: Connection, found: Sequence[Sequence[Any]]) -> list[PackedRow]:
-    """Rows as ``dimple_changes`` stores them, back as PackedRow."""
+def _from_stored(conn: Connection, found: Sequence[Sequence[Any]], raw: bool = False
+                 ) -> list[PackedRow]:
+    """Rows as ``dimple_changes`` stores them, back as PackedRow; value-less rows with their
+    values read back from the live rows (:func:`.restore.fill`) unless ``raw``."""
     if not found:
         return []
+    out = _from_stored_raw(conn, found)
+    if not raw:
+        dropped = [i for i, r in enumerate(out) if r[PACKED_NEWS] == DROPPED]
+        if dropped:
+            from .restore import fill  # restore builds on this module
+
+            fill(conn, out, dropped)
+    return out
+
+
+def _from_stored_raw(conn: Connection, found: Sequence[Sequence[Any]]) -> list[PackedRow]:
     names_of = _known_names(conn, {r[4] for r in found})
     nulls = _NULL_TEXT
     out: list[PackedRow] = []
@@ -877,6 +992,11 @@ def _from_stored(conn: Connection, found: Sequence[Sequence[Any]]) -> list[Packe
             names, count = names_of[key]
             if news.startswith("[,"):
                 news = '["' + eid + '"' + news[2:]
+            if type(tx) is int:  # a value-less row's transaction, as its offset
+                tfirst = id_text(first)
+                append((tfirst, offset_id(tfirst, -tx), etype, eid, names,
+                        nulls[count] if olds is None else olds, news))
+                continue
             ttx = txs.get(tx)
             if ttx is None:
                 ttx = txs[tx] = id_text(tx)
@@ -961,29 +1081,132 @@ def _cut_news(eid: str, news: str) -> str:
     return news
 
 
-def select_rows(conn: Connection, *where: Any) -> list[PackedRow]:
+def select_rows(conn: Connection, *where: Any, raw: bool = False) -> list[PackedRow]:
     """The log's packed rows matching ``where`` (clauses on ``schema.changes`` columns,
     whose parameters are in stored form: see :func:`_stored_id`, :func:`_stored_key`)."""
     _ready(conn)
-    return _from_stored(conn, conn.execute(select(schema.changes).where(*where)).all())
+    return _from_stored(conn, conn.execute(select(schema.changes).where(*where)).all(), raw)
+
+
+_INDEXED: Final = schema.changes.c.new_values != sql_text("''")
+"""The condition of ``ix_dimple_changes_transaction`` (rows whose values are stored), spelt
+as the index is, so that a query by transaction can use it."""
 
 
 def rows_of_transactions(conn: Connection, tx_ids: Sequence[str],
                          entity_types: Sequence[str] | None = None) -> list[PackedRow]:
-    """The indexed log's rows of the transactions ``tx_ids`` (of ``entity_types`` only)."""
+    """The indexed log's rows of the transactions ``tx_ids`` (of ``entity_types`` only),
+    value-less ones included (found by a scan of them, only when some of ``tx_ids`` are
+    older than the last prune that dropped values), all with their values."""
     c = schema.changes
     out: list[PackedRow] = []
     for chunk in chunks(list(tx_ids)):
-        where = [c.c.transaction_id.in_([_stored_id(conn, t) for t in chunk])]
+        where = [c.c.transaction_id.in_([_stored_id(conn, t) for t in chunk]), _INDEXED]
         if entity_types is not None:
             where.append(c.c.entity_type.in_(list(entity_types)))
         out.extend(select_rows(conn, *where))
+    if tx_ids:
+        before = meta.get(conn, meta.VALUES_DROPPED_BEFORE)
+        if before is not None and min(tx_ids) < before:
+            wanted = set(tx_ids)
+            types = None if entity_types is None else set(entity_types)
+            found = [r for batch in _valueless_scan(conn) for r in batch
+                     if r[ROW_TRANSACTION] in wanted and (types is None
+                                                           or r[ROW_ENTITY_TYPE] in types)]
+            if found:
+                from .restore import fill  # restore builds on this module
+
+                fill(conn, found, range(len(found)))
+                out.extend(found)
     return out
 
 
-def rows_of_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str]
-                     ) -> list[PackedRow]:
-    """The indexed log's rows of some entities of one type."""
+def _valueless_scan(conn: Connection, batch: int = 20_000) -> Iterator[list[PackedRow]]:
+    """Every value-less row, as stored (``raw``), in batches in key order."""
+    _ready(conn)
+    c = schema.changes
+    after: tuple[Any, Any, Any] | None = None
+    while True:
+        stmt = select(c).where(c.c.new_values == DROPPED)
+        if after is not None:
+            stmt = stmt.where(tuple_(c.c.entity_type, c.c.entity_id, c.c.id) > after)
+        found = conn.execute(stmt.order_by(c.c.entity_type, c.c.entity_id, c.c.id)
+                             .limit(batch)).all()
+        if not found:
+            return
+        after = (found[-1][0], found[-1][1], found[-1][2])
+        yield _from_stored(conn, found, raw=True)
+        if len(found) < batch:
+            return
+
+
+def valueless_rows(conn: Connection, limit: int) -> list[PackedRow]:
+    """Up to ``limit`` value-less rows, as stored (``raw``)."""
+    _ready(conn)
+    c = schema.changes
+    return _from_stored(conn, conn.execute(select(c).where(c.c.new_values == DROPPED)
+                                           .limit(limit)).all(), raw=True)
+
+
+_VALUELESS_SQL: Final = (f"SELECT {', '.join(c.name for c in schema.changes.columns)} FROM "
+                         f"{schema.changes.name} WHERE entity_type = ? AND new_values = '' "
+                         "AND entity_id IN ")
+
+
+def valueless_of(conn: Connection, entity_type: str, entity_ids: Sequence[str]
+                 ) -> list[PackedRow]:
+    """The value-less rows of these entities, as stored (``raw``): one probe of the log's
+    primary key per chunk of ids (what capture asks before an update or delete)."""
+    _ready(conn)
+    if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
+        # the driver's own cursor: this runs before every flush that updates or deletes,
+        # and SQLAlchemy's statement and result set-up cost more than the probe itself
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        out: list[PackedRow] = []
+        ids = list(entity_ids)
+        for chunk in chunks(ids) if len(ids) > 1 else (ids,):
+            keys = _keys_bytes(list(chunk)) if len(chunk) > 1 else [_key_bytes(chunk[0])]
+            cursor.execute(_VALUELESS_SQL + ("(?)" if len(chunk) == 1 else
+                                             "(" + ",".join("?" * len(chunk)) + ")"),
+                           (entity_type, *keys))
+            found = cursor.fetchall()
+            if found:
+                out.extend(_from_stored(conn, found, raw=True))
+        return out
+    c = schema.changes
+    out = []
+    for chunk in chunks(list(entity_ids)):
+        out.extend(select_rows(conn, c.c.entity_type == entity_type,
+                               c.c.entity_id.in_([_stored_key(conn, e) for e in chunk]),
+                               c.c.new_values == DROPPED, raw=True))
+    return out
+
+
+def ensure_partial_index(conn: Connection) -> None:
+    """Make ``ix_dimple_changes_transaction`` leave out value-less rows where an earlier
+    version made it over every row (in ``conn``'s write transaction)."""
+    _ready(conn, write=True)
+    ix = next(i for i in schema.changes.indexes if i.name == "ix_dimple_changes_transaction")
+    if conn.dialect.name == "sqlite":
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'index' AND "
+                                   "name = ?", (ix.name,)).scalar()
+    elif conn.dialect.name == "postgresql":
+        sql = conn.execute(sql_text("SELECT indexdef FROM pg_indexes WHERE indexname = :n "
+                                    "AND schemaname = current_schema()"),
+                           {"n": ix.name}).scalar()
+    else:
+        return
+    if sql is not None and "WHERE" in str(sql).upper():
+        return
+    if sql is not None:
+        ix.drop(conn)
+    ix.create(conn)
+
+
+def rows_of_entities(conn: Connection, entity_type: str, entity_ids: Sequence[str],
+                     raw: bool = False) -> list[PackedRow]:
+    """The indexed log's rows of some entities of one type (value-less ones with their
+    values read back, unless ``raw``)."""
     c = schema.changes
     out: list[PackedRow] = []
     if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
@@ -994,11 +1217,12 @@ def rows_of_entities(conn: Connection, entity_type: str, entity_ids: Sequence[st
             found = conn.exec_driver_sql(
                 _ENTITY_ROWS + "(" + ",".join("?" * len(chunk)) + ")",
                 (entity_type, *_keys_bytes(list(chunk)))).fetchall()
-            out.extend(_from_stored(conn, found))
+            out.extend(_from_stored(conn, found, raw))
         return out
     for chunk in chunks(list(entity_ids)):
         out.extend(select_rows(conn, c.c.entity_type == entity_type,
-                               c.c.entity_id.in_([_stored_key(conn, e) for e in chunk])))
+                               c.c.entity_id.in_([_stored_key(conn, e) for e in chunk]),
+                               raw=raw))
     return out
 
 
@@ -1030,17 +1254,19 @@ def transactions_touching(conn: Connection, entity_type: str) -> set[str]:
     """The ids of the transactions with an indexed change of an entity of ``entity_type``."""
     _ready(conn)
     c = schema.changes
-    found = conn.execute(select(c.c.transaction_id).distinct()
-                         .where(c.c.entity_type == entity_type)).scalars()
+    found = conn.execute(select(c.c.transaction_id, c.c.id).distinct()
+                         .where(c.c.entity_type == entity_type)).all()
     if _blob_ids(conn):
-        return {id_text(t) for t in found}
-    return set(found)
+        return {offset_id(id_text(first), -t) if type(t) is int else id_text(t)
+                for t, first in found}
+    return {t for t, _ in found}
 
 
-def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000
-              ) -> Iterator[list[PackedRow]]:
+def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000,
+              raw: bool = False) -> Iterator[list[PackedRow]]:
     """Every row of the indexed log (with a first id below ``below``), in batches in key
-    order; each batch is read whole before it is handed out."""
+    order; each batch is read whole before it is handed out (value-less rows with their
+    values read back, unless ``raw``)."""
     _ready(conn)
     c = schema.changes
     after: tuple[Any, Any, Any] | None = None
@@ -1055,7 +1281,7 @@ def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000
         if not found:
             return
         after = (found[-1][0], found[-1][1], found[-1][2])
-        yield _from_stored(conn, found)
+        yield _from_stored(conn, found, raw)
         if len(found) < batch:
             return
 

@@ -9,9 +9,11 @@ talk to the remote now, and until when: see :mod:`dimpledb_sa.sync.lease`),
 ``settled_through`` (the last local transaction whose entities the merge's rules have looked
 at, see :mod:`..sync.merge`) and ``history_pruned_before`` (an id: ``prune_history`` may
 have dropped superseded changes older than it, so history before it can no longer be viewed
-or reverted). Every function works on the caller's connection, inside the caller's
-transaction; writing ``clock`` or ``author_id`` also drops what :mod:`.floor` kept for the
-connection (:data:`KEPT_KEY`).
+or reverted), ``values_dropped_before`` (an id: ``prune_history`` may have stored winning
+changes older than it without their values, see :mod:`.restore`) and ``layout_version``
+(the layout of the bookkeeping tables, see :data:`.changelog.LAYOUT_VERSION`). Every
+function works on the caller's connection, inside the caller's transaction; writing
+``clock`` or ``author_id`` also drops what :mod:`.floor` kept for the connection (:data:`KEPT_KEY`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ __all__ = [
     "AUTHOR_ID",
     "CLOCK",
     "KEPT_KEY",
+    "LAYOUT_VERSION",
     "PRUNED_BEFORE",
     "PUSHED_THROUGH",
     "PUSH_LEASE",
     "SETTLED_THROUGH",
+    "VALUES_DROPPED_BEFORE",
     "author_id",
     "floor_and_author",
     "get",
@@ -47,6 +51,8 @@ PUSHED_THROUGH = "pushed_through"
 PRUNED_BEFORE = "history_pruned_before"
 SETTLED_THROUGH = "settled_through"
 PUSH_LEASE = "push_lease"
+VALUES_DROPPED_BEFORE = "values_dropped_before"
+LAYOUT_VERSION = "layout_version"
 
 KEPT_KEY = "dimpledb_sa.floor"
 """The ``Connection.info`` key under which :mod:`.floor` keeps the clock floor and author id

@@ -11,7 +11,11 @@ what ``alembic_ext`` keeps out of autogenerate); every name starts with ``dimple
   transaction id (``ix_dimple_changes_transaction``), the attribute names as a reference to
   ``dimple_names``, and the JSON arrays of old values (``NULL`` when all are null: an
   insert) and new values (the entity id's own value elided). On SQLite ids are stored as
-  their 16 bytes.
+  their 16 bytes. A row whose new values ``prune_history`` dropped (old winning changes
+  whose values are the live row's, see :mod:`.restore`) has the empty text as new values,
+  is left out of the transaction index (a partial index), and on SQLite holds its
+  transaction id as the number of counter steps it lies before the row's first id when it
+  is such an id (as a local transaction's is).
 - ``dimple_names``: the JSON lists of attribute names the log's rows name, each once, keyed
   by a hash of its text (so every database and process gives a list the same key).
 - ``dimple_pending``: local transactions not yet folded into ``dimple_changes``: one row
@@ -65,6 +69,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import UserDefinedType
 
@@ -121,7 +126,8 @@ changes = Table(
     Column("names", BigInteger, nullable=False),
     Column("old_values", Text, nullable=True),
     Column("new_values", Text, nullable=False),
-    Index("ix_dimple_changes_transaction", "transaction_id"),
+    Index("ix_dimple_changes_transaction", "transaction_id",
+          sqlite_where=text("new_values != ''"), postgresql_where=text("new_values != ''")),
     sqlite_with_rowid=False,
 )
 

@@ -254,7 +254,10 @@ class Watcher:
         tables: set[str] = set()
         for chunk in chunks(external):
             marks = ",".join("?" * len(chunk))
-            q = f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks})"
+            # the transaction index is partial: its condition lets the query use it (new
+            # transactions' rows all hold their values)
+            q = (f"SELECT DISTINCT entity_type FROM {c} WHERE transaction_id IN ({marks}) "
+                 "AND new_values != ''")
             stored = [id_bytes(i) for i in chunk]  # the log's ids are bytes on SQLite
             tables.update(r[0].lower() for r in cur.execute(q, stored))
             q = f"SELECT tables FROM {p} WHERE transaction_id IN ({marks})"

@@ -1,0 +1,279 @@
+"""Value-less log rows (``prune_history`` drops the values of old winners the live rows
+hold): every reader reads them back from the live rows, every writer stores them back
+before it changes the row (``dimpledb_sa.core.restore``). The seven regressions a review
+found in an earlier attempt are tests here: re-pushing to a new remote, healing an
+unreadable bundle, untracking a table or dropping a column, undoing a delete, a stale
+session's old value, the CLI, and the layout version."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import conflictmodels as cm
+import fsspec
+import pytest
+from databases import Databases
+from models import Folder, Note
+from sqlalchemy import update
+from syncworld import Device, Devices, device_set, sync_all, titles, write_file
+
+import dimpledb_sa as dimple
+from dimpledb_sa import cli
+from dimpledb_sa.core import changelog, meta
+from dimpledb_sa.core.clock import HybridClock
+from dimpledb_sa.core.errors import DimpleError
+from dimpledb_sa.core.restore import fill
+
+
+@pytest.fixture
+def devs(tmp_path: Path, database: str, databases: Databases) -> Iterator[Devices]:
+    top = f"/restore-{uuid.uuid4().hex}"
+    with device_set(tmp_path, f"memory:/{top}/remote", database=database,
+                    databases=databases, encryption=False) as d:
+        yield d
+    fs = fsspec.filesystem("memory")
+    if fs.exists(top):
+        fs.rm(top, recursive=True)
+
+
+def new(devs: Devices, name: str, **kw: Any) -> Device:
+    return devs.new(name, clock=HybridClock(), **kw)
+
+
+def valueless(dev: Device) -> list[changelog.PackedRow]:
+    with dev.db.engine.connect() as conn:
+        return changelog.valueless_rows(conn, 1_000_000)
+
+
+def pruned(dev: Device) -> None:
+    """Sync, then prune everything (the winners' values go): some rows are value-less."""
+    dev.sync()
+    time.sleep(0.01)
+    dev.db.prune_history(older_than=timedelta(0))
+    assert valueless(dev), "the prune left every value in the log"
+
+
+def test_values_are_dropped_and_read_back(devs: Devices) -> None:
+    a = new(devs, "a")
+    a.add(Note(id="n", title="hello", body="b", rank=1))
+    before = a.log()
+    history = [(c.attribute, c.new_value) for c in a.db.history(Note, "n")]
+    pruned(a)
+    assert a.log() == before
+    assert [(c.attribute, c.new_value) for c in a.db.history(Note, "n")] == history
+    with a.db.engine.connect() as conn:
+        assert meta.get(conn, meta.VALUES_DROPPED_BEFORE) is not None
+
+
+def test_a_new_remote_gets_the_pruned_winners(devs: Devices) -> None:
+    """Regression 1: re-pushing pruned transactions sends their winning changes."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="hello", body="b", rank=1))
+    pruned(a)
+    devs.close(a)
+    other = f"memory://restore-new-{uuid.uuid4().hex}/remote"
+    a2 = new(devs, "a", remote=other, create=False)
+    a2.sync()
+    c = new(devs, "c", remote=other)
+    c.sync()
+    assert c.get(Note, "n") == a2.get(Note, "n") is not None
+
+
+def test_an_unreadable_bundle_older_than_the_cutoff_heals(devs: Devices) -> None:
+    """Regression 2: the writer re-sends a quarantined bundle's pruned transactions whole."""
+    w, r = new(devs, "writer"), new(devs, "reader")
+    for title in ("one", "two", "three"):
+        w.add(Note(title=title))
+        w.sync()
+    remote = devs.remote
+    assert isinstance(remote, str)
+    fs = fsspec.filesystem("memory")
+    root = remote.removeprefix("memory:/").removeprefix("/")
+    names = _manifest_bundles(fs, root, w)
+    path = f"{root}/{w.db.author_id}/{names[1]}"
+    data = bytearray(fs.cat_file(path))
+    data[len(data) // 2] ^= 0xFF
+    write_file(fs, path, bytes(data))
+    with contextlib.suppress(dimple.SyncError):
+        r.sync()
+    pruned(w)
+    for _ in range(3):
+        w.sync()
+        with contextlib.suppress(dimple.SyncError):
+            r.sync()
+    assert sorted(titles(r)) == sorted(titles(w)) == ["one", "three", "two"]
+
+
+def _manifest_bundles(fs: fsspec.AbstractFileSystem, root: str, dev: Device) -> list[str]:
+    from syncworld import read_manifest
+
+    return [b["filename"] for b in read_manifest(fs, root, dev.db.author_id)["bundles"]]
+
+
+def test_an_untracked_table_keeps_its_values_for_late_devices(devs: Devices) -> None:
+    """Regression 3 (a table): its values read back through reflection."""
+    a, b = new(devs, "a"), new(devs, "b")
+    a.add(Folder(id="f", name="inbox"))
+    sync_all(a, b)
+    pruned(a)
+    devs.close(a)
+    a2 = new(devs, "a", exclude=[Folder])
+    a2.sync()
+    a2.db.compact()
+    c = new(devs, "c")
+    c.sync()
+    assert c.get(Folder, "f") == b.get(Folder, "f") is not None
+
+
+def test_a_dropped_column_needs_its_values_restored_first(devs: Devices) -> None:
+    """Regression 3 (a column): without restore_pruned_values a reader fails clearly;
+    with it, a late device gets the value."""
+    a, b = new(devs, "a"), new(devs, "b")
+    a.add(Note(id="n", title="t", body="x", rank=5))
+    sync_all(a, b)
+    pruned(a)
+    with a.db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE note RENAME COLUMN rank TO rank_gone")
+    with pytest.raises(DimpleError, match="restore_pruned_values"):
+        a.db.snapshot()
+    with a.db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE note RENAME COLUMN rank_gone TO rank")
+    assert a.db.restore_pruned_values() > 0
+    assert not valueless(a)
+    with a.db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE note RENAME COLUMN rank TO rank_gone")
+    a.db.compact()
+    c = new(devs, "c")
+    c.sync()
+    assert c.get(Note, "n") == b.get(Note, "n")
+    assert b.get(Note, "n") is not None and b.get(Note, "n")["rank"] == 5  # type: ignore[index]
+
+
+def test_a_delete_after_a_prune_can_be_undone(devs: Devices) -> None:
+    """Regression 4."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="t", body="x"))
+    pruned(a)
+    a.delete(Note, "n")
+    assert not valueless(a)
+    tx = a.db.history(Note, "n")[-1].transaction_id
+    a.db.revert(tx)
+    got = a.get(Note, "n")
+    assert got is not None and got["title"] == "t" and got["body"] == "x"
+
+
+def test_a_stale_session_does_not_make_replicas_diverge(devs: Devices) -> None:
+    """Regression 5: the superseded value comes from the database row, not from the
+    session's (stale) old value."""
+    a = new(devs, "a", models=cm.Base)
+    b = new(devs, "b", models=cm.Base)
+    a.add(cm.User(id="u1", email="x0@"))
+    sync_all(a, b)
+    s = a.Session()
+    obj = s.get(cm.User, "u1")
+    assert obj is not None
+    a.edit(cm.User, "u1", email="x@")
+    sync_all(a, b)
+    pruned(a)
+    b.add(cm.User(id="u2", email="y@"))
+    obj.email = "y@"
+    s.commit()
+    s.close()
+    for d in (b, a, b, a):
+        d.sync()
+    assert a.rows(cm.User) == b.rows(cm.User)
+    emails = [c.new_value for c in a.db.history(cm.User, "u1") if c.attribute == "email"]
+    assert emails[0] == "x@"  # the database row's value, not the session's stale x0@
+
+
+def test_writes_store_the_values_back(devs: Devices) -> None:
+    """An ORM update, a Core UPDATE and a merged change each store the values of the rows
+    they change first; the log then reads as before the prune."""
+    a, b = new(devs, "a"), new(devs, "b")
+    for i in range(3):
+        a.add(Note(id=f"n{i}", title=f"t{i}", body="x", rank=i))
+    sync_all(a, b)
+    pruned(a)
+    n = len(valueless(a))
+    a.edit(Note, "n0", title="orm")
+    assert len(valueless(a)) == n - 1
+    with a.Session() as s, s.begin():
+        s.execute(update(Note).where(Note.id == "n1").values(rank=10))
+    assert len(valueless(a)) == n - 2
+    b.edit(Note, "n2", body="merged")
+    sync_all(b, a)
+    assert not valueless(a)
+    assert a.rows(Note) == b.rows(Note)
+
+
+def test_as_of_and_snapshot_read_the_values(devs: Devices) -> None:
+    a = new(devs, "a")
+    a.add(Note(id="n", title="t", body="x", rank=3))
+    pruned(a)
+    time.sleep(0.005)
+    between = datetime.now(UTC)
+    time.sleep(0.005)
+    a.edit(Note, "n", title="later")
+    got = a.db.as_of(Note, "n", between)
+    assert got is not None and got["title"] == "t" and got["rank"] == 3
+    a.db.compact()
+    c = new(devs, "c")
+    c.sync()
+    assert c.get(Note, "n") == a.get(Note, "n")
+
+
+@pytest.mark.sqlite_only("the CLI test reads a SQLite file")
+def test_the_cli_shows_the_values_it_read_back(devs: Devices) -> None:
+    """Regression 6: CLI history shows the logged values, before and after the prune."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="hello", body="b", rank=1, done=True))
+    a.sync()
+
+    def run(*args: Any) -> Any:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main([str(x) for x in args]) == 0
+        return json.loads(out.getvalue())
+
+    before = run("history", a.path, "note", "n", "--json")
+    pruned(a)
+    assert run("history", a.path, "note", "n", "--json") == before
+
+
+def test_a_newer_layout_is_refused(devs: Devices) -> None:
+    """Regression 7: the layout version is written, and a newer one refused clearly."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="t"))
+    pruned(a)
+    with a.db.engine.begin() as conn:
+        assert meta.get(conn, meta.LAYOUT_VERSION) == str(changelog.LAYOUT_VERSION)
+        meta.put(conn, meta.LAYOUT_VERSION, str(changelog.LAYOUT_VERSION + 1))
+    engine = a.db.engine
+    devs.close(a)
+    changelog._READY.pop(engine, None)
+    a2 = new(devs, "a", create=False)
+    with pytest.raises(DimpleError, match="layout version"):
+        a2.db.history(Note, "n")
+
+
+def test_a_reader_racing_a_writer_takes_the_values_it_stored(devs: Devices) -> None:
+    """A value-less row read before a writer stored its values and changed the live row
+    gets the stored values, not the live row's new ones."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="t", body="x"))
+    pruned(a)
+    with a.db.engine.connect() as conn:
+        rows: list[Any] = list(changelog.valueless_rows(conn, 10))
+    a.edit(Note, "n", title="new")
+    with a.db.engine.connect() as conn:
+        fill(conn, rows, range(len(rows)))
+    assert any('"t"' in r[6] for r in rows)
+    assert not any("new" in r[6] for r in rows)
