@@ -60,12 +60,12 @@ from .merge import (
 from .progress import Phase, Progress
 from .quarantine import Entry, Problem
 from .report_errors import fail
+from .runs import decode_runs
 from .storage import TooLargeError
 from .trust import RevokedSignature
 from .wire import (
     BundleInfo,
     Manifest,
-    decode_bundle,
     decode_manifest,
     parse_bundle_name,
     utc_now_iso,
@@ -169,7 +169,7 @@ def _read_one(cipher: Cipher, author: str, info: BundleInfo,
     try:
         plain = cipher.decrypt(blob)
         stage = quarantine.FORMAT
-        txs = decode_bundle(plain, author, name=name)
+        txs = decode_runs(plain, author, name=name)
         _check_bundle(info, txs)
     except _PASS:
         raise
