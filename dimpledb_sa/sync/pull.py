@@ -2,7 +2,8 @@
 
 One listing of the remote root, then each other author's manifest. An author's bundles are
 read in manifest order, in batches of :data:`BATCH`, from the first one after its cursor;
-each file is read, decrypted and decoded on its own, so one bad file never stops the others:
+each file is read, decrypted and decoded on its own (into the log's packed runs, :mod:`.runs`),
+so one bad file never stops the others:
 
 - a bundle that does not decrypt or decode (any exception, native panics included; only
   ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass), that is larger than

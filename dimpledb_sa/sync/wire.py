@@ -3,7 +3,8 @@
 This module owns the byte-level codec of what an author uploads (see ``docs/FORMAT.md``):
 transaction bundles (``encode_bundle`` / ``decode_bundle``, change rows as plain tuples whose
 values are canonical JSON text; format 2, gzipped, with ``pack_bundle``, see
-:mod:`.compress`) and the per-author manifest ``dimple_db.json``
+:mod:`.compress`; ``bundle_columns`` checks a parsed bundle column by column, for
+:mod:`.runs`) and the per-author manifest ``dimple_db.json``
 (``Manifest`` / ``BundleInfo``, ``encode_manifest`` / ``decode_manifest``), plus the
 validators for remote names (``is_uuid``, ``is_bundle_name``) that keep every path inside the
 remote root, and the read limits (``MAX_BUNDLE_BYTES``, ``MAX_MANIFEST_BYTES``,
