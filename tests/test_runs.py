@@ -29,7 +29,7 @@ from dimpledb_sa.core.clock import HybridClock, is_next_id, offset_id
 from dimpledb_sa.core.errors import RemoteFormatError
 from dimpledb_sa.sync.merge import APPLY_ERRORS, MergeResult, merge
 from dimpledb_sa.sync.packed import packed_of
-from dimpledb_sa.sync.runs import decode_runs
+from dimpledb_sa.sync.runs import _starts, _steps, decode_runs
 from dimpledb_sa.sync.wire import ChangeRow, TxRecord, decode_bundle, encode_bundle
 
 AUTHOR = str(uuid.UUID(int=(0x0190 << 112) | (7 << 76) | (2 << 62) | 7))
@@ -215,3 +215,39 @@ def test_merging_runs_leaves_what_merging_the_changes_leaves(devs: Devices, seed
             _merge(dev, decode_bundle(encode_bundle(before), AUTHOR))
         outcomes.append((_merge(dev, decode(data, AUTHOR)), _state(dev)))
     assert outcomes[0] == outcomes[1]
+
+
+def _brute_steps(ids: list[str]) -> list[bool]:
+    """Whether each id but the first is the one after the id before with only the counter's
+    last field moving (no carry)."""
+    out = []
+    for a, b in pairwise(ids):
+        low_a, low_b = int(a[24:27], 16), int(b[24:27], 16)
+        out.append(a[:24] == b[:24] and a[27:] == b[27:] and low_b == low_a + 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_bulk_step_check_is_the_one_by_one_check(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = HybridClock(now_ns=Ticker())
+    ids: list[str] = []
+    for _ in range(rng.randint(0, 40)):
+        first = clock.reserve(8)[0]
+        how = rng.random()
+        if how < 0.3:  # near the last field's end: a carry
+            first = first[:24] + rng.choice(["ffe", "fff", "ffd"]) + first[27:]
+        n = rng.randint(1, 6)
+        run = [offset_id(first, k) for k in range(n)]
+        if how > 0.8:  # one digit elsewhere changed, or a step of two
+            k = rng.randrange(n)
+            i = rng.choice([3, 20, 30, 35])
+            run[k] = run[k][:i] + ("0" if run[k][i] != "0" else "1") + run[k][i + 1:]
+        ids += run
+    if rng.random() < 0.3:
+        rng.shuffle(ids)
+    got = [b == 0 for b in _steps(tuple(ids))]
+    assert got == _brute_steps(ids)
+    starts = _starts(tuple(ids), ("t",) * len(ids), ("e",) * len(ids), [0], [len(ids)])
+    assert starts == ([0] if ids else []) + [
+        i for i in range(1, len(ids)) if not is_next_id(ids[i - 1], ids[i])]
