@@ -17,9 +17,11 @@ import pytest
 from cliworld import call
 from conftest import Remote as RemoteSpec
 from models import Note
+from sqlalchemy import func, select
 from syncworld import Devices, assert_converged, device_set, titles
 
 import dimpledb_sa as dimple
+from dimpledb_sa.core import schema
 from dimpledb_sa.core.changes import ChangeRow
 from dimpledb_sa.core.clock import HybridClock, id_millis, is_uuid7
 from dimpledb_sa.sync.crypto import make_cipher
@@ -166,6 +168,34 @@ def test_a_held_transaction_that_cannot_apply_when_due_stops_nothing(devs: Devic
     assert report.errors == {} and report.held == 2
     assert titles(local) == ["fine"]
     assert local.get(Note, eid) is None
+
+
+def test_a_held_transaction_that_no_longer_reads_stays_held_and_stops_nothing(
+        devs: Devices) -> None:
+    """A stored held transaction whose body no longer decodes (as one stored by a build
+    with looser checks could) stays stored and counted, and every sync still merges the
+    other authors."""
+    storage = devs.new("writer").db.storage
+    author = dimple.new_id()
+    cipher = make_cipher(identity=devs.identity, recipients=None, passphrase=None,
+                         encryption=True)
+    plant_note(storage, author, HybridClock(now_ns=Shifted(DAY)).reserve(3), "later",
+               cipher.encrypt)
+    wall = Shifted()
+    local = devs.new("local", clock=HybridClock(now_ns=wall))
+    other = devs.new("other")
+    assert local.sync().held == 2
+    with local.db.engine.begin() as conn:
+        conn.execute(schema.ahead.update().values(body='{"transactions": [["x"]]}'))
+    wall.offset = 2 * DAY
+    other.add(Note(title="fine"))
+    other.sync()
+    for _ in range(2):
+        report = local.sync()
+        assert report.errors == {} and report.held == 2
+    assert titles(local) == ["fine"]
+    with local.db.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.ahead)).scalar() == 1
 
 
 @pytest.mark.sqlite_only("restores a database file from a copy")

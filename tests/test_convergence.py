@@ -41,7 +41,7 @@ ITEMS = [str(uuid.UUID(int=(0x0192 << 112) | (7 << 76) | (2 << 62) | k)) for k i
 titles = st.sampled_from(["a", "b", "c", "ünï"])
 note_values = st.fixed_dictionaries({}, optional={
     "title": titles,
-    # no NUL: PostgreSQL's text cannot hold it, and the mixed run puts replicas on both
+    # no NUL: writers refuse it at commit (PostgreSQL's text cannot hold it)
     "body": st.none() | st.text(st.characters(blacklist_characters="\x00"), max_size=3),
     "done": st.booleans(),
     "rank": st.none() | st.integers(-3, 3),

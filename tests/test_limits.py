@@ -2,8 +2,10 @@
 ``dimpledb_sa.sync.wire``, ``dimpledb_sa.sync.storage`` and ``dimpledb_sa.sync.pull``.
 
 Values nest at most ``MAX_VALUE_DEPTH`` arrays/objects deep: refused at flush locally and in
-every bundle, by an iterative walk, whatever the caller's stack. A stored file larger than
-its limit is refused after a ranged read of one byte more, before it is decrypted or parsed.
+every bundle, by an iterative walk, whatever the caller's stack. No text holds NUL: refused
+at commit, and a remote file holding one is quarantined alike on SQLite and PostgreSQL. A
+stored file larger than its limit is refused after a ranged read of one byte more, before it
+is decrypted or parsed.
 Any exception from reading one remote file, a native panic (a ``BaseException``) included,
 fails only that file's author; a manifest listing thousands of missing bundles costs one
 batch of requests. Nothing here asserts on time.
@@ -21,17 +23,18 @@ from typing import Any
 import pyrage
 import pytest
 from conftest import Remote
+from databases import Databases
 from models import Note
 from pyrage import x25519
 from sqlalchemy import JSON, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from syncworld import Device, Devices, read_manifest, titles, write_file
+from syncworld import Device, Devices, device_set, read_manifest, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core import changelog
 from dimpledb_sa.core.clock import HybridClock, offset_id
 from dimpledb_sa.core.errors import RemoteFormatError
-from dimpledb_sa.core.values import MAX_VALUE_DEPTH, value_depth
+from dimpledb_sa.core.values import MAX_VALUE_DEPTH, holds_nul, value_depth
 from dimpledb_sa.sync.pull import BATCH
 from dimpledb_sa.sync.storage import Storage, TooLargeError
 from dimpledb_sa.sync.wire import (
@@ -257,6 +260,62 @@ def test_a_deeply_nested_value_fails_its_author_alike_on_every_replica(
         assert "nested too deeply" in report.errors[bad] and report.quarantined == 1
         assert docs(dev) == ['{"fine": true}', '{"later": 1}']
     assert r1.snapshot() == r2.snapshot()
+
+
+# --------------------------------------------------------------------------- NUL in text
+
+
+def test_holds_nul_tells_the_escape_from_an_escaped_backslash() -> None:
+    for value, nul in [("a\x00b", True), ({"k\x00": 1}, True), (["\\\x00"], True),
+                       ("\\u0000", False), ("\\\\u0000", False), ("x", False), (7, False)]:
+        assert holds_nul(json.dumps(value)) is nul, value
+
+
+def test_a_nul_in_a_text_is_refused_at_commit(tmp_path: Path) -> None:
+    """String and JSON values (and keys) holding U+0000: ``ValueError`` at commit, nothing
+    stored; a backslash followed by ``u0000`` is an ordinary string."""
+    db = dimple.DimpleDb(create_engine(f"sqlite:///{tmp_path / 'a.db'}"), JBase)
+    db.create_all()
+    Session_ = db.sessionmaker()
+    for data in ("a\x00b", {"k\x00": 1}, [{"deep": "\x00"}]):
+        with Session_() as s:
+            s.add(Doc(data=data))
+            with pytest.raises(ValueError, match="NUL"):
+                s.commit()
+    with Session_() as s:
+        s.add(Doc(data="\\u0000"))
+        s.commit()
+        [doc] = s.scalars(select(Doc)).all()
+        doc.data = {"x": "\x00"}  # an update too
+        with pytest.raises(ValueError, match="NUL"):
+            s.commit()
+    with db.engine.connect() as conn:
+        assert len(changelog.all_transactions(conn)) == 1
+        assert conn.execute(select(Doc.data)).scalars().all() == ["\\u0000"]
+    db.close()
+
+
+@pytest.mark.postgresql
+def test_a_bundle_with_a_nul_fails_its_author_alike_on_sqlite_and_postgresql(
+        tmp_path: Path, pg_server: Any, databases: Databases) -> None:
+    """A forged bundle holding a NUL is quarantined by a SQLite and a PostgreSQL replica
+    alike (the PostgreSQL one could not store it), and both apply the rest."""
+    url = f"memory://nul-{secrets.token_hex(8)}/remote"
+    with device_set(tmp_path, url, databases=databases) as devs:
+        honest = devs.new("honest", models=JBase)
+        honest.add(Doc(data={"fine": "\\u0000"}))
+        honest.sync()
+        bad = _forge(devs, Remote("memory", url), [json.dumps({"k": "a\x00"}),
+                                                json.dumps({"later": 1})])
+        replicas = [devs.new("s", models=JBase, database="sqlite"),
+                    devs.new("p", models=JBase, database="postgresql")]
+        for dev in replicas:
+            with pytest.raises(dimple.RemoteFormatError) as info:
+                dev.sync()
+            report = info.value.report
+            assert report is not None and set(report.errors) == {bad}
+            assert "NUL" in report.errors[bad] and report.quarantined == 1
+            assert docs(dev) == ['{"fine": "\\\\u0000"}', '{"later": 1}']
 
 
 # --------------------------------------------------------------------------- containment

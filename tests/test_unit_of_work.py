@@ -34,6 +34,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     event,
+    literal,
     select,
     text,
     update,
@@ -122,6 +123,28 @@ def test_update_records_only_changed_attributes(db: dimple.DimpleDb, engine: Eng
         session.commit()
     assert changes_of(db, Todo, tid)[-1:] == [("text", "milk", "oat milk")]
     assert len(changes_of(db, Todo, tid)) == 8
+
+
+def test_sql_expressions_set_on_expired_or_new_attributes_record_the_stored_values(
+        db: dimple.DimpleDb, engine: Engine) -> None:
+    """An attribute set to a SQL expression records the value the database stored, also
+    when it was expired before it was set (the flush then leaves the expression on it) and
+    on a new row."""
+    tid = add_todo(engine)
+    with Session(engine) as session:
+        t = session.get_one(Todo, tid)
+        session.expire(t, ["text"])
+        t.text = literal("oat milk")
+        session.commit()  # the commit expires every attribute
+        t.text = literal("soy") + literal(" milk")
+        session.commit()
+        new = Todo(text=literal("rice milk"))
+        session.add(new)
+        session.commit()
+        new_id = new.id
+    assert changes_of(db, Todo, tid)[-2:] == [("text", "milk", "oat milk"),
+                                             ("text", "oat milk", "soy milk")]
+    assert ("text", None, "rice milk") in changes_of(db, Todo, new_id)
 
 
 def test_update_several_attributes_in_column_order(db: dimple.DimpleDb,

@@ -499,9 +499,10 @@ def _insert_group(plan: MapperPlan, dict_: dict[str, Any], pk: Any, eid: str
     news = [plan.pk_encode(pk)]
     missing = False
     get = dict_.get
+    plain = _PLAIN
     for key, enc in plan.value_encoders:
         v = get(key, NO_VALUE)
-        if v is NO_VALUE:
+        if v is NO_VALUE or (type(v) not in plain and _is_sql(v)):
             news.append(_MISSING)
             missing = True
         else:
@@ -533,7 +534,9 @@ def _update_group(plan: MapperPlan, dict_: dict[str, Any], eid: str,
             old = extra.get(key) if extra is not None else None
         new = dict_.get(key, NO_VALUE)
         enc_old = codec.encode(old)
-        if new is NO_VALUE:  # expired by the flush (a SQL expression was set)
+        if new is NO_VALUE or _is_sql(new):
+            # expired by the flush (a SQL expression was set), or still the expression
+            # (the flush leaves it on an attribute that was expired before it was set)
             enc_new = _MISSING
             expired = True
         else:

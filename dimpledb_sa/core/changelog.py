@@ -74,7 +74,7 @@ from .pending import build as pending_body
 from .pending import json_array, run_last
 from .pending import rows as body_rows
 from .rows import chunks, insert_many
-from .values import json_texts
+from .values import holds_nul, json_texts
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -214,6 +214,8 @@ def write_pending(replica: Replica, conn: Connection, groups: Sequence[Group]
         clock.observe(floor)
     author = replica.author_on(conn, stored_author)
     body, changes, tables = pending_body(groups)
+    if holds_nul(body):
+        _refuse_nul(groups)
     tx_id = clock.reserve_runs([1 + changes])[0]
     last = clock.last
     assert last is not None
@@ -223,6 +225,18 @@ def write_pending(replica: Replica, conn: Connection, groups: Sequence[Group]
     if seq is not None and seq % PENDING_LIMIT == 0:
         fold(conn)
     return LocalWrite(tx_id, tables, groups, changes)
+
+
+def _refuse_nul(groups: Sequence[Group]) -> None:
+    """Raise ``ValueError`` naming the first row of ``groups`` with a NUL character in a
+    text (:func:`.values.holds_nul`: no replica accepts one)."""
+    for etype, eid, names, olds, news in groups:
+        body = pending_body([(etype, eid, names, olds, news)])[0]
+        if holds_nul(body):
+            raise ValueError(
+                f"a value of {etype!r} row {eid!r:.80} holds the character NUL (U+0000): "
+                "PostgreSQL cannot store it, so no replica accepts it in a text value")
+    raise ValueError("a value holds the character NUL (U+0000)")  # pragma: no cover
 
 
 _SQLITE_PENDING = ("INSERT INTO dimple_pending (transaction_id, author, tables, body) "

@@ -68,7 +68,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.schema import Column
 
 __all__ = ["MAX_VALUE_DEPTH", "Codec", "check_depth", "codec_for", "decode_column", "dumps",
-           "exact_encoder", "json_texts", "loads", "passes_through", "unsafe_reason",
+           "exact_encoder", "holds_nul", "json_texts", "loads", "passes_through", "unsafe_reason",
            "value_depth"]
 
 Encoder = Callable[[Any], "str | None"]
@@ -80,6 +80,20 @@ loads: Callable[[str], Any] = json.loads
 MAX_VALUE_DEPTH = 64
 """How deeply a value may nest arrays and objects (``[]`` is 1, ``[[1]]`` 2, a scalar 0): a
 format constant, the same on every replica (``docs/FORMAT.md``, Limits)."""
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+"""``\u0000`` as JSON escapes it (not preceded by an odd number of backslashes)."""
+
+
+def holds_nul(json_text: str) -> bool:
+    """Whether a JSON text holds a string (value, key or id) with the character U+0000.
+
+    No text value may: PostgreSQL cannot store it in text or ``JSONB``, so a change holding
+    one would apply on SQLite and fail on PostgreSQL, and replicas would differ. It is refused
+    everywhere alike, as deep nesting is: at flush, and in every file read from a remote
+    (``docs/FORMAT.md``, Limits). ``json.dumps`` writes the character as ``\u0000``, and
+    strict JSON has no other spelling of it (a raw NUL in a string is invalid JSON)."""
+    return "\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
 
 _CONTAINERS = (list, tuple, dict)
 

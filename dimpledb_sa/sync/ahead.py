@@ -18,6 +18,7 @@ get here: :mod:`.wire` refuses the bundle holding them, for that author only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from sqlalchemy import Connection, delete, func, inspect, select
 
 from ..core import schema
 from ..core.changes import ROW_ID, TxRecord
+from ..core.errors import RemoteFormatError
 from ..core.rows import chunks, insert_many
 from .packed import packed_of
 from .wire import decode_bundle, encode_bundle
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["count", "first_due", "split", "store", "take_due"]
 
 ahead = schema.ahead
+logger = logging.getLogger(__name__)
 
 
 def _ensure(conn: Connection) -> bool:
@@ -77,7 +80,10 @@ def store(conn: Connection, transactions: Sequence[TxRecord]) -> None:
 
 
 def take_due(replica: Replica, conn: Connection) -> list[TxRecord]:
-    """The stored transactions no longer ahead of the horizon, removed from the store."""
+    """The stored transactions no longer ahead of the horizon, removed from the store.
+
+    One that no longer decodes (stored by a build with looser checks) stays stored and
+    counted as held, with a warning; the others are handed back."""
     if not _ensure(conn):
         return []
     horizon = replica.clock.horizon(replica.max_drift)
@@ -85,9 +91,18 @@ def take_due(replica: Replica, conn: Connection) -> list[TxRecord]:
                         .where(ahead.c.newest <= horizon)
                         .order_by(ahead.c.transaction_id)).all()
     out: list[TxRecord] = []
-    for _, author, body in rows:
-        out.extend(decode_bundle(body.encode("utf-8"), author))
-    for chunk in chunks([tx_id for tx_id, _, _ in rows]):
+    taken: list[str] = []
+    for tx_id, author, body in rows:
+        try:
+            out.extend(decode_bundle(body.encode("utf-8"), author))
+        except RemoteFormatError as exc:
+            # stored by an earlier build whose checks were looser: kept (nothing is lost,
+            # it stays counted as held) and retried at each sync, the others go on
+            logger.warning("held transaction %s of author %s no longer reads: %s",
+                        tx_id, author, exc)
+            continue
+        taken.append(tx_id)
+    for chunk in chunks(taken):
         conn.execute(delete(ahead).where(ahead.c.transaction_id.in_(chunk)))
     return out
 

@@ -34,7 +34,7 @@ from ..core.changes import ChangeRow, TxRecord
 from ..core.clock import id_problem
 from ..core.errors import RemoteFormatError
 from ..core.rows import gc_paused
-from ..core.values import MAX_VALUE_DEPTH, json_texts, value_depth
+from ..core.values import MAX_VALUE_DEPTH, holds_nul, json_texts, value_depth
 from .compress import gunzip_bounded, gzip_bytes, is_gzip
 
 __all__ = [
@@ -197,11 +197,15 @@ def pack_bundle(transactions: Sequence[TxRecord]) -> bytes:
 
 
 def load_json(data: bytes, what: str) -> Any:
-    """``data`` parsed as UTF-8 JSON; ``RemoteFormatError`` (naming ``what``) otherwise."""
+    """``data`` parsed as UTF-8 JSON; ``RemoteFormatError`` (naming ``what``) otherwise, and
+    for a text holding NUL (:func:`~dimpledb_sa.core.values.holds_nul`)."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as e:
         raise RemoteFormatError(f"{what} is not UTF-8 text (bad byte at offset {e.start})") from e
+    if holds_nul(text):
+        raise RemoteFormatError(f"{what} holds the character NUL (U+0000) in a text, which "
+                                "no replica accepts (PostgreSQL cannot store it)")
     try:
         return json.loads(text)
     except RecursionError as e:  # far deeper than any value may nest: rejected either way
