@@ -6,14 +6,14 @@ steps (:mod:`..core.changelog`). :func:`decode_runs` decodes a bundle as
 :func:`.wire.decode_bundle` does (the same checks, the same verdict on the same bytes) and,
 for a well-formed one, hands out each transaction's changes as
 :class:`~.packed.PackedChanges` built column by column from the parsed values: the runs are
-found by comparing whole columns (entity, then each run's ids against the ids its first one
-starts, :func:`~dimpledb_sa.core.clock.run_ids`), each run's new values are written as one
-array by the C encoder, and no record per change is made. Read as a sequence, such a
-transaction gives exactly the change records :func:`.wire.decode_bundle` returns (in id
-order); the merge (:func:`.merge.merge`) stores the rows as they are and plans the rows of
-new entities from the parsed values (:meth:`.plan.TablePlan.new_runs`). A bundle the fast
-decoding does not take (anything unusual) comes back as :func:`.wire.decode_bundle` gives
-it: plain change records.
+found by comparing whole columns (the entities, and the ids' steps on their ASCII bytes:
+:func:`_steps`), each run's new values are written as one array by the C encoder of
+:mod:`.packed` (as a version-2 snapshot's are), and no record per change is made. Read as
+a sequence, such a transaction gives exactly the change records
+:func:`.wire.decode_bundle` returns (in id order); the merge (:func:`.merge.merge`) stores
+the rows as they are and plans the rows of new entities from the parsed values
+(:meth:`.plan.TablePlan.new_runs`). A bundle the fast decoding does not take (anything
+unusual) comes back as :func:`.wire.decode_bundle` gives it: plain change records.
 """
 
 from __future__ import annotations
