@@ -3,15 +3,18 @@
 :func:`run` runs ``python -m dimpledb_sa.cli`` in a subprocess (exit code, stdout, stderr);
 :func:`call` calls ``cli.main([...])`` in-process, the same code without the interpreter
 start-up. :func:`make_world` builds what the ``world`` fixture (``conftest.py``, one per test
-module) holds: two device databases and a local folder remote; device A is written with the
-library, then both are synced by the CLI with a key written by ``dimpledb keygen``. The
-``no_key_in_env`` fixture (``conftest.py``), which the CLI test modules use on every test,
-keeps the caller's ``$DIMPLEDB_IDENTITY*`` out.
+module, each a :func:`copy_world` of one made once per session) holds: two device databases
+and a local folder remote; device A is written with the library, then both are synced by the
+CLI with a key written by ``dimpledb keygen``. The ``no_key_in_env`` fixture
+(``conftest.py``), which the CLI test modules use on every test, keeps the caller's
+``$DIMPLEDB_IDENTITY*`` out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +30,7 @@ import dimpledb_sa as dimple
 from dimpledb_sa import cli
 
 __all__ = ["ROOT", "Base", "Counter", "Step", "Todo", "World", "call", "child_env",
-           "make_world", "rows", "run"]
+           "copy_world", "make_world", "rows", "run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +134,30 @@ def make_world(d: Path) -> World:
     sync_b = run("sync", d / "b.db", d / "remote", "-i", d / "key.txt", "-v", cwd=d)
     return World(d, d / "remote", d / "key.txt", d / "other.txt", d / "a.db", d / "b.db",
                  a_author, *ids, keygen, sync_a, sync_b)
+
+
+def copy_world(world: World, d: Path) -> World:
+    """The same world in the empty folder ``d``: its files copied (modes too), its paths
+    and the recorded commands' arguments and output moved there, as if made in ``d``."""
+    shutil.copytree(world.dir, d, dirs_exist_ok=True)
+    old, new = str(world.dir), str(d)
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, Path):
+            return d / value.relative_to(world.dir) if value.is_relative_to(world.dir) else value
+        if isinstance(value, str):
+            return value.replace(old, new)
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, subprocess.CompletedProcess):
+            return subprocess.CompletedProcess(moved(value.args), value.returncode,
+                                               moved(value.stdout), moved(value.stderr))
+        return value
+
+    return dataclasses.replace(world, **{f.name: moved(getattr(world, f.name))
+                                         for f in dataclasses.fields(world)
+                                         if f.name not in ("a_author", "milk", "eggs",
+                                                           "bread")})
 
 
 def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:

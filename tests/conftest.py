@@ -20,7 +20,8 @@ Remote storage: ``remote`` runs a test once per backend (``memory``, ``local`` f
 (moto's ``ThreadedMotoServer``), started once per session and only when an S3 test runs;
 ``devs`` makes sync devices on ``remote``.
 
-The command line: ``world`` (module-scoped) and ``no_key_in_env``, see ``cliworld``.
+The command line: ``world`` (module-scoped, a copy of the session's ``world_template``) and
+``no_key_in_env``, see ``cliworld``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ if importlib.util.find_spec("dimpledb_sa") is None:  # a checkout that is not pi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pgserver
-from cliworld import World, make_world  # after the path set-up above: they import dimpledb_sa
+
+# after the path set-up above: they import dimpledb_sa
+from cliworld import World, copy_world, make_world
 from databases import Databases
 from models import Base, make_engine
 from syncworld import Devices, device_set
@@ -271,10 +274,18 @@ def devs(tmp_path: Path, remote: Remote, database: str,
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.fixture(scope="session")
+def world_template(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The command-line tests' world (``cliworld.make_world``), built once per session and
+    never changed: ``world`` copies it."""
+    return make_world(tmp_path_factory.mktemp("cli-template"))
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    """The command-line tests' world (``cliworld.make_world``), built once per test module."""
-    return make_world(tmp_path_factory.mktemp("cli"))
+def world(world_template: World, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The command-line tests' world, fresh for each test module: a copy of
+    ``world_template`` (``cliworld.copy_world``), which the module's tests may change."""
+    return copy_world(world_template, tmp_path_factory.mktemp("cli"))
 
 
 @pytest.fixture

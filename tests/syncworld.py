@@ -4,7 +4,9 @@
 A *device* is one database (a SQLite file in the test's temporary folder, or a schema on the
 test session's PostgreSQL server, see ``databases.py``) with its own ``DimpleDb`` on a
 shared remote. :class:`Devices` makes them (same age identity by default, tracking
-``models.SyncBase`` unless told otherwise) and closes them. A shared :class:`Ticker` stands in
+``models.SyncBase`` unless told otherwise) and closes them; a new SQLite device starts from
+a copy of a template file of its models' empty tables (made once per process), then runs
+``create_all()`` as usual. A shared :class:`Ticker` stands in
 for the wall clock of every device of a test, one millisecond per reading, so that an edit made
 later in the test always gets a larger id, whatever device makes it. The models are in
 ``models.py`` (``SyncBase``, and ``OldSyncBase``, an older version of the same tables).
@@ -12,7 +14,10 @@ later in the test always gets a larger id, whatever device makes it. The models 
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +29,7 @@ from typing import Any
 import fsspec
 from databases import Databases, sqlite_engine
 from models import Note, SyncBase
-from sqlalchemy import Engine, MetaData, Table, select
+from sqlalchemy import Connection, Engine, MetaData, Table, select, text
 from sqlalchemy.orm import sessionmaker
 
 import dimpledb_sa as dimple
@@ -106,11 +111,49 @@ class Device:
             return sorted(tuple(r) for r in conn.execute(select(schema.held)))
 
 
+_REFLECTED: dict[tuple[Any, ...], Table] = {}  # a table's layout -> the table, reflected
+
+_PG_LAYOUT = text(
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+    "coalesce(a.attnum = ANY (i.indkey), false) FROM pg_attribute a "
+    "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+    "WHERE a.attrelid = to_regclass(quote_ident(:name)) AND a.attnum > 0 "
+    "AND NOT a.attisdropped ORDER BY a.attnum")
+
+
+def _layout(conn: Connection, name: str) -> tuple[Any, ...] | None:
+    """What a reflection of the table ``name`` depends on here, in one cheap query: on
+    SQLite its ``CREATE TABLE`` text (which ``ALTER TABLE`` rewrites), on PostgreSQL its
+    columns' names, types and key membership (``None``: no such table, or another
+    database)."""
+    if conn.dialect.name == "sqlite":
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                                   "name = ?", (name,)).scalar()
+        return None if sql is None else ("sqlite", name, sql)
+    if conn.dialect.name == "postgresql":
+        cols = tuple(tuple(r) for r in conn.execute(_PG_LAYOUT, {"name": name}))
+        return ("postgresql", name, cols) if cols else None
+    return None
+
+
+def _reflect(conn: Connection, name: str) -> Table:
+    """The table ``name`` as the database has it: a table of the same layout as one
+    reflected before, on any database of the kind, is not reflected again (its columns,
+    types and key are the same; the table is not bound to a schema)."""
+    layout = _layout(conn, name)
+    if layout is None:
+        return Table(name, MetaData(), autoload_with=conn)  # raises NoSuchTableError
+    table = _REFLECTED.get(layout)
+    if table is None:
+        table = _REFLECTED[layout] = Table(name, MetaData(), autoload_with=conn)
+    return table
+
+
 def table_rows(engine: Engine, name: str) -> list[tuple[Any, ...]]:
     """Every row of the table ``name`` as the database has it (reflected), sorted: the key
     first, then the other columns by name."""
     with engine.connect() as conn:
-        table = Table(name, MetaData(), autoload_with=conn)
+        table = _reflect(conn, name)
         cols = sorted(table.c, key=lambda c: (not c.primary_key, c.name))
         return sorted((tuple(r) for r in conn.execute(select(*cols))), key=repr)
 
@@ -122,6 +165,60 @@ def change_log(engine: Engine) -> set[ChangeRow]:
     out = set(expand_all(rows))
     assert len(out) == sum(len(expand_all([r])) for r in rows), "duplicate change records"
     return out
+
+
+# --------------------------------------------------------------------------- set-up templates
+
+_TEMPLATES: dict[tuple[Any, ...], tuple[Any, Path]] = {}  # key -> (models, file)
+_TEMPLATE_LOCK = threading.Lock()
+_template_folder: Path | None = None
+
+
+def _template_key(models: Any) -> tuple[Any, ...] | None:
+    """What a template of ``models``' tables depends on: the models object and every table
+    its metadata holds now (``None``: no template, for models given otherwise)."""
+    md = getattr(models, "metadata", None)
+    if not isinstance(md, MetaData):
+        return None
+    return (id(models), id(md), tuple(sorted(md.tables)))
+
+
+def _template(models: Any) -> Path | None:
+    """A SQLite file holding the bookkeeping tables and ``models``' tables as a fresh
+    database's ``create_all()`` makes them, but no author id and no rows: made once per
+    models and test process, copied for each new SQLite device (cheaper than the DDL).
+    The device's own ``create_all()`` still runs on the copy (it finds the tables and only
+    creates the author id, and whatever a later release adds)."""
+    global _template_folder
+    key = _template_key(models)
+    if key is None:
+        return None
+    with _TEMPLATE_LOCK:
+        found = _TEMPLATES.get(key)
+        if found is not None:
+            return found[1]
+        if _template_folder is None:
+            _template_folder = Path(tempfile.mkdtemp(prefix="dimpledb-templates-"))
+            atexit.register(shutil.rmtree, _template_folder, True)
+        path = _template_folder / f"t{len(_TEMPLATES)}.db"
+        engine = sqlite_engine(path)
+        try:
+            db = dimple.DimpleDb(engine, models)  # what it tracks, as a device would
+        except Exception:  # models a DimpleDb refuses: the device itself says why
+            engine.dispose()
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            schema.metadata.create_all(engine)
+            for md in {id(t.table.metadata): t.table.metadata
+                       for t in db.tracked.values()}.values():
+                md.create_all(engine)
+        finally:
+            db.close()
+            engine.dispose()
+        assert not path.with_name(path.name + "-wal").exists()
+        _TEMPLATES[key] = (models, path)
+        return path
 
 
 class Devices:
@@ -167,6 +264,12 @@ class Devices:
         """A device on the database ``name`` (a file ``name.db``, or ``file``; or a schema
         on PostgreSQL) with these models and the shared identity; ``kw`` overrides the
         ``DimpleDb`` keyword arguments."""
+        where = file or self.folder / f"{name}.db"
+        if create and (database or self.database) == "sqlite" and "exclude" not in kw \
+                and where.parent.is_dir() and not where.exists():
+            template = _template(models)
+            if template is not None:  # a copy of the same empty tables, made faster
+                shutil.copyfile(template, where)
         engine = self.engine(name, file=file, foreign_keys=foreign_keys, database=database)
         args: dict[str, Any] = {"remote": self.remote}
         if self.storage_options:

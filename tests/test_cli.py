@@ -282,13 +282,14 @@ def test_history(world: World, capsys: pytest.CaptureFixture[str]) -> None:
 # ----------------------------------------------------------------------------- usage
 
 
-def test_bad_arguments_exit_2_with_usage(tmp_path: Path) -> None:
-    proc = run(cwd=tmp_path)
+def test_bad_arguments_exit_2_with_usage(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    proc = run(cwd=tmp_path)  # the process's exit status; the same code in-process below
     assert proc.returncode == 2 and "usage: dimpledb" in proc.stderr
-    proc = run("sync", "only-a-db", cwd=tmp_path)
-    assert proc.returncode == 2 and "REMOTE" in proc.stderr
-    proc = run("frobnicate", cwd=tmp_path)
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    code, _, err = call(capsys, "sync", "only-a-db")
+    assert code == 2 and "REMOTE" in err
+    code, _, err = call(capsys, "frobnicate")
+    assert code == 2 and "invalid choice" in err
 
 
 @pytest.mark.parametrize("command", ["", "keygen", "sync", "status", "history", "inspect",
