@@ -29,6 +29,7 @@ from ..core import schema
 from ..core.changes import ROW_ID, TxRecord
 from ..core.errors import RemoteFormatError
 from ..core.rows import chunks, insert_many
+from .packed import packed_of
 from .wire import decode_bundle, encode_bundle
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ def _ensure(conn: Connection) -> bool:
 
 
 def _newest(tx: TxRecord) -> str:
+    packed = packed_of(tx)
+    if packed is not None:  # (without expanding its runs)
+        return packed.newest
     return max(tx[0], max(map(itemgetter(ROW_ID), tx[2]), default=tx[0]))
 
 

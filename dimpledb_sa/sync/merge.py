@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,7 @@ from ..core.constraints import Constraints, constraints_of
 from ..core.errors import DimpleError
 from ..core.rows import chunks, fetch_rows, insert_many
 from . import ahead
+from .packed import packed_of
 from .plan import PK, Held, TablePlan, steps, winners, write, write_one
 from .resolve import MISSING_PARENT, Excluded, Resolver
 
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from ..core.replica import Replica
     from ..core.tracking import TrackedTable
 
-__all__ = ["APPLY_ERRORS", "MergeResult", "announce", "describe", "merge", "replay_held",
+__all__ = ["APPLY_ERRORS", "MergeResult", "Runs", "announce", "describe", "merge", "replay_held",
            "replay_held_in", "retry_refused", "settle_local"]
 
 logger = logging.getLogger(__name__)
@@ -126,26 +127,89 @@ def _fresh(conn: Connection, transactions: Sequence[TxRecord]) -> list[TxRecord]
     return out
 
 
+class Runs(Mapping[tuple[str, str], list[ChangeRow]]):
+    """A merge's incoming changes as the packed runs of the log they are stored as (with
+    each run's new values as parsed, see :mod:`.runs`): (entity type, entity id) -> its
+    change records, in id order, expanded from its runs only when asked for; the entities
+    that one run makes (the common case) are planned from the run itself
+    (:meth:`.plan.TablePlan.new_runs`)."""
+
+    def __init__(self, rows: list[changelog.PackedRow], news: list[list[Any]]) -> None:
+        self.rows = rows
+        self.news = news
+        entities = list(zip(map(_TYPE, rows), map(_ENTITY, rows), strict=True))
+        last = dict(zip(entities, range(len(rows)), strict=True))
+        self.several: dict[tuple[str, str], list[int]] = {}
+        """The entities with more than one run: their runs."""
+        if len(last) != len(rows):
+            for i, key in enumerate(entities):
+                self.several.setdefault(key, []).append(i)
+            self.several = {k: v for k, v in self.several.items() if len(v) > 1}
+        self.last = last
+        """Each entity's last run (its only one but for those in ``several``), in the
+        order the entities first appear."""
+        if self.several:
+            self.last = {k: last[k] for k in dict.fromkeys(entities)}
+        self._expanded: dict[tuple[str, str], list[ChangeRow]] = {}
+
+    def single(self, key: tuple[str, str]) -> int | None:
+        """The position of the only run of ``key`` (``None``: it has several)."""
+        return None if key in self.several else self.last[key]
+
+    def __getitem__(self, key: tuple[str, str]) -> list[ChangeRow]:
+        got = self._expanded.get(key)
+        if got is None:
+            runs = self.several.get(key)
+            got = self._expanded[key] = (changelog.expand(self.rows[self.last[key]])
+                                         if runs is None else sorted(changelog.expand_all(
+                                             [self.rows[i] for i in runs])))
+        return got
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.last)
+
+    def __len__(self) -> int:
+        return len(self.last)
+
+
 def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) -> MergeResult:
-    """Store and apply pulled ``transactions`` on ``conn`` (inside the caller's transaction)."""
+    """Store and apply pulled ``transactions`` on ``conn`` (inside the caller's transaction).
+
+    Transactions whose changes are packed runs (:mod:`.runs`) are stored and planned
+    from those runs when all of them are; the others are packed here."""
     result = MergeResult()
     fresh, later = ahead.split(replica, conn, _fresh(conn, transactions))
     result.held += later
     if not fresh:
         return result
-    incoming: dict[tuple[str, str], list[ChangeRow]] = {}
+    incoming: Mapping[tuple[str, str], list[ChangeRow]]
     rows: list[changelog.PackedRow] = []
     newest = ""
     newest_own = ""
     me = replica.author_id
-    for tx_id, author, changes in fresh:
-        result.authors[tx_id] = author
-        rows.extend(changelog.pack(changes, incoming))
-        last = max(tx_id, max(map(itemgetter(ROW_ID), changes), default=""))
-        if author == me:
-            newest_own = max(newest_own, last)
-        else:
-            newest = max(newest, last)
+    packed = [p for p in map(packed_of, fresh) if p is not None]
+    if len(packed) == len(fresh):
+        news: list[list[Any]] = []
+        for (tx_id, author, _), p in zip(fresh, packed, strict=True):
+            result.authors[tx_id] = author
+            rows += p.rows
+            news += p.news
+            if author == me:
+                newest_own = max(newest_own, p.newest)
+            else:
+                newest = max(newest, p.newest)
+        incoming = Runs(rows, news)
+    else:
+        into: dict[tuple[str, str], list[ChangeRow]] = {}
+        for tx_id, author, changes in fresh:
+            result.authors[tx_id] = author
+            rows.extend(changelog.pack(changes, into))
+            last = max(tx_id, max(map(itemgetter(ROW_ID), changes), default=""))
+            if author == me:
+                newest_own = max(newest_own, last)
+            else:
+                newest = max(newest, last)
+        incoming = into
     if newest:
         replica.clock.observe(newest, max_ahead=replica.max_drift)
     if newest_own:  # ours (a restored backup healing): later ids must sort after them
@@ -158,6 +222,10 @@ def merge(replica: Replica, conn: Connection, transactions: Sequence[TxRecord]) 
     result.stored = len(fresh)
     _apply(replica, conn, incoming, before, result)
     return result
+
+
+_TYPE = itemgetter(ROW_ENTITY_TYPE)
+_ENTITY = itemgetter(ROW_ENTITY_ID)
 
 
 # -- applying ---------------------------------------------------------------------------------
@@ -307,12 +375,13 @@ def _by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _build(replica: Replica, conn: Connection, cons: Constraints,
-           incoming: dict[tuple[str, str], list[ChangeRow]],
+           incoming: Mapping[tuple[str, str], list[ChangeRow]],
            before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult,
            excluded: Excluded, keep: set[tuple[str, str]],
            olds: dict[tuple[str, str], dict[str, str | None]] | None) -> _Job:
     """Plan the writes of ``incoming`` (over ``before``), the rules deciding where needed."""
     job = _Job(replica, conn, cons, result, excluded, keep)
+    runs = incoming if isinstance(incoming, Runs) else None
     for etype, eids in _by_type(list(incoming)).items():
         tt = replica.tracked.get(etype)
         if tt is None:
@@ -326,17 +395,22 @@ def _build(replica: Replica, conn: Connection, cons: Constraints,
         plan = job.plan(tt)
         constrained = cons.constrained(etype)
         fresh: list[tuple[str, list[ChangeRow]]] = []  # neither logged nor stored before
+        fresh_runs: list[tuple[str, changelog.PackedRow, Sequence[Any]]] = []  # (one run)
         for eid in eids:
             key = (etype, eid)
-            inc = incoming[key]
             prior = before.get(key)
             row = current.get(eid)
             if not constrained and key not in excluded and prior is None and row is None:
-                fresh.append((eid, inc))
+                at = None if runs is None else runs.single(key)
+                if at is None:
+                    fresh.append((eid, incoming[key]))
+                else:
+                    fresh_runs.append((eid, runs.rows[at], runs.news[at]))  # type: ignore[union-attr]
                 continue
-            if fresh:  # planned in order
-                plan.new_entities(fresh)
-                fresh = []
+            if fresh or fresh_runs:  # planned in order
+                _plan_new(plan, incoming, fresh, fresh_runs)
+                fresh, fresh_runs = [], []
+            inc = incoming[key]
             win = winners(inc, winners(prior) if prior else None)
             plan.hold_unknown(eid, inc, win)
             if constrained:
@@ -349,15 +423,28 @@ def _build(replica: Replica, conn: Connection, cons: Constraints,
                 job.refused(plan, eid, win, row)
             else:
                 plan.emit(eid, win, row)
-        plan.new_entities(fresh)
+        _plan_new(plan, incoming, fresh, fresh_runs)
     job.resolver.run()
     job.emit_resolved()
     job.defer_deletes()
     return job
 
 
+def _plan_new(plan: TablePlan, incoming: Mapping[tuple[str, str], list[ChangeRow]],
+              fresh: list[tuple[str, list[ChangeRow]]],
+              fresh_runs: list[tuple[str, changelog.PackedRow, Sequence[Any]]]) -> None:
+    """Plan new entities: ``fresh`` from their changes, ``fresh_runs`` from their one run
+    each (those it cannot take, from their changes too)."""
+    if fresh_runs:
+        name = plan.tt.name
+        fresh += [(fresh_runs[k][0], incoming[(name, fresh_runs[k][0])])
+                  for k in plan.new_runs(fresh_runs)]
+    if fresh:
+        plan.new_entities(fresh)
+
+
 def _apply(replica: Replica, conn: Connection,
-           incoming: dict[tuple[str, str], list[ChangeRow]],
+           incoming: Mapping[tuple[str, str], list[ChangeRow]],
            before: dict[tuple[str, str], list[ChangeRow]], result: MergeResult,
            olds: dict[tuple[str, str], dict[str, str | None]] | None = None) -> None:
     """Derive each entity in ``incoming`` from ``before`` + ``incoming`` and write the rows;

@@ -16,17 +16,20 @@ the merge keeps). The rules that decide which rows may exist are in :mod:`.resol
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, String, bindparam, delete, update
 
+from ..core.changelog import PACKED_ATTRIBUTES, PackedRow
 from ..core.changes import ROW_ATTRIBUTE, ROW_ID, ROW_NEW, ChangeRow
 from ..core.errors import RemoteFormatError
 from ..core.rows import chunks, insert_values
-from ..core.values import decode_column
+from ..core.values import decode_column, passes_through
 
 if TYPE_CHECKING:
     from ..core.constraints import Constraints
@@ -43,6 +46,9 @@ PK = "_dimple_pk"
 
 Held = tuple[str, str, str, str]
 """(entity_type, entity_id, attribute, reason): a row of ``dimple_held``."""
+
+_DECODE_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, AttributeError)
+"""What a column's decoder raises for a value it cannot take."""
 
 
 def winners(changes: Iterable[ChangeRow], into: dict[str, ChangeRow] | None = None
@@ -172,6 +178,56 @@ class TablePlan:
                 continue
             inserts(values)
             applied(wins[k].values())  # type: ignore[union-attr]
+
+    def new_runs(self, runs: Sequence[tuple[str, PackedRow, Sequence[Any]]]) -> list[int]:
+        """New entities each made by one packed run of the log (entity id, the row, its new
+        values as parsed), planned column by column per names list: the rows and applied
+        changes :meth:`new_entities` makes of the run's changes, with the run itself as
+        the applied changes (``result.applied_packed``). Returns the positions of the
+        entities it leaves to :meth:`new_entities` (that holds, refuses or plans them):
+        those of a names list with an attribute this schema lacks or one twice, or without
+        the key; whose values do not decode; whose key is not the entity's; that lack a
+        required value."""
+        groups: dict[str, list[int]] = {}
+        for k, run in enumerate(runs):
+            groups.setdefault(run[1][PACKED_ATTRIBUTES], []).append(k)
+        rest: list[int] = []
+        for names_json, members in groups.items():
+            if not self._insert_runs(json.loads(names_json), [runs[k] for k in members]):
+                rest += members
+        return sorted(rest)
+
+    def _insert_runs(self, names: list[str],
+                     runs: Sequence[tuple[str, PackedRow, Sequence[Any]]]) -> bool:
+        """:meth:`new_runs` for runs of the same ``names``; ``False`` (nothing planned)
+        when they must go through :meth:`new_entities`."""
+        codecs = self.tt.codecs
+        pkn = self.tt.pk_name
+        if pkn not in names or len(set(names)) != len(names) or not codecs.keys() >= set(names):
+            return False
+        at = names.index(pkn)
+        live = [r for r in runs if r[2][at] is not None]
+        if not live:
+            return True  # deletes of entities never seen here: nothing (as new_entity)
+        columns: list[Sequence[Any]] = []
+        try:
+            for name, col in zip(names, zip(*[r[2] for r in live], strict=True), strict=True):
+                codec = codecs[name]
+                if passes_through(codec):  # strings, integers, JSON: the value itself
+                    columns.append(col)
+                else:  # what decoding the value's JSON text gives (see .values)
+                    decode = codec.from_json
+                    columns.append([None if v is None else decode(v) for v in col])
+        except _DECODE_ERRORS:
+            return False  # new_entities decodes them one by one, and fails as it does
+        if any(c not in names or None in columns[names.index(c)] for c in self.required):
+            return False
+        if list(map(str, columns[at])) != [eid for eid, _, _ in live]:
+            return False
+        self.inserts.extend(map(dict, map(zip, repeat(names), zip(*columns, strict=True))))
+        self.result.applied_packed.extend([r for _, r, _ in live])
+        self.result.packed_changes += len(names) * len(live)
+        return True
 
     def evict(self, row: dict[str, Any]) -> None:
         """Take a row the rules keep out of the table (no change is applied)."""
@@ -348,7 +404,7 @@ def write(conn: Connection, plans: list[TablePlan], cons: Constraints, result: M
             result.tables.add(tt.name)
     for plan in reversed(plans):
         _delete(conn, plan, plan.late)
-    result.applied = len(result.applied_changes)
+    result.applied = len(result.applied_changes) + result.packed_changes
 
 
 def _delete(conn: Connection, plan: TablePlan, keys: list[Any]) -> None:

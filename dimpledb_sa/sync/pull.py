@@ -2,7 +2,8 @@
 
 One listing of the remote root, then each other author's manifest. An author's bundles are
 read in manifest order, in batches of :data:`BATCH`, from the first one after its cursor;
-each file is read, decrypted and decoded on its own, so one bad file never stops the others:
+each file is read, decrypted and decoded on its own (into the log's packed runs, :mod:`.runs`),
+so one bad file never stops the others:
 
 - a bundle that does not decrypt or decode (any exception, native panics included; only
   ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass), that is larger than
@@ -60,12 +61,12 @@ from .merge import (
 from .progress import Phase, Progress
 from .quarantine import Entry, Problem
 from .report_errors import fail
+from .runs import decode_runs
 from .storage import TooLargeError
 from .trust import RevokedSignature
 from .wire import (
     BundleInfo,
     Manifest,
-    decode_bundle,
     decode_manifest,
     parse_bundle_name,
     utc_now_iso,
@@ -169,7 +170,7 @@ def _read_one(cipher: Cipher, author: str, info: BundleInfo,
     try:
         plain = cipher.decrypt(blob)
         stage = quarantine.FORMAT
-        txs = decode_bundle(plain, author, name=name)
+        txs = decode_runs(plain, author, name=name)
         _check_bundle(info, txs)
     except _PASS:
         raise

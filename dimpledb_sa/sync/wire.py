@@ -3,7 +3,8 @@
 This module owns the byte-level codec of what an author uploads (see ``docs/FORMAT.md``):
 transaction bundles (``encode_bundle`` / ``decode_bundle``, change rows as plain tuples whose
 values are canonical JSON text; format 2, gzipped, with ``pack_bundle``, see
-:mod:`.compress`) and the per-author manifest ``dimple_db.json``
+:mod:`.compress`; ``bundle_columns`` checks a parsed bundle column by column, for
+:mod:`.runs`) and the per-author manifest ``dimple_db.json``
 (``Manifest`` / ``BundleInfo``, ``encode_manifest`` / ``decode_manifest``), plus the
 validators for remote names (``is_uuid``, ``is_bundle_name``) that keep every path inside the
 remote root, and the read limits (``MAX_BUNDLE_BYTES``, ``MAX_MANIFEST_BYTES``,
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import reprlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, repeat
@@ -37,6 +38,7 @@ from ..core.values import MAX_VALUE_DEPTH, holds_nul, json_texts, value_depth
 from .compress import gunzip_bounded, gzip_bytes, is_gzip
 
 __all__ = [
+    "GC_PAUSE_BYTES",
     "MANIFEST_NAME",
     "MAX_BUNDLE_BYTES",
     "MAX_MANIFEST_BYTES",
@@ -44,10 +46,12 @@ __all__ = [
     "MAX_STORED_BUNDLE_BYTES",
     "MAX_VALUE_DEPTH",
     "NOTES_NAME",
+    "BundleColumns",
     "BundleInfo",
     "ChangeRow",
     "Manifest",
     "TxRecord",
+    "bundle_columns",
     "bundle_name",
     "decode_bundle",
     "decode_manifest",
@@ -277,7 +281,15 @@ def _change_problem(c: Any, tid: str) -> str:
     return "is malformed"  # pragma: no cover - callers only ask when something is wrong
 
 
-def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[TxRecord]:
+BundleColumns = tuple[tuple[str, ...], list[int], tuple[str, ...], tuple[str, ...],
+                      tuple[str, ...], tuple[str, ...], tuple[Any, ...], tuple[Any, ...]]
+"""A well-formed bundle column by column (:func:`bundle_columns`): the transaction ids, how
+many changes each has, then the changes' ids, entity types, entity ids, attributes, and
+old and new values as parsed (JSON values, ``None`` for null)."""
+
+
+def decode_bundle(data: bytes, author: str, *, name: str | None = None,
+                  runs: Callable[..., list[TxRecord]] | None = None) -> list[TxRecord]:
     """Parse and validate a bundle read from ``author``'s folder (format 1 or 2).
 
     ``data`` is the decrypted file: format 2 (gzip, told by its magic bytes) is decompressed
@@ -287,18 +299,26 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
     ``json.dumps(value)`` (JSON null as ``None``), so decoding our own encoding gives back the
     same tuples. With ``name`` (the bundle's file name), the first and last transaction ids
     must be the ones the name states. Raises ``RemoteFormatError`` for anything else.
+    ``runs`` (see :mod:`.runs`) makes the transactions of a well-formed bundle from its
+    columns instead (``runs(author, *columns)``, :data:`BundleColumns`), after the same
+    checks; the verdict on the bytes is the same.
     """
     if not is_uuid(author):
         raise RemoteFormatError(f"not a canonical author id: {author!r:.80}")
     where = f"bundle {name}" if name else "bundle"
     if is_gzip(data):  # format 2
         data = gunzip_bounded(data, where)
-    with gc_paused(len(data) > _GC_PAUSE_BYTES):
+    with gc_paused(len(data) > GC_PAUSE_BYTES):
         doc = load_json(data, where)
-        out = _decode_fast(doc, author)
-        if out is None:
+        columns = bundle_columns(doc, author)
+        if columns is None:
             out = _decode_checked(doc, author, where)
-    problem = _id_problem(out)
+            ids = [tx[0] for tx in out]
+            ids += map(itemgetter(0), chain.from_iterable(tx[2] for tx in out))
+        else:
+            out = _rows_of(author, *columns) if runs is None else runs(author, *columns)
+            ids = [*columns[0], *columns[2]]
+    problem = _id_problem(ids)
     if problem is not None:
         raise RemoteFormatError(f"{where}: {problem}")
     if name is not None:
@@ -313,13 +333,11 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None) -> list[
     return out
 
 
-def _id_problem(txs: Sequence[TxRecord]) -> str | None:
-    """Why one of the transaction or change ids of ``txs`` is not to be believed (see
+def _id_problem(ids: list[str]) -> str | None:
+    """Why one of the transaction or change ids ``ids`` is not to be believed (see
     :func:`~dimpledb_sa.core.clock.id_problem`: a UUIDv7 from 2020 on, at most
     :data:`~dimpledb_sa.core.clock.MAX_ID_AHEAD` ahead), or ``None``. Checked in bulk: the
     version and variant digits of all ids at once, then the smallest and largest."""
-    ids = [tx[0] for tx in txs]
-    ids += map(itemgetter(0), chain.from_iterable(tx[2] for tx in txs))
     if not ids:
         return None
     n = len(ids)
@@ -334,7 +352,8 @@ def _id_problem(txs: Sequence[TxRecord]) -> str | None:
     return None  # pragma: no cover - one of them failed above
 
 
-_GC_PAUSE_BYTES = 1 << 20
+GC_PAUSE_BYTES = 1 << 20
+"""Bundles at least this large are decoded with the cyclic GC paused."""
 _HEX_DASH = b"0123456789abcdef-"
 
 
@@ -355,18 +374,19 @@ def _all_uuids(ids: tuple[Any, ...]) -> bool:
     return all(raw[i::36] == dashes for i in (8, 13, 18, 23))
 
 
-def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
-    """Decode a well-formed bundle column-wise, without a Python-level loop per change.
+def bundle_columns(doc: Any, author: str) -> BundleColumns | None:
+    """A parsed bundle checked column-wise, without a Python-level loop per change, as
+    :data:`BundleColumns`.
 
     Returns ``None`` as soon as anything is off; :func:`_decode_checked` then finds and names
-    the problem. It accepts nothing that :func:`_decode_checked` rejects and returns the same
-    result for everything it accepts (a test holds both to that).
+    the problem. It accepts nothing that :func:`_decode_checked` rejects (a test holds the
+    fast and the checked decoding to the same results).
     """
     if type(doc) is not list:
         return None
     n = len(doc)
     if not n:
-        return []
+        return (), [], (), (), (), (), (), ()
     try:
         if list(map(len, doc)).count(3) != n:
             return None
@@ -382,7 +402,7 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
         flat = list(chain.from_iterable(lists))
         m = len(flat)
         if not m:
-            return [(tid, author, []) for tid in tids]
+            return tids, counts, (), (), (), (), (), ()
         if list(map(len, flat)).count(7) != m:
             return None
         # each change's seven values in one C call, then the columns: faster than seven
@@ -402,10 +422,26 @@ def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
         return None
     if _too_deep(olds) or _too_deep(news):
         return None
+    return tids, counts, ids, etypes, eids, attrs, olds, news
+
+
+def _decode_fast(doc: Any, author: str) -> list[TxRecord] | None:
+    """The transactions of a well-formed bundle (:func:`bundle_columns`, then
+    :func:`_rows_of`); ``None`` when anything is off."""
+    columns = bundle_columns(doc, author)
+    return None if columns is None else _rows_of(author, *columns)
+
+
+def _rows_of(author: str, tids: tuple[str, ...], counts: list[int], ids: tuple[str, ...],
+             etypes: tuple[str, ...], eids: tuple[str, ...], attrs: tuple[str, ...],
+             olds: tuple[Any, ...], news: tuple[Any, ...]) -> list[TxRecord]:
+    """The transactions of a bundle's columns, with their change rows."""
+    m = len(ids)
     # inserts: every old value null
     old_json = [None] * m if olds.count(None) == m else json_texts(olds)
     new_json = json_texts(news)
-    rows = list(zip(ids, ctids, etypes, eids, attrs, old_json, new_json, strict=True))
+    ctids = chain.from_iterable(map(repeat, tids, counts))
+    rows = list(zip(ids, ctids, etypes, eids, attrs, old_json, new_json, strict=False))
     out: list[TxRecord] = []
     pos = 0
     for tid, k in zip(tids, counts, strict=True):
