@@ -51,13 +51,15 @@ class PackedChanges(Sequence[ChangeRow]):
 
     __slots__ = ("_expanded", "_rows", "newest", "runs", "size")
 
-    def __init__(self, runs: Runs, size: int, newest: str) -> None:
+    def __init__(self, runs: Runs, size: int, newest: str,
+                 rows: list[changelog.PackedRow] | None = None) -> None:
         self.runs = runs
         self.size = size
         """How many changes."""
         self.newest = newest
         """The largest change id of the transaction."""
-        self._rows: list[changelog.PackedRow] | None = None
+        self._rows = rows
+        """The text form, when the maker has it already (else made when first asked for)."""
         self._expanded: list[ChangeRow] | None = None
 
     @property

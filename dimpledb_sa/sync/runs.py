@@ -21,19 +21,17 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from itertools import compress, repeat
-from operator import ne, sub
+from operator import ne
 from typing import Any
 
 from ..core import changelog
 from ..core.changes import TxRecord
 from ..core.clock import is_next_id
-from ..core.values import json_texts
-from .packed import PackedChanges, _array_text, _encode_many, _nested
+from ..core.runs import Runs, array_texts, old_texts
+from .packed import PackedChanges
 from .wire import decode_bundle
 
 __all__ = ["decode_runs", "runs_of_columns"]
-
-_NULLS = {n: "[" + ",".join(["null"] * n) + "]" for n in range(1, 257)}
 
 
 def decode_runs(data: bytes, author: str, *, name: str | None = None) -> list[TxRecord]:
@@ -96,8 +94,6 @@ def _steps(ids: tuple[str, ...]) -> bytes:
     return flags.to_bytes(m - 1, "big")
 
 
-def _nulls(n: int) -> str:
-    return _NULLS.get(n) or changelog.json_array([None] * n)
 
 
 def runs_of_columns(author: str, tids: tuple[str, ...], counts: list[int],
@@ -114,20 +110,14 @@ def runs_of_columns(author: str, tids: tuple[str, ...], counts: list[int],
         pos += k
     starts = _starts(ids, etypes, eids, tx_starts, counts)
     ends = [*starts[1:], m]
-    lens = list(map(sub, ends, starts))
     slices = list(map(slice, starts, ends))
     keys = list(map(attrs.__getitem__, slices))
     names_text = {key: json.dumps(list(key)) for key in set(keys)}
     names_col = list(map(names_text.__getitem__, keys))
-    if olds.count(None) == m:  # inserts
-        olds_col = list(map(_nulls, lens))
-    else:
-        olds_col = [_nulls(n) if o.count(None) == n else changelog.json_array(json_texts(o))
-                    for o, n in zip(map(olds.__getitem__, slices), lens, strict=True)]
+    olds_col = list(map(list, map(olds.__getitem__, slices)))
     news_col = list(map(list, map(news.__getitem__, slices)))
-    new_texts = _encode_many(news_col)
-    for i in [i for i, t in enumerate(new_texts) if _nested(t)]:
-        new_texts[i] = _array_text(news_col[i])
+    old_col_texts = old_texts(olds_col)
+    new_texts = array_texts(news_col)
     firsts = list(map(ids.__getitem__, starts))
     run_types = list(map(etypes.__getitem__, starts))
     run_eids = list(map(eids.__getitem__, starts))
@@ -135,12 +125,15 @@ def runs_of_columns(author: str, tids: tuple[str, ...], counts: list[int],
     r = 0
     for tid, start, k in zip(tids, tx_starts, counts, strict=True):
         j = bisect_left(starts, start + k, r)
+        txs = list(repeat(tid, j - r))
+        runs = Runs(firsts[r:j], txs, run_types[r:j], run_eids[r:j], names_col[r:j],
+                    olds_col[r:j], news_col[r:j])
         rows: list[changelog.PackedRow] = list(zip(
-            firsts[r:j], repeat(tid), run_types[r:j], run_eids[r:j], names_col[r:j],
-            olds_col[r:j], new_texts[r:j], strict=False))
+            runs.firsts, txs, runs.types, runs.entities, runs.names, old_col_texts[r:j],
+            new_texts[r:j], strict=True))
         newest = max(tid, max(ids[start:start + k])) if k else tid
         # TxRecord names a list; every reader of a transaction's changes only iterates,
         # indexes, slices or measures them, which this sequence does alike
-        out.append((tid, author, PackedChanges(rows, news_col[r:j], k, newest)))  # type: ignore[arg-type]
+        out.append((tid, author, PackedChanges(runs, k, newest, rows)))  # type: ignore[arg-type]
         r = j
     return out
