@@ -4,6 +4,7 @@ held, cursors, clock floor), whether every piece goes the bulk way or some fall 
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy import Engine, select
 from syncworld import Device, Devices, device_set
 
 from dimpledb_sa.core import changelog, meta, schema
-from dimpledb_sa.sync import bootstrap, pull, snapshot
+from dimpledb_sa.sync import bootstrap, packed, pull, snapshot
 
 
 def _url() -> str:
@@ -208,3 +209,15 @@ def test_odd_ids_and_values_bootstrap_alike(tmp_path: Path, monkeypatch: pytest.
         assert counted.bulk >= 1 and counted.general == 0
         assert _state(bulk) == _state(general)
         assert bulk.snapshot() == a.snapshot()
+
+
+def test_a_piece_of_transactions_without_runs_stays_on_the_bulk_path(devs: Devices) -> None:
+    """Transactions with no runs (no writer of ours makes them; a foreign one may) are
+    stored in bulk, not sent back to the general merge."""
+    author = "0190aaaa-0000-7000-8000-0000000000aa"
+    doc = [{"id": "0190aaaa-0000-7000-8000-000000000001", "runs": []}]
+    txs = packed.decode_piece(json.dumps(doc).encode(), author, "t")
+    dev = devs.new("no-runs")
+    with dev.db.engine.begin() as conn:
+        result = bootstrap.merge_new(dev.db.replica, conn, txs, bootstrap.Bulk())
+    assert result.stored == 1

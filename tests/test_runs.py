@@ -217,6 +217,27 @@ def test_merging_runs_leaves_what_merging_the_changes_leaves(devs: Devices, seed
     assert outcomes[0] == outcomes[1]
 
 
+def test_one_change_id_in_two_transactions_wins_in_the_order_it_came(devs: Devices) -> None:
+    """Of two transactions holding the same change id (a forged author's overlapping
+    bundles, the later transaction listed first), the first to arrive wins on both paths,
+    as the log keeps it: no sorting by transaction reorders them."""
+    clock = HybridClock(now_ns=Ticker())
+    t1, t3, x = clock.reserve(3)
+    pair = [encode_bundle([(t, AUTHOR, [(x, t, "note", "a", "title", None, json.dumps(v))])])
+            for t, v in ((t3, "from-t3"), (t1, "from-t1"))]
+    seed_tx, seed_id = clock.reserve(2)
+    key_only = encode_bundle([(seed_tx, AUTHOR, [(seed_id, seed_tx, "note", "a", "id", None,
+                                                  '"a"')])])
+    outcomes = []
+    for name, decode in (("general", decode_bundle), ("runs", decode_runs)):
+        dev = devs.new(f"dup-{name}")
+        _merge(dev, decode_bundle(key_only, AUTHOR))  # held: its title is required
+        outcomes.append((_merge(dev, [tx for b in pair for tx in decode(b, AUTHOR)]),
+                         _state(dev)))
+    assert outcomes[0] == outcomes[1]
+    assert '"from-t3"' in str(outcomes[1][1][1])
+
+
 def _brute_steps(ids: list[str]) -> list[bool]:
     """Whether each id but the first is the one after the id before with only the counter's
     last field moving (no carry)."""

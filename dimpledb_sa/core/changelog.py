@@ -915,7 +915,8 @@ _GET_ROW_ENTITY: Final = itemgetter(ROW_ENTITY_ID)
 def _split16(joined: str) -> list[bytes]:
     """The 16-byte values of canonical UUID texts joined."""
     data = bytes.fromhex(joined.replace("-", ""))
-    return list(struct.unpack("16s" * (len(data) // 16), data))  # (one call, not a slice each)
+    # one cached format for any count (a format per count would stay in struct's cache)
+    return list(map(_FIRST, struct.iter_unpack("16s", data)))
 
 
 def _ids_bytes(values: list[str]) -> list[bytes]:

@@ -263,6 +263,8 @@ def _groups(runs: Runs, several: set[tuple[str, str]]
     """The runs of entities not in ``several`` by (entity type, names), in the piece's
     order (ascending ids, as written): all of them at once when they share both."""
     n = len(runs)
+    if not n:
+        return {}
     if not several and runs.types.count(runs.types[0]) == n \
             and runs.names.count(runs.names[0]) == n:
         return {(runs.types[0], runs.names[0]): range(n)}

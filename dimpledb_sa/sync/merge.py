@@ -160,9 +160,11 @@ class Runs(Mapping[tuple[str, str], list[ChangeRow]]):
         got = self._expanded.get(key)
         if got is None:
             runs = self.several.get(key)
+            # in the order they came, as the general path packs them (of two changes with
+            # one id, the first one wins there too)
             got = self._expanded[key] = (changelog.expand(self.rows[self.last[key]])
-                                         if runs is None else sorted(changelog.expand_all(
-                                             [self.rows[i] for i in runs])))
+                                         if runs is None else changelog.expand_all(
+                                             [self.rows[i] for i in runs]))
         return got
 
     def __iter__(self) -> Iterator[tuple[str, str]]:

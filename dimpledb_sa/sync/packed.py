@@ -45,7 +45,7 @@ _HEX3 = ["%03x" % i for i in range(0x1000)]  # noqa: UP031
 class PackedChanges(Sequence[ChangeRow]):
     """One transaction's changes as packed rows of the log, column by column with their
     values parsed (``runs``, a :class:`~dimpledb_sa.core.runs.Runs`), expanded into change
-    records (in id order) the first time they are read as a sequence; ``len``,
+    records (as they came) the first time they are read as a sequence; ``len``,
     :attr:`size` and :attr:`newest` need no expansion, :attr:`rows` (the text form) is
     made when first asked for."""
 
@@ -75,9 +75,10 @@ class PackedChanges(Sequence[ChangeRow]):
         return self.runs.news
 
     def expanded(self) -> list[ChangeRow]:
-        """The change records, in id order (made once)."""
+        """The change records, run after run, as they came (made once): in id order for a
+        snapshot's (whose runs are checked to be), in the bundle's order for a pulled one."""
         if self._expanded is None:
-            self._expanded = sorted(changelog.expand_all(self.rows))
+            self._expanded = changelog.expand_all(self.rows)
         return self._expanded
 
     def __len__(self) -> int:
