@@ -22,15 +22,43 @@ import fsspec
 import pytest
 from databases import Databases
 from models import Folder, Note
-from sqlalchemy import update
+from sqlalchemy import ForeignKey, String, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from syncworld import Device, Devices, device_set, sync_all, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa import cli
 from dimpledb_sa.core import changelog, meta
+from dimpledb_sa.core.changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE
 from dimpledb_sa.core.clock import HybridClock
 from dimpledb_sa.core.errors import DimpleError
 from dimpledb_sa.core.restore import fill
+
+
+class FlushBase(DeclarativeBase):
+    """Children the flush itself writes: nulled foreign keys, deleted orphans."""
+
+
+class Owner(FlushBase):
+    __tablename__ = "rs_owner"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+    kids: Mapped[list[Kid]] = relationship()  # no delete cascade: the ORM nulls owner_id
+    orphans: Mapped[list[Orphan]] = relationship(cascade="all, delete-orphan")
+
+
+class Kid(FlushBase):
+    __tablename__ = "rs_kid"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("rs_owner.id"))
+
+
+class Orphan(FlushBase):
+    __tablename__ = "rs_orphan"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("rs_owner.id"))
 
 
 @pytest.fixture
@@ -277,3 +305,61 @@ def test_a_reader_racing_a_writer_takes_the_values_it_stored(devs: Devices) -> N
         fill(conn, rows, range(len(rows)))
     assert any('"t"' in r[6] for r in rows)
     assert not any("new" in r[6] for r in rows)
+
+
+def _owned(devs: Devices) -> tuple[Device, Device]:
+    a = new(devs, "a", models=FlushBase)
+    b = new(devs, "b", models=FlushBase)
+    with a.Session() as s:
+        o = Owner(id="p", name="P")
+        o.kids.append(Kid(id="k", title="K"))
+        o.orphans.append(Orphan(id="o", title="O"))
+        s.add(o)
+        s.commit()
+    sync_all(a, b)
+    pruned(a)
+    assert {(r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID]) for r in valueless(a)} >= {
+        ("rs_kid", "k"), ("rs_orphan", "o")}
+    return a, b
+
+
+def test_a_delete_orphan_of_the_flush_stores_the_values_first(devs: Devices) -> None:
+    """The flush deletes an orphan that was in neither session.dirty nor session.deleted
+    at before_flush: the mapper event stores its values before the DELETE."""
+    a, b = _owned(devs)
+    with a.Session() as s:
+        owner = s.get(Owner, "p")
+        assert owner is not None
+        orphan = owner.orphans[0]
+        owner.orphans.remove(orphan)
+        assert orphan not in s.dirty and orphan not in s.deleted
+        s.commit()
+    assert "rs_orphan" not in {r[ROW_ENTITY_TYPE] for r in valueless(a)}
+    assert [(c.attribute, c.new_value) for c in a.db.history(Orphan, "o")][:3] == [
+        ("id", "o"), ("title", "O"), ("owner_id", "p")]
+    a.db.compact()
+    sync_all(a, b)
+    assert a.rows(Orphan) == b.rows(Orphan) == []
+    c = new(devs, "c", models=FlushBase)
+    c.sync()
+    assert c.rows(Owner) == a.rows(Owner) and c.rows(Orphan) == []
+    assert a.db.restore_pruned_values() == 0
+
+
+def test_a_foreign_key_the_flush_nulls_keeps_its_old_history(devs: Devices) -> None:
+    """Deleting the owner makes the ORM null the kid's owner_id in the flush (the kid was
+    not dirty at before_flush): history, as_of and revert keep the old owner."""
+    a, b = _owned(devs)
+    mid = datetime.now(UTC)
+    time.sleep(0.01)
+    a.delete(Owner, "p")
+    assert a.get(Kid, "k") == {"id": "k", "title": "K", "owner_id": None}
+    assert not valueless(a)
+    changes = [(c.attribute, c.old_value, c.new_value) for c in a.db.history(Kid, "k")]
+    assert ("owner_id", None, "p") in changes and ("owner_id", "p", None) in changes
+    assert a.db.as_of(Kid, "k", mid) == {"id": "k", "title": "K", "owner_id": "p"}
+    a.db.revert(a.db.history(Kid, "k")[-1].transaction_id)
+    assert a.get(Kid, "k") == {"id": "k", "title": "K", "owner_id": "p"}
+    sync_all(a, b)
+    assert a.rows(Kid) == b.rows(Kid)
+    assert a.rows(Owner) == b.rows(Owner)
