@@ -22,7 +22,7 @@ import fsspec
 import pytest
 from databases import Databases
 from models import Folder, Note
-from sqlalchemy import ForeignKey, String, update
+from sqlalchemy import ForeignKey, String, delete, event, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from syncworld import Device, Devices, device_set, sync_all, titles, write_file
 
@@ -365,3 +365,77 @@ def test_a_foreign_key_the_flush_nulls_keeps_its_old_history(devs: Devices) -> N
     sync_all(a, b)
     assert a.rows(Kid) == b.rows(Kid)
     assert a.rows(Owner) == b.rows(Owner)
+
+
+def _prune_before(dev: Device, pruner: Device, verb: str) -> list[bool]:
+    """Make ``pruner`` (another DimpleDb on ``dev``'s database) prune just before ``dev``'s
+    next ``verb`` (UPDATE/DELETE) of a note: after capture's probe, before the write (the
+    race of a prune committing in between)."""
+    fired: list[bool] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not fired and statement.lstrip().upper().startswith(
+                "UPDATE NOTE" if verb == "UPDATE" else "DELETE FROM NOTE"):
+            fired.append(True)
+            pruner.db.prune_history(older_than=timedelta(0))
+
+    event.listen(dev.db.engine, "before_cursor_execute", before)
+    return fired
+
+
+@pytest.mark.parametrize("verb", ["UPDATE", "DELETE"])
+def test_a_prune_racing_a_flush_fails_no_reader(devs: Devices, verb: str) -> None:
+    """A prune committing between a flush's probe and its write leaves a value-less row
+    whose values the live row no longer holds: readers fall back (a later change's old
+    value; null for a gone row), never fail, and the replicas converge."""
+    a, b = new(devs, "a"), new(devs, "b")
+    a.add(Note(id="n", title="t", body="x", rank=2), Note(id="m", title="m"))
+    sync_all(a, b)
+    time.sleep(0.01)
+    pruner = new(devs, "a", create=False)
+    fired = _prune_before(a, pruner, verb)
+    if verb == "UPDATE":
+        a.edit(Note, "n", title="t2")
+    else:
+        a.delete(Note, "n")
+    assert fired and ("note", "n") in {(r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID])
+                                       for r in valueless(a)}
+    titles_ = [(c.old_value, c.new_value) for c in a.db.history(Note, "n")
+               if c.attribute == "title"]
+    if verb == "UPDATE":
+        assert titles_ == [(None, "t"), ("t", "t2")]  # not the live row's t2
+    sync_all(a, b)
+    a.db.compact()
+    c = new(devs, "c")
+    c.sync()
+    assert a.rows(Note) == b.rows(Note) == c.rows(Note)
+    assert a.db.restore_pruned_values() >= 1
+    assert not valueless(a)
+    a.db.compact()
+    sync_all(a, b, c)
+    assert a.rows(Note) == b.rows(Note) == c.rows(Note)
+
+
+def test_an_uncaptured_delete_fails_no_reader(devs: Devices) -> None:
+    """A Core DELETE of a pruned row on an engine without Core capture: history, sync,
+    compaction, a merge of another device's delete and restore_pruned_values all work,
+    and the replicas converge."""
+    a, b = new(devs, "a"), new(devs, "b")
+    a.add(Note(id="n", title="t", body="x"), Note(id="m", title="m"))
+    sync_all(a, b)
+    pruned(a)
+    with a.Session() as s:
+        s.execute(delete(Note.__table__).where(Note.__table__.c.id == "n"))
+        s.commit()
+    assert [c.new_value for c in a.db.history(Note, "n") if c.attribute == "title"] == [None]
+    a.add(Note(id="z", title="z"))
+    sync_all(a, b)
+    a.db.compact()
+    b.delete(Note, "n")
+    sync_all(b, a)
+    c = new(devs, "c")
+    c.sync()
+    assert a.rows(Note) == b.rows(Note) == c.rows(Note)
+    a.db.restore_pruned_values()
+    assert not valueless(a)
+    a.db.compact()

@@ -186,7 +186,7 @@ def fill(conn: Connection, rows: list[Any], positions: Sequence[int]) -> None:
     log and of the live rows: a writer stores the values into the log row in the same
     transaction as it changes the live row, so a row that is not value-less any more once
     the live rows were read takes the values the log now holds (the log's rows of these
-    entities are read after the live rows for that)."""
+    entities, and the pending transactions, are read after the live rows for that)."""
     if not positions:
         return
     wanted = [rows[i] for i in positions]
@@ -200,6 +200,10 @@ def fill(conn: Connection, rows: list[Any], positions: Sequence[int]) -> None:
         for s in changelog.rows_of_entities(conn, etype, sorted(eids), raw=True):
             others[(s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID])].append(s)
             stored[(s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID], s[0])] = s[_PACKED_NEWS]
+    for s in changelog.pending_rows(conn):  # later changes not folded yet (few)
+        key = (s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID])
+        if key in others or s[ROW_ENTITY_ID] in by_type.get(s[ROW_ENTITY_TYPE], ()):
+            others[key].append(s)
     found = _values(wanted, tables, live, others)
     for i, r, news in zip(positions, wanted, found, strict=True):
         now = stored.get((r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID], r[0]))
