@@ -293,6 +293,20 @@ def test_a_newer_layout_is_refused(devs: Devices) -> None:
         a2.db.history(Note, "n")
 
 
+def test_create_all_and_a_commit_write_the_layout_version(devs: Devices) -> None:
+    a = new(devs, "a")
+    with a.db.engine.begin() as conn:
+        assert meta.get(conn, meta.LAYOUT_VERSION) == str(changelog.LAYOUT_VERSION)
+        meta.put(conn, meta.LAYOUT_VERSION, "2")
+    engine = a.db.engine
+    devs.close(a)
+    changelog._READY.pop(engine, None)
+    a2 = new(devs, "a", create=False)
+    a2.add(Note(id="n", title="t"))  # an ordinary commit, no create_all
+    with a2.db.engine.connect() as conn:
+        assert meta.get(conn, meta.LAYOUT_VERSION) == str(changelog.LAYOUT_VERSION)
+
+
 def test_a_reader_racing_a_writer_takes_the_values_it_stored(devs: Devices) -> None:
     """A value-less row read before a writer stored its values and changed the live row
     gets the stored values, not the live row's new ones."""

@@ -121,6 +121,7 @@ __all__ = [
     "known_transactions",
     "last_pending",
     "logged_entities",
+    "mark_layout",
     "names_list",
     "pack",
     "pending_rows",
@@ -159,8 +160,10 @@ this as its new value. See :mod:`.restore`."""
 LAYOUT_VERSION: Final = 3
 """The layout of the bookkeeping tables this build writes and reads, kept in
 ``dimple_meta.layout_version``: 1 the first release's log, 2 the packed log, 3 the packed
-log with value-less rows and a partial transaction index. Written by the first write of
-this build (an upgrade); a database with a higher one is refused."""
+log with value-less rows and a partial transaction index. Written by ``create_all`` and by
+the first write of this build through each engine (a commit, a pull, a prune: an upgrade);
+checked by the first read or write through each engine: a database with a higher one is
+refused."""
 
 Group = list[Any]
 """What capture hands the log for one entity: [entity_type, entity_id, names (a list or
@@ -236,6 +239,8 @@ def write_pending(replica: Replica, conn: Connection, groups: Sequence[Group]
     lock is held from the flush's first write, and on PostgreSQL the floor's and author's
     rows stay locked until the commit.
     """
+    if _READY.get(conn.engine) is not True:  # once per engine: the layout check and mark
+        _ready(conn, write=True)
     clock = replica.clock
     floor, stored_author = start_commit(conn)
     if floor:
@@ -784,6 +789,13 @@ def check_layout(conn: Connection) -> None:
             f"this database is in layout version {found} (dimple_meta.layout_version), "
             f"newer than this dimpledb-sa reads ({LAYOUT_VERSION}): a newer release wrote "
             "it; upgrade dimpledb-sa to use it")
+
+
+def mark_layout(conn: Connection) -> None:
+    """Check the layout version (:func:`check_layout`) and write :data:`LAYOUT_VERSION`
+    where it is missing or lower, in ``conn``'s write transaction (``create_all``)."""
+    check_layout(conn)
+    _mark_layout(conn)
 
 
 def _mark_layout(conn: Connection) -> None:
