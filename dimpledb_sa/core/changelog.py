@@ -443,10 +443,15 @@ def last_pending(conn: Connection) -> int | None:
 
 
 def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = None,
-                 entity: tuple[str, str] | None = None) -> list[PackedRow]:
-    """Packed rows still in ``dimple_pending`` (of some transactions, or of one entity)."""
+                 entity: tuple[str, str] | None = None,
+                 entity_types: Sequence[str] | None = None) -> list[PackedRow]:
+    """Packed rows still in ``dimple_pending`` (of some transactions, or of one entity, or
+    of the transactions that changed some of ``entity_types``: their other rows too)."""
     p = schema.pending
     stmt = select(p.c.transaction_id, p.c.body).order_by(p.c.seq)
+    if entity_types is not None:
+        stmt = stmt.where(or_(*(p.c.tables.contains(_esc(t), autoescape=True)
+                                for t in entity_types)))
     if transaction_ids is not None:
         stmt = stmt.where(p.c.transaction_id.in_(list(transaction_ids)))
     if entity is not None:

@@ -200,7 +200,7 @@ def fill(conn: Connection, rows: list[Any], positions: Sequence[int]) -> None:
         for s in changelog.rows_of_entities(conn, etype, sorted(eids), raw=True):
             others[(s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID])].append(s)
             stored[(s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID], s[0])] = s[_PACKED_NEWS]
-    for s in changelog.pending_rows(conn):  # later changes not folded yet (few)
+    for s in changelog.pending_rows(conn, entity_types=sorted(by_type)):  # not folded yet
         key = (s[ROW_ENTITY_TYPE], s[ROW_ENTITY_ID])
         if key in others or s[ROW_ENTITY_ID] in by_type.get(s[ROW_ENTITY_TYPE], ()):
             others[key].append(s)
