@@ -9,10 +9,14 @@ values.** So:
   :func:`fill` on every value-less row it reads (by entity, by transaction, whole scans),
   so push, a re-send after a lost manifest or to a new remote, the snapshot writer,
   history, ``as_of``/``revert``, merges, conflicts, the CLI and the healing of unreadable
-  bundles all see the values. A value is never reconstructed from a later change's old
-  value (a session's old value can be stale);
+  bundles all see the values. While the invariant holds a value is never reconstructed
+  from a later change's old value (a session's old value can be stale); when a write
+  capture could not see broke it (a race with a prune in another process, an uncaptured
+  Core write, a dropped column), :func:`_values` falls back to a fixed rule instead of
+  failing (a later change's old value, else the live row's, else null);
 - before any tracked write supersedes or deletes an attribute of a value-less row (an ORM
-  flush, a Core UPDATE/DELETE, a merge, an undo), :func:`materialize` reads the values
+  flush, the rows it decides to write itself included, a Core UPDATE/DELETE, a merge, an
+  undo), :func:`materialize` reads the values
   from the database row, in the writer's transaction, and stores them into the log row
   first.
 
@@ -22,8 +26,9 @@ on the table as the database reflects it), so a reader that does not track the t
 column any more (``exclude=``, a model that dropped the attribute, the CLI) reads them
 back through reflection, exactly. Tables whose rows the database itself may change
 (the child side of a foreign key with ``ON DELETE``/``ON UPDATE`` actions) keep their
-values. A column dropped from the database (or a table dropped) takes the values with it:
-:func:`restore_all` (``db.restore_pruned_values()``) stores every value back first.
+values. A column dropped from the database (or a table dropped) takes the values with it (they
+read as null): :func:`restore_all` (``db.restore_pruned_values()``) stores every value
+back first.
 """
 
 from __future__ import annotations
