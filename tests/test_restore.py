@@ -456,3 +456,45 @@ def test_an_uncaptured_delete_fails_no_reader(devs: Devices) -> None:
     a.db.restore_pruned_values()
     assert not valueless(a)
     a.db.compact()
+
+
+@pytest.mark.sqlite_only("SQLite's data_version tells a connection of others' commits")
+def test_a_prune_by_another_connection_is_seen_by_the_next_flush(devs: Devices) -> None:
+    """A commit first learns that no value was ever dropped (so later commits skip the
+    probe); a prune committed by another engine on the same file is seen by the next
+    flush, which stores the values back before it writes."""
+    from models import SyncBase
+    from sqlalchemy import create_engine
+
+    a = new(devs, "a")
+    for i in range(2):
+        a.add(Note(id=f"n{i}", title=f"t{i}", body="x", rank=i))
+    a.sync()
+    a.edit(Note, "n0", title="first")  # no value dropped yet: learnt, then skipped
+    history = [(c.attribute, c.new_value) for c in a.db.history(Note, "n1")]
+    time.sleep(0.01)
+    other = dimple.DimpleDb(create_engine(a.db.engine.url), SyncBase)
+    try:
+        assert other.prune_history(older_than=timedelta(0)) >= 0
+    finally:
+        other.close()
+    n = len(valueless(a))
+    assert n
+    a.edit(Note, "n1", title="second")
+    assert len(valueless(a)) == n - 1
+    assert [(c.attribute, c.new_value) for c in a.db.history(Note, "n1")] == [
+        *history, ("title", "second")]
+
+
+def test_a_prune_on_the_same_connection_is_seen_by_the_next_flush(devs: Devices) -> None:
+    """The same, when the prune ran on the connection that learnt it (SQLite's
+    data_version does not change for a connection's own commits)."""
+    a = new(devs, "a")
+    for i in range(2):
+        a.add(Note(id=f"n{i}", title=f"t{i}", body="x", rank=i))
+    a.sync()
+    a.edit(Note, "n0", title="first")
+    pruned(a)
+    n = len(valueless(a))
+    a.edit(Note, "n1", title="second")
+    assert len(valueless(a)) == n - 1

@@ -111,6 +111,7 @@ __all__ = [
     "expand_all",
     "fold",
     "fold_unpacked",
+    "forget_dropped_gate",
     "has_changes_of",
     "history",
     "id_bytes",
@@ -1126,15 +1127,40 @@ _VALUELESS_SQL: Final = (f"SELECT {', '.join(c.name for c in schema.changes.colu
                          "AND entity_id IN ")
 
 
+_DROPPED_GATE: Final = "dimpledb_sa.values_dropped"
+"""``conn.info`` key: (SQLite's ``data_version`` when last read, whether
+:data:`.meta.VALUES_DROPPED_BEFORE` was set then)."""
+_GATE_SQL: Final = f"SELECT 1 FROM {schema.meta.name} WHERE key = ?"
+
+
+def forget_dropped_gate(conn: Connection) -> None:
+    """Forget what :func:`valueless_of` knows of ``conn`` (a prune on it drops values:
+    SQLite's ``data_version`` does not change for a connection's own commits)."""
+    conn.info.pop(_DROPPED_GATE, None)
+
+
 def valueless_of(conn: Connection, entity_type: str, entity_ids: Sequence[str]
                  ) -> list[PackedRow]:
     """The value-less rows of these entities, as stored (``raw``): one probe of the log's
-    primary key per chunk of ids (what capture asks before an update or delete)."""
+    primary key per chunk of ids (what capture asks before an update or delete).
+
+    On SQLite none at all while no prune ever dropped a value
+    (:data:`.meta.VALUES_DROPPED_BEFORE` unset): that is read again only after another
+    connection committed (``PRAGMA data_version`` changed), so a commit on a database never
+    pruned pays one pragma."""
     _ready(conn)
     if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
         # the driver's own cursor: this runs before every flush that updates or deletes,
         # and SQLAlchemy's statement and result set-up cost more than the probe itself
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        version = cursor.execute("PRAGMA data_version").fetchone()[0]
+        info = conn.info
+        gate = info.get(_DROPPED_GATE)
+        if gate is None or gate[0] != version:
+            found_key = cursor.execute(_GATE_SQL, (meta.VALUES_DROPPED_BEFORE,)).fetchone()
+            gate = info[_DROPPED_GATE] = (version, found_key is not None)
+        if not gate[1]:
+            return []
         out: list[PackedRow] = []
         ids = list(entity_ids)
         for chunk in chunks(ids) if len(ids) > 1 else (ids,):
