@@ -100,6 +100,7 @@ class DimpleDb:
         schema.metadata.create_all(self.engine)
         with self.engine.begin() as conn:  # bookkeeping tables of an earlier release
             changelog.upgrade(conn)
+            changelog.mark_layout(conn)
         if models:
             for md in {id(t.table.metadata): t.table.metadata for t in self.tracked.values()
                        }.values():

@@ -8,7 +8,8 @@ are what last-write-wins per attribute makes of all the changes still logged any
 The second property leans on the values ``prune_history`` drops (the winners' values the
 live rows hold, read back from there): prunes right after a sync, so that settled winners
 lose their values, and ``restore_pruned_values`` now and then, interleaved with the same
-edits, deletes, re-inserts and syncs."""
+edits, deletes (a folder's delete cascading to its items), re-inserts and syncs, and
+items their folder drops (deleted by the flush as orphans)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import Folder, Item
 from syncworld import Device, device_set
-from test_convergence import NOTES, _drop_remote, expected_rows, note_values, ops, titles
+from test_convergence import (
+    ITEMS,
+    NOTES,
+    _drop_remote,
+    expected_rows,
+    note_values,
+    ops,
+    titles,
+)
 from test_convergence import run as run_edit
 
 from dimpledb_sa.core.clock import HybridClock
@@ -50,6 +60,7 @@ def valueless_steps(replicas: int) -> st.SearchStrategy[tuple[Any, ...]]:
         st.tuples(st.just("sync-prune"), r),
         st.tuples(st.just("restore"), r),
         st.tuples(st.just("compact"), r),
+        st.tuples(st.just("orphan"), r, st.sampled_from(ITEMS)),
     )
 
 
@@ -61,6 +72,13 @@ def run(dev: Device, op: tuple[Any, ...]) -> None:
         dev.db.prune_history(older_than=timedelta(0))
     elif kind == "restore":
         dev.db.restore_pruned_values()
+    elif kind == "orphan":  # the flush deletes the item its folder no longer holds
+        with dev.Session() as s:
+            item = s.get(Item, op[2])
+            folder = s.get(Folder, item.folder_id) if item is not None else None
+            if item is not None and folder is not None:
+                folder.items.remove(item)
+                s.commit()
     elif kind == "compact":
         dev.db.compact()
     elif kind == "snapshot":

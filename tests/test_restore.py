@@ -22,15 +22,43 @@ import fsspec
 import pytest
 from databases import Databases
 from models import Folder, Note
-from sqlalchemy import update
+from sqlalchemy import ForeignKey, String, delete, event, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from syncworld import Device, Devices, device_set, sync_all, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa import cli
 from dimpledb_sa.core import changelog, meta
+from dimpledb_sa.core.changes import ROW_ENTITY_ID, ROW_ENTITY_TYPE
 from dimpledb_sa.core.clock import HybridClock
 from dimpledb_sa.core.errors import DimpleError
 from dimpledb_sa.core.restore import fill
+
+
+class FlushBase(DeclarativeBase):
+    """Children the flush itself writes: nulled foreign keys, deleted orphans."""
+
+
+class Owner(FlushBase):
+    __tablename__ = "rs_owner"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+    kids: Mapped[list[Kid]] = relationship()  # no delete cascade: the ORM nulls owner_id
+    orphans: Mapped[list[Orphan]] = relationship(cascade="all, delete-orphan")
+
+
+class Kid(FlushBase):
+    __tablename__ = "rs_kid"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("rs_owner.id"))
+
+
+class Orphan(FlushBase):
+    __tablename__ = "rs_orphan"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("rs_owner.id"))
 
 
 @pytest.fixture
@@ -134,16 +162,17 @@ def test_an_untracked_table_keeps_its_values_for_late_devices(devs: Devices) -> 
 
 
 def test_a_dropped_column_needs_its_values_restored_first(devs: Devices) -> None:
-    """Regression 3 (a column): without restore_pruned_values a reader fails clearly;
-    with it, a late device gets the value."""
+    """Regression 3 (a column): without restore_pruned_values a reader reads the dropped
+    column's pruned value as null (and never fails); with it, a late device gets the
+    value."""
     a, b = new(devs, "a"), new(devs, "b")
     a.add(Note(id="n", title="t", body="x", rank=5))
     sync_all(a, b)
     pruned(a)
     with a.db.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE note RENAME COLUMN rank TO rank_gone")
-    with pytest.raises(DimpleError, match="restore_pruned_values"):
-        a.db.snapshot()
+    a.db.snapshot()
+    assert [c.new_value for c in a.db.history(Note, "n") if c.attribute == "rank"] == [None]
     with a.db.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE note RENAME COLUMN rank_gone TO rank")
     assert a.db.restore_pruned_values() > 0
@@ -264,6 +293,20 @@ def test_a_newer_layout_is_refused(devs: Devices) -> None:
         a2.db.history(Note, "n")
 
 
+def test_create_all_and_a_commit_write_the_layout_version(devs: Devices) -> None:
+    a = new(devs, "a")
+    with a.db.engine.begin() as conn:
+        assert meta.get(conn, meta.LAYOUT_VERSION) == str(changelog.LAYOUT_VERSION)
+        meta.put(conn, meta.LAYOUT_VERSION, "2")
+    engine = a.db.engine
+    devs.close(a)
+    changelog._READY.pop(engine, None)
+    a2 = new(devs, "a", create=False)
+    a2.add(Note(id="n", title="t"))  # an ordinary commit, no create_all
+    with a2.db.engine.connect() as conn:
+        assert meta.get(conn, meta.LAYOUT_VERSION) == str(changelog.LAYOUT_VERSION)
+
+
 def test_a_reader_racing_a_writer_takes_the_values_it_stored(devs: Devices) -> None:
     """A value-less row read before a writer stored its values and changed the live row
     gets the stored values, not the live row's new ones."""
@@ -277,3 +320,181 @@ def test_a_reader_racing_a_writer_takes_the_values_it_stored(devs: Devices) -> N
         fill(conn, rows, range(len(rows)))
     assert any('"t"' in r[6] for r in rows)
     assert not any("new" in r[6] for r in rows)
+
+
+def _owned(devs: Devices) -> tuple[Device, Device]:
+    a = new(devs, "a", models=FlushBase)
+    b = new(devs, "b", models=FlushBase)
+    with a.Session() as s:
+        o = Owner(id="p", name="P")
+        o.kids.append(Kid(id="k", title="K"))
+        o.orphans.append(Orphan(id="o", title="O"))
+        s.add(o)
+        s.commit()
+    sync_all(a, b)
+    pruned(a)
+    assert {(r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID]) for r in valueless(a)} >= {
+        ("rs_kid", "k"), ("rs_orphan", "o")}
+    return a, b
+
+
+def test_a_delete_orphan_of_the_flush_stores_the_values_first(devs: Devices) -> None:
+    """The flush deletes an orphan that was in neither session.dirty nor session.deleted
+    at before_flush: the mapper event stores its values before the DELETE."""
+    a, b = _owned(devs)
+    with a.Session() as s:
+        owner = s.get(Owner, "p")
+        assert owner is not None
+        orphan = owner.orphans[0]
+        owner.orphans.remove(orphan)
+        assert orphan not in s.dirty and orphan not in s.deleted
+        s.commit()
+    assert "rs_orphan" not in {r[ROW_ENTITY_TYPE] for r in valueless(a)}
+    assert [(c.attribute, c.new_value) for c in a.db.history(Orphan, "o")][:3] == [
+        ("id", "o"), ("title", "O"), ("owner_id", "p")]
+    a.db.compact()
+    sync_all(a, b)
+    assert a.rows(Orphan) == b.rows(Orphan) == []
+    c = new(devs, "c", models=FlushBase)
+    c.sync()
+    assert c.rows(Owner) == a.rows(Owner) and c.rows(Orphan) == []
+    a.db.restore_pruned_values()
+    assert not valueless(a)
+
+
+def test_a_foreign_key_the_flush_nulls_keeps_its_old_history(devs: Devices) -> None:
+    """Deleting the owner makes the ORM null the kid's owner_id in the flush (the kid was
+    not dirty at before_flush): history, as_of and revert keep the old owner."""
+    a, b = _owned(devs)
+    mid = datetime.now(UTC)
+    time.sleep(0.01)
+    a.delete(Owner, "p")
+    assert a.get(Kid, "k") == {"id": "k", "title": "K", "owner_id": None}
+    assert not valueless(a)
+    changes = [(c.attribute, c.old_value, c.new_value) for c in a.db.history(Kid, "k")]
+    assert ("owner_id", None, "p") in changes and ("owner_id", "p", None) in changes
+    assert a.db.as_of(Kid, "k", mid) == {"id": "k", "title": "K", "owner_id": "p"}
+    a.db.revert(a.db.history(Kid, "k")[-1].transaction_id)
+    assert a.get(Kid, "k") == {"id": "k", "title": "K", "owner_id": "p"}
+    sync_all(a, b)
+    assert a.rows(Kid) == b.rows(Kid)
+    assert a.rows(Owner) == b.rows(Owner)
+
+
+def _prune_before(dev: Device, pruner: Device, verb: str) -> list[bool]:
+    """Make ``pruner`` (another DimpleDb on ``dev``'s database) prune just before ``dev``'s
+    next ``verb`` (UPDATE/DELETE) of a note: after capture's probe, before the write (the
+    race of a prune committing in between)."""
+    fired: list[bool] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not fired and statement.lstrip().upper().startswith(
+                "UPDATE NOTE" if verb == "UPDATE" else "DELETE FROM NOTE"):
+            fired.append(True)
+            pruner.db.prune_history(older_than=timedelta(0))
+
+    event.listen(dev.db.engine, "before_cursor_execute", before)
+    return fired
+
+
+@pytest.mark.parametrize("verb", ["UPDATE", "DELETE"])
+def test_a_prune_racing_a_flush_fails_no_reader(devs: Devices, verb: str) -> None:
+    """A prune committing between a flush's probe and its write leaves a value-less row
+    whose values the live row no longer holds: readers fall back (a later change's old
+    value; null for a gone row), never fail, and the replicas converge."""
+    a, b = new(devs, "a"), new(devs, "b")
+    a.add(Note(id="n", title="t", body="x", rank=2), Note(id="m", title="m"))
+    sync_all(a, b)
+    time.sleep(0.01)
+    pruner = new(devs, "a", create=False)
+    fired = _prune_before(a, pruner, verb)
+    if verb == "UPDATE":
+        a.edit(Note, "n", title="t2")
+    else:
+        a.delete(Note, "n")
+    assert fired and ("note", "n") in {(r[ROW_ENTITY_TYPE], r[ROW_ENTITY_ID])
+                                       for r in valueless(a)}
+    titles_ = [(c.old_value, c.new_value) for c in a.db.history(Note, "n")
+               if c.attribute == "title"]
+    if verb == "UPDATE":
+        assert titles_ == [(None, "t"), ("t", "t2")]  # not the live row's t2
+    else:  # the row is gone: its values are unknown, the undo of the delete refuses
+        with pytest.raises(dimple.RevertError, match="unknown"):
+            a.db.revert(a.db.history(Note, "n")[-1].transaction_id)
+    sync_all(a, b)
+    a.db.compact()
+    c = new(devs, "c")
+    c.sync()
+    assert a.rows(Note) == b.rows(Note) == c.rows(Note)
+    assert a.db.restore_pruned_values() >= 1
+    assert not valueless(a)
+    a.db.compact()
+    sync_all(a, b, c)
+    assert a.rows(Note) == b.rows(Note) == c.rows(Note)
+
+
+def test_an_uncaptured_delete_fails_no_reader(devs: Devices) -> None:
+    """A Core DELETE of a pruned row on an engine without Core capture: history, sync,
+    compaction, a merge of another device's delete and restore_pruned_values all work,
+    and the replicas converge."""
+    a, b = new(devs, "a"), new(devs, "b")
+    a.add(Note(id="n", title="t", body="x"), Note(id="m", title="m"))
+    sync_all(a, b)
+    pruned(a)
+    with a.Session() as s:
+        s.execute(delete(Note.__table__).where(Note.__table__.c.id == "n"))
+        s.commit()
+    assert [c.new_value for c in a.db.history(Note, "n") if c.attribute == "title"] == [None]
+    a.add(Note(id="z", title="z"))
+    sync_all(a, b)
+    a.db.compact()
+    b.delete(Note, "n")
+    sync_all(b, a)
+    c = new(devs, "c")
+    c.sync()
+    assert a.rows(Note) == b.rows(Note) == c.rows(Note)
+    a.db.restore_pruned_values()
+    assert not valueless(a)
+    a.db.compact()
+
+
+@pytest.mark.sqlite_only("SQLite's data_version tells a connection of others' commits")
+def test_a_prune_by_another_connection_is_seen_by_the_next_flush(devs: Devices) -> None:
+    """A commit first learns that no value was ever dropped (so later commits skip the
+    probe); a prune committed by another engine on the same file is seen by the next
+    flush, which stores the values back before it writes."""
+    from models import SyncBase
+    from sqlalchemy import create_engine
+
+    a = new(devs, "a")
+    for i in range(2):
+        a.add(Note(id=f"n{i}", title=f"t{i}", body="x", rank=i))
+    a.sync()
+    a.edit(Note, "n0", title="first")  # no value dropped yet: learnt, then skipped
+    history = [(c.attribute, c.new_value) for c in a.db.history(Note, "n1")]
+    time.sleep(0.01)
+    other = dimple.DimpleDb(create_engine(a.db.engine.url), SyncBase)
+    try:
+        assert other.prune_history(older_than=timedelta(0)) >= 0
+    finally:
+        other.close()
+    n = len(valueless(a))
+    assert n
+    a.edit(Note, "n1", title="second")
+    assert len(valueless(a)) == n - 1
+    assert [(c.attribute, c.new_value) for c in a.db.history(Note, "n1")] == [
+        *history, ("title", "second")]
+
+
+def test_a_prune_on_the_same_connection_is_seen_by_the_next_flush(devs: Devices) -> None:
+    """The same, when the prune ran on the connection that learnt it (SQLite's
+    data_version does not change for a connection's own commits)."""
+    a = new(devs, "a")
+    for i in range(2):
+        a.add(Note(id=f"n{i}", title=f"t{i}", body="x", rank=i))
+    a.sync()
+    a.edit(Note, "n0", title="first")
+    pruned(a)
+    n = len(valueless(a))
+    a.edit(Note, "n1", title="second")
+    assert len(valueless(a)) == n - 1

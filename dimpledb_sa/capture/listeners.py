@@ -24,7 +24,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
 from ..core._compat import root_engine, session_binds
 
@@ -167,6 +167,17 @@ def _do_orm_execute(state: ORMExecuteState) -> Any:
     return None
 
 
+def _before_write(mapper: Any, connection: Connection, state: Any) -> None:
+    # a mapper event (raw: ``state`` is the InstanceState), before the flush writes its row
+    session = state.session
+    if session is None:
+        return
+    for ref in _session_captures(session):
+        capture = ref()
+        if capture is not None:
+            capture.catch_up(session, connection, state)
+
+
 def _after_begin(session: Session, transaction: SessionTransaction,
                  connection: Connection) -> None:
     if not _core_engines:  # only Core capture needs to know (no engine opted in)
@@ -188,6 +199,8 @@ def _install_session_listeners() -> None:
     event.listen(Session, "after_transaction_end", _after_transaction_end)
     event.listen(Session, "do_orm_execute", _do_orm_execute)
     event.listen(Session, "after_begin", _after_begin)
+    event.listen(Mapper, "before_update", _before_write, raw=True)
+    event.listen(Mapper, "before_delete", _before_write, raw=True)
     _session_listeners = True
 
 

@@ -42,7 +42,14 @@ from sqlalchemy import Connection, ForeignKey, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..core import meta
-from ..core.changelog import Group, entity_changes, expand_all, fold, write_local
+from ..core.changelog import (
+    Group,
+    entity_changes,
+    expand_all,
+    fold,
+    valueless_of,
+    write_local,
+)
 from ..core.changes import (
     ROW_ATTRIBUTE,
     ROW_ENTITY_ID,
@@ -177,7 +184,22 @@ def _plan(conn: Connection, replica: Replica, tx: str) -> list[Undo]:
         raise RevertError(f"cannot revert transaction {tx}: it changed table(s) "
                           f"{', '.join(untracked)}, which this DimpleDb does not track; "
                           "revert it where the schema has them. Nothing was written.", tx)
-    histories = entity_changes(conn, by_entity)
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for etype, eid in by_entity:
+        by_type[etype].append(eid)
+    for etype, eids in sorted(by_type.items()):
+        tt = replica.tracked[etype]
+        valueless = sorted({r[ROW_ENTITY_ID] for r in valueless_of(conn, etype, eids)})
+        if not valueless:
+            continue
+        gone = set(valueless) - set(fetch_rows(conn, tt, valueless, [tt.pk_name]))
+        if gone:
+            raise RevertError(
+                f"cannot revert transaction {tx}: the values of {etype} {min(gone)} it "
+                "would restore are unknown (prune_history dropped them from the log, and "
+                "the row was deleted by a write capture did not see, so they could not be "
+                "stored back first); nothing was written", tx)
+    histories = entity_changes(conn, by_entity)  # (stores value-less rows' values back)
     out: list[Undo] = []
     for (etype, eid), changes in sorted(by_entity.items()):
         tt = replica.tracked[etype]

@@ -107,7 +107,8 @@ class _Pending:
     listeners hold it weakly).
     """
 
-    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "written")
+    __slots__ = ("bind", "cascades", "committing", "entries", "old", "owner", "plans", "probed",
+                 "written")
 
     def __init__(self, owner: Capture) -> None:
         self.owner = owner
@@ -118,6 +119,7 @@ class _Pending:
         self.written: list[LocalWrite] = []
         self.committing = False
         self.cascades: list[Effect] = []  # what the database will do to children
+        self.probed: set[InstanceState[Any]] = set()  # this flush's states before_flush probed
 
 
 def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -210,6 +212,8 @@ class Capture:
             if pending.old:
                 pending.old = {}
             pending.cascades = []
+        if pending is not None and pending.probed:
+            pending.probed = set()
         deleted = deleted_states(session)
         if self.cascades and deleted:
             self._find_cascades(session, deleted)
@@ -256,7 +260,9 @@ class Capture:
         their value-less rows (``prune_history``'s), read from the database rows in the
         flush's transaction (:func:`..core.restore.materialize`; one probe per table)."""
         by_plan: dict[MapperPlan, tuple[Any, list[str]]] = {}
+        probed = self._pending(session).probed
         for state in states:
+            probed.add(state)
             key = state.key
             if key is None:
                 continue
@@ -270,6 +276,27 @@ class Capture:
                 entry[1].append(str(key[1][0]))
         for plan, (bind, eids) in by_plan.items():
             materialize(session.connection(bind_arguments={"bind": bind}), plan.name, eids)
+
+    def catch_up(self, session: Session, connection: Connection,
+                 state: InstanceState[Any]) -> None:
+        """Before the flush UPDATEs or DELETEs ``state``'s row (a mapper event): when
+        ``before_flush`` did not probe it (the flush itself chose to write it: a
+        delete-orphan, a foreign key the ORM nulls, a moved child), store the values of its
+        value-less log rows first, on the flush's connection (:func:`_materialize`'s work
+        for one state; nothing but a set lookup for the states already probed)."""
+        pending = session.info.get(self._key)
+        if pending is not None and state in pending.probed:
+            return
+        key = state.key
+        if key is None:
+            return
+        plans = self._class_plans_of(state)
+        if not plans or self.bind_for(session, state.mapper) is None:
+            return
+        self._pending(session).probed.add(state)
+        eid = str(key[1][0])
+        for plan in plans:
+            materialize(connection, plan.name, [eid])
 
     def _find_cascades(self, session: Session, deleted: Iterable[InstanceState[Any]]) -> None:
         """Find the children the database will delete or null with the deleted rows."""
@@ -321,6 +348,9 @@ class Capture:
                     olds[key] = None if row is None else row[by_key[key][2]]
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+        pending: _Pending | None = session.info.get(self._key)
+        if pending is not None and pending.probed:
+            pending.probed = set()
         states = flush_context.states
         if not states:
             return

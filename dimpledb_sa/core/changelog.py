@@ -113,6 +113,7 @@ __all__ = [
     "expand_all",
     "fold",
     "fold_unpacked",
+    "forget_dropped_gate",
     "has_changes_of",
     "history",
     "id_bytes",
@@ -123,6 +124,7 @@ __all__ = [
     "known_transactions",
     "last_pending",
     "logged_entities",
+    "mark_layout",
     "names_list",
     "pack",
     "pending_rows",
@@ -162,8 +164,10 @@ this as its new value. See :mod:`.restore`."""
 LAYOUT_VERSION: Final = 3
 """The layout of the bookkeeping tables this build writes and reads, kept in
 ``dimple_meta.layout_version``: 1 the first release's log, 2 the packed log, 3 the packed
-log with value-less rows and a partial transaction index. Written by the first write of
-this build (an upgrade); a database with a higher one is refused."""
+log with value-less rows and a partial transaction index. Written by ``create_all`` and by
+the first write of this build through each engine (a commit, a pull, a prune: an upgrade);
+checked by the first read or write through each engine: a database with a higher one is
+refused."""
 
 Group = list[Any]
 """What capture hands the log for one entity: [entity_type, entity_id, names (a list or
@@ -239,6 +243,8 @@ def write_pending(replica: Replica, conn: Connection, groups: Sequence[Group]
     lock is held from the flush's first write, and on PostgreSQL the floor's and author's
     rows stay locked until the commit.
     """
+    if _READY.get(conn.engine) is not True:  # once per engine: the layout check and mark
+        _ready(conn, write=True)
     clock = replica.clock
     floor, stored_author = start_commit(conn)
     if floor:
@@ -441,10 +447,15 @@ def last_pending(conn: Connection) -> int | None:
 
 
 def pending_rows(conn: Connection, *, transaction_ids: Sequence[str] | None = None,
-                 entity: tuple[str, str] | None = None) -> list[PackedRow]:
-    """Packed rows still in ``dimple_pending`` (of some transactions, or of one entity)."""
+                 entity: tuple[str, str] | None = None,
+                 entity_types: Sequence[str] | None = None) -> list[PackedRow]:
+    """Packed rows still in ``dimple_pending`` (of some transactions, or of one entity, or
+    of the transactions that changed some of ``entity_types``: their other rows too)."""
     p = schema.pending
     stmt = select(p.c.transaction_id, p.c.body).order_by(p.c.seq)
+    if entity_types is not None:
+        stmt = stmt.where(or_(*(p.c.tables.contains(_esc(t), autoescape=True)
+                                for t in entity_types)))
     if transaction_ids is not None:
         stmt = stmt.where(p.c.transaction_id.in_(list(transaction_ids)))
     if entity is not None:
@@ -787,6 +798,13 @@ def check_layout(conn: Connection) -> None:
             f"this database is in layout version {found} (dimple_meta.layout_version), "
             f"newer than this dimpledb-sa reads ({LAYOUT_VERSION}): a newer release wrote "
             "it; upgrade dimpledb-sa to use it")
+
+
+def mark_layout(conn: Connection) -> None:
+    """Check the layout version (:func:`check_layout`) and write :data:`LAYOUT_VERSION`
+    where it is missing or lower, in ``conn``'s write transaction (``create_all``)."""
+    check_layout(conn)
+    _mark_layout(conn)
 
 
 def _mark_layout(conn: Connection) -> None:
@@ -1154,15 +1172,40 @@ _VALUELESS_SQL: Final = (f"SELECT {', '.join(c.name for c in schema.changes.colu
                          "AND entity_id IN ")
 
 
+_DROPPED_GATE: Final = "dimpledb_sa.values_dropped"
+"""``conn.info`` key: (SQLite's ``data_version`` when last read, whether
+:data:`.meta.VALUES_DROPPED_BEFORE` was set then)."""
+_GATE_SQL: Final = f"SELECT 1 FROM {schema.meta.name} WHERE key = ?"
+
+
+def forget_dropped_gate(conn: Connection) -> None:
+    """Forget what :func:`valueless_of` knows of ``conn`` (a prune on it drops values:
+    SQLite's ``data_version`` does not change for a connection's own commits)."""
+    conn.info.pop(_DROPPED_GATE, None)
+
+
 def valueless_of(conn: Connection, entity_type: str, entity_ids: Sequence[str]
                  ) -> list[PackedRow]:
     """The value-less rows of these entities, as stored (``raw``): one probe of the log's
-    primary key per chunk of ids (what capture asks before an update or delete)."""
+    primary key per chunk of ids (what capture asks before an update or delete).
+
+    On SQLite none at all while no prune ever dropped a value
+    (:data:`.meta.VALUES_DROPPED_BEFORE` unset): that is read again only after another
+    connection committed (``PRAGMA data_version`` changed), so a commit on a database never
+    pruned pays one pragma."""
     _ready(conn)
     if _blob_ids(conn) and conn.dialect.paramstyle == "qmark":
         # the driver's own cursor: this runs before every flush that updates or deletes,
         # and SQLAlchemy's statement and result set-up cost more than the probe itself
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        version = cursor.execute("PRAGMA data_version").fetchone()[0]
+        info = conn.info
+        gate = info.get(_DROPPED_GATE)
+        if gate is None or gate[0] != version:
+            found_key = cursor.execute(_GATE_SQL, (meta.VALUES_DROPPED_BEFORE,)).fetchone()
+            gate = info[_DROPPED_GATE] = (version, found_key is not None)
+        if not gate[1]:
+            return []
         out: list[PackedRow] = []
         ids = list(entity_ids)
         for chunk in chunks(ids) if len(ids) > 1 else (ids,):

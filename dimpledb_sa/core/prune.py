@@ -243,6 +243,7 @@ def prune_in(conn: Connection, me: str, cutoff: str) -> int:
     pruner = _Pruner(conn, me, cutoff)
     dropped = pruner.run()
     if pruner.emptied:
+        changelog.forget_dropped_gate(conn)
         changelog.ensure_partial_index(conn)
         old = meta.get(conn, meta.VALUES_DROPPED_BEFORE)
         if old is None or cutoff > old:
