@@ -1198,12 +1198,14 @@ def valueless_of(conn: Connection, entity_type: str, entity_ids: Sequence[str]
         # the driver's own cursor: this runs before every flush that updates or deletes,
         # and SQLAlchemy's statement and result set-up cost more than the probe itself
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        version = cursor.execute("PRAGMA data_version").fetchone()[0]
+        # (execute, then the cursor's own fetch: aiosqlite's adapter returns no cursor)
+        cursor.execute("PRAGMA data_version")
+        version = cursor.fetchone()[0]  # type: ignore[index]
         info = conn.info
         gate = info.get(_DROPPED_GATE)
         if gate is None or gate[0] != version:
-            found_key = cursor.execute(_GATE_SQL, (meta.VALUES_DROPPED_BEFORE,)).fetchone()
-            gate = info[_DROPPED_GATE] = (version, found_key is not None)
+            cursor.execute(_GATE_SQL, (meta.VALUES_DROPPED_BEFORE,))
+            gate = info[_DROPPED_GATE] = (version, cursor.fetchone() is not None)
         if not gate[1]:
             return []
         out: list[PackedRow] = []
