@@ -1142,21 +1142,7 @@ def rows_of_transactions(conn: Connection, tx_ids: Sequence[str],
 
 def _valueless_scan(conn: Connection, batch: int = 20_000) -> Iterator[list[PackedRow]]:
     """Every value-less row, as stored (``raw``), in batches in key order."""
-    _ready(conn)
-    c = schema.changes
-    after: tuple[Any, Any, Any] | None = None
-    while True:
-        stmt = select(c).where(c.c.new_values == DROPPED)
-        if after is not None:
-            stmt = stmt.where(tuple_(c.c.entity_type, c.c.entity_id, c.c.id) > after)
-        found = conn.execute(stmt.order_by(c.c.entity_type, c.c.entity_id, c.c.id)
-                             .limit(batch)).all()
-        if not found:
-            return
-        after = (found[-1][0], found[-1][1], found[-1][2])
-        yield _from_stored(conn, found, raw=True)
-        if len(found) < batch:
-            return
+    return _scan(conn, [schema.changes.c.new_values == DROPPED], batch, raw=True)
 
 
 def valueless_rows(conn: Connection, limit: int) -> list[PackedRow]:
@@ -1314,12 +1300,18 @@ def iter_rows(conn: Connection, below: str | None = None, batch: int = 20_000,
     order; each batch is read whole before it is handed out (value-less rows with their
     values read back, unless ``raw``)."""
     _ready(conn)
+    where = [] if below is None else [schema.changes.c.id < _stored_id(conn, below)]
+    return _scan(conn, where, batch, raw)
+
+
+def _scan(conn: Connection, where: list[Any], batch: int, raw: bool
+          ) -> Iterator[list[PackedRow]]:
+    """The rows matching ``where``, in batches of ``batch`` in key order (keyset paging)."""
+    _ready(conn)
     c = schema.changes
     after: tuple[Any, Any, Any] | None = None
     while True:
-        stmt = select(c)
-        if below is not None:
-            stmt = stmt.where(c.c.id < _stored_id(conn, below))
+        stmt = select(c).where(*where)
         if after is not None:
             stmt = stmt.where(tuple_(c.c.entity_type, c.c.entity_id, c.c.id) > after)
         found = conn.execute(stmt.order_by(c.c.entity_type, c.c.entity_id, c.c.id)
