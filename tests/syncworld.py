@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -305,6 +306,18 @@ def device_set(folder: Path, remote: Any = None, storage_options: dict[str, Any]
         yield devs
     finally:
         devs.close()
+
+
+@contextmanager
+def memory_devices(folder: Path, name: str, **kw: Any) -> Iterator[Devices]:
+    """:func:`device_set` on a fresh ``memory://`` remote named after ``name``, removed
+    afterwards (``kw``: ``Devices``' options, e.g. ``database``, ``databases``)."""
+    top = f"/{name}-{uuid.uuid4().hex}"
+    with device_set(folder, f"memory:/{top}/remote", **kw) as d:
+        yield d
+    fs = fsspec.filesystem("memory")
+    if fs.exists(top):
+        fs.rm(top, recursive=True)
 
 
 def sync_all(*devices: Device, rounds: int = 2) -> list[dimple.SyncReport]:

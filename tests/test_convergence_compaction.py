@@ -90,6 +90,17 @@ def run(dev: Device, op: tuple[Any, ...]) -> None:
         run_edit(dev, op)
 
 
+def assert_same_rows(replicas: list[Device]) -> None:
+    """Every replica holds the first one's rows, which are what last-write-wins makes of
+    the changes all of them logged."""
+    first = replicas[0]
+    rows = first.snapshot()
+    for dev in replicas[1:]:
+        assert dev.snapshot() == rows, f"{dev.name}'s rows differ from {first.name}'s"
+    log = set().union(*(dev.log() for dev in replicas))
+    assert rows == expected_rows(log)
+
+
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
@@ -108,12 +119,7 @@ def test_replicas_converge_under_compaction(data: st.DataObject) -> None:
             for i in order:
                 report = replicas[i].sync()
                 assert report.errors == {}
-        first = replicas[0]
-        rows = first.snapshot()
-        for dev in replicas[1:]:
-            assert dev.snapshot() == rows, f"{dev.name}'s rows differ from {first.name}'s"
-        log = set().union(*(dev.log() for dev in replicas))
-        assert rows == expected_rows(log)
+        assert_same_rows(replicas)
     _drop_remote(url)
 
 
@@ -138,12 +144,7 @@ def test_replicas_converge_with_value_less_history(data: st.DataObject) -> None:
         for _ in range(2):
             for dev in replicas:
                 assert dev.sync().errors == {}
-        first = replicas[0]
-        rows = first.snapshot()
-        for dev in replicas[1:]:
-            assert dev.snapshot() == rows, f"{dev.name}'s rows differ from {first.name}'s"
-        log = set().union(*(dev.log() for dev in replicas))
-        assert rows == expected_rows(log)
+        assert_same_rows(replicas)
     _drop_remote(url)
 
 

@@ -18,13 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pytest
 from databases import Databases
 from models import Folder, Item, Note, Tag
 from models import OldSyncBase as OldBase
 from sqlalchemy import delete, func, select
-from syncworld import Device, Devices, Ticker, device_set, recording
+from syncworld import Device, Devices, Ticker, memory_devices, recording
 
 from dimpledb_sa.core import schema
 from dimpledb_sa.core.changelog import transactions_since
@@ -37,13 +36,9 @@ NOTE_ATTRS = ("id", "title", "body", "done", "rank")
 
 @pytest.fixture
 def devs(tmp_path: Path, database: str, databases: Databases) -> Iterator[Devices]:
-    top = f"/merge-{uuid.uuid4().hex}"
-    with device_set(tmp_path, f"memory:/{top}/remote", database=database,
-                    databases=databases) as d:
+    with memory_devices(tmp_path, "merge", database=database, databases=databases
+                        ) as d:
         yield d
-    fs = fsspec.filesystem("memory")
-    if fs.exists(top):
-        fs.rm(top, recursive=True)
 
 
 def apply(dev: Device, txs: list[TxRecord]) -> MergeResult:

@@ -24,7 +24,7 @@ from databases import Databases
 from models import Folder, Note
 from sqlalchemy import ForeignKey, String, delete, event, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from syncworld import Device, Devices, device_set, sync_all, titles, write_file
+from syncworld import Device, Devices, memory_devices, sync_all, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa import cli
@@ -63,13 +63,9 @@ class Orphan(FlushBase):
 
 @pytest.fixture
 def devs(tmp_path: Path, database: str, databases: Databases) -> Iterator[Devices]:
-    top = f"/restore-{uuid.uuid4().hex}"
-    with device_set(tmp_path, f"memory:/{top}/remote", database=database,
-                    databases=databases, encryption=False) as d:
+    with memory_devices(tmp_path, "restore", database=database, databases=databases,
+                        encryption=False) as d:
         yield d
-    fs = fsspec.filesystem("memory")
-    if fs.exists(top):
-        fs.rm(top, recursive=True)
 
 
 def new(devs: Devices, name: str, **kw: Any) -> Device:

@@ -18,11 +18,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pytest
 from databases import Databases
 from sqlalchemy import select
-from syncworld import Device, Devices, Ticker, device_set
+from syncworld import Device, Devices, Ticker, memory_devices
 
 from dimpledb_sa.core import changelog, schema
 from dimpledb_sa.core.clock import HybridClock, is_next_id, offset_id
@@ -177,13 +176,9 @@ def test_a_malformed_bundle_gets_the_general_verdict(seed: int) -> None:
 
 @pytest.fixture
 def devs(tmp_path: Path, database: str, databases: Databases) -> Iterator[Devices]:
-    top = f"/runs-{uuid.uuid4().hex}"
-    with device_set(tmp_path, f"memory:/{top}/remote", database=database,
-                    databases=databases) as d:
+    with memory_devices(tmp_path, "runs", database=database, databases=databases
+                        ) as d:
         yield d
-    fs = fsspec.filesystem("memory")
-    if fs.exists(top):
-        fs.rm(top, recursive=True)
 
 
 def _merge(dev: Device, txs: list[TxRecord]) -> tuple[Any, ...]:
