@@ -127,6 +127,7 @@ __all__ = [
     "mark_layout",
     "names_list",
     "pack",
+    "packed_transactions_of",
     "pending_rows",
     "raise_clock_floor",
     "rename_attribute",
@@ -664,6 +665,38 @@ def transactions_of(conn: Connection, author: str, tx_ids: Sequence[str]) -> lis
             changes = list(set(changes))
         changes.sort()
         out.append((tx, author, changes))
+    return out
+
+
+def packed_transactions_of(conn: Connection, tx_ids: Sequence[str]
+                           ) -> list[tuple[str, list[PackedRow]]]:
+    """The transactions ``tx_ids`` (ascending ids) with their packed rows, sorted by first
+    id, for a bundle of runs: what :func:`transactions_of` reads, as rows (value-less
+    ones with their values, see :func:`rows_of_transactions`), not change records.
+
+    Consistent without a snapshot, as :func:`transactions_of` is: the pending rows are
+    read first, then the log, and the rows of a transaction found in both are kept once.
+    """
+    by_tx: dict[str, list[PackedRow]] = defaultdict(list)
+    twice: set[str] = set()
+    p = schema.pending
+    for chunk in chunks(tx_ids):
+        found = conn.execute(select(p.c.transaction_id, p.c.body)
+                             .where(p.c.transaction_id.in_(list(chunk)))).all()
+        for tx, body in found:
+            by_tx[tx].extend(_unpack(tx, body))
+        pending = {tx for tx, _ in found}
+        for row in rows_of_transactions(conn, chunk):
+            if row[ROW_TRANSACTION] in pending:
+                twice.add(row[ROW_TRANSACTION])
+            by_tx[row[ROW_TRANSACTION]].append(row)
+    out: list[tuple[str, list[PackedRow]]] = []
+    for tx in tx_ids:
+        rows = by_tx.get(tx, [])
+        if tx in twice:  # folded meanwhile: the changes once, packed anew
+            rows = pack(sorted(set(expand_all(rows))))
+        rows.sort()
+        out.append((tx, rows))
     return out
 
 

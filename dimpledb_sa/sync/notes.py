@@ -32,6 +32,7 @@ from ..core import changelog, schema
 from ..core.errors import DimpleError, RemoteFormatError
 from ..core.rows import insert_many
 from . import quarantine
+from .packed import PackedTx, in_run_order, pack_bundle_runs
 from .wire import (
     NOTES_NAME,
     BundleInfo,
@@ -42,12 +43,10 @@ from .wire import (
     is_timestamp,
     is_uuid,
     load_json,
-    pack_bundle,
     utc_now_iso,
 )
 
 if TYPE_CHECKING:
-    from ..core.changes import TxRecord
     from ..core.replica import Replica
     from ..core.report import SyncReport
     from .crypto import Cipher
@@ -288,7 +287,7 @@ def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
     our log can rebuild exactly; the others are logged and skipped."""
     me = replica.author_id
     listed = _own_listing(remote, me, names)
-    bundles: list[tuple[str, list[TxRecord]]] = []
+    bundles: list[tuple[str, list[PackedTx]]] = []
     with replica.engine.connect() as conn:
         for name in names:
             info = listed.get(name)
@@ -296,16 +295,18 @@ def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
                 logger.info("sync: a reader could not read our %s, which our manifest no "
                             "longer lists", name)
                 continue
-            txs = changelog.transactions_since(conn, me, None, first=info.first_transaction_id,
-                                               last=info.last_transaction_id)
+            ids = [t for t in changelog.transaction_ids(conn, me)
+                   if info.first_transaction_id <= t <= info.last_transaction_id]
+            txs: list[PackedTx] = [(t, in_run_order(rows)) for t, rows
+                                   in changelog.packed_transactions_of(conn, ids)]
             if len(txs) != info.transaction_count:
                 logger.warning("sync: cannot upload %s again: our log holds %d of its %d "
                                "transactions", name, len(txs), info.transaction_count)
                 continue
             bundles.append((name, txs))
         conn.rollback()
-    for name, txs in bundles:
-        remote.write_bundle(me, name, remote.cipher.encrypt(pack_bundle(txs)))
+    for name, packed in bundles:
+        remote.write_bundle(me, name, remote.cipher.encrypt(pack_bundle_runs(me, packed)))
     if bundles:
         logger.info("sync: uploaded again %d bundle(s) that other authors could not read",
                     len(bundles))

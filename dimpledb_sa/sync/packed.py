@@ -30,13 +30,39 @@ from typing import Any, overload
 
 from ..core import changelog
 from ..core.changes import ChangeRow, TxRecord
-from ..core.clock import id_problem, run_ids
+from ..core.clock import id_problem, offset_id, run_ids
 from ..core.errors import RemoteFormatError
 from ..core.runs import Runs, canonical_uuids
 from ..core.values import MAX_VALUE_DEPTH, value_depth
+from .compress import gzip_bytes
 from .wire import is_uuid, load_json
 
-__all__ = ["PackedChanges", "decode_piece", "encode_runs", "packed_of"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "PackedChanges",
+    "PackedTx",
+    "decode_bundle_runs",
+    "decode_piece",
+    "decode_transactions",
+    "encode_bundle_runs",
+    "encode_runs",
+    "in_run_order",
+    "names_count",
+    "pack_bundle_runs",
+    "packed_of",
+]
+
+BUNDLE_FORMAT = "dimpledb-bundle"
+"""The ``format`` field of a format-3 bundle."""
+
+BUNDLE_VERSION = 3
+"""The bundle format this module writes (its ``version`` field)."""
+
+_BUNDLE_KEYS = ("format", "version", "author", "transactions")
+
+PackedTx = tuple[str, Sequence[changelog.PackedRow]]
+"""A transaction to write as runs: its id and its packed rows (text form)."""
 
 _dumps = json.dumps
 _HEX3 = ["%03x" % i for i in range(0x1000)]  # noqa: UP031
@@ -118,13 +144,92 @@ def encode_runs(tx: str, rows: Sequence[changelog.PackedRow]) -> str:
     return f'{{"id":"{tx}","runs":[{runs}]}}'
 
 
+def in_run_order(rows: Sequence[changelog.PackedRow]) -> list[changelog.PackedRow]:
+    """One transaction's packed rows as a format-3 bundle lists its runs: ascending by
+    first id, no two sharing an id. Rows that would not be (the log never makes them, but
+    a reader refuses them) are made anew from their change records by
+    :func:`~dimpledb_sa.core.changelog.pack`, which gives such runs."""
+    out = sorted(rows)
+    if len(out) < 2:
+        return out
+    lasts = [offset_id(r[0], names_count(r[4]) - 1) for r in out[:-1]]
+    if all(map(lt, lasts, map(_FIRST, out[1:]))):
+        return out
+    return changelog.pack(sorted(set(changelog.expand_all(out))))
+
+
+_NAMES_COUNT: dict[str, int] = {}
+
+
+def names_count(names: str) -> int:
+    """How many names a packed row's names JSON lists (parsed once per distinct text)."""
+    n = _NAMES_COUNT.get(names)
+    if n is None:
+        n = len(changelog.names_list(names))
+        if len(_NAMES_COUNT) < 4096:
+            _NAMES_COUNT[names] = n
+    return n
+
+
+def encode_bundle_runs(author: str, transactions: Sequence[PackedTx]) -> bytes:
+    """The JSON (UTF-8 bytes) of a format-3 bundle of ``author``'s ``transactions``
+    (ascending ids; each one's rows as :func:`in_run_order` gives them): the header first,
+    then one transaction per line. Raises ``ValueError`` for transactions out of order."""
+    prev = ""
+    parts: list[str] = []
+    for tx, rows in transactions:
+        if tx <= prev:
+            raise ValueError(f"transactions must be in strictly ascending id order: {tx!r}")
+        prev = tx
+        parts.append(encode_runs(tx, rows))
+    head = (f'{{"format":"{BUNDLE_FORMAT}","version":{BUNDLE_VERSION},'
+            f'"author":{_esc(author)},"transactions":[\n')
+    return (head + ",\n".join(parts) + "]}").encode("utf-8")
+
+
+def pack_bundle_runs(author: str, transactions: Sequence[PackedTx]) -> bytes:
+    """The format-3 bundle of ``transactions``: :func:`encode_bundle_runs`'s JSON, gzipped
+    (what a writer encrypts and uploads)."""
+    return gzip_bytes(encode_bundle_runs(author, transactions))
+
+
+def decode_bundle_runs(doc: Any, author: str, where: str) -> list[TxRecord]:
+    """The transactions of a parsed format-3 bundle of ``author``'s folder, checked: an
+    object with exactly the fields ``format`` (``"dimpledb-bundle"``), ``version`` (3),
+    ``author`` (the folder's) and ``transactions`` (see :func:`decode_transactions`).
+    Raises ``RemoteFormatError``."""
+    if type(doc) is not dict or len(doc) != len(_BUNDLE_KEYS) or set(doc) != set(_BUNDLE_KEYS):
+        raise RemoteFormatError(f"{where} is not an object with exactly the fields "
+                                f"{', '.join(_BUNDLE_KEYS)} (a format-3 bundle)")
+    version = doc["version"]
+    if doc["format"] != BUNDLE_FORMAT or type(version) is not int:
+        raise RemoteFormatError(f'{where} is not a dimpledb bundle: its format is not '
+                                '"dimpledb-bundle" or its version not an integer')
+    if version != BUNDLE_VERSION:
+        raise RemoteFormatError(f"{where} has bundle format version {version}, which this "
+                                f"release does not read (it reads 1 to {BUNDLE_VERSION}): "
+                                "upgrade dimpledb-sa to read it")
+    if doc["author"] != author:
+        raise RemoteFormatError(f"{where} names another author than {author}, the folder's "
+                                "it lies in")
+    return decode_transactions(doc["transactions"], author, where)
+
+
 def decode_piece(data: bytes, author: str, where: str) -> list[TxRecord]:
     """Transactions (an array's JSON, ``[{"id": ..., "runs": [...]}, ...]``) of a version-2
-    snapshot in ``author``'s folder, checked: canonical ids in ascending order, believable
-    (see :func:`~dimpledb_sa.core.clock.id_problem`), runs of six fields whose names are
-    distinct non-empty strings with one old and one new value each, values nested at most
-    :data:`~dimpledb_sa.core.values.MAX_VALUE_DEPTH` deep. Raises ``RemoteFormatError``."""
-    doc = load_json(data, where)
+    snapshot in ``author``'s folder, checked as :func:`decode_transactions` checks them.
+    Raises ``RemoteFormatError``."""
+    return decode_transactions(load_json(data, where), author, where)
+
+
+def decode_transactions(doc: Any, author: str, where: str) -> list[TxRecord]:
+    """Parsed transactions (``[{"id": ..., "runs": [...]}, ...]``: a version-2 snapshot's,
+    a format-3 bundle's) of ``author``, checked: canonical ids in ascending order,
+    believable (see :func:`~dimpledb_sa.core.clock.id_problem`), runs of six fields whose
+    names are distinct non-empty strings with one old and one new value each, in ascending
+    id order within a transaction, no change id twice, no counter overflow, values nested
+    at most :data:`~dimpledb_sa.core.values.MAX_VALUE_DEPTH` deep. Raises
+    ``RemoteFormatError``."""
     if type(doc) is not list:
         raise RemoteFormatError(f"{where}: transactions is not a list")
     out: list[TxRecord] = []

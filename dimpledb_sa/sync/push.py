@@ -16,10 +16,11 @@ Steps, each database access its own short transaction:
    mean a copy or a restored backup (:mod:`.own`): heal, or stop with ``CopyDetected``.
 3. Upload our transactions after the manifest's last one, in bundles of at most
    :data:`MAX_BUNDLE_CHANGES` changes and about :data:`MAX_BUNDLE_BYTES` of JSON, each
-   stored (gzipped, format 2, then encrypted) in at most ``Storage.max_stored_bundle_bytes``
-   (a bundle that comes out larger is cut in two; a transaction is never split), read in
-   short read transactions (pending transactions straight from ``dimple_pending``), so a
-   push holds one bundle at a time whatever it has to send.
+   stored (format 3: the log's packed rows as runs, gzipped, then encrypted; see
+   :mod:`.packed`) in at most ``Storage.max_stored_bundle_bytes`` (a bundle that comes out
+   larger is cut in two; a transaction is never split), read as packed rows in short read
+   transactions (pending transactions straight from ``dimple_pending``), so a push holds
+   one bundle at a time whatever it has to send and makes no record per change.
    For each bundle: renew the lease, write the bundle, renew, write the manifest, then
    advance ``pushed_through`` if the lease is still ours; ``progress`` hears of it.
 4. Remove stale temporary files of dead writes from our folder (folder backends), release
@@ -44,6 +45,7 @@ from ..core.rows import gc_paused
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
+from .packed import PackedTx, in_run_order, names_count, pack_bundle_runs
 from .progress import Phase, Progress
 from .report_errors import fail
 from .wire import (
@@ -53,14 +55,12 @@ from .wire import (
     decode_manifest,
     encode_manifest,
     manifest_with,
-    pack_bundle,
     utc_now_iso,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from ..core.changes import TxRecord
     from ..core.replica import Replica
     from ..core.report import SyncReport
     from .remote import Remote
@@ -77,8 +77,8 @@ MAX_BUNDLE_BYTES = 8 << 20
 """About how many bytes of bundle JSON (before compression) a push puts in one bundle, and
 at most half of ``Storage.max_stored_bundle_bytes``."""
 
-_CHANGE_OVERHEAD = 190
-"""The bytes of one change's JSON besides its entity type, id, attribute and values."""
+_RUN_OVERHEAD = 60
+"""The bytes of one run's JSON besides its entity type, id, names and values."""
 
 _READ_CHANGES = 10_000
 """About how many changes one read transaction of a push reads."""
@@ -217,7 +217,7 @@ def _upload(replica: Replica, remote: Remote, manifest: Manifest | None,
         return
     phase.grow(len(ids))
     limit = remote.storage.max_stored_bundle_bytes
-    for txs, data in _stored(remote, _bundles(replica, ids, limit // 2, folder), limit):
+    for txs, data in _stored(remote, me, _bundles(replica, ids, limit // 2, folder), limit):
         first, last = txs[0][0], txs[-1][0]
         name = bundle_name(first, last)
         _renew(engine, holder)
@@ -240,15 +240,16 @@ def _renew(engine: Engine, holder: str) -> None:
         raise _LeaseLost
 
 
-def _stored(remote: Remote, bundles: Iterable[list[TxRecord]], limit: int
-            ) -> Iterator[tuple[list[TxRecord], bytes]]:
-    """Each of ``bundles`` with its stored bytes (gzipped, encrypted); one that comes out
-    larger than ``limit`` bytes is cut in two, again and again, down to one transaction."""
+def _stored(remote: Remote, me: str, bundles: Iterable[list[PackedTx]], limit: int
+            ) -> Iterator[tuple[list[PackedTx], bytes]]:
+    """Each of ``bundles`` with its stored bytes (format 3, gzipped, encrypted); one that
+    comes out larger than ``limit`` bytes is cut in two, again and again, down to one
+    transaction."""
     for txs in bundles:
         todo = [txs]
         while todo:
             part = todo.pop()
-            data = remote.cipher.encrypt(pack_bundle(part))
+            data = remote.cipher.encrypt(pack_bundle_runs(me, part))
             if len(data) > limit and len(part) > 1:
                 half = len(part) // 2
                 todo += [part[half:], part[:half]]  # the first half goes first
@@ -257,55 +258,52 @@ def _stored(remote: Remote, bundles: Iterable[list[TxRecord]], limit: int
 
 
 def _bundles(replica: Replica, ids: Sequence[str], max_bytes: int = MAX_BUNDLE_BYTES,
-             folder: _Folder | None = None) -> Iterator[list[TxRecord]]:
-    """The transactions ``ids`` as bundles of at most ``MAX_BUNDLE_CHANGES`` changes and
+             folder: _Folder | None = None) -> Iterator[list[PackedTx]]:
+    """The transactions ``ids`` with their packed rows (in run order, see
+    :func:`.packed.in_run_order`) as bundles of at most ``MAX_BUNDLE_CHANGES`` changes and
     about ``min(MAX_BUNDLE_BYTES, max_bytes)`` bytes of JSON, read a few at a time, each
     read on its own (no transaction is held between reads; ``folder`` folds between
     them)."""
     max_bytes = min(MAX_BUNDLE_BYTES, max_bytes)
-    me, engine = replica.author_id, replica.engine
-    batch: list[TxRecord] = []
+    engine = replica.engine
+    batch: list[PackedTx] = []
     size = volume = 0
     step, i = 1, 0  # grows while reads stay small: a first read never reads much
     while i < len(ids):
         chunk = ids[i:i + step]
         i += len(chunk)
         with engine.connect() as conn:
-            txs = changelog.transactions_of(conn, me, chunk)
+            txs = changelog.packed_transactions_of(conn, chunk)
             conn.rollback()
         if folder is not None:
             folder.step()
-        read = sum(len(t[2]) for t in txs)
+        counts = [sum(map(names_count, [r[4] for r in rows])) for _, rows in txs]
+        read = sum(counts)
         if read > 2 * _READ_CHANGES:
             step = max(1, step // 2)
         elif read < _READ_CHANGES // 2:
             step = min(4096, step * 2)
-        for tx in txs:
-            n, nbytes = len(tx[2]), _json_size(tx)
+        for (tx, rows), n in zip(txs, counts, strict=True):
+            nbytes = _json_size(rows)
             if batch and (size + n > MAX_BUNDLE_CHANGES or volume + nbytes > max_bytes):
                 yield batch
                 batch, size, volume = [], 0, 0
-            batch.append(tx)
+            batch.append((tx, in_run_order(rows)))
             size += n
             volume += nbytes
     if batch:
         yield batch
 
 
-def _json_size(tx: TxRecord) -> int:
-    """About how many bytes ``tx`` takes in a bundle's JSON: per change its entity type,
-    id, attribute and values (``null`` for none) and :data:`_CHANGE_OVERHEAD` (summed
-    column by column)."""
-    changes = tx[2]
-    if not changes:
+def _json_size(rows: Sequence[changelog.PackedRow]) -> int:
+    """About how many bytes a transaction of packed ``rows`` takes in a format-3 bundle's
+    JSON: per run its entity type, id, names and values and :data:`_RUN_OVERHEAD` (summed
+    column by column), plus 100."""
+    if not rows:
         return 100
-    _, _, etypes, eids, attrs, olds, news = zip(*changes, strict=True)
-    size = 100 + _CHANGE_OVERHEAD * len(changes)
-    for col in (etypes, eids, attrs):
+    size = 100 + _RUN_OVERHEAD * len(rows)
+    for col in list(zip(*rows, strict=True))[2:]:
         size += sum(map(len, col))
-    for col in (olds, news):
-        texts = list(filter(None, col))
-        size += sum(map(len, texts)) + 4 * (len(col) - len(texts))
     return size
 
 

@@ -290,10 +290,13 @@ old and new values as parsed (JSON values, ``None`` for null)."""
 
 def decode_bundle(data: bytes, author: str, *, name: str | None = None,
                   runs: Callable[..., list[TxRecord]] | None = None) -> list[TxRecord]:
-    """Parse and validate a bundle read from ``author``'s folder (format 1 or 2).
+    """Parse and validate a bundle read from ``author``'s folder (format 1, 2 or 3).
 
-    ``data`` is the decrypted file: format 2 (gzip, told by its magic bytes) is decompressed
-    within :data:`~.compress.MAX_JSON_BYTES` first, format 1 is the JSON itself.
+    ``data`` is the decrypted file: formats 2 and 3 (gzip, told by its magic bytes) are
+    decompressed within :data:`~.compress.MAX_JSON_BYTES` first, format 1 is the JSON
+    itself. A JSON array is a bundle of format 1 or 2; a gzipped JSON object is one of
+    format 3 (:func:`.packed.decode_bundle_runs`: its transactions' changes come as
+    :class:`~.packed.PackedChanges`, which read as the change records format 2 gives).
 
     Returns the transactions with their change rows, values re-serialized as
     ``json.dumps(value)`` (JSON null as ``None``), so decoding our own encoding gives back the
@@ -306,18 +309,25 @@ def decode_bundle(data: bytes, author: str, *, name: str | None = None,
     if not is_uuid(author):
         raise RemoteFormatError(f"not a canonical author id: {author!r:.80}")
     where = f"bundle {name}" if name else "bundle"
-    if is_gzip(data):  # format 2
+    gzipped = is_gzip(data)
+    if gzipped:  # format 2 or 3
         data = gunzip_bounded(data, where)
     with gc_paused(len(data) > GC_PAUSE_BYTES):
         doc = load_json(data, where)
-        columns = bundle_columns(doc, author)
-        if columns is None:
-            out = _decode_checked(doc, author, where)
-            ids = [tx[0] for tx in out]
-            ids += map(itemgetter(0), chain.from_iterable(tx[2] for tx in out))
+        if type(doc) is dict and gzipped:  # format 3
+            from .packed import decode_bundle_runs  # packed builds on this module
+
+            out = decode_bundle_runs(doc, author, where)  # (its ids checked there)
+            ids: list[str] = []
         else:
-            out = _rows_of(author, *columns) if runs is None else runs(author, *columns)
-            ids = [*columns[0], *columns[2]]
+            columns = bundle_columns(doc, author)
+            if columns is None:
+                out = _decode_checked(doc, author, where)
+                ids = [tx[0] for tx in out]
+                ids += map(itemgetter(0), chain.from_iterable(tx[2] for tx in out))
+            else:
+                out = _rows_of(author, *columns) if runs is None else runs(author, *columns)
+                ids = [*columns[0], *columns[2]]
     problem = _id_problem(ids)
     if problem is not None:
         raise RemoteFormatError(f"{where}: {problem}")
@@ -453,7 +463,8 @@ def _rows_of(author: str, tids: tuple[str, ...], counts: list[int], ids: tuple[s
 def _decode_checked(doc: Any, author: str, where: str) -> list[TxRecord]:
     """Decode change by change, raising ``RemoteFormatError`` at the first problem."""
     if type(doc) is not list:
-        raise RemoteFormatError(f"{where} is not a JSON array of transactions")
+        raise RemoteFormatError(f"{where} is not a JSON array of transactions (nor a "
+                                "gzipped format-3 object)")
     dumps = json.dumps
     seen: set[str] = set()
     out: list[TxRecord] = []
