@@ -97,8 +97,9 @@ def test_recipients_persist_and_revoke(tmp_path: Path,
     listed = json.loads(out)
     assert [k["public_key"] for k in listed["keys"]] == [b_public]
     first = bundles(remote)
-    # format 2: gzipped JSON inside the age envelope
-    assert gzip.decompress(run(age, "-d", "-i", b_key, first[0]).stdout).startswith(b"[")
+    # format 3: gzipped JSON inside the age envelope
+    assert gzip.decompress(run(age, "-d", "-i", b_key, first[0]).stdout).startswith(
+        b'{"format":"dimpledb-bundle","version":3,')
     # a later sync without -r still encrypts to b
     _add_row(db)
     assert call(capsys, "sync", db, remote, "-i", a_key)[0] == 0

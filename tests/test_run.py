@@ -406,7 +406,8 @@ def test_remote_never_holds_plaintext_values(devs: Devices, remote: Remote) -> N
 @MEMORY_ONLY
 def test_bundles_decrypt_with_the_age_tool(devs: Devices, remote: Remote, tmp_path: Path
                                            ) -> None:
-    """Format 2: ``age -d -i KEY FILE | gunzip`` prints the bundle JSON."""
+    """Format 3: ``age -d -i KEY FILE | gunzip`` prints the bundle JSON (its header
+    first, then the transactions' runs)."""
     age, gunzip = shutil.which("age"), shutil.which("gunzip")
     if age is None or gunzip is None:
         pytest.skip("the age or gunzip command-line tool is not installed")
@@ -422,9 +423,11 @@ def test_bundles_decrypt_with_the_age_tool(devs: Devices, remote: Remote, tmp_pa
     assert packed[:2] == b"\x1f\x8b"  # gzip inside the age envelope
     out = subprocess.run([gunzip], input=packed, capture_output=True, check=True,
                          timeout=60).stdout
-    [tx] = json.loads(out)
-    assert tx["author"] == a.db.author_id
-    assert SECRET in {c["new_value"] for c in tx["changes"]}
+    assert out.startswith(b'{"format":"dimpledb-bundle","version":3,"author":')
+    doc = json.loads(out)
+    assert doc["author"] == a.db.author_id
+    [tx] = doc["transactions"]
+    assert SECRET in {v for run in tx["runs"] for v in run[5]}
 
 
 @MEMORY_ONLY
@@ -451,9 +454,11 @@ def test_plaintext_remote_stores_readable_json(devs: Devices, remote: Remote) ->
     fs, root = remote.filesystem()
     files = remote_files(fs, root)
     [bundle] = [v for k, v in files.items() if not k.endswith("dimple_db.json")]
-    doc = json.loads(gzip.decompress(bundle))  # format 2: gzipped JSON, not encrypted here
-    assert doc[0]["author"] == a.db.author_id
-    assert {"attribute": "title", "new_value": SECRET}.items() <= doc[0]["changes"][1].items()
+    doc = json.loads(gzip.decompress(bundle))  # format 3: gzipped JSON, not encrypted here
+    assert (doc["format"], doc["version"], doc["author"]) == ("dimpledb-bundle", 3,
+                                                             a.db.author_id)
+    [[_, etype, _, names, _, news]] = doc["transactions"][0]["runs"]
+    assert etype == "note" and dict(zip(names, news, strict=True))["title"] == SECRET
     assert_converged(a, b)
 
 

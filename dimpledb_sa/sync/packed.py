@@ -146,29 +146,51 @@ def encode_runs(tx: str, rows: Sequence[changelog.PackedRow]) -> str:
 
 def in_run_order(rows: Sequence[changelog.PackedRow]) -> list[changelog.PackedRow]:
     """One transaction's packed rows as a format-3 bundle lists its runs: ascending by
-    first id, no two sharing an id. Rows that would not be (the log never makes them, but
-    a reader refuses them) are made anew from their change records by
-    :func:`~dimpledb_sa.core.changelog.pack`, which gives such runs."""
+    first id, no two sharing an id, no name twice in a run. Rows that would not be (the
+    log never makes them, but a reader refuses them) are made anew from their change
+    records (:func:`~dimpledb_sa.core.changelog.pack`, a run cut where a name repeats)."""
     out = sorted(rows)
+    if not all(_names_info(r[4])[1] for r in out):
+        out = sorted(chain.from_iterable(map(_apart, out)))
     if len(out) < 2:
         return out
     lasts = [offset_id(r[0], names_count(r[4]) - 1) for r in out[:-1]]
     if all(map(lt, lasts, map(_FIRST, out[1:]))):
         return out
-    return changelog.pack(sorted(set(changelog.expand_all(out))))
+    repacked = changelog.pack(sorted(set(changelog.expand_all(out))))
+    return sorted(chain.from_iterable(map(_apart, repacked)))
 
 
-_NAMES_COUNT: dict[str, int] = {}
+def _apart(row: changelog.PackedRow) -> list[changelog.PackedRow]:
+    """``row`` cut into runs that name no attribute twice."""
+    if _names_info(row[4])[1]:
+        return [row]
+    parts: list[list[ChangeRow]] = [[]]
+    for change in changelog.expand(row):
+        if any(c[4] == change[4] for c in parts[-1]):
+            parts.append([])
+        parts[-1].append(change)
+    return [r for part in parts for r in changelog.pack(part)]
+
+
+_NAMES_INFO: dict[str, tuple[int, bool]] = {}
+
+
+def _names_info(names: str) -> tuple[int, bool]:
+    """How many names a packed row's names JSON lists, and whether they are distinct
+    (parsed once per distinct text)."""
+    info = _NAMES_INFO.get(names)
+    if info is None:
+        listed = changelog.names_list(names)
+        info = (len(listed), len(set(listed)) == len(listed))
+        if len(_NAMES_INFO) < 4096:
+            _NAMES_INFO[names] = info
+    return info
 
 
 def names_count(names: str) -> int:
-    """How many names a packed row's names JSON lists (parsed once per distinct text)."""
-    n = _NAMES_COUNT.get(names)
-    if n is None:
-        n = len(changelog.names_list(names))
-        if len(_NAMES_COUNT) < 4096:
-            _NAMES_COUNT[names] = n
-    return n
+    """How many names a packed row's names JSON lists."""
+    return _names_info(names)[0]
 
 
 def encode_bundle_runs(author: str, transactions: Sequence[PackedTx]) -> bytes:
