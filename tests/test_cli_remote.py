@@ -35,10 +35,12 @@ def test_inspect_lists_and_decrypts(world: World) -> None:
     assert bundle.split("/")[1] in proc.stdout
     proc = run("inspect", world.remote, "--bundle", bundle, "-i", world.key, cwd=world.dir)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    assert [tx["author"] for tx in doc] == [world.a_author] * 3
-    edits = [(c["attribute"], c["old_value"], c["new_value"]) for tx in doc
-             for c in tx["changes"]]
+    doc = json.loads(proc.stdout)  # the file's JSON as it is: format 3
+    assert (doc["format"], doc["version"], doc["author"]) == ("dimpledb-bundle", 3,
+                                                             world.a_author)
+    assert len(doc["transactions"]) == 3
+    edits = [edit for tx in doc["transactions"] for _, _, _, names, olds, news in tx["runs"]
+             for edit in zip(names, olds, news, strict=True)]
     assert ("text", "milk", "oat milk") in edits
     assert "3 transaction(s)" in proc.stderr
 
@@ -123,7 +125,7 @@ def test_plaintext_remote(world: World, capsys: pytest.CaptureFixture[str]) -> N
     (folder,) = remote.iterdir()
     (bundle,) = [p.name for p in folder.iterdir() if p.name != "dimple_db.json"]
     code, out, _ = call(capsys, "inspect", remote, "--bundle", f"{folder.name}/{bundle}")
-    assert code == 0 and len(json.loads(out)) == 3
+    assert code == 0 and len(json.loads(out)["transactions"]) == 3
     code, out, _ = call(capsys, "verify", remote, "--no-encryption")
     assert code == 0 and "all good" in out
     code, out, _ = call(capsys, "verify", world.remote, "--no-encryption", "-q")
