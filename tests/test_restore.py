@@ -494,3 +494,22 @@ def test_a_prune_on_the_same_connection_is_seen_by_the_next_flush(devs: Devices)
     n = len(valueless(a))
     a.edit(Note, "n1", title="second")
     assert len(valueless(a)) == n - 1
+
+
+def test_a_bundle_s_packed_rows_carry_the_pruned_values(devs: Devices) -> None:
+    """A push reads packed rows (``packed_transactions_of``): value-less rows come with
+    their values, and folded and pending transactions alike give the change records
+    ``transactions_of`` gives."""
+    a = new(devs, "a")
+    a.add(Note(id="n", title="hello", body="b", rank=1))
+    a.add(Note(id="m", title="two"))
+    pruned(a)
+    a.add(Note(id="p", title="pending"))  # not folded yet
+    me = a.db.author_id
+    with a.db.engine.connect() as conn:
+        ids = changelog.transaction_ids(conn, me)
+        records = changelog.transactions_of(conn, me, ids)
+        rows = changelog.packed_transactions_of(conn, ids)
+    assert len(ids) == 3
+    assert [(tx, changelog.expand_all(r)) for tx, r in rows] == [(t, c) for t, _, c in records]
+    assert all(r[6] != changelog.DROPPED for _, found in rows for r in found)
