@@ -922,38 +922,42 @@ def _known_names(conn: Connection, keys: Iterable[int]) -> dict[int, tuple[str, 
 
 def _to_stored(conn: Connection, rows: Sequence[PackedRow]) -> list[tuple[Any, ...]]:
     """``rows`` in the column order and form of ``dimple_changes``; makes sure that
-    ``dimple_names`` holds every names list they refer to (in ``conn``'s transaction)."""
+    ``dimple_names`` holds every names list they refer to (in ``conn``'s transaction).
+    Made column by column (a names key per distinct list, the ids converted in bulk)."""
+    if not rows:
+        return []
     blob = _blob_ids(conn)
     nulls = _NULLS
-    keys_get = _NAMES_KEY.get
-    out: list[tuple[Any, ...]] = []
-    append = out.append
+    firsts, txs, etypes, eids, names, olds, news = map(list, zip(*rows, strict=True))
     lists: dict[int, str] = {}
-    stored: Iterable[tuple[Any, Any, Any]]
-    if blob:  # the ids' 16 bytes, converted in bulk
-        stored = zip(_ids_bytes(list(map(_GET_ROW_ID, rows))),
-                     _ids_bytes(list(map(_GET_ROW_TX, rows))),
-                     _keys_bytes(list(map(_GET_ROW_ENTITY, rows))), strict=True)
-    else:
-        stored = ((r[ROW_ID], r[ROW_TRANSACTION], r[ROW_ENTITY_ID]) for r in rows)
-    for (first, tx, etype, eid, names, olds, news), (sfirst, stx, skey) in zip(
-            rows, stored, strict=True):
-        key = keys_get(names)
+    keyed: dict[str, int] = {}
+    for text in set(names):
+        key = _NAMES_KEY.get(text)
         if key is None:
-            key = _names_key(names)
-            lists[key] = names
-        elif key not in lists:
-            lists[key] = names
-        # the entity id's own value, when it is the first new value: '"<id>"' is cut out
-        # (a pure text cut: reading puts back exactly the same characters)
-        cut = len(eid) + 2
-        if news.startswith(eid, 2) and news[1] == '"' and news[cut:cut + 2] in _CUT_ENDS:
-            news = "[," + news[cut + 1:]
-        elif not news and blob:  # value-less: the transaction as its offset, when it is one
-            k = _tx_offset(first, tx)
-            if k is not None:
-                stx = k
-        append((etype, skey, sfirst, stx, key, None if olds in nulls else olds, news))
+            key = _names_key(text)
+        keyed[text] = key
+        lists[key] = text
+    stored_olds = [None if o in nulls else o for o in olds]
+    # the entity id's own value, when it is the first new value: '"<id>"' is cut out
+    # (a pure text cut: reading puts back exactly the same characters)
+    ends = _CUT_ENDS
+    stored_news = ["[," + n[len(e) + 3:] if n.startswith(e, 2) and n[1] == '"'
+                   and n[len(e) + 2:len(e) + 4] in ends else n
+                   for e, n in zip(eids, news, strict=True)]
+    stored_txs: list[Any]
+    if blob:  # the ids' 16 bytes, converted in bulk
+        stored_firsts: list[Any] = _ids_bytes(firsts)
+        stored_txs = list[Any](_ids_bytes(txs))
+        stored_keys: list[Any] = _keys_bytes(eids)
+        if "" in news:  # value-less: the transaction as its offset, when it is one
+            for i in [i for i, n in enumerate(news) if not n]:
+                k = _tx_offset(firsts[i], txs[i])
+                if k is not None:
+                    stored_txs[i] = k
+    else:
+        stored_firsts, stored_txs, stored_keys = firsts, txs, eids
+    out = list(zip(etypes, stored_keys, stored_firsts, stored_txs,
+                   map(keyed.__getitem__, names), stored_olds, stored_news, strict=True))
     _ensure_names(conn, lists)
     return out
 

@@ -396,6 +396,15 @@ def _build(replica: Replica, conn: Connection, cons: Constraints,
         current = fetch_rows(conn, tt, eids)
         plan = job.plan(tt)
         constrained = cons.constrained(etype)
+        if (runs is not None and not constrained and not current and not before
+                and not excluded and not runs.several):
+            # every entity new, of one run each (a pull into an empty table): what the
+            # loop below plans, all at once
+            pos = list(map(runs.last.__getitem__, [(etype, eid) for eid in eids]))
+            _plan_new(plan, incoming, [], list(zip(eids, map(runs.rows.__getitem__, pos),
+                                                   map(runs.news.__getitem__, pos),
+                                                   strict=True)))
+            continue
         fresh: list[tuple[str, list[ChangeRow]]] = []  # neither logged nor stored before
         fresh_runs: list[tuple[str, changelog.PackedRow, Sequence[Any]]] = []  # (one run)
         for eid in eids:
