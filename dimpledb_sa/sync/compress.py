@@ -1,8 +1,9 @@
-"""Bundle and snapshot format 2: the JSON compressed with gzip (RFC 1952), inside the age
-envelope.
+"""Bundle formats 2 and 3 and snapshot format 2: the JSON compressed with gzip (RFC 1952),
+inside the age envelope.
 
-``age -d -i KEY FILE | gunzip`` prints a format-2 file's JSON. A reader tells the formats
-apart by the first two bytes after decryption: the gzip magic ``1f 8b`` means format 2; a
+``age -d -i KEY FILE | gunzip`` prints such a file's JSON. A reader tells the formats
+apart by the first two bytes after decryption: the gzip magic ``1f 8b`` means a gzipped
+format (for a bundle, the JSON then tells format 2, an array, from format 3, an object); a
 format-1 file is JSON text, which can never start with byte ``0x1f`` (a control character
 JSON does not allow, not even as whitespace). Decompression is bounded: at most
 :data:`MAX_JSON_BYTES` of JSON come out of one file (a decompression bomb is refused after

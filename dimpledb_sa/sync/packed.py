@@ -1,4 +1,5 @@
-"""Snapshot version 2's transactions: packed runs, as the change log stores them.
+"""Snapshot version 2's and bundle format 3's transactions: packed runs, as the change log
+stores them.
 
 A version-2 snapshot (:mod:`.snapshot`) lists each transaction as
 ``{"id": tx, "runs": [[first_id, entity_type, entity_id, names, olds, news], ...]}``: one
@@ -17,6 +18,13 @@ column by column with their values parsed (:class:`~dimpledb_sa.core.runs.Runs`;
 texts are spelled once, in bulk, as the log stores them), and every other reader of
 transactions sees plain change records. The checks work on whole columns (one call over
 every run's ids, names or values), not run by run.
+
+A format-3 bundle (``docs/FORMAT.md``) is ``{"format": "dimpledb-bundle", "version": 3,
+"author": ..., "transactions": [...]}`` with such transactions, gzipped:
+:func:`encode_bundle_runs` / :func:`pack_bundle_runs` write it from a push's packed rows
+(:func:`in_run_order` makes sure they are runs a reader takes), and
+:func:`decode_bundle_runs` checks and decodes it for :func:`.wire.decode_bundle`, the
+one decoding every reader of bundles goes through.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Bundles decoded straight into packed runs, the change log's own rows, for the pull.
 
-A bundle lists one record per change (:mod:`.wire`); the log stores the changes one
+A format-1 or format-2 bundle lists one record per change (:mod:`.wire`; a format-3 one
+holds the runs already, and :func:`decode_runs` hands them out as :mod:`.packed` decodes
+them); the log stores the changes one
 transaction makes to one entity as one packed row when their ids are consecutive clock
 steps (:mod:`..core.changelog`). :func:`decode_runs` decodes a bundle as
 :func:`.wire.decode_bundle` does (the same checks, the same verdict on the same bytes) and,
