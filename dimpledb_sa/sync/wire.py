@@ -5,7 +5,8 @@ transaction bundles (``encode_bundle`` / ``decode_bundle``, change rows as plain
 values are canonical JSON text; format 2, gzipped, with ``pack_bundle``, see
 :mod:`.compress`; ``bundle_columns`` checks a parsed bundle column by column, for
 :mod:`.runs`; ``decode_bundle`` also reads format 3, the packed runs that
-:mod:`.packed` writes and checks, so every reader of bundles reads all three formats) and the per-author manifest ``dimple_db.json``
+:mod:`.packed` writes and checks, so every reader of bundles reads all three formats)
+and the per-author manifest ``dimple_db.json``
 (``Manifest`` / ``BundleInfo``, ``encode_manifest`` / ``decode_manifest``), plus the
 validators for remote names (``is_uuid``, ``is_bundle_name``) that keep every path inside the
 remote root, and the read limits (``MAX_BUNDLE_BYTES``, ``MAX_MANIFEST_BYTES``,
