@@ -98,7 +98,7 @@ def _format3(txs: list[TxRecord]) -> bytes:
         (tx, packed.in_run_order(changelog.pack(changes))) for tx, _, changes in txs])
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_TX, min_size=1, max_size=3))
 def test_format_3_decodes_to_the_change_records_of_format_2(specs: list[Any]) -> None:
     txs = _forge(specs)
