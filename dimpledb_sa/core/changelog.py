@@ -42,6 +42,7 @@ import struct
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring_ascii as _esc
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
@@ -342,16 +343,18 @@ def _array(values: list[Any]) -> str:
 
 
 def _unpack(tx_id: str, body: str) -> list[PackedRow]:
-    """The packed rows of a pending body, with the canonical text of each array."""
+    """The packed rows of a pending body, with the canonical text of each array (spelled
+    column by column: :func:`~.runs.old_texts`, :func:`~.runs.array_texts`)."""
+    found = body_rows(tx_id, body)
+    if not found:
+        return []
+    firsts, etypes, eids, namess, oldss, newss = zip(*found, strict=True)
     names_json: dict[tuple[str, ...], str] = {}  # a transaction repeats a few lists
-    out: list[PackedRow] = []
-    for first, etype, eid, names, olds, news in body_rows(tx_id, body):
-        key = tuple(names)
-        text = names_json.get(key)
-        if text is None:
-            text = names_json[key] = _dumps(names)
-        out.append((first, tx_id, etype, eid, text, _array(olds), _array(news)))
-    return out
+    keys = list(map(tuple, namess))
+    for key in set(keys):
+        names_json[key] = _dumps(list(key))
+    return list(zip(firsts, repeat(tx_id), etypes, eids, map(names_json.__getitem__, keys),
+                    old_texts(oldss), array_texts(newss)))
 
 
 def fold(conn: Connection, limit: int | None = None) -> int:

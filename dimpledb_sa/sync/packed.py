@@ -162,11 +162,26 @@ def in_run_order(rows: Sequence[changelog.PackedRow]) -> list[changelog.PackedRo
         out = sorted(chain.from_iterable(map(_apart, out)))
     if len(out) < 2:
         return out
-    lasts = [offset_id(r[0], names_count(r[4]) - 1) for r in out[:-1]]
+    lasts = [_last_id(r[0], names_count(r[4])) for r in out[:-1]]
     if all(map(lt, lasts, map(_FIRST, out[1:]))):
         return out
     repacked = changelog.pack(sorted(set(changelog.expand_all(out))))
     return sorted(chain.from_iterable(map(_apart, repacked)))
+
+
+def _last_id(first: str, n: int) -> str:
+    """The last id of a run of ``n`` from ``first``: only the counter's last field moves
+    when it does not carry (the common case), else :func:`~..core.clock.offset_id`."""
+    low = first[24:27]
+    if n >= 1 and len(first) == 36 and first.isascii() and low.isalnum() \
+            and first == first.lower():
+        try:
+            end = int(low, 16) + n - 1
+        except ValueError:
+            end = 0x1000
+        if end < 0x1000:
+            return first[:24] + _HEX3[end] + first[27:]
+    return offset_id(first, n - 1)
 
 
 def _apart(row: changelog.PackedRow) -> list[changelog.PackedRow]:
