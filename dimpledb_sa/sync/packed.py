@@ -158,30 +158,38 @@ def in_run_order(rows: Sequence[changelog.PackedRow]) -> list[changelog.PackedRo
     log never makes them, but a reader refuses them) are made anew from their change
     records (:func:`~dimpledb_sa.core.changelog.pack`, a run cut where a name repeats)."""
     out = sorted(rows)
-    if not all(_names_info(r[4])[1] for r in out):
+    info = {text: _names_info(text) for text in set(map(_NAMES, out))}
+    if not all(map(_DISTINCT, info.values())):
         out = sorted(chain.from_iterable(map(_apart, out)))
+        info = {text: _names_info(text) for text in set(map(_NAMES, out))}
     if len(out) < 2:
         return out
-    lasts = [_last_id(r[0], names_count(r[4])) for r in out[:-1]]
-    if all(map(lt, lasts, map(_FIRST, out[1:]))):
+    firsts = list(map(_FIRST, out))
+    lens = list(map(_FIRST, map(info.__getitem__, map(_NAMES, out))))
+    if all(map(lt, _lasts(firsts[:-1], lens[:-1]), firsts[1:])):
         return out
     repacked = changelog.pack(sorted(set(changelog.expand_all(out))))
     return sorted(chain.from_iterable(map(_apart, repacked)))
 
 
-def _last_id(first: str, n: int) -> str:
-    """The last id of a run of ``n`` from ``first``: only the counter's last field moves
-    when it does not carry (the common case), else :func:`~..core.clock.offset_id`."""
-    low = first[24:27]
-    if n >= 1 and len(first) == 36 and first.isascii() and low.isalnum() \
-            and first == first.lower():
-        try:
-            end = int(low, 16) + n - 1
-        except ValueError:
-            end = 0x1000
-        if end < 0x1000:
-            return first[:24] + _HEX3[end] + first[27:]
-    return offset_id(first, n - 1)
+_NAMES = itemgetter(4)
+_DISTINCT = itemgetter(1)
+
+
+def _lasts(firsts: list[str], lens: list[int]) -> list[str]:
+    """The last id of each run (``lens[k]`` ids from ``firsts[k]``): the counter's last
+    field moved in the text, column by column, for canonical ids whose field does not
+    carry; :func:`~..core.clock.offset_id` for the others."""
+    if not firsts or canonical_uuids(firsts) is None or 0 in lens:
+        return [offset_id(f, n - 1) for f, n in zip(firsts, lens, strict=True)]
+    ends = list(map(add, map(int, map(_LOW, firsts), repeat(16)), lens))
+    lasts = list(map("".join, zip(
+        map(_HEAD, firsts), map(_LAST_HEX.__getitem__, map(min, ends, repeat(0x1000))),
+        map(_TAIL, firsts), strict=True)))
+    if max(ends) > 0x1000:
+        for i in compress(range(len(ends)), map(gt, ends, repeat(0x1000))):
+            lasts[i] = offset_id(firsts[i], lens[i] - 1)
+    return lasts
 
 
 def _apart(row: changelog.PackedRow) -> list[changelog.PackedRow]:
