@@ -23,14 +23,16 @@ from sqlalchemy import (
     Integer,
     Interval,
     MetaData,
+    Numeric,
     PickleType,
     String,
     Table,
     Text,
     TypeDecorator,
     create_engine,
+    select,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 import dimpledb_sa as dimple
@@ -207,7 +209,8 @@ extra = Table("extra", MetaData(), Column("id", String, primary_key=True),
               Column("tagged", Tagged), Column("when", UTCDateTime), Column("plain", Plain),
               Column("span", Interval),
               Column("pickled", PickleType, info={"dimpledb_allow_pickle": True}),
-              Column("js", JSON), Column("i", Integer))
+              Column("js", JSON), Column("i", Integer),
+              Column("fd", Float(asdecimal=True)), Column("num", Numeric(10, 2)))
 
 
 @pytest.mark.parametrize(("column", "value", "as_json"), [
@@ -218,6 +221,8 @@ extra = Table("extra", MetaData(), Column("id", String, primary_key=True),
     ("pickled", {"set": {1, 2}}, None),
     ("js", {"k": [None]}, {"k": [None]}),
     ("i", 7, 7),
+    ("fd", decimal.Decimal("1.5"), "1.5"),  # Float is no Numeric since SQLAlchemy 2.1
+    ("num", decimal.Decimal("12.50"), "12.50"),
 ])
 def test_codecs(column: str, value: Any, as_json: Any) -> None:
     codec = codec_for(extra.c[column])
@@ -260,6 +265,40 @@ def test_decorated_round_trip_through_the_database() -> None:
         reg.dispose()
         db.close()
         engine.dispose()
+
+
+def test_a_decimal_float_column_is_captured_and_synced(tmp_path: Any) -> None:
+    """``Float(asdecimal=True)`` holds ``Decimal`` values: logged as decimal digits (as a
+    ``Numeric``), merged into another device as the same value."""
+    class B(DeclarativeBase):
+        pass
+
+    class Reading(B):
+        __tablename__ = "reading"
+        id: Mapped[str] = mapped_column(primary_key=True)
+        f: Mapped[decimal.Decimal | None] = mapped_column(Float(asdecimal=True))
+
+    remote = f"memory://decimal-float-{uuid.uuid4().hex}"
+    dbs = []
+    for name in ("a", "b"):
+        db = dimple.DimpleDb(create_engine(f"sqlite:///{tmp_path / name}.db"), B,
+                             remote=remote, encryption=False)
+        db.create_all()
+        dbs.append(db)
+    a, b = dbs
+    try:
+        with Session(a.engine) as s:
+            s.add(Reading(id="r", f=decimal.Decimal("1.5")))
+            s.commit()
+        assert [c.new_value for c in a.history(Reading, "r")] == ["r", "1.5"]
+        a.sync()
+        b.sync()
+        with Session(b.engine) as s:
+            assert s.scalars(select(Reading.f)).one() == decimal.Decimal("1.5")
+    finally:
+        for db in dbs:
+            db.close()
+            db.engine.dispose()
 
 
 def test_json_texts_are_json_dumps() -> None:

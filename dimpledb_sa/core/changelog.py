@@ -144,6 +144,7 @@ __all__ = [
     "transactions_touching",
     "unpacked_pending",
     "upgrade",
+    "valueless_batches",
     "valueless_of",
     "valueless_rows",
     "write_local",
@@ -1169,7 +1170,7 @@ def rows_of_transactions(conn: Connection, tx_ids: Sequence[str],
         if before is not None and min(tx_ids) < before:
             wanted = set(tx_ids)
             types = None if entity_types is None else set(entity_types)
-            found = [r for batch in _valueless_scan(conn) for r in batch
+            found = [r for batch in valueless_batches(conn) for r in batch
                      if r[ROW_TRANSACTION] in wanted and (types is None
                                                            or r[ROW_ENTITY_TYPE] in types)]
             if found:
@@ -1180,7 +1181,7 @@ def rows_of_transactions(conn: Connection, tx_ids: Sequence[str],
     return out
 
 
-def _valueless_scan(conn: Connection, batch: int = 20_000) -> Iterator[list[PackedRow]]:
+def valueless_batches(conn: Connection, batch: int = 20_000) -> Iterator[list[PackedRow]]:
     """Every value-less row, as stored (``raw``), in batches in key order."""
     return _scan(conn, [schema.changes.c.new_values == DROPPED], batch, raw=True)
 

@@ -236,12 +236,12 @@ def restore_all(conn: Connection, batch: int = 5_000) -> int:
     """Store back every value ``prune_history`` dropped (read from the live rows), in
     ``conn``'s write transaction; returns how many log rows got their values back."""
     done = 0
-    while True:
-        found = changelog.valueless_rows(conn, limit=batch)
-        if not found:
-            return done
+    # keyset-paged in key order: each batch is read after the last key of the one before,
+    # so the rows stored back behind it are never read again
+    for found in changelog.valueless_batches(conn, batch):
         filled = list(found)
         fill(conn, filled, range(len(filled)))
         changelog.delete_rows(conn, found)
         changelog.store(conn, filled)
         done += len(found)
+    return done

@@ -22,6 +22,7 @@ Interval           number of seconds           timedelta
 PickleType         base64 of the pickle        the unpickled object
 =================  ==========================  ===================================
 
+``Float(asdecimal=True)`` holds ``Decimal`` values and is logged as a decimal ``Numeric``.
 A ``TypeDecorator``'s value is logged the way its ``impl`` stores it: ``process_bind_param``
 then the impl's codec on the way in, the impl's codec then ``process_result_value`` on the
 way out (both called with SQLAlchemy's default dialect). Other types pass values through
@@ -429,11 +430,11 @@ def _codec(t: sqltypes.TypeEngine[Any]) -> Codec:
         return Codec(_ident, _ident, _enc_str, _dec_str)
     if isinstance(t, sqltypes.Integer):
         return Codec(_ident, _ident, _enc_int, _dec_int)
-    if isinstance(t, sqltypes.Float) and not t.asdecimal:
-        return Codec(float, float, decode=_dec_float)
-    if isinstance(t, sqltypes.Numeric):
-        if t.asdecimal:
+    if isinstance(t, sqltypes.Float | sqltypes.Numeric):  # Float is no Numeric since 2.1
+        if t.asdecimal:  # Numeric, Float(asdecimal=True): Decimal values, decimal digits
             return Codec(str, decimal.Decimal)
+        if isinstance(t, sqltypes.Float):
+            return Codec(float, float, decode=_dec_float)
         return Codec(float, float)
     if isinstance(t, sqltypes.DateTime):
         if t.timezone:
