@@ -3,8 +3,7 @@
 Importing the package registers ``op.create_dimpledb_tables()`` and
 ``op.drop_dimpledb_tables()`` (:mod:`alembic_ext.ops`); :data:`include_object` and
 :data:`include_name` keep the ``dimple_*`` bookkeeping tables out of autogenerate
-(:mod:`alembic_ext.filters`); :func:`restore_pruned` stores back, before an upgrade, the
-values ``prune_history`` dropped; :func:`replay_held` applies, after it, the changes
+(:mod:`alembic_ext.filters`); :func:`replay_held` applies, after an upgrade, the changes
 that were held for tables or columns the old schema lacked, and :func:`rename_held` carries
 changes over a column rename (:mod:`alembic_ext.replay`). The lines to add to ``env.py``
 are in ``examples/alembic_project/README.md``.
@@ -20,7 +19,7 @@ from .filters import (
     make_include_object,
 )
 from .ops import CreateDimpleDbTablesOp, DropDimpleDbTablesOp
-from .replay import rename_held, replay_held, restore_pruned
+from .replay import rename_held, replay_held
 
 __all__ = [
     "CreateDimpleDbTablesOp",
@@ -32,5 +31,4 @@ __all__ = [
     "make_include_object",
     "rename_held",
     "replay_held",
-    "restore_pruned",
 ]

@@ -1,11 +1,4 @@
-"""Around a migration: pruned values stored back before it, held changes replayed after it.
-
-:func:`restore_pruned` is what ``env.py`` calls right before ``context.run_migrations()``:
-on a database whose history ``prune_history`` pruned, the log holds some changes without
-their values (the live rows hold them); a migration that drops or retypes a column, or
-drops a table, would take those values with it, so it stores them back into the log first
-(``db.restore_pruned_values()`` on the migration's connection; nothing to do, and nothing
-locked, on a database never pruned).
+"""Held changes after a migration: replay what the schema can take now, rename columns.
 
 :func:`replay_held` is what ``env.py`` calls after ``context.run_migrations()``: it builds a
 throw-away ``Replica`` over the tables that held changes wait for, as they are in the
@@ -16,8 +9,7 @@ Changes for a column that still does not exist (dropped, or renamed) stay held; 
 is ever removed from the log. :func:`rename_held` lets a migration that renames a column
 re-label the logged changes of the old name, so devices that have not migrated yet do not
 lose their edits. Both run inside the transaction Alembic (or the caller) has open on the
-connection and leave committing to it; otherwise they commit their own (so does
-:func:`restore_pruned`).
+connection and leave committing to it; otherwise they commit their own.
 """
 
 from __future__ import annotations
@@ -38,7 +30,6 @@ from sqlalchemy import (
 
 from dimpledb_sa.core import changelog, schema
 from dimpledb_sa.core.errors import ConfigurationError
-from dimpledb_sa.core.prune import restore_pruned_in
 from dimpledb_sa.core.replica import Replica
 from dimpledb_sa.core.rows import insert_many
 from dimpledb_sa.core.tracking import resolve_tables
@@ -51,7 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import ReflectedColumn
     from sqlalchemy.engine.reflection import Inspector
 
-__all__ = ["rename_held", "replay_held", "restore_pruned"]
+__all__ = ["rename_held", "replay_held"]
 
 
 class _Offline(Exception):
@@ -143,30 +134,6 @@ def _reflect(connection: Connection, names: Iterable[str], target_metadata: Any
             continue  # no usable key (e.g. alembic_version): its changes stay held
         tables.append(md.tables[name])
     return tables
-
-
-def restore_pruned(connection: Connection | None) -> int:
-    """Store back into the change log the values ``prune_history`` dropped; returns how
-    many log rows got them back.
-
-    Call it in ``env.py`` right before ``context.run_migrations()`` (on the same
-    connection): values a migration is about to drop with a column or table then stay in
-    the history (older changes of that column read as they were, and a revert can restore
-    them). In ``--sql`` mode, before the bookkeeping tables exist, or on a database no
-    prune ever dropped a value of, it does nothing and returns 0 (so for
-    ``connection=None`` too).
-    """
-    if connection is None:
-        return 0
-    try:
-        with _work(connection):
-            inspector = inspect(connection)
-            if not (inspector.has_table(schema.changes.name)
-                    and inspector.has_table(schema.meta.name)):
-                return 0
-            return restore_pruned_in(connection)
-    except _Offline:
-        return 0
 
 
 def replay_held(connection: Connection | None, target_metadata: Any = None) -> int:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -83,16 +82,15 @@ class Tag(Base):
     word: Mapped[str]
 '''
 
-# The four lines a user adds to the env.py that ``alembic init`` wrote.
+# The three lines a user adds to the env.py that ``alembic init`` wrote.
 LINE_IMPORT = "import alembic_ext"
 LINE_FILTERS = ("include_object=alembic_ext.include_object, "
                 "include_name=alembic_ext.include_name,")
-LINE_RESTORE = "alembic_ext.restore_pruned(connection)"
 LINE_REPLAY = "alembic_ext.replay_held(connection, target_metadata)"
 
 
 def _patch_env(env: str) -> str:
-    """The generated env.py with the four lines (and the models' metadata) added."""
+    """The generated env.py with the three lines (and the models' metadata) added."""
     edits = [
         ("from alembic import context\n", f"from alembic import context\n{LINE_IMPORT}\n"),
         ("target_metadata = None\n", "import models\ntarget_metadata = models.Base.metadata\n"),
@@ -100,8 +98,8 @@ def _patch_env(env: str) -> str:
          "            connection=connection, target_metadata=target_metadata,\n"
          f"            {LINE_FILTERS}\n"),
         ("        with context.begin_transaction():\n            context.run_migrations()\n",
-         f"        with context.begin_transaction():\n            {LINE_RESTORE}\n"
-         f"            context.run_migrations()\n            {LINE_REPLAY}\n"),
+         "        with context.begin_transaction():\n            context.run_migrations()\n"
+         f"            {LINE_REPLAY}\n"),
     ]
     for old, new in edits:
         assert env.count(old) == 1, f"alembic's env.py template changed: {old!r}"
@@ -267,7 +265,7 @@ def test_example_project_upgrades_checks_and_runs(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(
         "*.db", "remote", "__pycache__"))
     env_py = (root / "migrations" / "env.py").read_text()
-    for line in (LINE_IMPORT, LINE_FILTERS, LINE_RESTORE, LINE_REPLAY):
+    for line in (LINE_IMPORT, LINE_FILTERS, LINE_REPLAY):
         assert line in env_py
     project = Project(root)
     project.alembic("upgrade", "head")
@@ -374,7 +372,6 @@ def run_migrations_offline():
                       include_object=alembic_ext.include_object,
                       include_name=alembic_ext.include_name)
     with context.begin_transaction():
-        config.attributes["restored"] = alembic_ext.restore_pruned(None)
         context.run_migrations()
         config.attributes["replayed"] = alembic_ext.replay_held(None)
 
@@ -389,7 +386,6 @@ def run_migrations_online():
                           include_object=alembic_ext.include_object,
                           include_name=alembic_ext.include_name)
         with context.begin_transaction():
-            config.attributes["restored"] = alembic_ext.restore_pruned(connection)
             context.run_migrations()
             config.attributes["replayed"] = alembic_ext.replay_held(connection,
                                                                     target_metadata)
@@ -532,43 +528,6 @@ def test_replay_after_upgrade_in_each_transaction_mode(
     assert inspect(engine).get_table_names() == ["alembic_version"]
 
 
-@pytest.mark.parametrize("mode", ["plain", "transactional", "external"])
-def test_pruned_values_are_stored_back_before_a_column_is_dropped(
-        inproc: tuple[Config, Engine], mode: str) -> None:
-    """A downgrade drops ``priority`` of a pruned database: env.py's restore_pruned stores
-    its values back into the log first, so the history still holds them."""
-    cfg, engine = inproc
-    cfg.attributes["mode"] = mode
-    command.upgrade(cfg, "head")
-    assert cfg.attributes["restored"] == 0  # never pruned: nothing to do
-    db = dimple.DimpleDb(engine, NewBase, remote=f"memory://alembic-prune-{dimple.new_id()}",
-                         encryption=False)
-    try:
-        with db.sessionmaker(expire_on_commit=False)() as s:
-            todo = NewTodo(text="keep me", priority=7)
-            s.add(todo)
-            s.commit()
-        db.sync()  # only what was pushed is pruned
-        db.prune_history(timedelta(0))
-        with engine.connect() as conn:
-            assert changelog.valueless_rows(conn, 10)  # the values are in the row only
-    finally:
-        db.close()
-    command.downgrade(cfg, "0001")
-    assert cfg.attributes["restored"] == 1
-    assert [c["name"] for c in inspect(engine).get_columns("todo")] == ["id", "text"]
-    with engine.connect() as conn:
-        assert changelog.valueless_rows(conn, 10) == []  # committed, and kept
-    old = dimple.DimpleDb(engine, OldBase)
-    try:
-        news = {c.attribute: c.new_value for c in old.history(OldTodo, todo.id)}
-    finally:
-        old.close()
-    assert news == {"id": todo.id, "text": "keep me", "priority": 7}
-    command.upgrade(cfg, "head")
-    assert cfg.attributes["restored"] == 0  # nothing value-less left
-
-
 def test_sql_mode_emits_the_tables_and_replays_nothing(inproc: tuple[Config, Engine],
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
@@ -578,7 +537,7 @@ def test_sql_mode_emits_the_tables_and_replays_nothing(inproc: tuple[Config, Eng
     for table in schema.metadata.sorted_tables:
         assert f"CREATE TABLE {table.name}" in out
     assert "CREATE INDEX ix_dimple_changes_transaction" in out
-    assert cfg.attributes["replayed"] == 0 and cfg.attributes["restored"] == 0
+    assert cfg.attributes["replayed"] == 0
     assert inspect(engine).get_table_names() == []  # nothing touched the database
 
 
@@ -638,6 +597,6 @@ def test_all_is_the_public_api() -> None:
     assert set(alembic_ext.__all__) == {
         "CreateDimpleDbTablesOp", "DropDimpleDbTablesOp", "include_name", "include_object",
         "is_bookkeeping", "make_include_name", "make_include_object", "rename_held",
-        "replay_held", "restore_pruned"}
+        "replay_held"}
     for name in alembic_ext.__all__:
         assert hasattr(alembic_ext, name)

@@ -57,7 +57,7 @@ from .restore import LiveTable, encoded, live_table
 if TYPE_CHECKING:
     from .replica import Replica
 
-__all__ = ["cutoff_id", "prune_history", "prune_in", "restore_pruned_in", "restore_pruned_values"]
+__all__ = ["cutoff_id", "prune_history", "prune_in", "restore_pruned_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,20 +89,12 @@ def restore_pruned_values(replica: Replica) -> int:
     """Store back into the log every value ``prune_history`` dropped (read from the live
     rows); returns how many log rows got their values back. Run it before a migration
     drops or changes a column, or drops a table, of a pruned database."""
-    with replica.engine.connect() as conn, conn.begin():
-        return restore_pruned_in(conn)
-
-
-def restore_pruned_in(conn: Connection) -> int:
-    """:func:`restore_pruned_values` in ``conn``'s transaction (the caller commits): nothing
-    to do, and no lock taken, on a database where no prune ever dropped a value."""
     from .restore import restore_all
 
-    if meta.get(conn, meta.VALUES_DROPPED_BEFORE) is None:
-        return 0
-    meta.take_write_lock(conn)
-    changelog.fold(conn)
-    return restore_all(conn)
+    with replica.engine.connect() as conn, conn.begin():
+        meta.take_write_lock(conn)
+        changelog.fold(conn)
+        return restore_all(conn)
 
 
 def _entities(conn: Connection) -> Iterator[Entity]:

@@ -1,6 +1,6 @@
-"""Alembic environment of the example project: the stock env.py plus four lines.
+"""Alembic environment of the example project: the stock env.py plus three lines.
 
-The lines marked ``dimpledb (n/4)`` are all a tracked database needs; see README.md.
+The lines marked ``dimpledb (n/3)`` are all a tracked database needs; see README.md.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import models
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-import alembic_ext  # dimpledb (1/4): registers op.create_dimpledb_tables() / drop twin
+import alembic_ext  # dimpledb (1/3): registers op.create_dimpledb_tables() / drop twin
 
 config = context.config
 if config.config_file_name is not None:
@@ -42,13 +42,12 @@ def run_migrations_online() -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
-            # dimpledb (2/4): keep the dimple_* tables out of autogenerate
+            # dimpledb (2/3): keep the dimple_* tables out of autogenerate
             include_object=alembic_ext.include_object, include_name=alembic_ext.include_name,
         )
         with context.begin_transaction():
-            alembic_ext.restore_pruned(connection)  # dimpledb (3/4)
             context.run_migrations()
-            alembic_ext.replay_held(connection, target_metadata)  # dimpledb (4/4)
+            alembic_ext.replay_held(connection, target_metadata)  # dimpledb (3/3)
 
 
 if context.is_offline_mode():
