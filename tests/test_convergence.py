@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -28,11 +29,12 @@ from pgserver import PgServer
 from sqlalchemy import select
 from syncworld import Device, device_set
 
-from dimpledb_sa import generate_device_key
-from dimpledb_sa.core import schema
+from dimpledb_sa import SyncReport, generate_device_key
+from dimpledb_sa.core import changelog, schema
 from dimpledb_sa.core.clock import HybridClock
-from dimpledb_sa.sync import merge, pull
-from dimpledb_sa.sync.wire import ChangeRow
+from dimpledb_sa.sync import merge, pull, push
+from dimpledb_sa.sync.packed import PackedTx
+from dimpledb_sa.sync.wire import ChangeRow, pack_bundle
 
 NOTES = [str(uuid.UUID(int=(0x0190 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(4)]
 FOLDERS = [str(uuid.UUID(int=(0x0191 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(2)]
@@ -72,13 +74,27 @@ def model_of(eid: str) -> type[Any]:
     return MODEL[eid[:4]]
 
 
-def run(dev: Device, op: tuple[Any, ...]) -> None:
+def _format_2(author: str, transactions: Sequence[PackedTx]) -> bytes:
+    """What an earlier release's push uploads for these transactions: a format-2 bundle."""
+    return pack_bundle([(tx, author, [c for row in rows for c in changelog.expand(row)])
+                        for tx, rows in transactions])
+
+
+def sync(dev: Device, old: bool = False) -> SyncReport:
+    """``dev``'s sync; with ``old``, as a device of an earlier release (format-2 bundles)."""
+    if not old:
+        return dev.sync()
+    with mock.patch.object(push, "pack_bundle_runs", _format_2):
+        return dev.sync()
+
+
+def run(dev: Device, op: tuple[Any, ...], old: bool = False) -> None:
     """Do ``op`` on ``dev``: a write inserts (or re-inserts) a missing row, else updates it;
     what cannot apply here (a delete of a missing row, an item without its folder) is
-    skipped."""
+    skipped. ``old``: ``dev`` writes format-2 bundles."""
     kind = op[0]
     if kind == "sync":
-        dev.sync()
+        sync(dev, old)
         return
     with dev.Session() as s:
         if kind == "delete":
@@ -187,9 +203,21 @@ def test_replicas_converge_when_every_change_merges_and_settles_in_its_own_batch
         converge(data, st.just("sqlite"))
 
 
+@settings(max_examples=5, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_replicas_converge_when_some_write_format_2_bundles(data: st.DataObject) -> None:
+    """The same property with some replicas pushing format-2 bundles (one record per
+    change, as earlier releases write them) and the others format 3 (packed runs)."""
+    converge(data, st.just("sqlite"), mixed_formats=True)
+
+
 def converge(data: st.DataObject, kinds: st.SearchStrategy[str],
-             server: PgServer | None = None, *, signed: bool = False) -> None:
+             server: PgServer | None = None, *, signed: bool = False,
+             mixed_formats: bool = False) -> None:
     n = data.draw(st.integers(3, 5), label="replicas")
+    old = (data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n - 1),
+                     label="format-2 writers") if mixed_formats else set())
     on = data.draw(st.lists(kinds, min_size=n, max_size=n), label="databases")
     if server is not None and "postgresql" not in on:
         on[0] = "postgresql"
@@ -207,11 +235,11 @@ def converge(data: st.DataObject, kinds: st.SearchStrategy[str],
                                      **signing[i]) for i in range(n)]
                 assert all(r.db.remote.trust.required for r in replicas) == signed
                 for op in steps:
-                    run(replicas[op[1]], op)
+                    run(replicas[op[1]], op, op[1] in old)
                 order = data.draw(st.permutations(range(n)), label="final sync order")
                 for _ in range(2):
                     for i in order:
-                        report = replicas[i].sync()
+                        report = sync(replicas[i], i in old)
                         assert report.errors == {}
                 check(replicas)
         finally:
