@@ -86,7 +86,7 @@ def test_runs_sharing_a_change_id_are_refused() -> None:
             _decode(runs)
     later = "0190aaaa-0000-7000-8fff-000000000009"
     doc = [{"id": TX, "runs": [[a, *one]]}, {"id": later, "runs": [[a, *one]]}]
-    with pytest.raises(RemoteFormatError, match="share a change id"):
+    with pytest.raises(RemoteFormatError, match="id ranges of two runs overlap"):
         packed.decode_piece(json.dumps(doc).encode(), AUTHOR, "t")
     assert len(_decode([[a, *one], [b, *one]])) == 1  # distinct ids in order: fine
 

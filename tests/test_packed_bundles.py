@@ -202,6 +202,7 @@ OVERFLOW = "0190aaaa-0000-7fff-bfff-fff000000003"
     ([{"id": TX1, "runs": [RUN_A]}], "lacks field"),  # an array of runs: no format's
     (_doc(format="dimpledb-snapshot"), "not a dimpledb bundle"),
     (_doc(version=4), "version 4.*upgrade"),
+    (_doc(version=2), "version 2: only version 3 is an object"),
     (_doc(version="3"), "not a dimpledb bundle"),
     (_doc(version=True), "not a dimpledb bundle"),
     (_doc(author=str(uuid.uuid4())), "another author"),
@@ -212,7 +213,7 @@ OVERFLOW = "0190aaaa-0000-7fff-bfff-fff000000003"
     (_doc(transactions=[{"id": TX1, "runs": [RUN_A, [offset_id(A, 1), *RUN_B[1:]]]}]),
      "out of id order"),
     (_doc(transactions=[{"id": TX1, "runs": [RUN_A]}, {"id": TX2, "runs": [RUN_A]}]),
-     "share a change id"),
+     "id ranges of two runs overlap"),
     (_doc(transactions=[{"id": TX2, "runs": []}, {"id": TX1, "runs": []}]), "after the one"),
     (_doc(transactions=[{"id": TX1, "runs": []}, {"id": TX1, "runs": []}]), "after the one"),
     (_doc(transactions=[{"id": TX1.upper(), "runs": []}]), "canonical"),

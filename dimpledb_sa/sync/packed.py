@@ -258,10 +258,13 @@ def decode_bundle_runs(doc: Any, author: str, where: str) -> list[TxRecord]:
     if doc["format"] != BUNDLE_FORMAT or type(version) is not int:
         raise RemoteFormatError(f'{where} is not a dimpledb bundle: its format is not '
                                 '"dimpledb-bundle" or its version not an integer')
-    if version != BUNDLE_VERSION:
+    if version > BUNDLE_VERSION:
         raise RemoteFormatError(f"{where} has bundle format version {version}, which this "
                                 f"release does not read (it reads 1 to {BUNDLE_VERSION}): "
                                 "upgrade dimpledb-sa to read it")
+    if version != BUNDLE_VERSION:  # formats 1 and 2 are arrays, never such an object
+        raise RemoteFormatError(f"{where} is an object of bundle format version {version}: "
+                                f"only version {BUNDLE_VERSION} is an object")
     if doc["author"] != author:
         raise RemoteFormatError(f"{where} names another author than {author}, the folder's "
                                 "it lies in")
@@ -311,8 +314,9 @@ def decode_transactions(doc: Any, author: str, where: str) -> list[TxRecord]:
     _check_ids(ids, where)
     spans.sort()
     if not all(map(gt, map(_FIRST, spans[1:]), map(_LAST, spans))):
-        raise RemoteFormatError(f"{where}: two runs share a change id (every change id "
-                                "appears once in a snapshot)")
+        raise RemoteFormatError(f"{where}: the id ranges of two runs overlap (every change "
+                                "id appears once, and each run's ids lie between its first "
+                                "and last, with no other run's inside)")
     return out
 
 
