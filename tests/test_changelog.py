@@ -530,3 +530,12 @@ def test_runs_stored_column_by_column_are_stored_as_their_rows(engine: Engine, c
     assert stored[0] == stored[1]
     assert all(json.loads(r[6]) == v for r, v in zip(runs.rows(), runs.news, strict=True))
     db.close()
+
+
+def test_old_texts_spell_every_array_as_array_texts_does() -> None:
+    """Empty and all-null arrays take the shared texts, the rest are spelled: the same."""
+    from dimpledb_sa.core.runs import array_texts, old_texts
+
+    arrays: list[list[Any]] = [[], [None], [None] * 300, [None, 1], ["a", None], []]
+    assert old_texts(arrays) == array_texts(arrays)
+    assert old_texts([[], []]) == ["[]", "[]"]

@@ -601,13 +601,18 @@ def known_transactions(conn: Connection) -> Subquery:
     ).subquery("known")
 
 
-def transaction_ids(conn: Connection, author: str, after: str | None = None) -> list[str]:
-    """The ids of ``author``'s transactions above ``after`` (all when ``None``), ascending,
-    folded or pending."""
+def transaction_ids(conn: Connection, author: str, after: str | None = None, *,
+                    first: str | None = None, last: str | None = None) -> list[str]:
+    """The ids of ``author``'s transactions above ``after`` (all when ``None``) and from
+    ``first`` through ``last`` (when given), ascending, folded or pending."""
     k = known_transactions(conn)
     stmt = select(k.c.id).where(k.c.author == author)
     if after:
         stmt = stmt.where(k.c.id > after)
+    if first is not None:
+        stmt = stmt.where(k.c.id >= first)
+    if last is not None:
+        stmt = stmt.where(k.c.id <= last)
     return list(conn.execute(stmt.order_by(k.c.id)).scalars())
 
 

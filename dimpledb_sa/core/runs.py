@@ -28,8 +28,8 @@ from .values import json_texts
 
 __all__ = ["NULL_ARRAYS", "Runs", "array_texts", "canonical_uuids", "old_texts"]
 
-NULL_ARRAYS: dict[int, str] = {n: "[" + ",".join(["null"] * n) + "]" for n in range(1, 257)}
-"""The JSON text of an array of ``n`` nulls (up to 256)."""
+NULL_ARRAYS: dict[int, str] = {n: "[" + ",".join(["null"] * n) + "]" for n in range(257)}
+"""The JSON text of an array of ``n`` nulls (up to 256; ``"[]"`` for none)."""
 
 _UUID_CHARS = b"0123456789abcdef-"
 

@@ -295,8 +295,8 @@ def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
                 logger.info("sync: a reader could not read our %s, which our manifest no "
                             "longer lists", name)
                 continue
-            ids = [t for t in changelog.transaction_ids(conn, me)
-                   if info.first_transaction_id <= t <= info.last_transaction_id]
+            ids = changelog.transaction_ids(conn, me, first=info.first_transaction_id,
+                                            last=info.last_transaction_id)
             txs: list[PackedTx] = [(t, in_run_order(rows)) for t, rows
                                    in changelog.packed_transactions_of(conn, ids)]
             if len(txs) != info.transaction_count:
