@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -29,12 +28,11 @@ from pgserver import PgServer
 from sqlalchemy import select
 from syncworld import Device, device_set
 
-from dimpledb_sa import SyncReport, generate_device_key
-from dimpledb_sa.core import changelog, schema
+from dimpledb_sa import generate_device_key
+from dimpledb_sa.core import schema
 from dimpledb_sa.core.clock import HybridClock
-from dimpledb_sa.sync import merge, pull, push
-from dimpledb_sa.sync.packed import PackedTx
-from dimpledb_sa.sync.wire import ChangeRow, pack_bundle
+from dimpledb_sa.sync import merge, pull
+from dimpledb_sa.sync.wire import ChangeRow
 
 NOTES = [str(uuid.UUID(int=(0x0190 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(4)]
 FOLDERS = [str(uuid.UUID(int=(0x0191 << 112) | (7 << 76) | (2 << 62) | k)) for k in range(2)]
@@ -74,27 +72,13 @@ def model_of(eid: str) -> type[Any]:
     return MODEL[eid[:4]]
 
 
-def _format_2(author: str, transactions: Sequence[PackedTx]) -> bytes:
-    """What an earlier release's push uploads for these transactions: a format-2 bundle."""
-    return pack_bundle([(tx, author, [c for row in rows for c in changelog.expand(row)])
-                        for tx, rows in transactions])
-
-
-def sync(dev: Device, old: bool = False) -> SyncReport:
-    """``dev``'s sync; with ``old``, as a device of an earlier release (format-2 bundles)."""
-    if not old:
-        return dev.sync()
-    with mock.patch.object(push, "pack_bundle_runs", _format_2):
-        return dev.sync()
-
-
-def run(dev: Device, op: tuple[Any, ...], old: bool = False) -> None:
+def run(dev: Device, op: tuple[Any, ...]) -> None:
     """Do ``op`` on ``dev``: a write inserts (or re-inserts) a missing row, else updates it;
     what cannot apply here (a delete of a missing row, an item without its folder) is
-    skipped. ``old``: ``dev`` writes format-2 bundles."""
+    skipped."""
     kind = op[0]
     if kind == "sync":
-        sync(dev, old)
+        dev.sync()
         return
     with dev.Session() as s:
         if kind == "delete":
@@ -208,7 +192,8 @@ def test_replicas_converge_when_every_change_merges_and_settles_in_its_own_batch
 @given(data=st.data())
 def test_replicas_converge_when_some_write_format_2_bundles(data: st.DataObject) -> None:
     """The same property with some replicas pushing format-2 bundles (one record per
-    change, as earlier releases write them) and the others format 3 (packed runs)."""
+    change, as earlier releases write them: ``storage.bundle_format = 2``) and the others
+    format 3 (packed runs)."""
     converge(data, st.just("sqlite"), mixed_formats=True)
 
 
@@ -234,12 +219,14 @@ def converge(data: st.DataObject, kinds: st.SearchStrategy[str],
                 replicas = [devs.new(f"r{i}", clock=HybridClock(), database=on[i],
                                      **signing[i]) for i in range(n)]
                 assert all(r.db.remote.trust.required for r in replicas) == signed
+                for i in old:
+                    replicas[i].db.storage.bundle_format = 2
                 for op in steps:
-                    run(replicas[op[1]], op, op[1] in old)
+                    run(replicas[op[1]], op)
                 order = data.draw(st.permutations(range(n)), label="final sync order")
                 for _ in range(2):
                     for i in order:
-                        report = sync(replicas[i], i in old)
+                        report = replicas[i].sync()
                         assert report.errors == {}
                 check(replicas)
         finally:

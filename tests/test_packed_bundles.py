@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import Note
 from sqlalchemy import select
-from syncworld import Device, Devices, Ticker, memory_devices, titles, write_file
+from syncworld import Device, Devices, Ticker, device_set, memory_devices, titles, write_file
 
 import dimpledb_sa as dimple
 from dimpledb_sa.core import changelog, schema
@@ -36,6 +36,7 @@ from dimpledb_sa.sync.wire import (
     decode_bundle,
     encode_bundle,
     encode_manifest,
+    is_bundle_name,
     manifest_with,
     pack_bundle,
     utc_now_iso,
@@ -328,3 +329,28 @@ def test_formats_1_2_and_3_read_side_by_side_and_a_hostile_one_is_quarantined(
         assert [(x.filename, x.reason) for x in conn.execute(select(u))] == [
             (bundle_name(t[3][0], t[3][0]), "format")]
     assert len(r.rows(Note)) == 5
+
+
+def test_a_device_set_to_format_2_writes_what_earlier_releases_read(tmp_path: Path) -> None:
+    """``storage.bundle_format = 2`` (a rolling upgrade): its pushes and re-sends are
+    format-2 bundles (a gzipped JSON array of change records), which other devices merge
+    as ever; an unknown format is refused with the setting's name, and nothing is lost."""
+    remote = tmp_path / "remote"
+    with device_set(tmp_path, str(remote), encryption=False) as devs:
+        w, r = devs.new("writer"), devs.new("reader")
+        w.db.storage.bundle_format = 2
+        w.add(Note(title="old-style"))
+        assert w.sync().pushed == 1
+        [path] = [p for p in (remote / w.db.author_id).iterdir() if is_bundle_name(p.name)]
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        assert isinstance(doc, list) and doc[0]["changes"][1]["new_value"] == "old-style"
+        r.sync()
+        assert titles(r) == ["old-style"]
+        w.db.storage.bundle_format = 4
+        w.add(Note(title="waits"))
+        with pytest.raises(dimple.ConfigurationError, match="bundle_format"):
+            w.sync()
+        w.db.storage.bundle_format = 3
+        assert w.sync().pushed == 1
+        r.sync()
+        assert titles(r) == ["old-style", "waits"]

@@ -32,7 +32,7 @@ from ..core import changelog, schema
 from ..core.errors import DimpleError, RemoteFormatError
 from ..core.rows import insert_many
 from . import quarantine
-from .packed import PackedTx, in_run_order, pack_bundle_runs
+from .packed import PackedTx, in_run_order, pack_bundle_as
 from .wire import (
     NOTES_NAME,
     BundleInfo,
@@ -306,7 +306,8 @@ def _send(replica: Replica, remote: Remote, names: Sequence[str]) -> int:
             bundles.append((name, txs))
         conn.rollback()
     for name, packed in bundles:
-        remote.write_bundle(me, name, remote.cipher.encrypt(pack_bundle_runs(me, packed)))
+        data = pack_bundle_as(remote.storage.bundle_format, me, packed)
+        remote.write_bundle(me, name, remote.cipher.encrypt(data))
     if bundles:
         logger.info("sync: uploaded again %d bundle(s) that other authors could not read",
                     len(bundles))

@@ -39,11 +39,11 @@ from typing import Any, overload
 from ..core import changelog
 from ..core.changes import ChangeRow, TxRecord
 from ..core.clock import id_problem, offset_id, run_ids
-from ..core.errors import RemoteFormatError
+from ..core.errors import ConfigurationError, RemoteFormatError
 from ..core.runs import Runs, canonical_uuids
 from ..core.values import MAX_VALUE_DEPTH, value_depth
 from .compress import gzip_bytes
-from .wire import is_uuid, load_json
+from .wire import is_uuid, load_json, pack_bundle
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -57,6 +57,7 @@ __all__ = [
     "encode_runs",
     "in_run_order",
     "names_count",
+    "pack_bundle_as",
     "pack_bundle_runs",
     "packed_of",
 ]
@@ -244,6 +245,22 @@ def pack_bundle_runs(author: str, transactions: Sequence[PackedTx]) -> bytes:
     """The format-3 bundle of ``transactions``: :func:`encode_bundle_runs`'s JSON, gzipped
     (what a writer encrypts and uploads)."""
     return gzip_bytes(encode_bundle_runs(author, transactions))
+
+
+WRITABLE_FORMATS = (2, 3)
+"""The bundle formats a push can write (``Storage.bundle_format``)."""
+
+
+def pack_bundle_as(version: int, author: str, transactions: Sequence[PackedTx]) -> bytes:
+    """The bundle of ``transactions`` in format ``version``: 3 (:func:`pack_bundle_runs`),
+    or 2 (one record per change, what earlier releases read: :func:`.wire.pack_bundle`)."""
+    if version == BUNDLE_VERSION:
+        return pack_bundle_runs(author, transactions)
+    if version == 2:
+        return pack_bundle([(tx, author, [c for row in rows for c in changelog.expand(row)])
+                            for tx, rows in transactions])
+    raise ConfigurationError(f"cannot write bundle format {version!r}: Storage.bundle_format "
+                             f"is one of {', '.join(map(str, WRITABLE_FORMATS))}")
 
 
 def decode_bundle_runs(doc: Any, author: str, where: str) -> list[TxRecord]:

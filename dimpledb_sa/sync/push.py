@@ -45,7 +45,7 @@ from ..core.rows import gc_paused
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
-from .packed import PackedTx, in_run_order, names_count, pack_bundle_runs
+from .packed import PackedTx, in_run_order, names_count, pack_bundle_as
 from .progress import Phase, Progress
 from .report_errors import fail
 from .wire import (
@@ -245,11 +245,12 @@ def _stored(remote: Remote, me: str, bundles: Iterable[list[PackedTx]], limit: i
     """Each of ``bundles`` with its stored bytes (format 3, gzipped, encrypted); one that
     comes out larger than ``limit`` bytes is cut in two, again and again, down to one
     transaction."""
+    version = remote.storage.bundle_format
     for txs in bundles:
         todo = [txs]
         while todo:
             part = todo.pop()
-            data = remote.cipher.encrypt(pack_bundle_runs(me, part))
+            data = remote.cipher.encrypt(pack_bundle_as(version, me, part))
             if len(data) > limit and len(part) > 1:
                 half = len(part) // 2
                 todo += [part[half:], part[:half]]  # the first half goes first

@@ -136,6 +136,10 @@ class Storage:
         self.max_stored_bundle_bytes: int = MAX_STORED_BUNDLE_BYTES
         """The largest bundle file a push writes (16 MiB): a longer run of transactions is
         pushed as several bundles; a single larger transaction is a bundle on its own."""
+        self.bundle_format: int = 3
+        """The bundle format a push writes: 3 (packed runs), or 2 (one record per change)
+        while devices of earlier releases, which read formats 1 and 2 only, share the
+        remote (docs/FORMAT.md, *Bundle*). Readers read all three either way."""
         self.max_manifest_bytes: int = MAX_MANIFEST_BYTES
         """The largest manifest read."""
         self.max_notes_bytes: int = MAX_NOTES_BYTES
