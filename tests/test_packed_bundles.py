@@ -332,9 +332,10 @@ def test_formats_1_2_and_3_read_side_by_side_and_a_hostile_one_is_quarantined(
 
 
 def test_a_device_set_to_format_2_writes_what_earlier_releases_read(tmp_path: Path) -> None:
-    """``storage.bundle_format = 2`` (a rolling upgrade): its pushes and re-sends are
-    format-2 bundles (a gzipped JSON array of change records), which other devices merge
-    as ever; an unknown format is refused with the setting's name, and nothing is lost."""
+    """``storage.bundle_format = 2`` (a rolling upgrade): its pushes are format-2 bundles
+    (a gzipped JSON array of change records), which other devices merge as ever; an
+    unknown format (or a float) is refused with the setting's name before anything is
+    uploaded, and nothing is lost."""
     remote = tmp_path / "remote"
     with device_set(tmp_path, str(remote), encryption=False) as devs:
         w, r = devs.new("writer"), devs.new("reader")
@@ -346,10 +347,11 @@ def test_a_device_set_to_format_2_writes_what_earlier_releases_read(tmp_path: Pa
         assert isinstance(doc, list) and doc[0]["changes"][1]["new_value"] == "old-style"
         r.sync()
         assert titles(r) == ["old-style"]
-        w.db.storage.bundle_format = 4
         w.add(Note(title="waits"))
-        with pytest.raises(dimple.ConfigurationError, match="bundle_format"):
-            w.sync()
+        for bad in (4, 3.0):
+            w.db.storage.bundle_format = bad  # type: ignore[assignment]
+            with pytest.raises(dimple.ConfigurationError, match="bundle_format"):
+                w.sync()
         w.db.storage.bundle_format = 3
         assert w.sync().pushed == 1
         r.sync()

@@ -50,6 +50,7 @@ __all__ = [
     "BUNDLE_VERSION",
     "PackedChanges",
     "PackedTx",
+    "check_format",
     "decode_bundle_runs",
     "decode_piece",
     "decode_transactions",
@@ -251,6 +252,14 @@ WRITABLE_FORMATS = (2, 3)
 """The bundle formats a push can write (``Storage.bundle_format``)."""
 
 
+def check_format(version: object) -> None:
+    """``ConfigurationError`` unless ``version`` is a bundle format a push can write."""
+    if type(version) is not int or version not in WRITABLE_FORMATS:
+        raise ConfigurationError(f"cannot write bundle format {version!r}: "
+                                 "Storage.bundle_format is one of "
+                                 f"{', '.join(map(str, WRITABLE_FORMATS))}")
+
+
 def pack_bundle_as(version: int, author: str, transactions: Sequence[PackedTx]) -> bytes:
     """The bundle of ``transactions`` in format ``version``: 3 (:func:`pack_bundle_runs`),
     or 2 (one record per change, what earlier releases read: :func:`.wire.pack_bundle`)."""
@@ -259,8 +268,8 @@ def pack_bundle_as(version: int, author: str, transactions: Sequence[PackedTx]) 
     if version == 2:
         return pack_bundle([(tx, author, [c for row in rows for c in changelog.expand(row)])
                             for tx, rows in transactions])
-    raise ConfigurationError(f"cannot write bundle format {version!r}: Storage.bundle_format "
-                             f"is one of {', '.join(map(str, WRITABLE_FORMATS))}")
+    check_format(version)
+    raise AssertionError(version)  # unreachable: check_format raised
 
 
 def decode_bundle_runs(doc: Any, author: str, where: str) -> list[TxRecord]:

@@ -45,7 +45,7 @@ from ..core.rows import gc_paused
 from . import lease
 from .notes import resend
 from .own import Healed, foreign_bundles, resolve
-from .packed import PackedTx, in_run_order, names_count, pack_bundle_as
+from .packed import PackedTx, check_format, in_run_order, names_count, pack_bundle_as
 from .progress import Phase, Progress
 from .report_errors import fail
 from .wire import (
@@ -110,6 +110,7 @@ def push(replica: Replica, remote: Remote, report: SyncReport,
     """Upload what our manifest does not list yet; see the module docstring. Returns what
     healing merged (a restored backup), if anything. ``progress`` hears of phase
     ``"push"`` (transactions uploaded of those to upload)."""
+    check_format(remote.storage.bundle_format)
     phase = Phase(progress, "push")
     try:
         return _push(replica, remote, report, phase)
@@ -242,9 +243,9 @@ def _renew(engine: Engine, holder: str) -> None:
 
 def _stored(remote: Remote, me: str, bundles: Iterable[list[PackedTx]], limit: int
             ) -> Iterator[tuple[list[PackedTx], bytes]]:
-    """Each of ``bundles`` with its stored bytes (format 3, gzipped, encrypted); one that
-    comes out larger than ``limit`` bytes is cut in two, again and again, down to one
-    transaction."""
+    """Each of ``bundles`` with its stored bytes (in ``Storage.bundle_format``, gzipped,
+    encrypted); one that comes out larger than ``limit`` bytes is cut in two, again and
+    again, down to one transaction."""
     version = remote.storage.bundle_format
     for txs in bundles:
         todo = [txs]
