@@ -262,14 +262,13 @@ def check_format(version: object) -> None:
 
 def pack_bundle_as(version: int, author: str, transactions: Sequence[PackedTx]) -> bytes:
     """The bundle of ``transactions`` in format ``version``: 3 (:func:`pack_bundle_runs`),
-    or 2 (one record per change, what earlier releases read: :func:`.wire.pack_bundle`)."""
-    if version == BUNDLE_VERSION:
-        return pack_bundle_runs(author, transactions)
-    if version == 2:
-        return pack_bundle([(tx, author, [c for row in rows for c in changelog.expand(row)])
-                            for tx, rows in transactions])
+    or 2 (one record per change, what earlier releases read: :func:`.wire.pack_bundle`);
+    ``ConfigurationError`` for any other (:func:`check_format`)."""
     check_format(version)
-    raise AssertionError(version)  # unreachable: check_format raised
+    if version == 2:
+        return pack_bundle([(tx, author, changelog.expand_all(rows))
+                            for tx, rows in transactions])
+    return pack_bundle_runs(author, transactions)
 
 
 def decode_bundle_runs(doc: Any, author: str, where: str) -> list[TxRecord]:
